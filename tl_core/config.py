@@ -1,0 +1,50 @@
+"""The job's configuration: one typed place, with the classic recipe's defaults."""
+import dataclasses
+import json
+from pathlib import Path
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    # Data: a directory holding train/ and validation/ class folders; None means the built-in
+    # cats-vs-dogs sample, prepared in the cache on first use.
+    data_dir: str | None = None
+    # Anything hub.KerasLayer resolves (tfhub.dev URL, Kaggle handle, local SavedModel directory),
+    # or "mobilenet_v2" for the built-in offline ImageNet MobileNetV2.
+    backbone: str = "mobilenet_v2"
+    image_size: int = 224
+    batch_size: int = 100
+    epochs: int = 6
+    learning_rate: float = 1e-3  # Adam's default, as in the recipe
+    augment: bool = True
+    seed: int = 0
+    # Where the run's artifacts go; None means runs/<UTC timestamp>.
+    output_dir: str | None = None
+    # Asset cache (weights, SavedModels, sample data); None means $TL_CACHE_DIR or ~/.cache/tl_core.
+    cache_dir: str | None = None
+
+    def __post_init__(self):
+        for name in ("image_size", "batch_size", "epochs"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown configuration keys {sorted(unknown)}; known keys: {sorted(known)}")
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "TrainConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def describe(self) -> str:
+        return "\n".join(f"  {key:<14} {value}" for key, value in self.to_dict().items())

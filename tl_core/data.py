@@ -1,0 +1,98 @@
+"""Input pipeline: class folders -> tf.data batches of float RGB images in [0, 1].
+
+Decode and resize run in a parallel map over files; augmentation runs on whole batches after
+batching; everything is prefetched. Randomness (shuffle order, augmentation) is derived from
+(seed, epoch), so epoch k of a run is the same whether or not the run was interrupted before it.
+"""
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from tl_core import augment
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+class DatasetError(ValueError):
+    """A problem with the user's image folders, with the path and what to do about it."""
+
+
+@dataclasses.dataclass
+class ImageFolder:
+    paths: list[str]
+    labels: np.ndarray  # int32 class indices
+    class_names: list[str]
+
+    def __len__(self):
+        return len(self.paths)
+
+
+def list_image_folder(directory: str | Path, class_names: list[str] | None = None) -> ImageFolder:
+    """Images under directory/<class>/ (recursively), classes in sorted folder-name order.
+
+    With class_names given (e.g. validation after train), the folders must be exactly those classes.
+    """
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise DatasetError(f"{directory} is not a directory: expected one sub-folder of images per class")
+    found = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir() and not entry.name.startswith("."))
+    if not found:
+        raise DatasetError(f"{directory} has no class sub-folders: put each class's images in {directory}/<class name>/")
+    if class_names is not None and found != list(class_names):
+        raise DatasetError(
+            f"{directory} has classes {found}, but training has {list(class_names)}: "
+            "train and validation need the same class folders"
+        )
+    paths, labels = [], []
+    for index, name in enumerate(found):
+        files = sorted(
+            os.path.join(root, file)
+            for root, _dirs, files in os.walk(directory / name)
+            for file in files
+            if file.lower().endswith(IMAGE_EXTENSIONS) and not file.startswith(".")
+        )
+        if not files:
+            raise DatasetError(
+                f"class folder {directory / name} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
+            )
+        paths += files
+        labels += [index] * len(files)
+    return ImageFolder(paths, np.asarray(labels, dtype=np.int32), found)
+
+
+def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
+    """JPEG/PNG/BMP/GIF (first frame) bytes -> float32 RGB [image_size, image_size, 3] in [0, 1]."""
+    image = tf.io.decode_image(encoded, channels=3, dtype=tf.float32, expand_animations=False)
+    image = tf.image.resize(image, [image_size, image_size], method="bilinear")
+    return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
+    return decode_and_resize(tf.io.read_file(path), image_size)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """One integer per (run seed, epoch), for tf.data ops that take a scalar seed."""
+    return seed * 100_003 + epoch
+
+
+def make_dataset(folder: ImageFolder, image_size: int, batch_size: int, *, shuffle: bool = False,
+                 augment_images: bool = False, seed: int = 0, epoch: int = 0) -> tf.data.Dataset:
+    """Batches of (images, labels); shuffle and augmentation are drawn from (seed, epoch)."""
+    ds = tf.data.Dataset.from_tensor_slices((folder.paths, folder.labels))
+    if shuffle:
+        ds = ds.shuffle(len(folder), seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+    ds = ds.map(lambda path, label: (load_image(path, image_size), label),
+                num_parallel_calls=AUTOTUNE, deterministic=True)
+    ds = ds.batch(batch_size)
+    if augment_images:
+        def augment_batch(step, batch):
+            images, labels = batch
+            return augment.random_transform(images, tf.stack([epoch_seed(seed, epoch), step])), labels
+
+        ds = ds.enumerate().map(augment_batch, num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.prefetch(AUTOTUNE)

@@ -1,0 +1,41 @@
+"""Classification metrics from labels and predictions, in plain numpy."""
+import numpy as np
+
+
+def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
+    """counts[i, j] = number of examples of true class i predicted as class j."""
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(counts, (np.asarray(y_true), np.asarray(y_pred)), 1)
+    return counts
+
+
+def per_class_scores(counts: np.ndarray, class_names: list[str]) -> list[dict]:
+    """Precision, recall, F1 and support of each class; 0.0 where a ratio is undefined."""
+    true_positives = np.diag(counts).astype(float)
+    predicted = counts.sum(axis=0)
+    actual = counts.sum(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        precision = np.where(predicted > 0, true_positives / predicted, 0.0)
+        recall = np.where(actual > 0, true_positives / actual, 0.0)
+        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    return [
+        {"class": name, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for name, p, r, f, s in zip(class_names, precision, recall, f1, actual)
+    ]
+
+
+def classification_metrics(y_true, logits: np.ndarray, class_names: list[str]) -> dict:
+    """Accuracy, mean cross-entropy, per-class scores and the confusion matrix of logits."""
+    y_true = np.asarray(y_true)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    y_pred = logits.argmax(axis=1)
+    counts = confusion_matrix(y_true, y_pred, len(class_names))
+    return {
+        "accuracy": float((y_pred == y_true).mean()),
+        "loss": float(-log_probs[np.arange(len(y_true)), y_true].mean()),
+        "num_examples": int(len(y_true)),
+        "class_names": list(class_names),
+        "per_class": per_class_scores(counts, class_names),
+        "confusion_matrix": counts.tolist(),
+    }
