@@ -1,0 +1,91 @@
+"""Decoding every supported format to RGB in [0, 1], and reading class folders."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import encode
+from tl_core.data import DatasetError, decode_and_resize, list_image_folder
+
+RGB = np.zeros((8, 12, 3), np.uint8)
+RGB[:, :6] = (255, 0, 0)
+RGB[:, 6:] = (0, 0, 255)
+
+
+def decoded(data: bytes) -> np.ndarray:
+    return decode_and_resize(data, 8).numpy()
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "BMP"])
+def test_lossless_formats_decode_exactly(fmt):
+    image = decoded(encode(RGB, fmt))
+    assert image.shape == (8, 8, 3) and image.dtype == np.float32
+    np.testing.assert_allclose(image[:, 0], [[1, 0, 0]] * 8, atol=1e-6)
+    np.testing.assert_allclose(image[:, -1], [[0, 0, 1]] * 8, atol=1e-6)
+
+
+def test_jpeg_decodes_close_to_the_original():
+    image = decoded(encode(RGB, "JPEG", quality=95))
+    np.testing.assert_allclose(image[:, 0], [[1, 0, 0]] * 8, atol=0.08)
+
+
+def test_grayscale_becomes_three_equal_channels():
+    gray = np.tile(np.linspace(0, 255, 12, dtype=np.uint8), (8, 1))
+    image = decoded(encode(gray, "PNG"))
+    assert image.shape == (8, 8, 3)
+    np.testing.assert_array_equal(image[..., 0], image[..., 2])
+
+
+def test_rgba_drops_alpha():
+    rgba = np.concatenate([RGB, np.full((8, 12, 1), 128, np.uint8)], axis=-1)
+    np.testing.assert_allclose(decoded(encode(rgba, "PNG")), decoded(encode(RGB, "PNG")), atol=1e-6)
+
+
+def test_cmyk_jpeg_becomes_rgb():
+    cmyk = Image.fromarray(RGB).convert("CMYK")
+    import io
+
+    buffer = io.BytesIO()
+    cmyk.save(buffer, format="JPEG", quality=95)
+    image = decoded(buffer.getvalue())
+    np.testing.assert_allclose(image[:, 0], [[1, 0, 0]] * 8, atol=0.1)
+    np.testing.assert_allclose(image[:, -1], [[0, 0, 1]] * 8, atol=0.1)
+
+
+def test_gif_uses_the_first_frame():
+    import io
+
+    frames = [Image.fromarray(RGB), Image.fromarray(np.full_like(RGB, 255))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:], duration=100)
+    image = decoded(buffer.getvalue())
+    assert image.shape == (8, 8, 3)
+    np.testing.assert_allclose(image[:, 0], [[1, 0, 0]] * 8, atol=0.05)
+
+
+def _touch_image(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encode(RGB, "PNG"))
+
+
+def test_classes_in_sorted_folder_order_with_nested_files(tmp_path):
+    for name in ("zebra/a.png", "cat/b.PNG", "cat/sub/c.jpg", "dog/d.gif"):
+        _touch_image(tmp_path / name)
+    (tmp_path / "dog" / "notes.txt").write_text("not an image")
+    (tmp_path / "dog" / ".hidden.png").write_bytes(b"")
+    folder = list_image_folder(tmp_path)
+    assert folder.class_names == ["cat", "dog", "zebra"]
+    assert [p.split("/")[-1] for p in folder.paths] == ["b.PNG", "c.jpg", "d.gif", "a.png"]
+    assert folder.labels.tolist() == [0, 0, 1, 2]
+
+
+def test_folder_errors_name_the_path(tmp_path):
+    with pytest.raises(DatasetError, match="not a directory"):
+        list_image_folder(tmp_path / "missing")
+    with pytest.raises(DatasetError, match="no class sub-folders"):
+        list_image_folder(tmp_path)
+    (tmp_path / "cat").mkdir()
+    with pytest.raises(DatasetError, match="cat holds no images"):
+        list_image_folder(tmp_path)
+    _touch_image(tmp_path / "cat" / "a.png")
+    with pytest.raises(DatasetError, match="same class folders"):
+        list_image_folder(tmp_path, class_names=["cat", "dog"])

@@ -1,0 +1,60 @@
+"""The command-line entry points: arguments reach the config, errors reach the user readably."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from jobs.train import config_from_args, parse_args
+from tl_core.config import TrainConfig
+
+
+def test_defaults_are_the_recipe():
+    config = config_from_args(parse_args([]))
+    assert config == TrainConfig()
+    assert (config.backbone, config.image_size, config.batch_size, config.epochs, config.augment) == \
+        ("mobilenet_v2", 224, 100, 6, True)
+
+
+def test_flags_override_a_saved_config(tmp_path):
+    saved = tmp_path / "config.json"
+    saved.write_text(json.dumps({**TrainConfig().to_dict(), "epochs": 9, "seed": 4}))
+    config = config_from_args(parse_args(["--config", str(saved), "--seed", "5", "--no-augment"]))
+    assert (config.epochs, config.seed, config.augment) == (9, 5, False)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"epochs": 0}, "epochs must be a positive integer"),
+    ({"batch_size": -3}, "batch_size must be a positive integer"),
+    ({"learning_rate": 0.0}, "learning_rate must be positive"),
+    ({"epoch": 3}, "unknown configuration keys"),
+])
+def test_bad_configuration_is_refused(values, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig.from_dict({**TrainConfig().to_dict(), **values})
+
+
+def run_job(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "jobs.train", *args], capture_output=True, text=True,
+                          cwd=cwd, timeout=300)
+
+
+def test_cli_reports_a_missing_data_dir_without_a_traceback(tmp_path):
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    result = run_job("--data-dir", str(tmp_path / "nope"), "--output-dir", str(tmp_path / "run"), cwd=repo)
+    assert result.returncode == 2
+    assert f"error: {tmp_path / 'nope' / 'train'} is not a directory" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_reports_an_unreachable_backbone(tmp_path, colour_dataset, tiny_backbone):
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    result = run_job("--data-dir", str(colour_dataset), "--backbone", str(tmp_path / "no_such_model"),
+                     "--output-dir", str(tmp_path / "run"), cwd=repo)
+    assert result.returncode == 2
+    assert "could not load backbone" in result.stderr and "local SavedModel" in result.stderr
+    assert "Traceback" not in result.stderr

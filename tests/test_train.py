@@ -1,0 +1,131 @@
+"""The whole job on the tiny backbone: it learns, writes every artifact, exports a usable model."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import tensorflow as tf
+
+from conftest import TINY_IMAGE_SIZE
+from tl_core.config import TrainConfig
+from tl_core.data import list_image_folder, make_dataset
+from tl_core.train import RunDirectoryError, prepare_run_dir, train
+
+
+def tiny_config(tiny_backbone, colour_dataset, output_dir, **overrides) -> TrainConfig:
+    values = dict(data_dir=str(colour_dataset), backbone=tiny_backbone, image_size=TINY_IMAGE_SIZE,
+                  batch_size=8, epochs=4, learning_rate=0.05, seed=3, output_dir=str(output_dir))
+    return TrainConfig(**{**values, **overrides})
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_backbone, colour_dataset, tmp_path_factory):
+    config = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path_factory.mktemp("run") / "run"))
+    metrics = train(config)
+    return config, metrics
+
+
+def test_training_beats_chance_on_separable_data(finished_run):
+    _, metrics = finished_run
+    assert metrics["accuracy"] >= 0.9
+    assert metrics["num_examples"] == 20
+
+
+def test_every_artifact_is_written_and_well_formed(finished_run):
+    config, metrics = finished_run
+    run_dir = Path(config.output_dir)
+    assert TrainConfig.from_json(run_dir / "config.json") == config
+    assert json.loads((run_dir / "class_names.json").read_text()) == ["blue", "red"]
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+    table = pq.read_table(run_dir / "history.parquet")
+    assert table.to_pylist() == history
+    assert set(table.column_names) >= {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"}
+    saved_metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert saved_metrics["accuracy"] == metrics["accuracy"] == pytest.approx(history[-1]["val_accuracy"])
+    assert np.sum(saved_metrics["confusion_matrix"]) == 20
+    assert {row["class"] for row in saved_metrics["per_class"]} == {"blue", "red"}
+    for plot in ("history.png", "confusion_matrix.png"):
+        data = (run_dir / plot).read_bytes()
+        assert data.startswith(b"\x89PNG") and len(data) > 5000
+    assert not [p for p in run_dir.rglob(".*") if p.name.endswith(".tmp")]
+
+
+def test_exported_model_reloads_in_a_fresh_process_without_this_package(finished_run, tmp_path):
+    config, _ = finished_run
+    validation = list_image_folder(f"{config.data_dir}/validation", ["blue", "red"])
+    images = np.concatenate([x.numpy() for x, _ in make_dataset(validation, TINY_IMAGE_SIZE, 8)])
+    np.save(tmp_path / "images.npy", images)
+    script = textwrap.dedent(f"""
+        import sys, json
+        class Block:  # prove that neither this project nor TF Hub is needed to serve
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("tl_core", "jobs", "tensorflow_hub"):
+                    raise ImportError(f"blocked {{name}}")
+        sys.meta_path.insert(0, Block())
+        import numpy as np, tensorflow as tf
+        serve = tf.saved_model.load({str(config.output_dir + '/model')!r}).signatures["serving_default"]
+        out = serve(images=tf.constant(np.load({str(tmp_path / 'images.npy')!r})))
+        np.save({str(tmp_path / 'probabilities.npy')!r}, out["probabilities"].numpy())
+        print(json.dumps([n.decode() for n in out["class_names"].numpy()[:3]]))
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "TF_USE_LEGACY_KERAS"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path,
+                            env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    reloaded = np.load(tmp_path / "probabilities.npy")
+    assert set(json.loads(result.stdout.strip().splitlines()[-1])) <= {"blue", "red"}
+
+    in_process = tf.saved_model.load(config.output_dir + "/model").signatures["serving_default"]
+    expected = in_process(images=tf.constant(images))["probabilities"].numpy()
+    np.testing.assert_allclose(reloaded, expected, atol=1e-6)
+    # And it is the trained model: its accuracy is the run's.
+    accuracy = (reloaded.argmax(axis=1) == validation.labels).mean()
+    assert accuracy == pytest.approx(finished_run[1]["accuracy"])
+
+
+def _head_weights(run_dir):
+    model = tf.saved_model.load(f"{run_dir}/model")
+    return {v.name: v.numpy() for v in model.model.variables if "head" in v.name}
+
+
+def test_resume_continues_to_the_same_result(tiny_backbone, colour_dataset, tmp_path):
+    straight = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "straight", epochs=3))
+    train(straight)
+    partial = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "resumed", epochs=2))
+    train(partial)
+    resumed = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "resumed", epochs=3), resume=True)
+    train(resumed, resume=True)
+    history = json.loads((tmp_path / "resumed" / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    expected, got = _head_weights(tmp_path / "straight"), _head_weights(tmp_path / "resumed")
+    assert expected.keys() == got.keys() and expected
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_run_directory_is_never_mixed(tiny_backbone, colour_dataset, tmp_path):
+    config = tiny_config(tiny_backbone, colour_dataset, tmp_path / "run")
+    prepare_run_dir(config)
+    (tmp_path / "run" / "history.json").write_text("[]")
+    with pytest.raises(RunDirectoryError, match="--overwrite"):
+        prepare_run_dir(config)
+    with pytest.raises(RunDirectoryError, match="same arguments"):
+        prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "run", seed=99), resume=True)
+    prepare_run_dir(config, overwrite=True)
+    assert not (tmp_path / "run" / "history.json").exists()
+    with pytest.raises(RunDirectoryError, match="no run to resume"):
+        prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "other"), resume=True)
+
+
+@pytest.mark.slow
+def test_default_job_reaches_the_recipe_accuracy(tmp_path):
+    """The README's main command on the built-in sample and backbone (about 3 minutes on 2 cores)."""
+    config = prepare_run_dir(TrainConfig(output_dir=str(tmp_path / "run")))
+    metrics = train(config)
+    assert metrics["accuracy"] >= 0.80
