@@ -5,7 +5,9 @@ ImageNet MobileNetV2, so it runs on a machine without internet access.
 """
 import argparse
 import dataclasses
+import json
 import sys
+from pathlib import Path
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from tl_core.config import TrainConfig
@@ -29,6 +31,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help=f"default {defaults.seed}")
     parser.add_argument("--output-dir", help="run directory (default runs/<UTC timestamp>)")
     parser.add_argument("--cache-dir", help="asset cache (default $TL_CACHE_DIR or ~/.cache/tl_core)")
+    ray_group = parser.add_argument_group("distributed training on Ray Train")
+    ray_group.add_argument("--ray", action="store_true",
+                           help="run on Ray Train even with one worker (implied by --num-workers > 1); "
+                           "connects to $RAY_ADDRESS or the cluster of `ray job submit`, else starts Ray locally")
+    ray_group.add_argument("--num-workers", type=int, help="data-parallel workers, one per GPU (default 1)")
+    ray_group.add_argument("--use-gpu", action="store_true", default=None, help="give each worker GPUs")
+    ray_group.add_argument("--cpus-per-worker", type=int, help=f"default {defaults.cpus_per_worker}")
+    ray_group.add_argument("--gpus-per-worker", type=int, help=f"with --use-gpu; default {defaults.gpus_per_worker}")
+    ray_group.add_argument("--max-failures", type=int,
+                           help=f"worker-group restarts from the last checkpoint (default {defaults.max_failures})")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last epoch")
     mode.add_argument("--overwrite", action="store_true", help="replace the run in --output-dir")
@@ -42,6 +54,13 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return dataclasses.replace(config, **overrides)
 
 
+def absolute_paths(config: TrainConfig) -> TrainConfig:
+    """Ray workers do not share the driver's working directory: give them absolute paths."""
+    absolute = {name: str(Path(getattr(config, name)).resolve())
+                for name in ("data_dir", "output_dir", "cache_dir") if getattr(config, name)}
+    return dataclasses.replace(config, **absolute)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     from tl_core.assets import AssetError
@@ -52,7 +71,13 @@ def main(argv=None) -> int:
     try:
         config = prepare_run_dir(config_from_args(args), overwrite=args.overwrite, resume=args.resume)
         print(f"Run directory {config.output_dir}\nConfiguration:\n{config.describe()}", flush=True)
-        metrics = train(config, resume=args.resume)
+        if args.ray or config.num_workers > 1:
+            from tl_core.ray_train import train_on_ray
+
+            train_on_ray(absolute_paths(config))
+            metrics = json.loads((Path(config.output_dir) / "metrics.json").read_text())
+        else:
+            metrics = train(config)
     except (ValueError, AssetError, DatasetError, BackboneError, RunDirectoryError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -60,10 +85,14 @@ def main(argv=None) -> int:
         print("Interrupted; completed epochs are checkpointed: rerun with --resume to continue.",
               file=sys.stderr)
         return 130
+    except Exception as error:  # Ray wraps worker failures (TrainingFailedError and friends)
+        if type(error).__module__.split(".")[0] != "ray":
+            raise
+        print(f"error: distributed training failed: {error}", file=sys.stderr)
+        return 1
     print(f"Validation accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}; "
           f"artifacts in {config.output_dir}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,5 +1,4 @@
 import io
-import os
 from pathlib import Path
 
 import numpy as np

@@ -100,7 +100,7 @@ def test_resume_continues_to_the_same_result(tiny_backbone, colour_dataset, tmp_
     partial = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "resumed", epochs=2))
     train(partial)
     resumed = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "resumed", epochs=3), resume=True)
-    train(resumed, resume=True)
+    train(resumed)
     history = json.loads((tmp_path / "resumed" / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3]
     expected, got = _head_weights(tmp_path / "straight"), _head_weights(tmp_path / "resumed")

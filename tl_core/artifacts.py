@@ -32,17 +32,25 @@ def atomic_path(path: str | Path):
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | Path):
-    """Yield a temporary directory beside `path`; on success it replaces `path` in one rename."""
+def atomic_directory(path: str | Path, *, replace: bool = True):
+    """Yield a temporary directory beside `path`; on success it becomes `path` in one rename.
+
+    replace=False is for caches that several processes may fill at once: whoever renames first
+    wins and the others' identical copies are discarded.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o755)
-        if path.exists():
+        if replace and path.exists():
             shutil.rmtree(path)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if replace or not path.is_dir():
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

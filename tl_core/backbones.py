@@ -18,7 +18,7 @@ _MOBILENET_V2_DIR = "mobilenet_v2_100_224_imagenet_torchvision"
 
 def export_feature_extractor(model: tf.keras.Model, path: Path) -> Path:
     """tf.saved_model.save a feature extractor atomically: a reader sees the whole SavedModel or none."""
-    with atomic_directory(path) as tmp:
+    with atomic_directory(path, replace=False) as tmp:
         tf.saved_model.save(model, str(tmp))
     return Path(path)
 

@@ -22,20 +22,35 @@ class TrainConfig:
     output_dir: str | None = None
     # Asset cache (weights, SavedModels, sample data); None means $TL_CACHE_DIR or ~/.cache/tl_core.
     cache_dir: str | None = None
+    # Data-parallel training on Ray Train: 1 means a single local process, no Ray.
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+    gpus_per_worker: int = 1  # with use_gpu; MultiWorkerMirroredStrategy mirrors over them too
+    max_failures: int = 2  # worker-group restarts from the last epoch's checkpoint before giving up
+
+    @property
+    def global_batch_size(self) -> int:
+        """Images per optimizer step: batch_size is per worker."""
+        return self.batch_size * self.num_workers
 
     def __post_init__(self):
-        for name in ("image_size", "batch_size", "epochs"):
+        for name in ("image_size", "batch_size", "epochs", "num_workers", "cpus_per_worker", "gpus_per_worker"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
+        if not isinstance(self.max_failures, int) or self.max_failures < 0:
+            raise ValueError(f"max_failures must be a non-negative integer, got {self.max_failures!r}")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The fields, plus the derived global batch size (stated for the reader, ignored on load)."""
+        return {**dataclasses.asdict(self), "global_batch_size": self.global_batch_size}
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
+        values = {key: value for key, value in values.items() if key != "global_batch_size"}
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
@@ -47,4 +62,4 @@ class TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def describe(self) -> str:
-        return "\n".join(f"  {key:<14} {value}" for key, value in self.to_dict().items())
+        return "\n".join(f"  {key:<17} {value}" for key, value in self.to_dict().items())

@@ -30,6 +30,21 @@ class ImageFolder:
     def __len__(self):
         return len(self.paths)
 
+    def shard(self, index: int, count: int, seed: int) -> "ImageFolder":
+        """Worker `index` of `count`: a disjoint, seeded random part, the same size on every worker.
+
+        Equal sizes mean every worker runs the same number of steps (MultiWorkerMirroredStrategy
+        hangs otherwise); the len % count images left over are not used in this run.
+        """
+        if count == 1:
+            return self
+        per_worker = len(self) // count
+        if per_worker == 0:
+            raise DatasetError(f"{len(self)} training images cannot be split over {count} workers")
+        rows = np.random.default_rng(seed).permutation(len(self))[index * per_worker:(index + 1) * per_worker]
+        rows.sort()
+        return ImageFolder([self.paths[i] for i in rows], self.labels[rows], self.class_names)
+
 
 def list_image_folder(directory: str | Path, class_names: list[str] | None = None) -> ImageFolder:
     """Images under directory/<class>/ (recursively), classes in sorted folder-name order.
@@ -95,4 +110,7 @@ def make_dataset(folder: ImageFolder, image_size: int, batch_size: int, *, shuff
             return augment.random_transform(images, tf.stack([epoch_seed(seed, epoch), step])), labels
 
         ds = ds.enumerate().map(augment_batch, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return ds.prefetch(AUTOTUNE)
+    options = tf.data.Options()
+    # Each worker is handed its own shard already; tf.distribute must not shard it again.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return ds.with_options(options).prefetch(AUTOTUNE)

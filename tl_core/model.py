@@ -34,12 +34,3 @@ def compile_classifier(model: keras.Model, learning_rate: float) -> None:
         metrics=["accuracy"],
     )
 
-
-def head_on_features(model: keras.Sequential) -> keras.Sequential:
-    """The classifier's own head (shared weights) as a model on precomputed backbone features."""
-    head = model.get_layer("head")
-    head_model = keras.Sequential([keras.Input((head.kernel.shape[0],)), head])
-    head_model.compile(
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"]
-    )
-    return head_model

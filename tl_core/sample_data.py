@@ -46,7 +46,7 @@ def prepare_cats_vs_dogs(cache: Path) -> Path:
         return root
     print(f"Writing the cats-vs-dogs sample dataset to {root} (once) ...", flush=True)
     images, labels = load_animal_arrays(cache)
-    with atomic_directory(root) as tmp:
+    with atomic_directory(root, replace=False) as tmp:
         for name, label in CLASSES.items():
             rows = np.flatnonzero(labels == label)
             is_validation = stratified_split(labels[rows], VALIDATION_FRACTION, SPLIT_SEED)

@@ -2,12 +2,13 @@
 
 Recipe: frozen backbone + Dense head, Adam, sparse categorical cross-entropy on logits. The
 validation set is never augmented and the backbone is frozen, so validation features are computed
-once and each epoch's validation runs the head alone.
+once and each epoch's validation runs the head alone (in numpy: the same on every worker).
 """
 import dataclasses
 import datetime
 import json
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,9 +21,10 @@ from tl_core import artifacts, assets
 from tl_core.backbones import resolve_backbone
 from tl_core.config import TrainConfig
 from tl_core.data import ImageFolder, list_image_folder, make_dataset
+from tl_core.distribute import Worker, make_strategy
 from tl_core.export import export_classifier
 from tl_core.metrics import classification_metrics
-from tl_core.model import build_classifier, compile_classifier, head_on_features
+from tl_core.model import build_classifier, compile_classifier
 from tl_core.sample_data import prepare_cats_vs_dogs
 
 # Files of a run directory.
@@ -35,6 +37,7 @@ HISTORY_PLOT = "history.png"
 CONFUSION_PLOT = "confusion_matrix.png"
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
+SHARDS_DIR = "shards"
 
 
 class RunDirectoryError(ValueError):
@@ -90,6 +93,26 @@ def backbone_features(model: tf.keras.Model, dataset: tf.data.Dataset) -> np.nda
     return np.concatenate([extract(images).numpy() for images, _ in dataset])
 
 
+def head_logits(model: tf.keras.Model, features: np.ndarray) -> np.ndarray:
+    """The Dense head on precomputed features, in numpy: identical on every worker, no collectives."""
+    kernel, bias = model.get_layer("head").get_weights()
+    return features @ kernel + bias
+
+
+class LocalCheckpoints:
+    """The last completed epoch (model, optimizer, history) in run_dir/checkpoints, replaced atomically."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / CHECKPOINT_DIR
+
+    def latest(self) -> Path | None:
+        return self.path if (self.path / HISTORY_JSON).exists() else None
+
+    def save(self, write, metrics: dict, worker: Worker) -> None:
+        with artifacts.atomic_directory(self.path) as tmp:
+            write(tmp)
+
+
 def format_epoch(row: dict, epochs: int) -> str:
     return (f"epoch {row['epoch']:>3}/{epochs}  loss {row['loss']:.4f}  accuracy {row['accuracy']:.4f}  "
             f"val_loss {row['val_loss']:.4f}  val_accuracy {row['val_accuracy']:.4f}  "
@@ -100,61 +123,86 @@ def _versions() -> dict:
     return {"tensorflow": tf.__version__, "tf_keras": tf_keras.__version__, "tensorflow_hub": hub.__version__}
 
 
-def train(config: TrainConfig, *, resume: bool = False) -> dict:
-    """Train the head on config's data, write every artifact into config.output_dir, return the metrics."""
+def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, callbacks=()) -> dict:
+    """Train the head on config's data and write every artifact into config.output_dir.
+
+    The same function runs in a single local process and on every Ray Train worker: `worker` says
+    which shard of the training images this process trains on and whether it writes the artifacts;
+    `checkpoints` keeps the last completed epoch (run_dir/checkpoints by default), and training
+    continues from it when it holds one. Returns the final validation metrics.
+    """
+    strategy = make_strategy()  # before any other TF op
+    tf.get_logger().setLevel("ERROR")
     started = time.perf_counter()
     run_dir = Path(config.output_dir)
+    checkpoints = checkpoints or LocalCheckpoints(run_dir)
     cache = assets.cache_dir(config.cache_dir)
     tf.keras.utils.set_random_seed(config.seed)
     train_folder, validation_folder, data_dir = load_folders(config, cache)
     class_names = train_folder.class_names
+    shard = train_folder.shard(worker.rank, worker.world_size, seed=config.seed)
+    if worker.world_size > 1:  # which images each worker trains on, for audits and tests
+        artifacts.write_json(run_dir / SHARDS_DIR / f"worker-{worker.rank}.json", shard.paths)
     handle = resolve_backbone(config.backbone, cache)
-    print(f"Training on {len(train_folder)} images, validating on {len(validation_folder)}, "
-          f"classes {class_names}, backbone {handle}", flush=True)
+    log = print if worker.is_chief else (lambda *args, **kwargs: None)
+    log(f"Training on {len(shard)} x {worker.world_size} of {len(train_folder)} images "
+        f"(global batch {config.batch_size} x {worker.world_size}), validating on {len(validation_folder)}, "
+        f"classes {class_names}, backbone {handle}", flush=True)
 
-    model = build_classifier(handle, len(class_names), config.image_size)
-    compile_classifier(model, config.learning_rate)
-    checkpoint = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
-    manager = tf.train.CheckpointManager(checkpoint, run_dir / CHECKPOINT_DIR, max_to_keep=1)
+    with strategy.scope():
+        model = build_classifier(handle, len(class_names), config.image_size)
+        compile_classifier(model, config.learning_rate)
+    state = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
     history = []
-    if resume and manager.latest_checkpoint:
-        checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-        history = json.loads((run_dir / HISTORY_JSON).read_text())
-        print(f"Resumed from {manager.latest_checkpoint} after epoch {len(history)}", flush=True)
+    latest = checkpoints.latest()
+    if latest is not None:
+        state.read(str(latest / "state")).assert_existing_objects_matched()
+        history = json.loads((latest / HISTORY_JSON).read_text())
+        log(f"Resumed from {latest} after epoch {len(history)}", flush=True)
 
     validation = make_dataset(validation_folder, config.image_size, config.batch_size)
     validation_features = backbone_features(model, validation)
-    head = head_on_features(model)
 
     for epoch in range(len(history), config.epochs):
         epoch_start = time.perf_counter()
-        dataset = make_dataset(train_folder, config.image_size, config.batch_size, shuffle=True,
+        dataset = make_dataset(shard, config.image_size, config.batch_size, shuffle=True,
                                augment_images=config.augment, seed=config.seed, epoch=epoch)
-        fit = model.fit(dataset, verbose=0).history
+        fit = model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=list(callbacks)).history
         seconds = time.perf_counter() - epoch_start
-        val_loss, val_accuracy = head.evaluate(
-            validation_features, validation_folder.labels, batch_size=config.batch_size, verbose=0)
+        validation_metrics = classification_metrics(
+            validation_folder.labels, head_logits(model, validation_features), class_names)
         row = {"epoch": epoch + 1, "loss": fit["loss"][0], "accuracy": fit["accuracy"][0],
-               "val_loss": val_loss, "val_accuracy": val_accuracy, "seconds": seconds,
-               "images_per_second": len(train_folder) / seconds}
+               "val_loss": validation_metrics["loss"], "val_accuracy": validation_metrics["accuracy"],
+               "seconds": seconds, "images_per_second": len(shard) * worker.world_size / seconds,
+               "finished_at": time.time()}
         history.append(row)
-        print(format_epoch(row, config.epochs), flush=True)
-        # Checkpoint first, then the history that points past it: a crash between the two only
-        # repeats an epoch on --resume, it never skips one.
-        manager.save(checkpoint_number=epoch + 1)
-        artifacts.write_json(run_dir / HISTORY_JSON, history)
-        artifacts.write_parquet(run_dir / HISTORY_PARQUET, history)
+        log(format_epoch(row, config.epochs), flush=True)
 
-    logits = head.predict(validation_features, batch_size=config.batch_size, verbose=0)
-    metrics = classification_metrics(validation_folder.labels, logits, class_names)
+        def write_checkpoint(directory: Path):
+            state.write(str(directory / "state"))
+            (directory / HISTORY_JSON).write_text(json.dumps(history))
+
+        checkpoints.save(write_checkpoint, row, worker)
+        if worker.is_chief:
+            artifacts.write_json(run_dir / HISTORY_JSON, history)
+            artifacts.write_parquet(run_dir / HISTORY_PARQUET, history)
+
+    metrics = classification_metrics(validation_folder.labels, head_logits(model, validation_features), class_names)
     metrics["run"] = {
         "backbone_handle": handle, "data_dir": str(data_dir), "train_images": len(train_folder),
+        "train_images_per_worker": len(shard), "num_workers": worker.world_size,
+        "global_batch_size": config.batch_size * worker.world_size,
         "validation_images": len(validation_folder), "wall_seconds": time.perf_counter() - started,
         "versions": _versions(),
     }
-    export_classifier(model, class_names, config.image_size, run_dir / MODEL_DIR)
-    artifacts.write_json(run_dir / CLASS_NAMES_FILE, class_names)
-    artifacts.plot_history(history, run_dir / HISTORY_PLOT)
-    artifacts.plot_confusion_matrix(metrics["confusion_matrix"], class_names, run_dir / CONFUSION_PLOT)
-    artifacts.write_json(run_dir / METRICS_FILE, metrics)
+    # Under MultiWorkerMirroredStrategy every worker must save (the save runs collectives); only
+    # the chief's copy is kept.
+    with tempfile.TemporaryDirectory() as scratch:
+        model_dir = run_dir / MODEL_DIR if worker.is_chief else Path(scratch) / MODEL_DIR
+        export_classifier(model, class_names, config.image_size, model_dir)
+    if worker.is_chief:
+        artifacts.write_json(run_dir / CLASS_NAMES_FILE, class_names)
+        artifacts.plot_history(history, run_dir / HISTORY_PLOT)
+        artifacts.plot_confusion_matrix(metrics["confusion_matrix"], class_names, run_dir / CONFUSION_PLOT)
+        artifacts.write_json(run_dir / METRICS_FILE, metrics)
     return metrics

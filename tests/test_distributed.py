@@ -1,0 +1,108 @@
+"""The same job on Ray Train: 2 CPU workers on a Ray instance this test starts on this machine."""
+import dataclasses
+import json
+import os
+import secrets
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import TINY_IMAGE_SIZE
+from tl_core.config import TrainConfig
+from tl_core.data import ImageFolder, make_dataset
+from tl_core.distribute import DEFAULT, MIRRORED, MULTI_WORKER, strategy_kind
+from tl_core.train import prepare_run_dir, train
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL_RUN_FILES = {"config.json", "class_names.json", "history.json", "history.parquet", "metrics.json",
+                   "history.png", "confusion_matrix.png", "model"}
+
+
+def test_strategy_choice():
+    two_workers = json.dumps({"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}, "task": {"type": "worker", "index": 0}})
+    one_worker = json.dumps({"cluster": {"worker": ["127.0.0.1:1"]}, "task": {"type": "worker", "index": 0}})
+    assert strategy_kind(two_workers, num_gpus=0) == MULTI_WORKER
+    assert strategy_kind(two_workers, num_gpus=4) == MULTI_WORKER  # MWMS mirrors local GPUs too
+    assert strategy_kind(None, num_gpus=4) == MIRRORED
+    assert strategy_kind(one_worker, num_gpus=2) == MIRRORED
+    assert strategy_kind(None, num_gpus=1) == DEFAULT
+    assert strategy_kind(None, num_gpus=0) == DEFAULT
+
+
+def test_shards_are_disjoint_equal_and_are_what_the_pipeline_reads(tmp_path):
+    import tensorflow as tf
+
+    paths = []
+    for i in range(11):
+        path = tmp_path / f"{i}.png"
+        path.write_bytes(tf.io.encode_png(np.full((4, 4, 1), i * 20, np.uint8)).numpy())
+        paths.append(str(path))
+    folder = ImageFolder(paths, np.arange(11, dtype=np.int32) % 2, ["a", "b"])
+    shards = [folder.shard(rank, 3, seed=5) for rank in range(3)]
+    assert [len(s) for s in shards] == [3, 3, 3]  # 11 // 3 each: every worker runs the same steps
+    assert not set(shards[0].paths) & set(shards[1].paths) | set(shards[1].paths) & set(shards[2].paths)
+    for shard in shards:
+        seen = np.concatenate([x.numpy() for x, _ in make_dataset(shard, 4, 2, shuffle=True, seed=1)])
+        levels = sorted({int(round(v * 255 / 20)) for v in seen[:, 0, 0, 0]})
+        assert levels == sorted(int(Path(p).stem) for p in shard.paths)
+
+
+@pytest.fixture(scope="module")
+def ray_instance():
+    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    import ray  # after the auth settings: Ray reads them once, on first use
+
+    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+    yield ray
+    ray.shutdown()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+def distributed_config(tiny_backbone, colour_dataset, output_dir, **overrides):
+    values = dict(data_dir=str(colour_dataset), backbone=tiny_backbone, image_size=TINY_IMAGE_SIZE,
+                  batch_size=8, epochs=3, learning_rate=0.05, seed=3, output_dir=str(output_dir),
+                  num_workers=2, max_failures=1)
+    return prepare_run_dir(TrainConfig(**{**values, **overrides}))
+
+
+def test_two_workers_train_like_a_local_run(ray_instance, tiny_backbone, colour_dataset, tmp_path):
+    from tl_core.ray_train import train_on_ray
+
+    config = distributed_config(tiny_backbone, colour_dataset, tmp_path / "ray_run", epochs=5)
+    train_on_ray(config)
+    run_dir = Path(config.output_dir)
+    assert LOCAL_RUN_FILES <= {p.name for p in run_dir.iterdir()}
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["run"]["num_workers"] == 2 and metrics["run"]["global_batch_size"] == 16
+    assert json.loads((run_dir / "config.json").read_text())["global_batch_size"] == 16
+    assert [row["epoch"] for row in json.loads((run_dir / "history.json").read_text())] == [1, 2, 3, 4, 5]
+
+    local = prepare_run_dir(dataclasses.replace(config, num_workers=1, output_dir=str(tmp_path / "local")))
+    local_metrics = train(local)
+    # Same epochs, half the optimizer steps (global batch 16 instead of 8): still comparable.
+    assert metrics["accuracy"] >= 0.9 and abs(metrics["accuracy"] - local_metrics["accuracy"]) <= 0.1
+
+    shards = [json.loads((run_dir / "shards" / f"worker-{rank}.json").read_text()) for rank in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 24  # 48 training images over 2 workers
+    assert not set(shards[0]) & set(shards[1])
+
+
+def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_instance, tiny_backbone, colour_dataset, tmp_path):
+    from tl_core.ray_train import KillWorkerOnce, train_on_ray
+
+    config = distributed_config(tiny_backbone, colour_dataset, tmp_path / "ray_fault", epochs=5)
+    marker = tmp_path / "killed"
+    train_on_ray(config, fault=KillWorkerOnce(rank=1, epoch=3, marker=marker))
+    assert marker.exists()  # the fault really fired
+    history = json.loads((Path(config.output_dir) / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5]  # no epoch twice, none missing
+    killed_at = marker.stat().st_mtime
+    # Epochs 1-2 finished before the kill and were restored from the checkpoint, not trained again.
+    assert history[1]["finished_at"] < killed_at < history[2]["finished_at"]
+    assert json.loads((Path(config.output_dir) / "metrics.json").read_text())["accuracy"] >= 0.9

@@ -1,0 +1,107 @@
+"""The same training function on Ray Train workers: TensorflowTrainer + MultiWorkerMirroredStrategy.
+
+Each worker runs tl_core.train.train unchanged, on its own equal shard of the training images.
+Every epoch ends with a checkpoint reported through ray.train.report; when a worker dies, Ray
+restarts the worker group (up to config.max_failures times) and training continues from the last
+reported epoch. The chief (rank 0) writes the run's artifacts into config.output_dir, the same
+layout as a local run, with Ray's own checkpoints under <output_dir>/ray.
+"""
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import ray.train
+from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
+from ray.train.tensorflow import TensorflowTrainer
+
+from tl_core.config import TrainConfig
+from tl_core.distribute import Worker
+
+# Set in every worker before TensorFlow is imported: hub.KerasLayer needs tf-keras (Keras 2).
+WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_FORCE_GPU_ALLOW_GROWTH": "true", "TF_CPP_MIN_LOG_LEVEL": "2"}
+RAY_DIR = "ray"
+
+
+class RayCheckpoints:
+    """Epoch checkpoints reported to Ray Train; restored from ray.train.get_checkpoint() on restart."""
+
+    def __init__(self):
+        self._restored = None
+
+    def latest(self) -> Path | None:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        self._restored = tempfile.TemporaryDirectory()
+        return Path(checkpoint.to_directory(self._restored.name))
+
+    def save(self, write, metrics: dict, worker: Worker) -> None:
+        # Every worker writes (MWMS needs them all), each into its own directory; only the chief's
+        # copy is reported, and report() is a barrier that all of them call once per epoch.
+        with tempfile.TemporaryDirectory() as directory:
+            write(Path(directory))
+            checkpoint = Checkpoint.from_directory(directory) if worker.is_chief else None
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+class KillWorkerOnce:
+    """Test fault: on its first attempt, worker `rank` dies mid-epoch `epoch` (1-based), as if its node failed."""
+
+    def __init__(self, rank: int, epoch: int, marker: Path):
+        self.rank, self.epoch, self.marker = rank, epoch, marker
+
+    def callbacks(self, worker: Worker) -> list:
+        import tf_keras
+
+        fault = self
+
+        class Kill(tf_keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.epoch = epoch + 1
+
+            def on_train_batch_end(self, batch, logs=None):
+                if worker.rank == fault.rank and self.epoch == fault.epoch and batch == 1 \
+                        and not fault.marker.exists():
+                    # Ray's controller collects reports when it polls workers (every 2 s): a worker
+                    # dying sooner than that after a report loses it. Real epochs are longer.
+                    time.sleep(5)
+                    fault.marker.write_text("killed\n")
+                    os._exit(1)
+
+        return [Kill()]
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    import tl_core  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+    from tl_core.train import train
+
+    context = ray.train.get_context()
+    worker = Worker(context.get_world_rank(), context.get_world_size())
+    fault = loop_config.get("fault")
+    callbacks = fault.callbacks(worker) if fault else ()
+    train(TrainConfig.from_dict(loop_config["config"]), worker=worker, checkpoints=RayCheckpoints(),
+          callbacks=callbacks)
+
+
+def train_on_ray(config: TrainConfig, *, fault: KillWorkerOnce | None = None):
+    """Run the job on config.num_workers Ray Train workers; connects to a running cluster if there is one."""
+    if not ray.is_initialized():
+        ray.init()  # the cluster of $RAY_ADDRESS / `ray job submit`, else a new local one
+    run_dir = Path(config.output_dir)
+    resources = {"CPU": config.cpus_per_worker}
+    if config.use_gpu:
+        resources["GPU"] = config.gpus_per_worker
+    trainer = TensorflowTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config.to_dict(), "fault": fault},
+        scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=RAY_DIR, storage_path=str(run_dir),
+            failure_config=FailureConfig(max_failures=config.max_failures),
+            worker_runtime_env={"env_vars": WORKER_ENV},
+        ),
+    )
+    return trainer.fit()
