@@ -50,9 +50,12 @@ def test_shards_are_disjoint_equal_and_are_what_the_pipeline_reads(tmp_path):
 
 @pytest.fixture(scope="module")
 def ray_instance():
+    # Ray turns on token auth for clusters it starts (Config.initialize re-reads the mode, so the
+    # import order of ray does not matter); the token comes from here, not from ~/.ray.
     saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
-    import ray  # after the auth settings: Ray reads them once, on first use
+    os.environ.pop("RAY_AUTH_MODE", None)
+    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
+    import ray
 
     ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
     yield ray

@@ -1,4 +1,4 @@
-"""Input pipeline: class folders -> tf.data batches of float RGB images in [0, 1].
+"""Input pipeline: class folders or Parquet shards -> tf.data batches of float RGB images in [0, 1].
 
 Decode and resize run in a parallel map over files; augmentation runs on whole batches after
 batching; everything is prefetched. Randomness (shuffle order, augmentation) is derived from
@@ -86,22 +86,50 @@ def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
     return tf.clip_by_value(image, 0.0, 1.0)
 
 
-def load_image(path: tf.Tensor, image_size: int) -> tf.Tensor:
-    return decode_and_resize(tf.io.read_file(path), image_size)
-
-
 def epoch_seed(seed: int, epoch: int) -> int:
     """One integer per (run seed, epoch), for tf.data ops that take a scalar seed."""
     return seed * 100_003 + epoch
 
 
-def make_dataset(folder: ImageFolder, image_size: int, batch_size: int, *, shuffle: bool = False,
-                 augment_images: bool = False, seed: int = 0, epoch: int = 0) -> tf.data.Dataset:
-    """Batches of (images, labels); shuffle and augmentation are drawn from (seed, epoch)."""
-    ds = tf.data.Dataset.from_tensor_slices((folder.paths, folder.labels))
+def list_split(directory: str | Path, class_names: list[str] | None = None):
+    """A split directory as class folders (ImageFolder) or Parquet shards (ParquetImages)."""
+    from tl_core import parquet_data
+
+    if parquet_data.is_parquet_split(Path(directory)):
+        return parquet_data.list_parquet_split(Path(directory), class_names)
+    return list_image_folder(directory, class_names)
+
+
+PARQUET_SHUFFLE_BUFFER = 2048  # rows; Parquet shards stream, so they shuffle within a window
+
+
+def encoded_images(source, *, shuffle: bool, seed: int, epoch: int) -> tf.data.Dataset:
+    """(encoded image bytes, label) pairs of a source, in this epoch's order."""
+    if isinstance(source, ImageFolder):
+        ds = tf.data.Dataset.from_tensor_slices((source.paths, source.labels))
+        if shuffle:
+            ds = ds.shuffle(len(source), seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+        return ds.map(lambda path, label: (tf.io.read_file(path), label),
+                      num_parallel_calls=AUTOTUNE, deterministic=True)
+    order = np.arange(len(source.segments))
     if shuffle:
-        ds = ds.shuffle(len(folder), seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
-    ds = ds.map(lambda path, label: (load_image(path, image_size), label),
+        order = np.random.default_rng(epoch_seed(seed, epoch)).permutation(order)
+    ds = tf.data.Dataset.from_generator(
+        lambda: source.iter_encoded(order),
+        output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)))
+    if shuffle:
+        ds = ds.shuffle(PARQUET_SHUFFLE_BUFFER, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+    return ds
+
+
+def make_dataset(source, image_size: int, batch_size: int, *, shuffle: bool = False,
+                 augment_images: bool = False, seed: int = 0, epoch: int = 0) -> tf.data.Dataset:
+    """Batches of (images, labels) from class folders or Parquet shards.
+
+    Shuffle order and augmentation are drawn from (seed, epoch).
+    """
+    ds = encoded_images(source, shuffle=shuffle, seed=seed, epoch=epoch)
+    ds = ds.map(lambda encoded, label: (decode_and_resize(encoded, image_size), label),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
     ds = ds.batch(batch_size)
     if augment_images:

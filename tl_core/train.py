@@ -20,7 +20,7 @@ import tf_keras
 from tl_core import artifacts, assets
 from tl_core.backbones import resolve_backbone
 from tl_core.config import TrainConfig
-from tl_core.data import ImageFolder, list_image_folder, make_dataset
+from tl_core.data import list_split, make_dataset
 from tl_core.distribute import Worker, make_strategy
 from tl_core.export import export_classifier
 from tl_core.metrics import classification_metrics
@@ -79,11 +79,12 @@ def prepare_run_dir(config: TrainConfig, *, overwrite: bool = False, resume: boo
     return config
 
 
-def load_folders(config: TrainConfig, cache: Path) -> tuple[ImageFolder, ImageFolder, Path]:
+def load_splits(config: TrainConfig, cache: Path):
+    """The train and validation sources (class folders or Parquet shards) and the data directory."""
     data_dir = Path(config.data_dir) if config.data_dir else prepare_cats_vs_dogs(cache)
-    train_folder = list_image_folder(data_dir / "train")
-    validation_folder = list_image_folder(data_dir / "validation", train_folder.class_names)
-    return train_folder, validation_folder, data_dir
+    train_source = list_split(data_dir / "train")
+    validation_source = list_split(data_dir / "validation", train_source.class_names)
+    return train_source, validation_source, data_dir
 
 
 def backbone_features(model: tf.keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
@@ -138,15 +139,15 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
     checkpoints = checkpoints or LocalCheckpoints(run_dir)
     cache = assets.cache_dir(config.cache_dir)
     tf.keras.utils.set_random_seed(config.seed)
-    train_folder, validation_folder, data_dir = load_folders(config, cache)
-    class_names = train_folder.class_names
-    shard = train_folder.shard(worker.rank, worker.world_size, seed=config.seed)
-    if worker.world_size > 1:  # which images each worker trains on, for audits and tests
+    train_source, validation_source, data_dir = load_splits(config, cache)
+    class_names = train_source.class_names
+    shard = train_source.shard(worker.rank, worker.world_size, seed=config.seed)
+    if worker.world_size > 1 and hasattr(shard, "paths"):  # which images each worker trains on
         artifacts.write_json(run_dir / SHARDS_DIR / f"worker-{worker.rank}.json", shard.paths)
     handle = resolve_backbone(config.backbone, cache)
     log = print if worker.is_chief else (lambda *args, **kwargs: None)
-    log(f"Training on {len(shard)} x {worker.world_size} of {len(train_folder)} images "
-        f"(global batch {config.batch_size} x {worker.world_size}), validating on {len(validation_folder)}, "
+    log(f"Training on {len(shard)} x {worker.world_size} of {len(train_source)} images "
+        f"(global batch {config.batch_size} x {worker.world_size}), validating on {len(validation_source)}, "
         f"classes {class_names}, backbone {handle}", flush=True)
 
     with strategy.scope():
@@ -160,7 +161,7 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
         history = json.loads((latest / HISTORY_JSON).read_text())
         log(f"Resumed from {latest} after epoch {len(history)}", flush=True)
 
-    validation = make_dataset(validation_folder, config.image_size, config.batch_size)
+    validation = make_dataset(validation_source, config.image_size, config.batch_size)
     validation_features = backbone_features(model, validation)
 
     for epoch in range(len(history), config.epochs):
@@ -170,7 +171,7 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
         fit = model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=list(callbacks)).history
         seconds = time.perf_counter() - epoch_start
         validation_metrics = classification_metrics(
-            validation_folder.labels, head_logits(model, validation_features), class_names)
+            validation_source.labels, head_logits(model, validation_features), class_names)
         row = {"epoch": epoch + 1, "loss": fit["loss"][0], "accuracy": fit["accuracy"][0],
                "val_loss": validation_metrics["loss"], "val_accuracy": validation_metrics["accuracy"],
                "seconds": seconds, "images_per_second": len(shard) * worker.world_size / seconds,
@@ -187,12 +188,12 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
             artifacts.write_json(run_dir / HISTORY_JSON, history)
             artifacts.write_parquet(run_dir / HISTORY_PARQUET, history)
 
-    metrics = classification_metrics(validation_folder.labels, head_logits(model, validation_features), class_names)
+    metrics = classification_metrics(validation_source.labels, head_logits(model, validation_features), class_names)
     metrics["run"] = {
-        "backbone_handle": handle, "data_dir": str(data_dir), "train_images": len(train_folder),
+        "backbone_handle": handle, "data_dir": str(data_dir), "train_images": len(train_source),
         "train_images_per_worker": len(shard), "num_workers": worker.world_size,
         "global_batch_size": config.batch_size * worker.world_size,
-        "validation_images": len(validation_folder), "wall_seconds": time.perf_counter() - started,
+        "validation_images": len(validation_source), "wall_seconds": time.perf_counter() - started,
         "versions": _versions(),
     }
     # Under MultiWorkerMirroredStrategy every worker must save (the save runs collectives); only

@@ -1,0 +1,118 @@
+"""Image datasets as Parquet shards: a few large files instead of millions of small ones.
+
+Layout: <dir>/train/*.parquet and <dir>/validation/*.parquet, columns image (encoded bytes),
+label (int32), class_name, path (the source file); the class names, in label order, are stored in
+each file's schema metadata. Files are read one row group at a time, so memory stays bounded.
+"""
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tl_core.artifacts import atomic_path
+
+SCHEMA = pa.schema([("image", pa.binary()), ("label", pa.int32()), ("class_name", pa.string()), ("path", pa.string())])
+CLASS_NAMES_KEY = b"tl_core.class_names"
+
+
+class ParquetDatasetError(ValueError):
+    pass
+
+
+def write_parquet_shards(folder, output_dir: Path, *, rows_per_file: int = 5000,
+                         rows_per_group: int = 256, progress=print) -> list[Path]:
+    """Write an ImageFolder's files as Parquet shards, streaming: one row group in memory at a time."""
+    schema = SCHEMA.with_metadata({CLASS_NAMES_KEY: json.dumps(folder.class_names).encode()})
+    output_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for start in range(0, len(folder), rows_per_file):
+        path = output_dir / f"part-{len(written):05d}.parquet"
+        stop = min(start + rows_per_file, len(folder))
+        with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+            for group in range(start, stop, rows_per_group):
+                rows = range(group, min(group + rows_per_group, stop))
+                writer.write_table(pa.table({
+                    "image": [Path(folder.paths[i]).read_bytes() for i in rows],
+                    "label": pa.array([int(folder.labels[i]) for i in rows], pa.int32()),
+                    "class_name": [folder.class_names[folder.labels[i]] for i in rows],
+                    "path": [folder.paths[i] for i in rows],
+                }, schema=schema))
+        written.append(path)
+        progress(f"  {path} ({stop - start} images)")
+    return written
+
+
+@dataclasses.dataclass
+class ParquetImages:
+    """Rows of Parquet shards, as (file, row group, first row, end row) segments in reading order."""
+
+    files: list[str]
+    segments: list[tuple[int, int, int, int]]
+    labels: np.ndarray
+    class_names: list[str]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def shard(self, index: int, count: int, seed: int) -> "ParquetImages":
+        """Worker `index` of `count`: equal, disjoint row counts, made of whole row groups where possible.
+
+        Row groups are taken in a seeded random order and the resulting row sequence is cut into
+        `count` equal parts, so each worker reads about 1/count of the data.
+        """
+        if count == 1:
+            return self
+        per_worker = len(self) // count
+        if per_worker == 0:
+            raise ParquetDatasetError(f"{len(self)} training images cannot be split over {count} workers")
+        order = np.random.default_rng(seed).permutation(len(self.segments))
+        first, last = index * per_worker, (index + 1) * per_worker
+        segments, labels, position = [], [], 0
+        offsets = np.cumsum([0] + [s[3] - s[2] for s in self.segments])
+        for i in order:
+            file, group, begin, end = self.segments[i]
+            lo, hi = max(begin, begin + first - position), min(end, begin + last - position)
+            if lo < hi:
+                segments.append((file, group, lo, hi))
+                labels.append(self.labels[offsets[i] + lo - begin:offsets[i] + hi - begin])
+            position += end - begin
+        return ParquetImages(self.files, segments, np.concatenate(labels), self.class_names)
+
+    def iter_encoded(self, segment_order):
+        """(encoded image, label) in the given order of segments, one row group read at a time."""
+        readers = {}
+        for i in segment_order:
+            file, group, begin, end = self.segments[i]
+            reader = readers.setdefault(file, pq.ParquetFile(self.files[file]))
+            table = reader.read_row_group(group, columns=["image", "label"]).slice(begin, end - begin)
+            yield from zip(table.column("image").to_pylist(), table.column("label").to_pylist())
+
+
+def is_parquet_split(directory: Path) -> bool:
+    return directory.is_dir() and any(directory.glob("*.parquet"))
+
+
+def list_parquet_split(directory: Path, class_names: list[str] | None = None) -> ParquetImages:
+    files = sorted(str(p) for p in Path(directory).glob("*.parquet"))
+    if not files:
+        raise ParquetDatasetError(f"{directory} holds no .parquet files")
+    segments, labels, found = [], [], None
+    for index, file in enumerate(files):
+        reader = pq.ParquetFile(file)
+        metadata = reader.schema_arrow.metadata or {}
+        if CLASS_NAMES_KEY not in metadata:
+            raise ParquetDatasetError(f"{file} was not written by `python -m jobs.ingest` (no class names)")
+        names = json.loads(metadata[CLASS_NAMES_KEY])
+        if found is not None and names != found:
+            raise ParquetDatasetError(f"{file} has classes {names}, other shards have {found}")
+        found = names
+        for group in range(reader.num_row_groups):
+            rows = reader.metadata.row_group(group).num_rows
+            segments.append((index, group, 0, rows))
+        labels.append(reader.read(columns=["label"]).column("label").to_numpy())
+    if class_names is not None and found != list(class_names):
+        raise ParquetDatasetError(f"{directory} has classes {found}, but training has {list(class_names)}")
+    return ParquetImages(files, segments, np.concatenate(labels).astype(np.int32), found)
