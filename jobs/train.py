@@ -28,6 +28,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--learning-rate", type=float, help=f"default {defaults.learning_rate}")
     parser.add_argument("--no-augment", dest="augment", action="store_false", default=None,
                         help="train without the ImageDataGenerator-style augmentation")
+    parser.add_argument("--cache-features", dest="cache_features", action="store_true", default=None,
+                        help="run the backbone once per image and train the head on kept features "
+                        "(needs --no-augment; on by default when augmentation is off)")
+    parser.add_argument("--no-cache-features", dest="cache_features", action="store_false",
+                        help="run the backbone every epoch even without augmentation")
     parser.add_argument("--seed", type=int, help=f"default {defaults.seed}")
     parser.add_argument("--output-dir", help="run directory (default runs/<UTC timestamp>)")
     parser.add_argument("--cache-dir", help="asset cache (default $TL_CACHE_DIR or ~/.cache/tl_core)")

@@ -129,3 +129,38 @@ def test_default_job_reaches_the_recipe_accuracy(tmp_path):
     config = prepare_run_dir(TrainConfig(output_dir=str(tmp_path / "run")))
     metrics = train(config)
     assert metrics["accuracy"] >= 0.80
+
+
+def test_cached_features_train_the_same_head_with_one_backbone_pass(tiny_backbone, colour_dataset, tmp_path, monkeypatch):
+    import tl_core.train as train_module
+
+    images_through_backbone = []
+    real = train_module.backbone_features
+
+    def counting(model, dataset):
+        features = real(model, dataset)
+        images_through_backbone.append(len(features))
+        return features
+
+    monkeypatch.setattr(train_module, "backbone_features", counting)
+    cached = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "cached", augment=False))
+    assert cached.uses_feature_cache
+    cached_metrics = train(cached)
+    assert sorted(images_through_backbone) == [20, 48]  # validation once, training once, for 4 epochs
+
+    images_through_backbone.clear()
+    direct = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "direct", augment=False,
+                                         cache_features=False))
+    direct_metrics = train(direct)
+    assert images_through_backbone == [20]  # training images went through the full model instead
+    # Same batches in the same order: the same head, whether its inputs were cached or not.
+    expected, got = _head_weights(tmp_path / "direct"), _head_weights(tmp_path / "cached")
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], atol=1e-4)
+    assert cached_metrics["accuracy"] == direct_metrics["accuracy"] >= 0.9
+    assert cached_metrics["run"]["cached_features"] and not direct_metrics["run"]["cached_features"]
+
+
+def test_cached_features_refuse_augmentation():
+    with pytest.raises(ValueError, match="--no-augment"):
+        TrainConfig(augment=True, cache_features=True)

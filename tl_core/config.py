@@ -17,6 +17,9 @@ class TrainConfig:
     epochs: int = 6
     learning_rate: float = 1e-3  # Adam's default, as in the recipe
     augment: bool = True
+    # Run the frozen backbone once per training image and train the head on the kept features.
+    # None: on exactly when augmentation is off (random augmentation needs the backbone every epoch).
+    cache_features: bool | None = None
     seed: int = 0
     # Where the run's artifacts go; None means runs/<UTC timestamp>.
     output_dir: str | None = None
@@ -30,6 +33,10 @@ class TrainConfig:
     max_failures: int = 2  # worker-group restarts from the last epoch's checkpoint before giving up
 
     @property
+    def uses_feature_cache(self) -> bool:
+        return self.cache_features if self.cache_features is not None else not self.augment
+
+    @property
     def global_batch_size(self) -> int:
         """Images per optimizer step: batch_size is per worker."""
         return self.batch_size * self.num_workers
@@ -41,6 +48,9 @@ class TrainConfig:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
+        if self.cache_features and self.augment:
+            raise ValueError("cache_features needs augment off: augmented images differ every epoch, "
+                             "so their features cannot be computed once (pass --no-augment)")
         if not isinstance(self.max_failures, int) or self.max_failures < 0:
             raise ValueError(f"max_failures must be a non-negative integer, got {self.max_failures!r}")
 

@@ -34,3 +34,8 @@ def compile_classifier(model: keras.Model, learning_rate: float) -> None:
         metrics=["accuracy"],
     )
 
+
+def head_model(model: keras.Sequential) -> keras.Sequential:
+    """The classifier's own Dense head (shared weights) as a model on precomputed backbone features."""
+    head = model.get_layer("head")
+    return keras.Sequential([keras.Input((head.kernel.shape[0],)), head], name="head_on_features")

@@ -20,11 +20,11 @@ import tf_keras
 from tl_core import artifacts, assets
 from tl_core.backbones import resolve_backbone
 from tl_core.config import TrainConfig
-from tl_core.data import list_split, make_dataset
+from tl_core.data import list_split, make_dataset, make_feature_dataset
 from tl_core.distribute import Worker, make_strategy
 from tl_core.export import export_classifier
 from tl_core.metrics import classification_metrics
-from tl_core.model import build_classifier, compile_classifier
+from tl_core.model import build_classifier, compile_classifier, head_model
 from tl_core.sample_data import prepare_cats_vs_dogs
 
 # Files of a run directory.
@@ -150,10 +150,13 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
         f"(global batch {config.batch_size} x {worker.world_size}), validating on {len(validation_source)}, "
         f"classes {class_names}, backbone {handle}", flush=True)
 
+    cached = config.uses_feature_cache
     with strategy.scope():
         model = build_classifier(handle, len(class_names), config.image_size)
-        compile_classifier(model, config.learning_rate)
-    state = tf.train.Checkpoint(model=model, optimizer=model.optimizer)
+        # With cached features only the head runs during training: fit the head on its own.
+        trainer = head_model(model) if cached else model
+        compile_classifier(trainer, config.learning_rate)
+    state = tf.train.Checkpoint(model=model, optimizer=trainer.optimizer)
     history = []
     latest = checkpoints.latest()
     if latest is not None:
@@ -161,14 +164,24 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
         history = json.loads((latest / HISTORY_JSON).read_text())
         log(f"Resumed from {latest} after epoch {len(history)}", flush=True)
 
+    feature_start = time.perf_counter()
     validation = make_dataset(validation_source, config.image_size, config.batch_size)
     validation_features = backbone_features(model, validation)
+    if cached and len(history) < config.epochs:
+        train_features = backbone_features(model, make_dataset(shard, config.image_size, config.batch_size))
+    feature_seconds = time.perf_counter() - feature_start
+    log(f"Backbone features of {len(validation_source)} validation"
+        f"{f' and {len(shard)} training' if cached else ''} images computed once: {feature_seconds:.1f}s", flush=True)
 
     for epoch in range(len(history), config.epochs):
         epoch_start = time.perf_counter()
-        dataset = make_dataset(shard, config.image_size, config.batch_size, shuffle=True,
-                               augment_images=config.augment, seed=config.seed, epoch=epoch)
-        fit = model.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=list(callbacks)).history
+        if cached:
+            dataset = make_feature_dataset(train_features, shard.labels, config.batch_size,
+                                           seed=config.seed, epoch=epoch)
+        else:
+            dataset = make_dataset(shard, config.image_size, config.batch_size, shuffle=True,
+                                   augment_images=config.augment, seed=config.seed, epoch=epoch)
+        fit = trainer.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=list(callbacks)).history
         seconds = time.perf_counter() - epoch_start
         validation_metrics = classification_metrics(
             validation_source.labels, head_logits(model, validation_features), class_names)
@@ -193,7 +206,8 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
         "backbone_handle": handle, "data_dir": str(data_dir), "train_images": len(train_source),
         "train_images_per_worker": len(shard), "num_workers": worker.world_size,
         "global_batch_size": config.batch_size * worker.world_size,
-        "validation_images": len(validation_source), "wall_seconds": time.perf_counter() - started,
+        "validation_images": len(validation_source), "cached_features": cached,
+        "feature_seconds": feature_seconds, "wall_seconds": time.perf_counter() - started,
         "versions": _versions(),
     }
     # Under MultiWorkerMirroredStrategy every worker must save (the save runs collectives); only
