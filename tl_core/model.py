@@ -27,11 +27,12 @@ def build_classifier(handle: str, num_classes: int, image_size: int) -> keras.Se
     return model
 
 
-def compile_classifier(model: keras.Model, learning_rate: float) -> None:
+def compile_classifier(model: keras.Model, learning_rate: float, jit_compile: bool = False) -> None:
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
+        jit_compile=jit_compile,
     )
 
 
