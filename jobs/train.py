@@ -35,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="run the backbone every epoch even without augmentation")
     parser.add_argument("--seed", type=int, help=f"default {defaults.seed}")
     parser.add_argument("--jit-compile", dest="jit_compile", action=argparse.BooleanOptionalAction,
-                        help="XLA-compile the training step (default: on when a GPU is visible)")
+                        help="XLA-compile the training step (default off; see benchmarks/gpu.py)")
     parser.add_argument("--output-dir", help="run directory (default runs/<UTC timestamp>)")
     parser.add_argument("--cache-dir", help="asset cache (default $TL_CACHE_DIR or ~/.cache/tl_core)")
     ray_group = parser.add_argument_group("distributed training on Ray Train")

@@ -66,4 +66,4 @@ def test_performance_flags_reach_the_config():
     assert not config_from_args(parse_args([])).uses_feature_cache
     assert config_from_args(parse_args(["--jit-compile"])).jit_compile is True
     assert config_from_args(parse_args(["--no-jit-compile"])).jit_compile is False
-    assert config_from_args(parse_args([])).jit_compile is None
+    assert config_from_args(parse_args([])).jit_compile is False

@@ -21,8 +21,9 @@ class TrainConfig:
     # None: on exactly when augmentation is off (random augmentation needs the backbone every epoch).
     cache_features: bool | None = None
     seed: int = 0
-    # XLA-compile the training step; None: on when TensorFlow sees a GPU, off on CPUs.
-    jit_compile: bool | None = None
+    # XLA-compile the training step. Off by default: on a CPU compiling the step (backbone
+    # included) takes minutes; on GPUs, benchmarks/gpu.py tells whether it pays.
+    jit_compile: bool = False
     # Where the run's artifacts go; None means runs/<UTC timestamp>.
     output_dir: str | None = None
     # Asset cache (weights, SavedModels, sample data); None means $TL_CACHE_DIR or ~/.cache/tl_core.

@@ -155,8 +155,7 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
         model = build_classifier(handle, len(class_names), config.image_size)
         # With cached features only the head runs during training: fit the head on its own.
         trainer = head_model(model) if cached else model
-        jit_compile = config.jit_compile if config.jit_compile is not None else bool(tf.config.list_physical_devices("GPU"))
-        compile_classifier(trainer, config.learning_rate, jit_compile)
+        compile_classifier(trainer, config.learning_rate, config.jit_compile)
     state = tf.train.Checkpoint(model=model, optimizer=trainer.optimizer)
     history = []
     latest = checkpoints.latest()
@@ -207,7 +206,7 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
         "backbone_handle": handle, "data_dir": str(data_dir), "train_images": len(train_source),
         "train_images_per_worker": len(shard), "num_workers": worker.world_size,
         "global_batch_size": config.batch_size * worker.world_size,
-        "validation_images": len(validation_source), "cached_features": cached, "jit_compile": jit_compile,
+        "validation_images": len(validation_source), "cached_features": cached,
         "feature_seconds": feature_seconds, "wall_seconds": time.perf_counter() - started,
         "versions": _versions(),
     }
