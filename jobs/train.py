@@ -6,6 +6,7 @@ ImageNet MobileNetV2, so it runs on a machine without internet access.
 import argparse
 import dataclasses
 import json
+import signal
 import sys
 from pathlib import Path
 
@@ -68,13 +69,21 @@ def absolute_paths(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, **absolute)
 
 
+def _stop_on_sigterm(signum, frame):
+    # A scheduler's SIGTERM takes the same path as Ctrl-C: the epoch in progress is dropped and the
+    # last completed epoch's checkpoint (written atomically) is what --resume continues from.
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     from tl_core.assets import AssetError
     from tl_core.data import DatasetError
     from tl_core.model import BackboneError
     from tl_core.train import RunDirectoryError, prepare_run_dir, train
 
+    config = None
     try:
         config = prepare_run_dir(config_from_args(args), overwrite=args.overwrite, resume=args.resume)
         print(f"Run directory {config.output_dir}\nConfiguration:\n{config.describe()}", flush=True)
@@ -89,7 +98,11 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("Interrupted; completed epochs are checkpointed: rerun with --resume to continue.",
+        if config is None:
+            print("Interrupted before training started.", file=sys.stderr)
+            return 130
+        print(f"Interrupted. Completed epochs are checkpointed in {config.output_dir}; continue with:\n"
+              f"  python -m jobs.train --config {Path(config.output_dir) / 'config.json'} --resume",
               file=sys.stderr)
         return 130
     except Exception as error:  # Ray wraps worker failures (TrainingFailedError and friends)

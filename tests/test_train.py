@@ -164,3 +164,39 @@ def test_cached_features_train_the_same_head_with_one_backbone_pass(tiny_backbon
 def test_cached_features_refuse_augmentation():
     with pytest.raises(ValueError, match="--no-augment"):
         TrainConfig(augment=True, cache_features=True)
+
+
+def test_sigterm_stops_and_resume_reaches_the_uninterrupted_result(tiny_backbone, colour_dataset, tmp_path):
+    import signal
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    common = ["--data-dir", str(colour_dataset), "--backbone", tiny_backbone, "--image-size", str(TINY_IMAGE_SIZE),
+              "--batch-size", "8", "--learning-rate", "0.05", "--seed", "3", "--epochs", "30"]
+    run_dir = tmp_path / "interrupted"
+    process = subprocess.Popen([sys.executable, "-m", "jobs.train", *common, "--output-dir", str(run_dir)],
+                               cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        history = run_dir / "history.json"
+        if history.exists() and len(json.loads(history.read_text())) >= 2:
+            process.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    assert "--resume" in stderr and "Traceback" not in stderr
+    done = len(json.loads((run_dir / "history.json").read_text()))
+    assert 2 <= done < 30 and not (run_dir / "model").exists()
+
+    resumed = subprocess.run([sys.executable, "-m", "jobs.train", "--config", str(run_dir / "config.json"), "--resume"],
+                             cwd=repo, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert f"after epoch {done}" in resumed.stdout
+    assert [row["epoch"] for row in json.loads((run_dir / "history.json").read_text())] == list(range(1, 31))
+
+    straight = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "straight", epochs=30))
+    train(straight)
+    expected, got = _head_weights(tmp_path / "straight"), _head_weights(run_dir)
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6)
