@@ -81,11 +81,13 @@ def main(argv=None) -> int:
     from tl_core.assets import AssetError
     from tl_core.data import DatasetError
     from tl_core.model import BackboneError
-    from tl_core.train import RunDirectoryError, prepare_run_dir, train
+    from tl_core.train import RunDirectoryError, check_images, prepare_run_dir, train
 
     config = None
     try:
-        config = prepare_run_dir(config_from_args(args), overwrite=args.overwrite, resume=args.resume)
+        requested = config_from_args(args)
+        check_images(requested)  # before the run directory exists: a failed check leaves nothing behind
+        config = prepare_run_dir(requested, overwrite=args.overwrite, resume=args.resume)
         print(f"Run directory {config.output_dir}\nConfiguration:\n{config.describe()}", flush=True)
         if args.ray or config.num_workers > 1:
             from tl_core.ray_train import train_on_ray

@@ -67,3 +67,24 @@ def test_performance_flags_reach_the_config():
     assert config_from_args(parse_args(["--jit-compile"])).jit_compile is True
     assert config_from_args(parse_args(["--no-jit-compile"])).jit_compile is False
     assert config_from_args(parse_args([])).jit_compile is False
+
+
+def test_undecodable_files_are_all_listed_before_training(tmp_path, colour_dataset, tiny_backbone):
+    import shutil
+    from pathlib import Path
+
+    data = tmp_path / "data"
+    shutil.copytree(colour_dataset, data)
+    good = sorted((data / "train" / "red").glob("*.png"))[0]
+    (data / "train" / "red" / "empty.jpg").write_bytes(b"")
+    (data / "train" / "blue" / "notes.jpg").write_text("not an image at all")
+    (data / "validation" / "red" / "truncated.png").write_bytes(good.read_bytes()[:60])
+    repo = Path(__file__).resolve().parents[1]
+    result = run_job("--data-dir", str(data), "--backbone", tiny_backbone, "--image-size", "32",
+                     "--output-dir", str(tmp_path / "run"), cwd=repo)
+    assert result.returncode == 2
+    assert "3 image file(s) cannot be decoded" in result.stderr
+    for name in ("empty.jpg", "notes.jpg", "truncated.png"):
+        assert name in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()  # nothing written: the same command works once fixed

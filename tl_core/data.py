@@ -6,6 +6,7 @@ batching; everything is prefetched. Randomness (shuffle order, augmentation) is 
 """
 import dataclasses
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,32 @@ def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
     image = tf.io.decode_image(encoded, channels=3, dtype=tf.float32, expand_animations=False)
     image = tf.image.resize(image, [image_size, image_size], method="bilinear")
     return tf.clip_by_value(image, 0.0, 1.0)
+
+
+def find_undecodable(folder: ImageFolder) -> list[tuple[str, str]]:
+    """Files of a folder TensorFlow cannot decode, each with the reason.
+
+    One parallel decode pass over every file; only the files it had to drop are decoded again,
+    one by one, for their error message.
+    """
+    def decodes(path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return path, tf.shape(image)[0]
+
+    ds = tf.data.Dataset.from_tensor_slices(folder.paths).map(decodes, num_parallel_calls=AUTOTUNE)
+    readable = {path.numpy().decode("utf-8", "surrogateescape") for path, _ in ds.ignore_errors()}
+    problems = []
+    for path in folder.paths:
+        if path in readable:
+            continue
+        try:
+            decode_and_resize(tf.io.read_file(path), 8)
+            problems.append((path, "failed to decode in the parallel pass"))
+        except tf.errors.OpError as error:
+            # "{{function_node ...}} Unknown image file format. ... [Op:DecodeImage] name:" -> the middle
+            reason = re.sub(r"^\{\{.*?\}\}\s*|\s*\[Op:.*$", "", error.message.strip().splitlines()[0])
+            problems.append((path, reason))
+    return problems
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

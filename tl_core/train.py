@@ -20,7 +20,7 @@ import tf_keras
 from tl_core import artifacts, assets
 from tl_core.backbones import resolve_backbone
 from tl_core.config import TrainConfig
-from tl_core.data import list_split, make_dataset, make_feature_dataset
+from tl_core.data import DatasetError, ImageFolder, find_undecodable, list_split, make_dataset, make_feature_dataset
 from tl_core.distribute import Worker, make_strategy
 from tl_core.export import export_classifier
 from tl_core.metrics import classification_metrics
@@ -85,6 +85,17 @@ def load_splits(config: TrainConfig, cache: Path):
     train_source = list_split(data_dir / "train")
     validation_source = list_split(data_dir / "validation", train_source.class_names)
     return train_source, validation_source, data_dir
+
+
+def check_images(config: TrainConfig) -> None:
+    """Fail before training, listing every image file that cannot be decoded (class folders only)."""
+    train_source, validation_source, _ = load_splits(config, assets.cache_dir(config.cache_dir))
+    problems = [problem for source in (train_source, validation_source) if isinstance(source, ImageFolder)
+                for problem in find_undecodable(source)]
+    if problems:
+        listing = "\n".join(f"  {path}: {reason}" for path, reason in problems[:50])
+        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
+        raise DatasetError(f"{len(problems)} image file(s) cannot be decoded; fix or remove them:\n{listing}{more}")
 
 
 def backbone_features(model: tf.keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
