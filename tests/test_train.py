@@ -117,8 +117,11 @@ def test_run_directory_is_never_mixed(tiny_backbone, colour_dataset, tmp_path):
         prepare_run_dir(config)
     with pytest.raises(RunDirectoryError, match="same arguments"):
         prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "run", seed=99), resume=True)
+    (tmp_path / "run" / "model").mkdir()
+    (tmp_path / "run" / "notes.txt").write_text("the user's own file")
     prepare_run_dir(config, overwrite=True)
-    assert not (tmp_path / "run" / "history.json").exists()
+    assert not (tmp_path / "run" / "history.json").exists() and not (tmp_path / "run" / "model").exists()
+    assert (tmp_path / "run" / "notes.txt").exists()  # only the run's own files are replaced
     with pytest.raises(RunDirectoryError, match="no run to resume"):
         prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "other"), resume=True)
 

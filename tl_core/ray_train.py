@@ -18,10 +18,10 @@ from ray.train.tensorflow import TensorflowTrainer
 
 from tl_core.config import TrainConfig
 from tl_core.distribute import Worker
+from tl_core.train import RAY_DIR
 
 # Set in every worker before TensorFlow is imported: hub.KerasLayer needs tf-keras (Keras 2).
 WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_FORCE_GPU_ALLOW_GROWTH": "true", "TF_CPP_MIN_LOG_LEVEL": "2"}
-RAY_DIR = "ray"
 
 
 class RayCheckpoints:

@@ -38,6 +38,7 @@ CONFUSION_PLOT = "confusion_matrix.png"
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
 SHARDS_DIR = "shards"
+RAY_DIR = "ray"  # Ray Train's own checkpoints, in distributed runs
 
 
 class RunDirectoryError(ValueError):
@@ -68,7 +69,9 @@ def prepare_run_dir(config: TrainConfig, *, overwrite: bool = False, resume: boo
                 f"{run_dir} already holds files; pass --resume to continue that run, "
                 "--overwrite to replace it, or choose another --output-dir"
             )
-        for name in (CHECKPOINT_DIR, HISTORY_JSON, HISTORY_PARQUET, METRICS_FILE):
+        # Everything a run writes, so that nothing of the old run survives next to the new one.
+        for name in (CHECKPOINT_DIR, HISTORY_JSON, HISTORY_PARQUET, METRICS_FILE, MODEL_DIR, HISTORY_PLOT,
+                     CONFUSION_PLOT, CLASS_NAMES_FILE, SHARDS_DIR, RAY_DIR):
             path = run_dir / name
             if path.is_dir():
                 shutil.rmtree(path)
