@@ -48,7 +48,7 @@ def test_parquet_shards_are_equal_disjoint_and_complete(parquet_dataset):
         shard = source.shard(rank, 3, seed=4)
         assert len(shard) == len(source) // 3
         rows = [(f, g, r) for f, g, b, e in shard.segments for r in range(b, e)]
-        labels = [label for _, label in shard.iter_encoded(range(len(shard.segments)))]
+        labels = [label for _, labels in shard.iter_segments(range(len(shard.segments))) for label in labels]
         assert labels == shard.labels.tolist()
         seen += rows
     assert len(seen) == len(set(seen)) == 3 * (len(source) // 3)

@@ -141,9 +141,10 @@ def encoded_images(source, *, shuffle: bool, seed: int, epoch: int) -> tf.data.D
     order = np.arange(len(source.segments))
     if shuffle:
         order = np.random.default_rng(epoch_seed(seed, epoch)).permutation(order)
+    # Python hands over whole row groups; tf.data splits them into images.
     ds = tf.data.Dataset.from_generator(
-        lambda: source.iter_encoded(order),
-        output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32)))
+        lambda: source.iter_segments(order),
+        output_signature=(tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32))).unbatch()
     if shuffle:
         ds = ds.shuffle(PARQUET_SHUFFLE_BUFFER, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
     return ds

@@ -81,14 +81,15 @@ class ParquetImages:
             position += end - begin
         return ParquetImages(self.files, segments, np.concatenate(labels), self.class_names)
 
-    def iter_encoded(self, segment_order):
-        """(encoded image, label) in the given order of segments, one row group read at a time."""
+    def iter_segments(self, segment_order):
+        """(encoded images, labels) arrays, one segment (part of a row group) at a time, in the given order."""
         readers = {}
         for i in segment_order:
             file, group, begin, end = self.segments[i]
             reader = readers.setdefault(file, pq.ParquetFile(self.files[file]))
             table = reader.read_row_group(group, columns=["image", "label"]).slice(begin, end - begin)
-            yield from zip(table.column("image").to_pylist(), table.column("label").to_pylist())
+            yield (np.array(table.column("image").to_pylist(), dtype=object),
+                   table.column("label").to_numpy().astype(np.int32))
 
 
 def is_parquet_split(directory: Path) -> bool:
