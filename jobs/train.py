@@ -79,9 +79,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     from tl_core.assets import AssetError
-    from tl_core.data import DatasetError
-    from tl_core.model import BackboneError
-    from tl_core.train import RunDirectoryError, check_images, prepare_run_dir, train
+    from tl_core.train import check_images, prepare_run_dir, train
 
     config = None
     try:
@@ -96,7 +94,8 @@ def main(argv=None) -> int:
             metrics = json.loads((Path(config.output_dir) / "metrics.json").read_text())
         else:
             metrics = train(config)
-    except (ValueError, AssetError, DatasetError, BackboneError, RunDirectoryError, OSError) as error:
+    # The project's own input errors (DatasetError, BackboneError, RunDirectoryError, ...) are ValueErrors.
+    except (ValueError, AssetError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -18,7 +18,7 @@ from ray.train.tensorflow import TensorflowTrainer
 
 from tl_core.config import TrainConfig
 from tl_core.distribute import Worker
-from tl_core.train import RAY_DIR
+from tl_core.train import RAY_DIR, train
 
 # Set in every worker before TensorFlow is imported: hub.KerasLayer needs tf-keras (Keras 2).
 WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_FORCE_GPU_ALLOW_GROWTH": "true", "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -74,9 +74,6 @@ class KillWorkerOnce:
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    import tl_core  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-    from tl_core.train import train
-
     context = ray.train.get_context()
     worker = Worker(context.get_world_rank(), context.get_world_size())
     fault = loop_config.get("fault")
