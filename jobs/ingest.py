@@ -12,35 +12,60 @@ import sys
 from pathlib import Path
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from tl_core.config import TrainConfig
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.ingest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", help="directory with train/ and validation/ class folders "
-                        "(default: the built-in cats-vs-dogs sample)")
-    parser.add_argument("--output", required=True, help="directory for the Parquet dataset (must not exist)")
+    parser.add_argument("--data-dir", help="directory with train/ and validation/ class folders, or class folders "
+                        "to split (default: the built-in cats-vs-dogs sample)")
+    parser.add_argument("--output", help="directory for the Parquet dataset (must not exist)")
+    parser.add_argument("--check", action="store_true",
+                        help="only check the data: list every file that cannot be used, write nothing")
+    parser.add_argument("--skip-bad-files", action="store_true",
+                        help="leave files that cannot be used out of the Parquet dataset (default: stop and list them)")
+    parser.add_argument("--validation-split", type=float, default=TrainConfig.validation_split,
+                        help="fraction of each class held out when --data-dir has no train/ and validation/ "
+                        f"(default {TrainConfig.validation_split})")
     parser.add_argument("--rows-per-file", type=int, default=5000, help="images per Parquet file (default 5000)")
     parser.add_argument("--cache-dir", help="asset cache, for the built-in sample")
     args = parser.parse_args(argv)
+    if not args.check and not args.output:
+        parser.error("--output is required (or pass --check)")
     from tl_core.assets import AssetError, cache_dir
-    from tl_core.data import DatasetError, list_image_folder
+    from tl_core.data import DatasetError, ImageFolder
     from tl_core.parquet_data import write_parquet_shards
-    from tl_core.sample_data import prepare_cats_vs_dogs
+    from tl_core.splits import check_dataset, describe_check, enforce_policy, format_bad_files
 
-    output = Path(args.output)
     try:
-        if output.exists() and any(output.iterdir()):
+        # batch_size=1: a dataset of any size can be ingested; jobs.train checks its own batch size.
+        config = TrainConfig(data_dir=args.data_dir, cache_dir=args.cache_dir, batch_size=1,
+                             validation_split=args.validation_split,
+                             bad_files="skip" if args.skip_bad_files else "fail")
+        output = Path(args.output) if args.output else None
+        if output and output.exists() and any(output.iterdir()):
             raise DatasetError(f"{output} already holds files: choose a new --output directory")
         if args.rows_per_file <= 0:
             raise DatasetError(f"--rows-per-file must be positive, got {args.rows_per_file}")
-        data_dir = Path(args.data_dir) if args.data_dir else prepare_cats_vs_dogs(cache_dir(args.cache_dir))
-        train = list_image_folder(data_dir / "train")
-        validation = list_image_folder(data_dir / "validation", train.class_names)
-        for split, folder in (("train", train), ("validation", validation)):
-            print(f"{split}: {len(folder)} images, classes {folder.class_names}", flush=True)
-            write_parquet_shards(folder, output / split, rows_per_file=args.rows_per_file)
-    except (DatasetError, AssetError, OSError) as error:
+        check = check_dataset(config, cache_dir(config.cache_dir))
+        print(describe_check(check), flush=True)
+        if args.check:
+            if check.bad_files:
+                print(f"{len(check.bad_files)} file(s) cannot be used for training:\n"
+                      f"{format_bad_files(check.bad_files, limit=len(check.bad_files))}")
+                return 1
+            print("Check passed: every file is a usable image.")
+            return 0
+        skipped = {item.path for item in enforce_policy(check, config.bad_files)}
+        if skipped:
+            print(f"Leaving out {len(skipped)} bad file(s):\n{format_bad_files(check.bad_files)}")
+        for split, source in (("train", check.train), ("validation", check.validation)):
+            if not isinstance(source, ImageFolder):
+                raise DatasetError(f"{check.data_dir / split} is already Parquet")
+            print(f"{split}: writing {len(source) - len(skipped & set(source.paths))} images", flush=True)
+            write_parquet_shards(source.without(skipped), output / split, rows_per_file=args.rows_per_file)
+    except (ValueError, AssetError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"Parquet dataset written to {output}; train with: python -m jobs.train --data-dir {output}")

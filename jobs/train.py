@@ -21,6 +21,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--config", help="a saved config.json to start from (reproduces that run)")
     parser.add_argument("--data-dir", help="directory with train/ and validation/ class folders "
                         "(default: the built-in cats-vs-dogs sample)")
+    parser.add_argument("--validation-split", type=float, help="fraction of each class held out when --data-dir "
+                        f"has class folders but no train/ and validation/ (default {defaults.validation_split})")
+    parser.add_argument("--skip-bad-files", dest="bad_files", action="store_const", const="skip",
+                        help="train without files that cannot be used, listing them in the run's skipped_files.json "
+                        "(default: stop and list them)")
+    parser.add_argument("--min-image-side", type=int, help=f"smaller images are bad files (default {defaults.min_image_side})")
+    parser.add_argument("--max-image-megapixels", type=float,
+                        help=f"larger images are bad files, refused before decoding (default {defaults.max_image_megapixels:g})")
     parser.add_argument("--backbone", help=f"TF Hub handle, local SavedModel dir, or 'mobilenet_v2' "
                         f"(built-in, offline; default {defaults.backbone})")
     parser.add_argument("--image-size", type=int, help=f"default {defaults.image_size}")
@@ -50,6 +58,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     ray_group.add_argument("--max-failures", type=int,
                            help=f"worker-group restarts from the last checkpoint (default {defaults.max_failures})")
     mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--check", action="store_true",
+                      help="check the data and the configuration (every bad file, the backbone, the image size), then stop")
     mode.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last epoch")
     mode.add_argument("--overwrite", action="store_true", help="replace the run in --output-dir")
     return parser.parse_args(argv)
@@ -75,17 +85,37 @@ def _stop_on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
+def resume_hint(config) -> str:
+    return (f"Completed epochs are checkpointed in {config.output_dir}; continue with:\n"
+            f"  python -m jobs.train --config {Path(config.output_dir) / 'config.json'} --resume")
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    from tl_core.assets import AssetError
-    from tl_core.train import check_images, prepare_run_dir, train
+    import tensorflow as tf
+
+    from tl_core.assets import AssetError, cache_dir
+    from tl_core.splits import check_dataset, describe_check, enforce_policy, format_bad_files, write_skipped
+    from tl_core.train import check_backbone, prepare_run_dir, train
 
     config = None
     try:
         requested = config_from_args(args)
-        check_images(requested)  # before the run directory exists: a failed check leaves nothing behind
+        # Before the run directory exists: a failed check leaves nothing behind.
+        check = check_dataset(requested, cache_dir(requested.cache_dir))
+        print(describe_check(check), flush=True)
+        skipped = enforce_policy(check, requested.bad_files)
+        if args.check:
+            check_backbone(requested, len(check.train.class_names))
+            print(f"Check passed: the data and the configuration are ready to train"
+                  f"{f' ({len(skipped)} file(s) would be skipped)' if skipped else ''}.")
+            return 0
         config = prepare_run_dir(requested, overwrite=args.overwrite, resume=args.resume)
+        if skipped:
+            write_skipped(Path(config.output_dir), skipped)
+            print(f"Skipping {len(skipped)} bad file(s), listed in {Path(config.output_dir) / 'skipped_files.json'}:\n"
+                  f"{format_bad_files(skipped)}")
         print(f"Run directory {config.output_dir}\nConfiguration:\n{config.describe()}", flush=True)
         if args.ray or config.num_workers > 1:
             from tl_core.ray_train import train_on_ray
@@ -95,16 +125,17 @@ def main(argv=None) -> int:
         else:
             metrics = train(config)
     # The project's own input errors (DatasetError, BackboneError, RunDirectoryError, ...) are ValueErrors.
-    except (ValueError, AssetError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ValueError, AssetError, OSError, tf.errors.OpError) as error:
+        message = error.message.strip().splitlines()[0] if isinstance(error, tf.errors.OpError) else error
+        print(f"error: {message}", file=sys.stderr)
+        if config is not None and (Path(config.output_dir) / "checkpoints").exists():
+            print(resume_hint(config), file=sys.stderr)  # e.g. the disk filled up during training
         return 2
     except KeyboardInterrupt:
         if config is None:
             print("Interrupted before training started.", file=sys.stderr)
             return 130
-        print(f"Interrupted. Completed epochs are checkpointed in {config.output_dir}; continue with:\n"
-              f"  python -m jobs.train --config {Path(config.output_dir) / 'config.json'} --resume",
-              file=sys.stderr)
+        print(f"Interrupted. {resume_hint(config)}", file=sys.stderr)
         return 130
     except Exception as error:  # Ray wraps worker failures (TrainingFailedError and friends)
         if type(error).__module__.split(".")[0] != "ray":
@@ -114,6 +145,7 @@ def main(argv=None) -> int:
     print(f"Validation accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}; "
           f"artifacts in {config.output_dir}")
     return 0
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -74,8 +74,9 @@ def test_classes_in_sorted_folder_order_with_nested_files(tmp_path):
     (tmp_path / "dog" / ".hidden.png").write_bytes(b"")
     folder = list_image_folder(tmp_path)
     assert folder.class_names == ["cat", "dog", "zebra"]
-    assert [p.split("/")[-1] for p in folder.paths] == ["b.PNG", "c.jpg", "d.gif", "a.png"]
-    assert folder.labels.tolist() == [0, 0, 1, 2]
+    # Every file is listed (the decode check decides what is an image), in sorted path order.
+    assert [p.split("/")[-1] for p in folder.paths] == ["b.PNG", "c.jpg", ".hidden.png", "d.gif", "notes.txt", "a.png"]
+    assert folder.labels.tolist() == [0, 0, 1, 1, 1, 2]
 
 
 def test_folder_errors_name_the_path(tmp_path):
@@ -84,7 +85,7 @@ def test_folder_errors_name_the_path(tmp_path):
     with pytest.raises(DatasetError, match="no class sub-folders"):
         list_image_folder(tmp_path)
     (tmp_path / "cat").mkdir()
-    with pytest.raises(DatasetError, match="cat holds no images"):
+    with pytest.raises(DatasetError, match="cat holds no files"):
         list_image_folder(tmp_path)
     _touch_image(tmp_path / "cat" / "a.png")
     with pytest.raises(DatasetError, match="same class folders"):

@@ -9,6 +9,14 @@ class TrainConfig:
     # Data: a directory holding train/ and validation/ class folders; None means the built-in
     # cats-vs-dogs sample, prepared in the cache on first use.
     data_dir: str | None = None
+    # When data_dir holds class folders but no train/ and validation/: the fraction of each class
+    # held out for validation (seeded by `seed`).
+    validation_split: float = 0.2
+    # Files that cannot be used (undecodable, unreadable, too small or too large): "fail" lists them
+    # all before training; "skip" trains without them and lists them in the run's skipped_files.json.
+    bad_files: str = "fail"
+    min_image_side: int = 8  # pixels; smaller images carry too little to classify
+    max_image_megapixels: float = 100.0  # larger images are refused before decoding (decompression bombs)
     # Anything hub.KerasLayer resolves (tfhub.dev URL, Kaggle handle, local SavedModel directory),
     # or "mobilenet_v2" for the built-in offline ImageNet MobileNetV2.
     backbone: str = "mobilenet_v2"
@@ -45,12 +53,18 @@ class TrainConfig:
         return self.batch_size * self.num_workers
 
     def __post_init__(self):
-        for name in ("image_size", "batch_size", "epochs", "num_workers", "cpus_per_worker", "gpus_per_worker"):
+        for name in ("image_size", "batch_size", "epochs", "num_workers", "cpus_per_worker", "gpus_per_worker",
+                     "min_image_side"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not self.learning_rate > 0:
-            raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
+        for name in ("learning_rate", "max_image_megapixels"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
+        if not 0 < self.validation_split < 1:
+            raise ValueError(f"validation_split must be between 0 and 1, got {self.validation_split!r}")
+        if self.bad_files not in ("fail", "skip"):
+            raise ValueError(f"bad_files must be 'fail' or 'skip', got {self.bad_files!r}")
         if self.cache_features and self.augment:
             raise ValueError("cache_features needs augment off: augmented images differ every epoch, "
                              "so their features cannot be computed once (pass --no-augment)")

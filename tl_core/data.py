@@ -5,8 +5,9 @@ batching; everything is prefetched. Randomness (shuffle order, augmentation) is 
 (seed, epoch), so epoch k of a run is the same whether or not the run was interrupted before it.
 """
 import dataclasses
+import errno
 import os
-import re
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -14,12 +15,18 @@ import tensorflow as tf
 
 from tl_core import augment
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif")
 AUTOTUNE = tf.data.AUTOTUNE
+# Files operating systems leave in folders; never images, so they are passed over (and counted).
+OS_METADATA_FILES = frozenset({".DS_Store", "Thumbs.db", "desktop.ini", "Icon\r"})
 
 
 class DatasetError(ValueError):
     """A problem with the user's image folders, with the path and what to do about it."""
+
+
+def display_path(path: str) -> str:
+    """A path that prints on any terminal: undecodable bytes of non-UTF-8 names shown as \\xNN."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @dataclasses.dataclass
@@ -27,9 +34,16 @@ class ImageFolder:
     paths: list[str]
     labels: np.ndarray  # int32 class indices
     class_names: list[str]
+    # Found while listing: (path, reason) for symbolic link loops, broken links, unreadable folders.
+    problems: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    ignored: list[str] = dataclasses.field(default_factory=list)  # OS metadata files, hidden folders
 
     def __len__(self):
         return len(self.paths)
+
+    def select(self, rows) -> "ImageFolder":
+        rows = np.asarray(rows, dtype=np.int64)
+        return ImageFolder([self.paths[i] for i in rows], self.labels[rows], self.class_names)
 
     def shard(self, index: int, count: int, seed: int) -> "ImageFolder":
         """Worker `index` of `count`: a disjoint, seeded random part, the same size on every worker.
@@ -43,41 +57,114 @@ class ImageFolder:
         if per_worker == 0:
             raise DatasetError(f"{len(self)} training images cannot be split over {count} workers")
         rows = np.random.default_rng(seed).permutation(len(self))[index * per_worker:(index + 1) * per_worker]
-        rows.sort()
-        return ImageFolder([self.paths[i] for i in rows], self.labels[rows], self.class_names)
+        return self.select(np.sort(rows))
+
+    def without(self, paths) -> "ImageFolder":
+        """The folder minus the given files (the bad files a run skips)."""
+        paths = set(paths)
+        kept = self.select([i for i, path in enumerate(self.paths) if path not in paths])
+        for label, name in enumerate(self.class_names):
+            if not np.any(kept.labels == label):
+                raise DatasetError(f"class {name!r} has no images left after skipping its bad files")
+        return kept
+
+    def split(self, fraction: float, seed: int) -> tuple["ImageFolder", "ImageFolder"]:
+        """(train, validation): a seeded, stratified split, round(fraction * n) of each class to validation."""
+        for label, name in enumerate(self.class_names):
+            count = int(np.sum(self.labels == label))
+            if count < 2:
+                raise DatasetError(
+                    f"class {name!r} has {count} image: a train/validation split needs at least 2 per class; "
+                    "add images or give train/ and validation/ folders")
+        is_validation = stratified_split(self.labels, fraction, seed)
+        return self.select(np.flatnonzero(~is_validation)), self.select(np.flatnonzero(is_validation))
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Boolean mask of validation rows: round(fraction * n) of each class (at least 1, at most n - 1)."""
+    rng = np.random.default_rng(seed)
+    is_validation = np.zeros(len(labels), dtype=bool)
+    for label in np.unique(labels):
+        rows = np.flatnonzero(labels == label)
+        size = min(max(round(fraction * len(rows)), 1), len(rows) - 1)
+        is_validation[rng.choice(rows, size=size, replace=False)] = True
+    return is_validation
+
+
+def _list_files(directory: str, problems: list, ignored: list) -> list[str]:
+    """Regular files under directory, following symbolic links; loops and broken links become problems."""
+    files = []
+
+    def visit(folder: str, ancestors: dict) -> None:
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError as error:
+            problems.append((folder, f"cannot list this folder: {error.strerror}"))
+            return
+        for entry in entries:
+            if entry.name in OS_METADATA_FILES or entry.name.startswith("._"):
+                ignored.append(entry.path)
+                continue
+            try:
+                status = entry.stat()  # follows symbolic links
+            except OSError as error:
+                broken = entry.is_symlink() and error.errno == errno.ENOENT
+                problems.append((entry.path, "broken symbolic link" if broken else error.strerror))
+                continue
+            if stat.S_ISDIR(status.st_mode):
+                key = (status.st_dev, status.st_ino)
+                if entry.name.startswith("."):
+                    ignored.append(entry.path)
+                elif key in ancestors:
+                    problems.append((entry.path, f"symbolic link loop: leads back to {display_path(ancestors[key])}"))
+                else:
+                    visit(entry.path, {**ancestors, key: entry.path})
+            elif stat.S_ISREG(status.st_mode):
+                files.append(entry.path)
+            else:
+                problems.append((entry.path, "not a regular file"))
+
+    root = os.stat(directory)
+    visit(directory, {(root.st_dev, root.st_ino): directory})
+    return sorted(files)
+
+
+def list_class_names(directory: Path) -> list[str]:
+    """Sub-folders of directory (symbolic links followed), sorted, hidden ones left out."""
+    try:
+        return sorted(entry.name for entry in os.scandir(directory)
+                      if entry.is_dir() and not entry.name.startswith("."))
+    except OSError as error:
+        raise DatasetError(f"cannot list {display_path(str(directory))}: {error.strerror}") from None
 
 
 def list_image_folder(directory: str | Path, class_names: list[str] | None = None) -> ImageFolder:
-    """Images under directory/<class>/ (recursively), classes in sorted folder-name order.
+    """Every file under directory/<class>/ (recursively), classes in sorted folder-name order.
 
+    Which files are images is decided by decoding them (checks.find_bad_files), not by extension.
     With class_names given (e.g. validation after train), the folders must be exactly those classes.
     """
     directory = Path(directory)
+    shown = display_path(str(directory))
     if not directory.is_dir():
-        raise DatasetError(f"{directory} is not a directory: expected one sub-folder of images per class")
-    found = sorted(entry.name for entry in os.scandir(directory) if entry.is_dir() and not entry.name.startswith("."))
+        raise DatasetError(f"{shown} is not a directory: expected one sub-folder of images per class")
+    found = list_class_names(directory)
     if not found:
-        raise DatasetError(f"{directory} has no class sub-folders: put each class's images in {directory}/<class name>/")
+        raise DatasetError(f"{shown} has no class sub-folders: put each class's images in {shown}/<class name>/")
     if class_names is not None and found != list(class_names):
         raise DatasetError(
-            f"{directory} has classes {found}, but training has {list(class_names)}: "
+            f"{shown} has classes {found}, but training has {list(class_names)}: "
             "train and validation need the same class folders"
         )
-    paths, labels = [], []
+    paths, labels, problems, ignored = [], [], [], []
     for index, name in enumerate(found):
-        files = sorted(
-            os.path.join(root, file)
-            for root, _dirs, files in os.walk(directory / name)
-            for file in files
-            if file.lower().endswith(IMAGE_EXTENSIONS) and not file.startswith(".")
-        )
+        files = _list_files(str(directory / name), problems, ignored)
         if not files:
-            raise DatasetError(
-                f"class folder {directory / name} holds no images ({', '.join(IMAGE_EXTENSIONS)})"
-            )
+            raise DatasetError(f"class folder {display_path(str(directory / name))} holds no files: "
+                               "add its images or remove the folder")
         paths += files
         labels += [index] * len(files)
-    return ImageFolder(paths, np.asarray(labels, dtype=np.int32), found)
+    return ImageFolder(paths, np.asarray(labels, dtype=np.int32), found, problems, ignored)
 
 
 def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
@@ -85,32 +172,6 @@ def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
     image = tf.io.decode_image(encoded, channels=3, dtype=tf.float32, expand_animations=False)
     image = tf.image.resize(image, [image_size, image_size], method="bilinear")
     return tf.clip_by_value(image, 0.0, 1.0)
-
-
-def find_undecodable(folder: ImageFolder) -> list[tuple[str, str]]:
-    """Files of a folder TensorFlow cannot decode, each with the reason.
-
-    One parallel decode pass over every file; only the files it had to drop are decoded again,
-    one by one, for their error message.
-    """
-    def decodes(path):
-        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
-        return path, tf.shape(image)[0]
-
-    ds = tf.data.Dataset.from_tensor_slices(folder.paths).map(decodes, num_parallel_calls=AUTOTUNE)
-    readable = {path.numpy().decode("utf-8", "surrogateescape") for path, _ in ds.ignore_errors()}
-    problems = []
-    for path in folder.paths:
-        if path in readable:
-            continue
-        try:
-            decode_and_resize(tf.io.read_file(path), 8)
-            problems.append((path, "failed to decode in the parallel pass"))
-        except tf.errors.OpError as error:
-            # "{{function_node ...}} Unknown image file format. ... [Op:DecodeImage] name:" -> the middle
-            reason = re.sub(r"^\{\{.*?\}\}\s*|\s*\[Op:.*$", "", error.message.strip().splitlines()[0])
-            problems.append((path, reason))
-    return problems
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -133,7 +194,8 @@ PARQUET_SHUFFLE_BUFFER = 2048  # rows; Parquet shards stream, so they shuffle wi
 def encoded_images(source, *, shuffle: bool, seed: int, epoch: int) -> tf.data.Dataset:
     """(encoded image bytes, label) pairs of a source, in this epoch's order."""
     if isinstance(source, ImageFolder):
-        ds = tf.data.Dataset.from_tensor_slices((source.paths, source.labels))
+        # Paths as bytes: names that are not valid UTF-8 reach the file system unchanged.
+        ds = tf.data.Dataset.from_tensor_slices(([os.fsencode(path) for path in source.paths], source.labels))
         if shuffle:
             ds = ds.shuffle(len(source), seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
         return ds.map(lambda path, label: (tf.io.read_file(path), label),

@@ -1,4 +1,6 @@
 """The classifier: a frozen TF Hub feature extractor and a new Dense head producing logits."""
+import re
+
 import tensorflow as tf
 import tensorflow_hub as hub
 
@@ -22,8 +24,17 @@ def load_backbone(handle: str, image_size: int) -> hub.KerasLayer:
 
 def build_classifier(handle: str, num_classes: int, image_size: int) -> keras.Sequential:
     """hub.KerasLayer(handle, trainable=False) followed by Dense(num_classes) logits."""
-    model = keras.Sequential([load_backbone(handle, image_size), keras.layers.Dense(num_classes, name="head")])
-    model.build((None, image_size, image_size, 3))
+    backbone = load_backbone(handle, image_size)
+    try:  # Keras calls the backbone here, on the input shape
+        model = keras.Sequential([backbone, keras.layers.Dense(num_classes, name="head")])
+        model.build((None, image_size, image_size, 3))
+    except (ValueError, TypeError, tf.errors.OpError) as error:  # e.g. a SavedModel traced for one size only
+        detail = re.search(r"Can not cast (.*?)`", str(error))
+        raise BackboneError(
+            f"backbone {handle!r} does not accept {image_size}x{image_size} RGB images"
+            f"{f' (cannot cast {detail.group(1)})' if detail else ''}; use --image-size with the size "
+            "the backbone was made for (224 for most ImageNet models)"
+        ) from None
     return model
 
 

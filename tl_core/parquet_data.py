@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tl_core.artifacts import atomic_path
+from tl_core.data import display_path
 
 SCHEMA = pa.schema([("image", pa.binary()), ("label", pa.int32()), ("class_name", pa.string()), ("path", pa.string())])
 CLASS_NAMES_KEY = b"tl_core.class_names"
@@ -38,7 +39,7 @@ def write_parquet_shards(folder, output_dir: Path, *, rows_per_file: int = 5000,
                     "image": [Path(folder.paths[i]).read_bytes() for i in rows],
                     "label": pa.array([int(folder.labels[i]) for i in rows], pa.int32()),
                     "class_name": [folder.class_names[folder.labels[i]] for i in rows],
-                    "path": [folder.paths[i] for i in rows],
+                    "path": [display_path(folder.paths[i]) for i in rows],
                 }, schema=schema))
         written.append(path)
         progress(f"  {path} ({stop - start} images)")

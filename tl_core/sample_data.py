@@ -12,23 +12,13 @@ import tensorflow as tf
 
 from tl_core import assets
 from tl_core.artifacts import atomic_directory
+from tl_core.data import stratified_split
 from tl_core.safe_pickle import load_numpy_array
 
 CLASSES = {"cat": 2, "dog": 4}  # folder name -> animal-mnist label
 VALIDATION_FRACTION = 0.3
 SPLIT_SEED = 1337
 _DIR = "cats_vs_dogs_v1"
-
-
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
-    """Boolean mask of validation rows: round(fraction * n) of each class, chosen with the seed."""
-    rng = np.random.default_rng(seed)
-    is_validation = np.zeros(len(labels), dtype=bool)
-    for label in np.unique(labels):
-        rows = np.flatnonzero(labels == label)
-        chosen = rng.choice(rows, size=round(fraction * len(rows)), replace=False)
-        is_validation[chosen] = True
-    return is_validation
 
 
 def load_animal_arrays(cache: Path) -> tuple[np.ndarray, np.ndarray]:

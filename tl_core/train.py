@@ -20,12 +20,12 @@ import tf_keras
 from tl_core import artifacts, assets
 from tl_core.backbones import resolve_backbone
 from tl_core.config import TrainConfig
-from tl_core.data import DatasetError, ImageFolder, find_undecodable, list_split, make_dataset, make_feature_dataset
+from tl_core.data import make_dataset, make_feature_dataset
 from tl_core.distribute import Worker, make_strategy
 from tl_core.export import export_classifier
 from tl_core.metrics import classification_metrics
 from tl_core.model import build_classifier, compile_classifier, head_model
-from tl_core.sample_data import prepare_cats_vs_dogs
+from tl_core.splits import SKIPPED_FILES, load_splits, read_skipped
 
 # Files of a run directory.
 CONFIG_FILE = "config.json"
@@ -71,34 +71,24 @@ def prepare_run_dir(config: TrainConfig, *, overwrite: bool = False, resume: boo
             )
         # Everything a run writes, so that nothing of the old run survives next to the new one.
         for name in (CHECKPOINT_DIR, HISTORY_JSON, HISTORY_PARQUET, METRICS_FILE, MODEL_DIR, HISTORY_PLOT,
-                     CONFUSION_PLOT, CLASS_NAMES_FILE, SHARDS_DIR, RAY_DIR):
+                     CONFUSION_PLOT, CLASS_NAMES_FILE, SHARDS_DIR, RAY_DIR, SKIPPED_FILES):
             path = run_dir / name
             if path.is_dir():
                 shutil.rmtree(path)
             elif path.exists():
                 path.unlink()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    artifacts.write_json(saved, config.to_dict())
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        artifacts.write_json(saved, config.to_dict())
+    except OSError as error:  # read-only file system, permissions, disk full
+        raise RunDirectoryError(f"cannot write the run directory {run_dir}: {error.strerror}; "
+                                "choose another --output-dir, or fix its permissions or free space") from None
     return config
 
 
-def load_splits(config: TrainConfig, cache: Path):
-    """The train and validation sources (class folders or Parquet shards) and the data directory."""
-    data_dir = Path(config.data_dir) if config.data_dir else prepare_cats_vs_dogs(cache)
-    train_source = list_split(data_dir / "train")
-    validation_source = list_split(data_dir / "validation", train_source.class_names)
-    return train_source, validation_source, data_dir
-
-
-def check_images(config: TrainConfig) -> None:
-    """Fail before training, listing every image file that cannot be decoded (class folders only)."""
-    train_source, validation_source, _ = load_splits(config, assets.cache_dir(config.cache_dir))
-    problems = [problem for source in (train_source, validation_source) if isinstance(source, ImageFolder)
-                for problem in find_undecodable(source)]
-    if problems:
-        listing = "\n".join(f"  {path}: {reason}" for path, reason in problems[:50])
-        more = f"\n  ... and {len(problems) - 50} more" if len(problems) > 50 else ""
-        raise DatasetError(f"{len(problems)} image file(s) cannot be decoded; fix or remove them:\n{listing}{more}")
+def check_backbone(config: TrainConfig, num_classes: int) -> None:
+    """Load the backbone and build the classifier at config.image_size: BackboneError if either fails."""
+    build_classifier(resolve_backbone(config.backbone, assets.cache_dir(config.cache_dir)), num_classes, config.image_size)
 
 
 def backbone_features(model: tf.keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
@@ -153,7 +143,8 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
     checkpoints = checkpoints or LocalCheckpoints(run_dir)
     cache = assets.cache_dir(config.cache_dir)
     tf.keras.utils.set_random_seed(config.seed)
-    train_source, validation_source, data_dir = load_splits(config, cache)
+    skipped = read_skipped(run_dir) if config.bad_files == "skip" else set()
+    train_source, validation_source, data_dir = load_splits(config, cache, skip=skipped)
     class_names = train_source.class_names
     shard = train_source.shard(worker.rank, worker.world_size, seed=config.seed)
     if worker.world_size > 1 and hasattr(shard, "paths"):  # which images each worker trains on
@@ -220,7 +211,7 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
         "backbone_handle": handle, "data_dir": str(data_dir), "train_images": len(train_source),
         "train_images_per_worker": len(shard), "num_workers": worker.world_size,
         "global_batch_size": config.batch_size * worker.world_size,
-        "validation_images": len(validation_source), "cached_features": cached,
+        "validation_images": len(validation_source), "skipped_files": len(skipped), "cached_features": cached,
         "feature_seconds": feature_seconds, "wall_seconds": time.perf_counter() - started,
         "versions": _versions(),
     }

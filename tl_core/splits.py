@@ -1,0 +1,295 @@
+"""The dataset a configuration names: its train and validation sources, and every file that cannot be used.
+
+A file is an image when TensorFlow decodes it; extensions are not trusted. Besides files that do
+not decode, images smaller than a minimum side and images above a pixel budget are reported. The
+budget is checked from the file header before anything is decoded, so a decompression bomb never
+reaches the decoder. The check lists every bad file at once; the run then fails (the default) or
+skips them and records each with its reason in the run directory.
+"""
+import concurrent.futures
+import dataclasses
+import io
+import json
+import os
+import re
+import struct
+from pathlib import Path
+
+import tensorflow as tf
+
+from tl_core import artifacts
+from tl_core.config import TrainConfig
+from tl_core.data import DatasetError, ImageFolder, display_path, list_image_folder, list_split
+from tl_core.parquet_data import ParquetImages, is_parquet_split
+
+SKIPPED_FILES = "skipped_files.json"  # in the run directory, when bad files are skipped
+
+
+@dataclasses.dataclass(frozen=True)
+class BadFile:
+    path: str
+    reason: str
+    row: int | None = None  # the row, when path is a Parquet file
+
+    def __str__(self):
+        where = display_path(self.path) + (f" row {self.row}" if self.row is not None else "")
+        return f"{where}: {self.reason}"
+
+
+@dataclasses.dataclass
+class DatasetCheck:
+    train: ImageFolder | ParquetImages
+    validation: ImageFolder | ParquetImages
+    data_dir: Path
+    bad_files: list[BadFile]
+
+    @property
+    def ignored(self) -> list[str]:
+        return [path for source in (self.train, self.validation) for path in getattr(source, "ignored", [])]
+
+
+def load_splits(config: TrainConfig, cache: Path, skip=()):
+    """(train source, validation source, data directory) of a config; structural errors raise DatasetError.
+
+    data_dir holds train/ and validation/ (class folders or Parquet shards), or just class folders,
+    which are then split with config.validation_split and config.seed. Files in `skip` are left out.
+    """
+    if config.data_dir:
+        data_dir = Path(config.data_dir)
+    else:
+        from tl_core.sample_data import prepare_cats_vs_dogs
+
+        data_dir = prepare_cats_vs_dogs(cache)
+    shown = display_path(str(data_dir))
+    if not data_dir.is_dir():
+        raise DatasetError(f"{shown} is not a directory: expected train/ and validation/ folders, "
+                           "or one sub-folder of images per class")
+    if (data_dir / "train").is_dir() or (data_dir / "validation").is_dir():
+        train = list_split(data_dir / "train")
+        validation = list_split(data_dir / "validation", train.class_names)
+    elif is_parquet_split(data_dir):
+        raise DatasetError(f"{shown} holds Parquet files directly: expected {shown}/train/ and {shown}/validation/")
+    else:
+        folder = list_image_folder(data_dir)
+        train, validation = folder.split(config.validation_split, config.seed)
+        train.problems, train.ignored = folder.problems, folder.ignored
+    if len(train.class_names) < 2:
+        raise DatasetError(
+            f"{shown} has only one class, {train.class_names}: a classifier needs at least two class "
+            "folders (if your classes are one level deeper, point --data-dir there)")
+    if skip:
+        train, validation = train.without(skip), validation.without(skip)
+    per_worker = len(train) // config.num_workers
+    if config.batch_size > per_worker:
+        raise DatasetError(
+            f"batch size {config.batch_size} is larger than the {per_worker} training images"
+            f"{' per worker' if config.num_workers > 1 else ''}: use --batch-size {max(per_worker, 1)} or less")
+    return train, validation, data_dir
+
+
+def check_dataset(config: TrainConfig, cache: Path) -> DatasetCheck:
+    """The config's dataset and every bad file or row in it (nothing is skipped here)."""
+    train, validation, data_dir = load_splits(config, cache)
+    limits = dict(min_side=config.min_image_side, max_pixels=int(config.max_image_megapixels * 1e6))
+    bad = []
+    for source in (train, validation):
+        if isinstance(source, ImageFolder):
+            bad += find_bad_files(source, **limits)
+        else:
+            bad += find_bad_rows(source, **limits)
+    return DatasetCheck(train, validation, data_dir, bad)
+
+
+def describe_check(check: DatasetCheck) -> str:
+    """A summary of a checked dataset: image counts per class, ignored and bad files."""
+    def counts(source):
+        return ", ".join(f"{name} {int((source.labels == label).sum())}" for label, name in enumerate(source.class_names))
+
+    lines = [f"Data {display_path(str(check.data_dir))}: {len(check.train)} training images ({counts(check.train)}), "
+             f"{len(check.validation)} validation images ({counts(check.validation)})"]
+    if check.ignored:
+        lines.append(f"  ignored {len(check.ignored)} operating-system file(s) and hidden folder(s), "
+                     f"e.g. {display_path(check.ignored[0])}")
+    lines.append(f"  {len(check.bad_files)} bad file(s)" if check.bad_files else "  every file decodes")
+    return "\n".join(lines)
+
+
+def format_bad_files(bad: list[BadFile], limit: int = 50) -> str:
+    lines = [f"  {item}" for item in bad[:limit]]
+    if len(bad) > limit:
+        lines.append(f"  ... and {len(bad) - limit} more")
+    return "\n".join(lines)
+
+
+def enforce_policy(check: DatasetCheck, policy: str) -> list[BadFile]:
+    """Raise listing every bad file (policy "fail"), or return the files to skip (policy "skip")."""
+    if not check.bad_files:
+        return []
+    if policy == "skip":
+        rows = [item for item in check.bad_files if item.row is not None]
+        if rows:
+            raise DatasetError(f"{len(rows)} Parquet row(s) cannot be used, and rows cannot be skipped:\n"
+                               f"{format_bad_files(rows)}\nre-run `python -m jobs.ingest --skip-bad-files` "
+                               "on the image folders")
+        return check.bad_files
+    raise DatasetError(f"{len(check.bad_files)} file(s) cannot be used for training:\n"
+                       f"{format_bad_files(check.bad_files)}\n"
+                       "fix or remove them, or pass --skip-bad-files to train without them "
+                       f"(they are then listed in the run directory's {SKIPPED_FILES})")
+
+
+def write_skipped(run_dir: Path, skipped: list[BadFile]) -> None:
+    artifacts.write_json(run_dir / SKIPPED_FILES, [dataclasses.asdict(item) for item in skipped])
+
+
+def read_skipped(run_dir: Path) -> set[str]:
+    path = Path(run_dir) / SKIPPED_FILES
+    return {item["path"] for item in json.loads(path.read_text())} if path.exists() else set()
+
+
+# Image headers: (width, height) without decoding.
+
+def header_dimensions(head: bytes) -> tuple[int, int] | None:
+    """(width, height) from the first 26 bytes of a PNG, GIF or BMP; None for other formats."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n") and len(head) >= 24:
+        return struct.unpack(">II", head[16:24])
+    if head[:6] in (b"GIF87a", b"GIF89a") and len(head) >= 10:
+        return struct.unpack("<HH", head[6:10])
+    if head.startswith(b"BM") and len(head) >= 26:
+        if struct.unpack("<I", head[14:18])[0] == 12:  # OS/2 BITMAPCOREHEADER: 16-bit sizes
+            return struct.unpack("<HH", head[18:22])
+        width, height = struct.unpack("<ii", head[18:26])
+        return abs(width), abs(height)  # negative height: rows stored top-down
+    return None
+
+
+def jpeg_dimensions(file) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, walking the segments before it."""
+    if file.read(2) != b"\xff\xd8":
+        return None
+    while True:
+        if file.read(1) != b"\xff":
+            return None
+        code = file.read(1)
+        while code == b"\xff":  # fill bytes
+            code = file.read(1)
+        if not code:
+            return None
+        if code[0] == 0x01 or 0xD0 <= code[0] <= 0xD7:  # markers without a length
+            continue
+        length = file.read(2)
+        if len(length) < 2:
+            return None
+        if 0xC0 <= code[0] <= 0xCF and code[0] not in (0xC4, 0xC8, 0xCC):  # SOFn
+            frame = file.read(5)
+            if len(frame) < 5:
+                return None
+            height, width = struct.unpack(">HH", frame[1:5])
+            return width, height
+        file.seek(struct.unpack(">H", length)[0] - 2, os.SEEK_CUR)
+
+
+def image_dimensions(file) -> tuple[int, int] | None:
+    head = file.read(26)
+    if head.startswith(b"\xff\xd8"):
+        file.seek(0)
+        return jpeg_dimensions(file)
+    return header_dimensions(head)
+
+
+def _too_large(size, max_pixels: int) -> str | None:
+    if size is None or size[0] * size[1] <= max_pixels:
+        return None
+    return (f"{size[0]}x{size[1]} pixels is above the limit of {max_pixels / 1e6:g} megapixels: downscale it, "
+            "or raise --max-image-megapixels")
+
+
+def _too_small(height: int, width: int, min_side: int) -> str | None:
+    if min(height, width) >= min_side:
+        return None
+    return f"{width}x{height} pixels is below the minimum side of {min_side}: remove it, or lower --min-image-side"
+
+
+def _problem_before_decoding(path: str, max_pixels: int) -> str | None:
+    try:
+        with open(path, "rb") as file:
+            return _too_large(image_dimensions(file), max_pixels)
+    except OSError as error:
+        return f"cannot read: {error.strerror}"
+
+
+def _decoded_sizes(names_and_bytes: tf.data.Dataset) -> dict[bytes, tuple[int, int]]:
+    """name -> (height, width) of every item that decodes, in one parallel pass; failures are dropped."""
+    def decode(name, encoded):
+        shape = tf.shape(tf.io.decode_image(encoded, channels=3, expand_animations=False))
+        return name, shape[0], shape[1]
+
+    decoded = names_and_bytes.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    return {name: (int(height), int(width)) for name, height, width in decoded.as_numpy_iterator()}
+
+
+def decode_error(encoded) -> str:
+    """TensorFlow's reason for not decoding some bytes."""
+    if len(encoded) == 0:
+        return "empty file (0 bytes)"
+    try:
+        tf.io.decode_image(encoded, channels=3, expand_animations=False)
+    except tf.errors.OpError as error:
+        # "{{function_node ...}} Unknown image file format. ... [Op:DecodeImage] name:" -> the middle
+        return re.sub(r"^\{\{.*?\}\}\s*|\s*\[Op:.*$", "", error.message.strip().splitlines()[0])
+    return "failed to decode in the parallel pass"
+
+
+def find_bad_files(folder: ImageFolder, *, min_side: int, max_pixels: int) -> list[BadFile]:
+    """Every file of a folder that cannot be read, does not decode, or is too small or too large."""
+    bad = [BadFile(path, reason) for path, reason in folder.problems]
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:  # file headers: I/O bound
+        early = list(pool.map(lambda path: _problem_before_decoding(path, max_pixels), folder.paths))
+    bad += [BadFile(path, reason) for path, reason in zip(folder.paths, early) if reason]
+    candidates = [path for path, reason in zip(folder.paths, early) if not reason]
+    names = tf.data.Dataset.from_tensor_slices(tf.constant([os.fsencode(path) for path in candidates], tf.string))
+    sizes = _decoded_sizes(names.map(lambda name: (name, tf.io.read_file(name))))
+    for path in candidates:
+        size = sizes.get(os.fsencode(path))
+        if size is None:
+            try:
+                reason = decode_error(Path(path).read_bytes())
+            except OSError as error:
+                reason = f"cannot read: {error.strerror}"
+        else:
+            reason = _too_small(*size, min_side)
+        if reason:
+            bad.append(BadFile(path, reason))
+    return sorted(bad, key=lambda item: item.path)
+
+
+def find_bad_rows(source: ParquetImages, *, min_side: int, max_pixels: int) -> list[BadFile]:
+    """Every row of Parquet shards whose image does not decode or is too small or too large."""
+    too_large = {}  # (segment, offset) -> reason
+
+    def rows():  # named "segment:offset", so that a failed row can be read again for its reason
+        for segment in range(len(source.segments)):
+            images, _labels = next(source.iter_segments([segment]))
+            for offset, image in enumerate(images):
+                reason = _too_large(image_dimensions(io.BytesIO(image)), max_pixels)
+                if reason:
+                    too_large[segment, offset] = reason
+                else:
+                    yield f"{segment}:{offset}", image
+
+    sizes = _decoded_sizes(tf.data.Dataset.from_generator(
+        rows, output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string))))
+    bad = []
+    for segment, (file, group, begin, end) in enumerate(source.segments):
+        first_row = sum(stop - start for f, g, start, stop in source.segments if f == file and g < group) + begin
+        for offset in range(end - begin):
+            size = sizes.get(f"{segment}:{offset}".encode())
+            if (segment, offset) in too_large:
+                reason = too_large[segment, offset]
+            elif size is None:
+                reason = decode_error(next(source.iter_segments([segment]))[0][offset])
+            else:
+                reason = _too_small(*size, min_side)
+            if reason:
+                bad.append(BadFile(source.files[file], reason, first_row + offset))
+    return bad
