@@ -203,3 +203,33 @@ def test_sigterm_stops_and_resume_reaches_the_uninterrupted_result(tiny_backbone
     expected, got = _head_weights(tmp_path / "straight"), _head_weights(run_dir)
     for name in expected:
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6)
+
+
+def test_sigkill_at_a_random_moment_leaves_only_complete_files_and_resume_finishes(tiny_backbone, colour_dataset,
+                                                                                    tmp_path):
+    import random
+    import signal
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    run_dir = tmp_path / "killed"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jobs.train", "--data-dir", str(colour_dataset), "--backbone", tiny_backbone,
+         "--image-size", str(TINY_IMAGE_SIZE), "--batch-size", "8", "--learning-rate", "0.05", "--epochs", "8",
+         "--output-dir", str(run_dir)], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (run_dir / "history.json").exists():
+        time.sleep(0.01)
+    time.sleep(random.uniform(0, 1.5))  # anywhere in the epochs that follow, writes included
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=60)
+    for path in run_dir.rglob("*.json"):
+        if not any(part.startswith(".") for part in path.relative_to(run_dir).parts):
+            json.loads(path.read_text())  # complete under its final name, or absent
+    if (run_dir / "history.parquet").exists():
+        pq.read_table(run_dir / "history.parquet")
+    resumed = subprocess.run([sys.executable, "-m", "jobs.train", "--config", str(run_dir / "config.json"), "--resume"],
+                             cwd=repo, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert [row["epoch"] for row in json.loads((run_dir / "history.json").read_text())] == list(range(1, 9))
+    assert not [path for path in run_dir.iterdir() if path.name.startswith(".")]  # the killed run's temporaries are gone

@@ -41,6 +41,18 @@ SHARDS_DIR = "shards"
 RAY_DIR = "ray"  # Ray Train's own checkpoints, in distributed runs
 
 
+# Everything a run writes besides its config (--overwrite removes exactly these).
+RUN_FILES = (CHECKPOINT_DIR, HISTORY_JSON, HISTORY_PARQUET, METRICS_FILE, MODEL_DIR, HISTORY_PLOT, CONFUSION_PLOT,
+             CLASS_NAMES_FILE, SHARDS_DIR, RAY_DIR, SKIPPED_FILES)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
 class RunDirectoryError(ValueError):
     pass
 
@@ -69,14 +81,12 @@ def prepare_run_dir(config: TrainConfig, *, overwrite: bool = False, resume: boo
                 f"{run_dir} already holds files; pass --resume to continue that run, "
                 "--overwrite to replace it, or choose another --output-dir"
             )
-        # Everything a run writes, so that nothing of the old run survives next to the new one.
-        for name in (CHECKPOINT_DIR, HISTORY_JSON, HISTORY_PARQUET, METRICS_FILE, MODEL_DIR, HISTORY_PLOT,
-                     CONFUSION_PLOT, CLASS_NAMES_FILE, SHARDS_DIR, RAY_DIR, SKIPPED_FILES):
-            path = run_dir / name
-            if path.is_dir():
-                shutil.rmtree(path)
-            elif path.exists():
-                path.unlink()
+        for name in RUN_FILES:  # nothing of the old run survives next to the new one
+            _remove(run_dir / name)
+    if run_dir.is_dir():  # what a killed process was writing when it died (artifacts.atomic_path's names)
+        for path in run_dir.iterdir():
+            if any(path.name.startswith(f".{name}.") for name in (*RUN_FILES, CONFIG_FILE)):
+                _remove(path)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         artifacts.write_json(saved, config.to_dict())
