@@ -5,7 +5,6 @@ ImageNet MobileNetV2, so it runs on a machine without internet access.
 """
 import argparse
 import dataclasses
-import json
 import signal
 import sys
 from pathlib import Path
@@ -14,10 +13,9 @@ import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imp
 from tl_core.config import TrainConfig
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """The TrainConfig flags (every one optional: unset flags keep --config's or the default value)."""
     defaults = TrainConfig()
-    parser = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="a saved config.json to start from (reproduces that run)")
     parser.add_argument("--data-dir", help="directory with train/ and validation/ class folders "
                         "(default: the built-in cats-vs-dogs sample)")
@@ -45,7 +43,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, help=f"default {defaults.seed}")
     parser.add_argument("--jit-compile", dest="jit_compile", action=argparse.BooleanOptionalAction,
                         help="XLA-compile the training step (default off; see benchmarks/gpu.py)")
-    parser.add_argument("--output-dir", help="run directory (default runs/<UTC timestamp>)")
     parser.add_argument("--cache-dir", help="asset cache (default $TL_CACHE_DIR or ~/.cache/tl_core)")
     ray_group = parser.add_argument_group("distributed training on Ray Train")
     ray_group.add_argument("--ray", action="store_true",
@@ -57,6 +54,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     ray_group.add_argument("--gpus-per-worker", type=int, help=f"with --use-gpu; default {defaults.gpus_per_worker}")
     ray_group.add_argument("--max-failures", type=int,
                            help=f"worker-group restarts from the last checkpoint (default {defaults.max_failures})")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m jobs.train", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_training_arguments(parser)
+    parser.add_argument("--output-dir", help="run directory (default runs/<UTC timestamp>)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true",
                       help="check the data and the configuration (every bad file, the backbone, the image size), then stop")
@@ -70,13 +74,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     overrides = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)
                  if getattr(args, field.name, None) is not None}
     return dataclasses.replace(config, **overrides)
-
-
-def absolute_paths(config: TrainConfig) -> TrainConfig:
-    """Ray workers do not share the driver's working directory: give them absolute paths."""
-    absolute = {name: str(Path(getattr(config, name)).resolve())
-                for name in ("data_dir", "output_dir", "cache_dir") if getattr(config, name)}
-    return dataclasses.replace(config, **absolute)
 
 
 def _stop_on_sigterm(signum, frame):
@@ -95,45 +92,31 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     import tensorflow as tf
 
-    from tl_core.assets import AssetError, cache_dir
-    from tl_core.splits import check_dataset, describe_check, enforce_policy, format_bad_files, write_skipped
-    from tl_core.train import check_backbone, prepare_run_dir, train
+    from tl_core import job
+    from tl_core.assets import AssetError
+    from tl_core.train import check_backbone, default_output_dir
 
     config = None
     try:
-        requested = config_from_args(args)
-        # Before the run directory exists: a failed check leaves nothing behind.
-        check = check_dataset(requested, cache_dir(requested.cache_dir))
-        print(describe_check(check), flush=True)
-        skipped = enforce_policy(check, requested.bad_files)
+        config = config_from_args(args)
+        config = dataclasses.replace(config, output_dir=config.output_dir or default_output_dir())
         if args.check:
-            check_backbone(requested, len(check.train.class_names))
+            checked, skipped = job.check(config)
+            check_backbone(config, len(checked.train.class_names))
             print(f"Check passed: the data and the configuration are ready to train"
                   f"{f' ({len(skipped)} file(s) would be skipped)' if skipped else ''}.")
             return 0
-        config = prepare_run_dir(requested, overwrite=args.overwrite, resume=args.resume)
-        if skipped:
-            write_skipped(Path(config.output_dir), skipped)
-            print(f"Skipping {len(skipped)} bad file(s), listed in {Path(config.output_dir) / 'skipped_files.json'}:\n"
-                  f"{format_bad_files(skipped)}")
-        print(f"Run directory {config.output_dir}\nConfiguration:\n{config.describe()}", flush=True)
-        if args.ray or config.num_workers > 1:
-            from tl_core.ray_train import train_on_ray
-
-            train_on_ray(absolute_paths(config))
-            metrics = json.loads((Path(config.output_dir) / "metrics.json").read_text())
-        else:
-            metrics = train(config)
+        metrics = job.run(config, ray=args.ray, overwrite=args.overwrite, resume=args.resume)
     # The project's own input errors (DatasetError, BackboneError, RunDirectoryError, ...) are ValueErrors.
     except (ValueError, AssetError, OSError, tf.errors.OpError) as error:
         message = error.message.strip().splitlines()[0] if isinstance(error, tf.errors.OpError) else error
         print(f"error: {message}", file=sys.stderr)
-        if config is not None and (Path(config.output_dir) / "checkpoints").exists():
+        if config is not None and _has_checkpoint(config):
             print(resume_hint(config), file=sys.stderr)  # e.g. the disk filled up during training
         return 2
     except KeyboardInterrupt:
-        if config is None:
-            print("Interrupted before training started.", file=sys.stderr)
+        if config is None or not _has_checkpoint(config):
+            print("Interrupted before the first epoch was completed.", file=sys.stderr)
             return 130
         print(f"Interrupted. {resume_hint(config)}", file=sys.stderr)
         return 130
@@ -145,6 +128,10 @@ def main(argv=None) -> int:
     print(f"Validation accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}; "
           f"artifacts in {config.output_dir}")
     return 0
+
+
+def _has_checkpoint(config) -> bool:
+    return (Path(config.output_dir) / "checkpoints").exists() or (Path(config.output_dir) / "ray").exists()
 
 
 if __name__ == "__main__":

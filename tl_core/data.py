@@ -91,7 +91,7 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarr
     return is_validation
 
 
-def _list_files(directory: str, problems: list, ignored: list) -> list[str]:
+def list_files(directory: str, problems: list, ignored: list) -> list[str]:
     """Regular files under directory, following symbolic links; loops and broken links become problems."""
     files = []
 
@@ -158,7 +158,7 @@ def list_image_folder(directory: str | Path, class_names: list[str] | None = Non
         )
     paths, labels, problems, ignored = [], [], [], []
     for index, name in enumerate(found):
-        files = _list_files(str(directory / name), problems, ignored)
+        files = list_files(str(directory / name), problems, ignored)
         if not files:
             raise DatasetError(f"class folder {display_path(str(directory / name))} holds no files: "
                                "add its images or remove the folder")

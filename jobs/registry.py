@@ -1,0 +1,40 @@
+"""Inspect a model registry and restore an earlier champion.
+
+  python -m jobs.registry list --registry DIR            the ledger, one row per retrain
+  python -m jobs.registry rollback RUN_ID --registry DIR  make RUN_ID's model the champion again
+"""
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.registry", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    listing = commands.add_parser("list", help="print the ledger as a table")
+    listing.add_argument("--registry", required=True)
+    rollback = commands.add_parser("rollback", help="make an earlier run's model the champion")
+    rollback.add_argument("run_id")
+    rollback.add_argument("--registry", required=True)
+    args = parser.parse_args(argv)
+    from tl_core.registry import Registry, RegistryBusy, format_ledger
+    from tl_core.retrain import restore
+
+    try:
+        if args.command == "list":
+            registry = Registry(args.registry)
+            print(format_ledger(registry.records()))
+            print(f"champion: {registry.champion() or '-'} ({registry.champion_link / 'model'})")
+        else:
+            restore(args.registry, args.run_id)
+    except RegistryBusy as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

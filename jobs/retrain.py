@@ -1,0 +1,59 @@
+"""Retrain on a schedule: `python -m jobs.retrain --registry DIR [training flags]`.
+
+Trains a challenger when the training data changed since the last run, evaluates it and the
+current champion on the same held-out split, and promotes the challenger only if it is better by
+at least --min-improvement. Every run (skipped, rejected, promoted) is a row of DIR/ledger.parquet;
+serving reads DIR/champion/model. Exit status: 0 done (whatever the decision), 2 bad input,
+3 another retrain holds the registry.
+"""
+import argparse
+import sys
+
+import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from jobs.train import _stop_on_sigterm, add_training_arguments, config_from_args
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m jobs.retrain", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--registry", required=True, help="registry directory (created on first use)")
+    parser.add_argument("--min-improvement", type=float, default=0.01,
+                        help="accuracy the challenger must gain over the champion to replace it (default 0.01)")
+    parser.add_argument("--keep", type=int, default=5,
+                        help="model directories kept, newest first; the champion is always kept (default 5)")
+    parser.add_argument("--force", action="store_true", help="retrain even if the data has not changed")
+    add_training_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.keep < 1:
+        parser.error(f"--keep must be at least 1, got {args.keep}")
+    return args
+
+
+def main(argv=None) -> int:
+    import signal
+
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    import tensorflow as tf
+
+    from tl_core.assets import AssetError
+    from tl_core.registry import RegistryBusy
+    from tl_core.retrain import retrain
+
+    try:
+        retrain(config_from_args(args), args.registry, min_improvement=args.min_improvement, keep=args.keep,
+                force=args.force, ray=args.ray)
+    except RegistryBusy as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
+    except (ValueError, AssetError, OSError, tf.errors.OpError) as error:
+        print(f"error: {error}\nThe champion is unchanged; the next retrain continues this one.", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("Interrupted; the champion is unchanged and the next retrain continues this one.", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

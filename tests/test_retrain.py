@@ -1,0 +1,164 @@
+"""Scheduled retraining: champion and challenger, a ledger, a lock, recovery and rollback."""
+import hashlib
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import tensorflow as tf
+
+from conftest import TINY_IMAGE_SIZE, colour_image, encode, write_colour_dataset
+from jobs import registry as registry_job
+from tl_core.config import TrainConfig
+from tl_core.registry import Registry, RegistryBusy, RegistryError
+from tl_core.retrain import decide, restore, retrain
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    return write_colour_dataset(tmp_path / "data", {"train": 24, "validation": 10})
+
+
+def config_for(data_dir, tiny_backbone) -> TrainConfig:
+    return TrainConfig(data_dir=str(data_dir), backbone=tiny_backbone, image_size=TINY_IMAGE_SIZE, batch_size=8,
+                       epochs=4, learning_rate=0.05, seed=3)
+
+
+def quiet(*args, **kwargs):
+    pass
+
+
+def tree_digest(path: Path) -> dict:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def add_images(data: Path, count: int = 4, seed: int = 9):
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        (data / "train" / "red" / f"new_{seed}_{i}.png").write_bytes(encode(colour_image(rng, 0, 30, 30), "PNG"))
+
+
+def test_first_run_promotes_unchanged_data_skips_new_data_retrains(data, tiny_backbone, tmp_path):
+    config, root = config_for(data, tiny_backbone), tmp_path / "registry"
+    first = retrain(config, root, log=quiet)
+    assert first["action"] == "promoted" and first["reason"] == "no champion yet"
+    assert Registry(root).champion() == first["run_id"] and first["challenger_accuracy"] >= 0.9
+    serve = tf.saved_model.load(str(root / "champion" / "model")).signatures["serving_default"]
+    assert serve(images=tf.zeros([1, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 3]))["probabilities"].shape == (1, 2)
+
+    second = retrain(config, root, log=quiet)
+    assert second["action"] == "skipped" and first["run_id"] in second["reason"]
+    assert not (root / "models" / second["run_id"]).exists()
+
+    add_images(data)
+    third = retrain(config, root, log=quiet)
+    assert third["action"] in ("promoted", "rejected") and third["data_fingerprint"] != first["data_fingerprint"]
+    assert third["champion_accuracy"] == pytest.approx(first["challenger_accuracy"])  # same held-out split
+    ledger = pq.read_table(root / "ledger.parquet")  # pyarrow alone reads the ledger
+    assert ledger.column("action").to_pylist() == ["promoted", "skipped", third["action"]]
+    assert third["train_images"] == 52
+
+
+def test_a_worse_challenger_is_rejected_and_the_champion_is_untouched(data, tiny_backbone, tmp_path):
+    config, root = config_for(data, tiny_backbone), tmp_path / "registry"
+    champion = retrain(config, root, log=quiet)["run_id"]
+    before = tree_digest(root / "champion")
+    # Swap the training labels: the challenger learns the opposite of the truth.
+    train = data / "train"
+    (train / "red").rename(train / "tmp")
+    (train / "blue").rename(train / "red")
+    (train / "tmp").rename(train / "blue")
+    record = retrain(config, root, log=quiet)
+    assert record["action"] == "rejected"
+    assert record["challenger_accuracy"] < 0.5 < record["champion_accuracy"]
+    assert "vs champion" in record["reason"]
+    assert Registry(root).champion() == champion and tree_digest(root / "champion") == before
+
+
+def test_a_crash_before_the_switch_keeps_the_champion_and_the_next_run_recovers(data, tiny_backbone, tmp_path,
+                                                                               monkeypatch):
+    config, root = config_for(data, tiny_backbone), tmp_path / "registry"
+    champion = retrain(config, root, log=quiet)["run_id"]
+    add_images(data)
+
+    def crash(self, run_id):
+        raise RuntimeError("injected crash between writing the challenger and switching the champion")
+
+    monkeypatch.setattr(Registry, "promote", crash)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        retrain(config, root, min_improvement=-1.0, log=quiet)
+    monkeypatch.undo()
+    registry = Registry(root)
+    pending = registry.pending()["run_id"]
+    assert registry.champion() == champion and len(registry.records()) == 1
+    assert (root / "models" / pending / "model" / "saved_model.pb").exists()  # the challenger was written
+
+    lines = []
+    record = retrain(config, root, min_improvement=-1.0, log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    assert any(line.startswith(f"Recovering run {pending}") for line in lines)
+    assert record["run_id"] == pending and record["action"] == "promoted"
+    assert registry.champion() == pending and registry.pending() is None
+
+
+def test_a_second_run_is_refused_and_a_dead_holders_lock_is_recovered(data, tiny_backbone, tmp_path):
+    root = tmp_path / "registry"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from tl_core.registry import Registry
+        with Registry({str(root)!r}).lock():
+            print("locked", flush=True)
+            time.sleep(600)
+    """)], cwd=REPO, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RegistryBusy, match=f"pid {holder.pid} on "):
+            retrain(config_for(data, tiny_backbone), root, log=quiet)
+        assert registry_job.main(["rollback", "x", "--registry", str(root)]) == 3
+    finally:
+        holder.kill()  # SIGKILL: no chance to clean up
+        holder.wait()
+    assert retrain(config_for(data, tiny_backbone), root, log=quiet)["action"] == "promoted"
+
+
+def test_rollback_restores_an_earlier_champion(data, tiny_backbone, tmp_path, capsys):
+    config, root = config_for(data, tiny_backbone), tmp_path / "registry"
+    first = retrain(config, root, log=quiet)["run_id"]
+    add_images(data)
+    second = retrain(config, root, min_improvement=-1.0, log=quiet)["run_id"]  # promoted whatever it scores
+    assert Registry(root).champion() == second
+    assert registry_job.main(["rollback", first, "--registry", str(root)]) == 0
+    assert Registry(root).champion() == first
+    assert Registry(root).records()[-1]["action"] == "rollback"
+    with pytest.raises(RegistryError, match="no trained run 'nope'"):
+        restore(root, "nope", log=quiet)
+    capsys.readouterr()
+    assert registry_job.main(["list", "--registry", str(root)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split()[:3] == ["run_id", "finished_at", "action"]
+    assert [line.split()[2] for line in table[1:4]] == ["promoted", "promoted", "rollback"]
+    assert table[-1].startswith(f"champion: {first}")
+
+
+def test_old_models_are_pruned_but_the_champion_is_kept(data, tiny_backbone, tmp_path):
+    config, root = config_for(data, tiny_backbone), tmp_path / "registry"
+    champion = retrain(config, root, keep=1, log=quiet)["run_id"]
+    for seed in (1, 2):
+        add_images(data, seed=seed)
+        retrain(config, root, keep=1, min_improvement=1.0, log=quiet)  # rejected: nothing gains a whole 1.0
+    registry = Registry(root)
+    assert registry.champion() == champion
+    assert len(registry.model_runs()) == 2  # the champion and the newest
+    assert champion in registry.model_runs()
+
+
+def test_decision_rule():
+    assert decide({"accuracy": 0.9}, None, 0.01) == (True, "no champion yet")
+    assert decide({"accuracy": 0.92}, {"accuracy": 0.9}, 0.01)[0]
+    promote, why = decide({"accuracy": 0.905}, {"accuracy": 0.9}, 0.01)
+    assert not promote and "+0.0050 < required +0.0100" in why

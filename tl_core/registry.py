@@ -1,0 +1,168 @@
+"""A model registry on a file system: every trained model, an append-only ledger, and the champion.
+
+Layout of a registry directory:
+  models/<run id>/      each retrain's run directory (model/, metrics.json, config.json, ...)
+  manifests/<run id>.parquet   the training data's manifest at that run
+  ledger.parquet        one row per retrain, skip or rollback; rows are only ever added
+  champion -> models/<run id>   the model serving reads (`<registry>/champion/model`)
+  pending.json          the retrain in progress (its run id and data fingerprint), for recovery
+  .lock                 held (flock) by the one retrain or rollback running
+
+The champion link is replaced with one rename, so a reader sees the old champion or the new one,
+never a mix; the ledger is rewritten under a temporary name and renamed, so it is always whole.
+"""
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import os
+import shutil
+import socket
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tl_core import artifacts
+
+LEDGER_SCHEMA = pa.schema([
+    ("run_id", pa.string()),
+    ("started_at", pa.string()),
+    ("finished_at", pa.string()),
+    ("action", pa.string()),  # promoted, rejected, skipped, rollback
+    ("reason", pa.string()),
+    ("data_fingerprint", pa.string()),
+    ("train_images", pa.int64()),
+    ("validation_images", pa.int64()),
+    ("challenger_accuracy", pa.float64()),
+    ("challenger_loss", pa.float64()),
+    ("champion_before", pa.string()),
+    ("champion_accuracy", pa.float64()),
+    ("champion_loss", pa.float64()),
+    ("min_improvement", pa.float64()),
+    ("champion_after", pa.string()),
+    ("config_json", pa.string()),
+])
+TRAINED = ("promoted", "rejected")
+
+
+class RegistryError(ValueError):
+    pass
+
+
+class RegistryBusy(RuntimeError):
+    pass
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def new_run_id() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S-%f")
+
+
+class Registry:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.models = self.root / "models"
+        self.manifests = self.root / "manifests"
+        self.ledger = self.root / "ledger.parquet"
+        self.champion_link = self.root / "champion"
+        self.pending_file = self.root / "pending.json"
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Exclusive for the whole retrain. The kernel drops the lock when its process dies, so a
+        crashed run never leaves it stuck; a second run is refused at once with the holder's details."""
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            handle = open(self.root / ".lock", "a+")
+        except OSError as error:
+            raise RegistryError(f"cannot use the registry {self.root}: {error.strerror}") from None
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as error:
+                if error.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                handle.seek(0)
+                raise RegistryBusy(f"another retrain is using the registry {self.root} ({handle.read().strip()}); "
+                                   "this run stops here: try again when it has finished") from None
+            handle.truncate(0)
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {utc_now()}\n")
+            handle.flush()
+            try:
+                yield self
+            finally:
+                handle.truncate(0)
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # The ledger.
+
+    def records(self) -> list[dict]:
+        return pq.read_table(self.ledger, schema=LEDGER_SCHEMA).to_pylist() if self.ledger.exists() else []
+
+    def append(self, record: dict) -> None:
+        rows = self.records() + [{name: record.get(name) for name in LEDGER_SCHEMA.names}]
+        with artifacts.atomic_path(self.ledger) as tmp:
+            pq.write_table(pa.Table.from_pylist(rows, schema=LEDGER_SCHEMA), tmp)
+
+    def last_trained(self) -> dict | None:
+        trained = [record for record in self.records() if record["action"] in TRAINED]
+        return trained[-1] if trained else None
+
+    # The champion.
+
+    def champion(self) -> str | None:
+        """The champion's run id, or None before the first promotion."""
+        return os.readlink(self.champion_link).split("/")[-1] if self.champion_link.is_symlink() else None
+
+    def promote(self, run_id: str) -> None:
+        """Point `champion` at models/<run_id> with one atomic rename."""
+        if not (self.models / run_id / "model" / "saved_model.pb").exists():
+            raise RegistryError(f"run {run_id} has no model in {self.models / run_id} (never finished, or pruned)")
+        tmp = self.root / f".champion.{os.getpid()}.tmp"
+        if tmp.is_symlink():
+            tmp.unlink()
+        os.symlink(f"models/{run_id}", tmp)
+        os.replace(tmp, self.champion_link)
+
+    # The retrain in progress.
+
+    def pending(self) -> dict | None:
+        return json.loads(self.pending_file.read_text()) if self.pending_file.exists() else None
+
+    def set_pending(self, value: dict) -> None:
+        artifacts.write_json(self.pending_file, value)
+
+    def clear_pending(self) -> None:
+        self.pending_file.unlink(missing_ok=True)
+
+    def model_runs(self) -> list[str]:
+        return sorted(path.name for path in self.models.iterdir() if path.is_dir()) if self.models.exists() else []
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete all but the `keep` newest model directories; the champion and a pending run are always kept."""
+        protected = {self.champion(), (self.pending() or {}).get("run_id")}
+        runs = self.model_runs()
+        removed = [run for run in runs[:max(len(runs) - keep, 0)] if run not in protected]
+        for run in removed:
+            shutil.rmtree(self.models / run)
+        return removed
+
+
+def format_ledger(records: list[dict]) -> str:
+    """The ledger as a fixed-width table, oldest first."""
+    columns = [("run_id", 22), ("finished_at", 25), ("action", 9), ("challenger_accuracy", 10),
+               ("champion_accuracy", 10), ("champion_after", 22), ("reason", 0)]
+    titles = {"challenger_accuracy": "chall.acc", "champion_accuracy": "champ.acc"}
+
+    def cell(record, name):
+        value = record.get(name)
+        return "-" if value is None else f"{value:.4f}" if isinstance(value, float) else str(value)
+
+    lines = ["  ".join(titles.get(name, name).ljust(width) for name, width in columns).rstrip()]
+    lines += ["  ".join(cell(record, name).ljust(width) for name, width in columns).rstrip() for record in records]
+    return "\n".join(lines)

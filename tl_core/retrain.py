@@ -1,0 +1,134 @@
+"""Scheduled retraining: train a challenger when the data changed, promote it only if it beats the champion.
+
+  1. fingerprint the training data; unchanged since the last trained run: record "skipped", stop;
+  2. train a challenger with the training job (tl_core.job.run: locally or on Ray) into models/<run id>;
+  3. evaluate the challenger and the champion's exported models on the same held-out split;
+  4. promote the challenger if its accuracy beats the champion's by at least min_improvement;
+  5. append the decision to the ledger.
+
+A crash anywhere leaves the champion link untouched. pending.json names the run in progress; the
+next retrain on the same data resumes that run (from its checkpoints, or just its evaluation)
+instead of starting again.
+"""
+import dataclasses
+import json
+import shutil
+from pathlib import Path
+
+from tl_core import job
+from tl_core.assets import cache_dir
+from tl_core.config import TrainConfig
+from tl_core.evaluate import evaluate_run, load_run
+from tl_core.fingerprint import build_manifest, fingerprint, read_manifest, write_manifest
+from tl_core.registry import TRAINED, Registry, RegistryError, new_run_id, utc_now
+from tl_core.splits import load_splits, read_skipped
+
+
+def data_directory(config: TrainConfig) -> Path:
+    if config.data_dir:
+        return Path(config.data_dir)
+    from tl_core.sample_data import prepare_cats_vs_dogs
+
+    return prepare_cats_vs_dogs(cache_dir(config.cache_dir))
+
+
+def decide(challenger: dict, champion: dict | None, min_improvement: float) -> tuple[bool, str]:
+    """(promote?, why) from the two models' metrics on the same held-out split."""
+    if champion is None:
+        return True, "no champion yet"
+    gain = challenger["accuracy"] - champion["accuracy"]
+    verdict = ">=" if gain >= min_improvement else "<"
+    why = (f"challenger accuracy {challenger['accuracy']:.4f} vs champion {champion['accuracy']:.4f}: "
+           f"{gain:+.4f} {verdict} required {min_improvement:+.4f}")
+    return gain >= min_improvement, why
+
+
+def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: float = 0.01, keep: int = 5,
+            force: bool = False, ray: bool = False, log=print) -> dict:
+    """One scheduled retrain under the registry's lock; returns the ledger record it appended."""
+    registry = Registry(registry_dir)
+    with registry.lock():
+        started = utc_now()
+        data_dir = data_directory(config)
+        config = dataclasses.replace(config, data_dir=str(data_dir))
+        last = registry.last_trained()
+        previous = read_manifest(registry.manifests / f"{last['run_id']}.parquet") if last else None
+        manifest = build_manifest(data_dir, previous)
+        data_fingerprint = fingerprint(manifest)
+        log(f"Data {data_dir}: {manifest.num_rows} files, fingerprint {data_fingerprint[:12]}", flush=True)
+        base = {"started_at": started, "data_fingerprint": data_fingerprint, "min_improvement": min_improvement,
+                "champion_before": registry.champion(), "config_json": json.dumps(config.to_dict())}
+        if last and last["data_fingerprint"] == data_fingerprint and not force:
+            record = {**base, "run_id": new_run_id(), "action": "skipped", "champion_after": registry.champion(),
+                      "reason": f"data unchanged since run {last['run_id']}", "finished_at": utc_now()}
+            registry.append(record)
+            log(f"Skipped: {record['reason']} (pass --force to retrain anyway)")
+            return record
+
+        run_id, resume = _start_or_recover(registry, config, data_fingerprint, log)
+        run_dir = registry.models / run_id
+        run_config = dataclasses.replace(config, output_dir=str(run_dir))
+        job.run(run_config, ray=ray, resume=resume, log=log)
+        write_manifest(manifest, registry.manifests / f"{run_id}.parquet")
+
+        # Both models on the challenger's held-out split, through their exported SavedModels.
+        _, validation, _ = load_splits(run_config, cache_dir(config.cache_dir), skip=read_skipped(run_dir))
+        challenger = evaluate_run(run_dir, validation)
+        champion_id, champion = registry.champion(), None
+        champion_classes = load_run(registry.models / champion_id)[1] if champion_id else None
+        if champion_classes == validation.class_names:
+            champion = evaluate_run(registry.models / champion_id, validation)
+        promote, reason = decide(challenger, champion, min_improvement)
+        if champion_id and champion is None:  # a champion that cannot classify this data is no benchmark
+            promote, reason = True, f"the classes changed (champion {champion_classes}, data {validation.class_names})"
+        if promote:
+            registry.promote(run_id)
+        record = {**base, "run_id": run_id, "action": "promoted" if promote else "rejected", "reason": reason,
+                  "train_images": json.loads((run_dir / "metrics.json").read_text())["run"]["train_images"],
+                  "validation_images": len(validation),
+                  "challenger_accuracy": challenger["accuracy"], "challenger_loss": challenger["loss"],
+                  "champion_accuracy": champion and champion["accuracy"], "champion_loss": champion and champion["loss"],
+                  "champion_after": registry.champion(), "finished_at": utc_now()}
+        registry.append(record)
+        registry.clear_pending()
+        removed = registry.prune(keep)
+        log(f"{record['action'].capitalize()}: {reason}. Champion: {registry.champion()}"
+            f"{f'; pruned {len(removed)} old model(s)' if removed else ''}")
+        return record
+
+
+def _start_or_recover(registry: Registry, config: TrainConfig, data_fingerprint: str, log) -> tuple[str, bool]:
+    """(run id, resume?): the crashed run on the same data and config if there is one, else a new run."""
+    pending = registry.pending()
+    if pending:
+        run_dir = registry.models / pending["run_id"]
+        same = pending["data_fingerprint"] == data_fingerprint and pending["config"] == config.to_dict()
+        if same and (run_dir / "config.json").exists():
+            log(f"Recovering run {pending['run_id']}, interrupted at {pending['started_at']}", flush=True)
+            return pending["run_id"], True
+        if run_dir.exists() and pending["run_id"] != registry.champion():
+            log(f"Discarding run {pending['run_id']}: interrupted, and the data or configuration changed since")
+            shutil.rmtree(run_dir)
+    run_id = new_run_id()
+    registry.set_pending({"run_id": run_id, "started_at": utc_now(), "data_fingerprint": data_fingerprint,
+                          "config": config.to_dict()})
+    return run_id, False
+
+
+def restore(registry_dir: str | Path, run_id: str, log=print) -> dict:
+    """Make an earlier run's model the champion again (one atomic switch), recorded in the ledger."""
+    registry = Registry(registry_dir)
+    with registry.lock():
+        trained = {record["run_id"]: record for record in registry.records() if record["action"] in TRAINED}
+        if run_id not in trained:
+            raise RegistryError(f"no trained run {run_id!r} in {registry.ledger}; "
+                                "`python -m jobs.registry list` shows the runs")
+        before = registry.champion()
+        registry.promote(run_id)
+        record = {"run_id": run_id, "started_at": utc_now(), "finished_at": utc_now(), "action": "rollback",
+                  "reason": f"restored by hand (champion was {before})", "champion_before": before,
+                  "champion_after": run_id, "data_fingerprint": trained[run_id]["data_fingerprint"],
+                  "challenger_accuracy": trained[run_id]["challenger_accuracy"]}
+        registry.append(record)
+        log(f"Champion: {run_id} (was {before})")
+        return record
