@@ -89,4 +89,6 @@ class TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def describe(self) -> str:
-        return "\n".join(f"  {key:<17} {value}" for key, value in self.to_dict().items())
+        values = self.to_dict()
+        width = max(map(len, values))
+        return "\n".join(f"  {key:<{width}} {value}" for key, value in values.items())

@@ -55,7 +55,7 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: f
         previous = read_manifest(registry.manifests / f"{last['run_id']}.parquet") if last else None
         manifest = build_manifest(data_dir, previous)
         data_fingerprint = fingerprint(manifest)
-        log(f"Data {data_dir}: {manifest.num_rows} files, fingerprint {data_fingerprint[:12]}", flush=True)
+        log(f"Fingerprint of {data_dir}: {data_fingerprint[:12]} ({manifest.num_rows} files)", flush=True)
         base = {"started_at": started, "data_fingerprint": data_fingerprint, "min_improvement": min_improvement,
                 "champion_before": registry.champion(), "config_json": json.dumps(config.to_dict())}
         if last and last["data_fingerprint"] == data_fingerprint and not force:
