@@ -25,7 +25,8 @@ def tiny_config(tiny_backbone, colour_dataset, output_dir, **overrides) -> Train
 
 @pytest.fixture(scope="module")
 def finished_run(tiny_backbone, colour_dataset, tmp_path_factory):
-    config = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path_factory.mktemp("run") / "run"))
+    config = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path_factory.mktemp("run") / "run",
+                                         export_tflite=True))
     metrics = train(config)
     return config, metrics
 
@@ -87,6 +88,30 @@ def test_exported_model_reloads_in_a_fresh_process_without_this_package(finished
     # And it is the trained model: its accuracy is the run's.
     accuracy = (reloaded.argmax(axis=1) == validation.labels).mean()
     assert accuracy == pytest.approx(finished_run[1]["accuracy"])
+
+
+def test_bytes_signature_decodes_like_training_and_gives_the_same_probabilities(finished_run):
+    config, _ = finished_run
+    validation = list_image_folder(f"{config.data_dir}/validation", ["blue", "red"])
+    encoded = tf.constant([Path(path).read_bytes() for path in validation.paths])  # PNG and JPEG, varied sizes
+    loaded = tf.saved_model.load(config.output_dir + "/model")
+    from_bytes = loaded.signatures["serving_bytes"](image_bytes=encoded)
+    images = np.concatenate([x.numpy() for x, _ in make_dataset(validation, TINY_IMAGE_SIZE, 8)])
+    from_images = loaded.signatures["serving_default"](images=tf.constant(images))
+    np.testing.assert_allclose(from_bytes["probabilities"].numpy(), from_images["probabilities"].numpy(), atol=1e-6)
+    assert from_bytes["class_names"].numpy().tolist() == from_images["class_names"].numpy().tolist()
+
+
+def test_tflite_exports_agree_with_the_saved_model(finished_run):
+    config, metrics = finished_run
+    run_dir = Path(config.output_dir)
+    assert (run_dir / "labels.txt").read_text() == "blue\nred\n"
+    exports = metrics["exports"]
+    assert exports["model.tflite"]["max_abs_logit_difference"] < 1e-4
+    assert exports["model.tflite"]["accuracy"] == exports["saved_model"]["accuracy"] == metrics["accuracy"]
+    assert exports["model_dynamic_range.tflite"]["agreement_with_saved_model"] >= 0.9
+    for name in ("model.tflite", "model_dynamic_range.tflite"):
+        assert exports[name]["bytes"] == (run_dir / name).stat().st_size > 0
 
 
 def _head_weights(run_dir):

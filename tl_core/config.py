@@ -32,6 +32,8 @@ class TrainConfig:
     # XLA-compile the training step. Off by default: on a CPU compiling the step (backbone
     # included) takes minutes; on GPUs, benchmarks/gpu.py tells whether it pays.
     jit_compile: bool = False
+    # Also write model.tflite (float32), model_dynamic_range.tflite and labels.txt next to model/.
+    export_tflite: bool = False
     # Where the run's artifacts go; None means runs/<UTC timestamp>.
     output_dir: str | None = None
     # Asset cache (weights, SavedModels, sample data); None means $TL_CACHE_DIR or ~/.cache/tl_core.

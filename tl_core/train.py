@@ -22,7 +22,7 @@ from tl_core.backbones import resolve_backbone
 from tl_core.config import TrainConfig
 from tl_core.data import make_dataset, make_feature_dataset
 from tl_core.distribute import Worker, make_strategy
-from tl_core.export import export_classifier
+from tl_core.export import LABELS_FILE, TFLITE_FLOAT, TFLITE_QUANTIZED, export_classifier, export_tflite, tflite_logits
 from tl_core.metrics import classification_metrics
 from tl_core.model import build_classifier, compile_classifier, head_model
 from tl_core.splits import SKIPPED_FILES, load_splits, read_skipped
@@ -43,7 +43,7 @@ RAY_DIR = "ray"  # Ray Train's own checkpoints, in distributed runs
 
 # Everything a run writes besides its config (--overwrite removes exactly these).
 RUN_FILES = (CHECKPOINT_DIR, HISTORY_JSON, HISTORY_PARQUET, METRICS_FILE, MODEL_DIR, HISTORY_PLOT, CONFUSION_PLOT,
-             CLASS_NAMES_FILE, SHARDS_DIR, RAY_DIR, SKIPPED_FILES)
+             CLASS_NAMES_FILE, SHARDS_DIR, RAY_DIR, SKIPPED_FILES, TFLITE_FLOAT, TFLITE_QUANTIZED, LABELS_FILE)
 
 
 def _remove(path: Path) -> None:
@@ -126,6 +126,21 @@ class LocalCheckpoints:
     def save(self, write, metrics: dict, worker: Worker) -> None:
         with artifacts.atomic_directory(self.path) as tmp:
             write(tmp)
+
+
+def write_tflite_exports(model, class_names, run_dir: Path, validation, validation_features) -> dict:
+    """TFLite float32 and dynamic-range models next to the SavedModel: size and validation accuracy of each."""
+    labels = np.concatenate([labels.numpy() for _, labels in validation])
+    reference = head_logits(model, validation_features)  # what the SavedModel computes
+    saved_model_bytes = sum(path.stat().st_size for path in (run_dir / MODEL_DIR).rglob("*") if path.is_file())
+    report = {"saved_model": {"bytes": saved_model_bytes, "accuracy": float((reference.argmax(1) == labels).mean())}}
+    for name, path in export_tflite(model, class_names, run_dir).items():
+        if path.suffix == ".tflite":
+            logits = tflite_logits(path, validation)
+            report[name] = {"bytes": path.stat().st_size, "accuracy": float((logits.argmax(1) == labels).mean()),
+                            "max_abs_logit_difference": float(np.abs(logits - reference).max()),
+                            "agreement_with_saved_model": float((logits.argmax(1) == reference.argmax(1)).mean())}
+    return report
 
 
 def format_epoch(row: dict, epochs: int) -> str:
@@ -230,6 +245,8 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
     with tempfile.TemporaryDirectory() as scratch:
         model_dir = run_dir / MODEL_DIR if worker.is_chief else Path(scratch) / MODEL_DIR
         export_classifier(model, class_names, config.image_size, model_dir)
+    if worker.is_chief and config.export_tflite:
+        metrics["exports"] = write_tflite_exports(model, class_names, run_dir, validation, validation_features)
     if worker.is_chief:
         artifacts.write_json(run_dir / CLASS_NAMES_FILE, class_names)
         artifacts.plot_history(history, run_dir / HISTORY_PLOT)
