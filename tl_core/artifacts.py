@@ -81,7 +81,7 @@ def plot_history(history: list[dict], path) -> None:
     _save_figure(figure, path)
 
 
-def plot_confusion_matrix(counts, class_names: list[str], path) -> None:
+def plot_confusion_matrix(counts, class_names: list[str], path, title: str = "Validation confusion matrix") -> None:
     counts = np.asarray(counts)
     size = max(4.0, 0.6 * len(class_names) + 2)
     figure, axis = plt.subplots(figsize=(size + 1, size))
@@ -92,11 +92,26 @@ def plot_confusion_matrix(counts, class_names: list[str], path) -> None:
     axis.set_yticks(ticks, class_names)
     axis.set_xlabel("predicted class")
     axis.set_ylabel("true class")
-    axis.set_title(f"Validation confusion matrix (accuracy {np.trace(counts) / max(counts.sum(), 1):.3f})")
+    axis.set_title(f"{title} (accuracy {np.trace(counts) / max(counts.sum(), 1):.3f})")
     threshold = counts.max() / 2 if counts.size else 0
     for (row, col), value in np.ndenumerate(counts):
         axis.text(col, row, str(value), ha="center", va="center",
                   color="white" if value > threshold else "black")
+    _save_figure(figure, path)
+
+
+def plot_contact_sheet(images: list, titles: list[str], path, title: str, columns: int = 4) -> None:
+    """Images in a grid, each with its own title (e.g. the most confidently wrong predictions)."""
+    rows = max(1, -(-len(images) // columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, caption in zip(axes.flat, images, titles):
+        axis.imshow(np.clip(image, 0, 1))
+        axis.set_title(caption, fontsize=8)
+    if not images:
+        axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+    figure.suptitle(title)
     _save_figure(figure, path)
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from tl_core import job
 from tl_core.assets import cache_dir
 from tl_core.config import TrainConfig
-from tl_core.evaluate import evaluate_run, load_run
+from tl_core.evaluate import ExportedModel, evaluate_run
 from tl_core.fingerprint import build_manifest, fingerprint, read_manifest, write_manifest
 from tl_core.registry import TRAINED, Registry, RegistryError, new_run_id, utc_now
 from tl_core.splits import load_splits, read_skipped
@@ -75,7 +75,7 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: f
         _, validation, _ = load_splits(run_config, cache_dir(config.cache_dir), skip=read_skipped(run_dir))
         challenger = evaluate_run(run_dir, validation)
         champion_id, champion = registry.champion(), None
-        champion_classes = load_run(registry.models / champion_id)[1] if champion_id else None
+        champion_classes = ExportedModel(registry.models / champion_id).class_names if champion_id else None
         if champion_classes == validation.class_names:
             champion = evaluate_run(registry.models / champion_id, validation)
         promote, reason = decide(challenger, champion, min_improvement)

@@ -293,3 +293,20 @@ def find_bad_rows(source: ParquetImages, *, min_side: int, max_pixels: int) -> l
             if reason:
                 bad.append(BadFile(source.files[file], reason, first_row + offset))
     return bad
+
+
+def labelled_split(directory: Path, split: str = "validation"):
+    """directory/<split> when it exists (a dataset with train/ and validation/), else directory itself."""
+    directory = Path(directory)
+    return list_split(directory / split if (directory / split).is_dir() else directory)
+
+
+def without_bad_files(source, *, min_side: int = 8, max_pixels: int = 100_000_000):
+    """(source without its bad files, the bad files): for jobs that report bad input instead of stopping."""
+    if isinstance(source, ImageFolder):
+        bad = find_bad_files(source, min_side=min_side, max_pixels=max_pixels)
+        return (source.without({item.path for item in bad}) if bad else source), bad
+    bad = find_bad_rows(source, min_side=min_side, max_pixels=max_pixels)
+    if bad:
+        raise DatasetError(f"{len(bad)} Parquet row(s) cannot be used:\n{format_bad_files(bad)}")
+    return source, bad

@@ -1,0 +1,56 @@
+"""jobs.evaluate on a model whose every prediction is known in advance."""
+import json
+
+import numpy as np
+import tensorflow as tf
+
+from conftest import encode
+from jobs import evaluate as evaluate_job
+from tl_core.export import export_classifier
+
+
+def colour_model(path):
+    """Logits (blue - red, red - blue) of the mean colour: a model whose answers can be worked out by hand."""
+    model = tf.keras.Sequential([tf.keras.Input((8, 8, 3)), tf.keras.layers.GlobalAveragePooling2D(),
+                                 tf.keras.layers.Dense(2)])
+    model.layers[-1].set_weights([np.array([[-10.0, 10.0], [0.0, 0.0], [10.0, -10.0]]), np.zeros(2)])
+    export_classifier(model, ["blue", "red"], 8, path)
+
+
+def write(folder, name, rgb):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / name).write_bytes(encode(np.full((8, 8, 3), rgb, np.uint8), "PNG"))
+
+
+def test_evaluate_matches_a_hand_computed_confusion_matrix(tmp_path, capsys):
+    colour_model(tmp_path / "model")
+    data = tmp_path / "data"
+    write(data / "blue", "b1.png", (0, 0, 255))
+    write(data / "blue", "b2.png", (20, 0, 200))
+    write(data / "blue", "looks_red.png", (250, 0, 10))  # labelled blue, predicted red with confidence ~1
+    write(data / "blue", "leans_red.png", (140, 0, 110))  # labelled blue, predicted red less confidently
+    for i in range(3):
+        write(data / "red", f"r{i}.png", (255 - 10 * i, 0, 0))
+    (data / "red" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")  # left out and listed, not fatal
+    out = tmp_path / "eval"
+    assert evaluate_job.main(["--model", str(tmp_path / "model"), "--data-dir", str(data),
+                              "--output-dir", str(out), "--worst", "1"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["confusion_matrix"] == [[2, 2], [0, 3]]  # rows: true blue, true red
+    assert metrics["accuracy"] == 5 / 7 and metrics["num_examples"] == 7
+    per_class = {row["class"]: row for row in metrics["per_class"]}
+    assert per_class["blue"]["recall"] == 0.5 and per_class["red"]["precision"] == 3 / 5
+    assert [row["image"] for row in metrics["most_confident_errors"]] == ["looks_red.png"]
+    assert len(metrics["left_out"]) == 1 and "broken.png" in metrics["left_out"][0]
+    for plot in ("confusion_matrix.png", "most_confident_errors.png"):
+        assert (out / plot).read_bytes().startswith(b"\x89PNG")
+    assert "blue" in capsys.readouterr().out
+
+
+def test_evaluate_refuses_classes_the_model_does_not_know(tmp_path, capsys):
+    colour_model(tmp_path / "model")
+    write(tmp_path / "data" / "green", "g.png", (0, 255, 0))
+    write(tmp_path / "data" / "red", "r.png", (255, 0, 0))
+    assert evaluate_job.main(["--model", str(tmp_path / "model"), "--data-dir", str(tmp_path / "data"),
+                              "--output-dir", str(tmp_path / "eval")]) == 2
+    assert "classes ['green'] that the model does not know" in capsys.readouterr().err
