@@ -109,3 +109,26 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_instance, tiny_bac
     # Epochs 1-2 finished before the kill and were restored from the checkpoint, not trained again.
     assert history[1]["finished_at"] < killed_at < history[2]["finished_at"]
     assert json.loads((Path(config.output_dir) / "metrics.json").read_text())["accuracy"] >= 0.9
+
+
+def test_predict_on_ray_data_matches_the_local_prediction(ray_instance, tiny_backbone, colour_dataset, tmp_path):
+    import pyarrow.parquet as pq
+
+    from tl_core.evaluate import ExportedModel
+    from tl_core.predict import predict_to_parquet
+    from tl_core.predict_ray import predict_on_ray
+
+    config = distributed_config(tiny_backbone, colour_dataset, tmp_path / "run", num_workers=1, epochs=1)
+    train(config)
+    inputs = sorted(str(p) for p in (colour_dataset / "validation").rglob("*.*")) + [str(tmp_path / "missing.png")]
+    summary = predict_on_ray(Path(config.output_dir) / "model", inputs, tmp_path / "ray_out", chunk_size=4,
+                             concurrency=2)
+    assert summary["rows"] == 21 and summary["errors"] == 1
+    predict_to_parquet(ExportedModel(config.output_dir), inputs, tmp_path / "local_out", log=lambda *a, **k: None)
+    on_ray = sorted(pq.read_table(tmp_path / "ray_out").to_pylist(), key=lambda row: row["path"])
+    local = sorted(pq.read_table(tmp_path / "local_out").to_pylist(), key=lambda row: row["path"])
+    assert [row["path"] for row in on_ray] == [row["path"] for row in local]
+    for a, b in zip(on_ray, local):
+        assert a["error"] == b["error"] and a["predicted_class"] == b["predicted_class"]
+        if a["error"] is None:
+            np.testing.assert_allclose([a["p_blue"], a["p_red"]], [b["p_blue"], b["p_red"]], atol=1e-6)

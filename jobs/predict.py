@@ -1,0 +1,61 @@
+"""Predict classes for many images with an exported model: `python -m jobs.predict --help`.
+
+  python -m jobs.predict --model runs/X --input /data/new_photos --output predictions/
+
+--input is a folder (searched recursively), a .txt file with one image path per line, or Parquet
+(a file, or a directory of them, with an image column as jobs.ingest writes). Writes Parquet under
+--output: path, predicted_class, confidence, p_<class> for every class, and error (why a file could
+not be used: unreadable, not an image, too large; its other columns are then empty). Locally it
+streams in chunks with bounded memory; with --ray it runs as a Ray Data map_batches job on the
+cluster (--concurrency model replicas, one GPU each with --use-gpu).
+"""
+import argparse
+import sys
+from pathlib import Path
+
+import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m jobs.predict", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="run directory or SavedModel directory")
+    parser.add_argument("--input", required=True, help="folder of images, .txt list of paths, or Parquet")
+    parser.add_argument("--output", required=True, help="directory for the Parquet predictions (must not hold files)")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per model call (default 64)")
+    parser.add_argument("--chunk-size", type=int, default=1024, help="images read at a time (default 1024)")
+    parser.add_argument("--ray", action="store_true", help="run on Ray Data across the cluster")
+    parser.add_argument("--concurrency", type=int, default=2, help="with --ray: model replicas (default 2)")
+    parser.add_argument("--use-gpu", action="store_true", help="with --ray: one GPU per replica")
+    args = parser.parse_args(argv)
+    from tl_core.evaluate import ExportedModel
+    from tl_core.predict import list_inputs, predict_to_parquet
+
+    output = Path(args.output)
+    try:
+        if min(args.batch_size, args.chunk_size, args.concurrency) <= 0:
+            raise ValueError("--batch-size, --chunk-size and --concurrency must be positive")
+        if output.exists() and any(output.iterdir()):
+            raise ValueError(f"{output} already holds files: choose a new --output directory")
+        model = ExportedModel(args.model)
+        inputs = list_inputs(Path(args.input))
+        if not inputs:
+            raise ValueError(f"{args.input} holds no files to predict")
+        print(f"Predicting {len(inputs)} {'Parquet file(s)' if isinstance(inputs[0], Path) else 'image(s)'} "
+              f"with {model.path} (classes {model.class_names})", flush=True)
+        if args.ray:
+            from tl_core.predict_ray import predict_on_ray
+
+            summary = predict_on_ray(model.path, inputs, output, batch_size=args.batch_size,
+                                     chunk_size=args.chunk_size, concurrency=args.concurrency, use_gpu=args.use_gpu)
+        else:
+            summary = predict_to_parquet(model, inputs, output, batch_size=args.batch_size, chunk_size=args.chunk_size)
+    except (ValueError, OSError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"{summary['rows']} rows written to {output}; {summary['errors']} could not be used (see the error column)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""Batch inference: class probabilities for many images, written as Parquet; bad files become rows too.
+
+One function, `predict_encoded`, turns a chunk of encoded images into output columns; it runs in
+this process (`predict_to_parquet`, streaming chunk by chunk: memory is bounded by the chunk size)
+and inside Ray Data's `map_batches` on a cluster (tl_core.predict_ray).
+"""
+import concurrent.futures
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import tensorflow as tf
+
+from tl_core.artifacts import atomic_path
+from tl_core.data import decode_and_resize, display_path, list_files
+from tl_core.evaluate import ExportedModel
+from tl_core.parquet_data import is_parquet_split
+from tl_core.splits import decode_error, image_dimensions
+
+MAX_PIXELS = 100_000_000  # as the training check: larger images are refused before decoding
+
+
+def output_schema(class_names: list[str]) -> pa.Schema:
+    return pa.schema([("path", pa.string()), ("predicted_class", pa.string()), ("confidence", pa.float32()),
+                      *[(f"p_{name}", pa.float32()) for name in class_names], ("error", pa.string())])
+
+
+def read_file(path: str) -> tuple[bytes | None, str | None]:
+    try:
+        return Path(path).read_bytes(), None
+    except OSError as error:
+        return None, f"cannot read: {error.strerror}"
+
+
+def predict_encoded(model: ExportedModel, names: list[str], encoded: list, errors: list, batch_size: int = 64) -> dict:
+    """Output columns for one chunk: encoded[i] is an image's bytes, or None with errors[i] saying why."""
+    errors = list(errors)
+    for i, data in enumerate(encoded):
+        if data is not None and errors[i] is None:
+            size = image_dimensions(io.BytesIO(data))
+            if size and size[0] * size[1] > MAX_PIXELS:
+                errors[i] = f"{size[0]}x{size[1]} pixels is above the limit of {MAX_PIXELS / 1e6:g} megapixels"
+    usable = [i for i, data in enumerate(encoded) if data is not None and errors[i] is None]
+    probabilities = np.full((len(names), len(model.class_names)), np.nan, np.float32)
+    if usable:
+        ds = tf.data.Dataset.from_tensor_slices((np.array(usable, np.int64), [encoded[i] for i in usable]))
+        ds = ds.map(lambda index, data: (index, decode_and_resize(data, model.image_size)),
+                    num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
+        for indices, images in ds.batch(batch_size).prefetch(tf.data.AUTOTUNE):
+            probabilities[indices.numpy()] = model.serve(images=images)["probabilities"].numpy()
+    decoded = ~np.isnan(probabilities[:, 0])
+    for i in usable:
+        if not decoded[i]:
+            errors[i] = decode_error(encoded[i])
+    best = np.where(decoded, np.nan_to_num(probabilities).argmax(axis=1), -1)
+    columns = {"path": [display_path(name) for name in names],
+               "predicted_class": [model.class_names[b] if b >= 0 else None for b in best],
+               "confidence": [float(probabilities[i, b]) if b >= 0 else None for i, b in enumerate(best)]}
+    for k, name in enumerate(model.class_names):
+        columns[f"p_{name}"] = [float(p) if ok else None for p, ok in zip(probabilities[:, k], decoded)]
+    columns["error"] = errors
+    return columns
+
+
+def list_inputs(source: Path) -> list[str] | list[Path]:
+    """Image paths of a folder (recursively) or a .txt list (one path per line); Parquet files of a dataset."""
+    source = Path(source)
+    if source.is_file() and source.suffix == ".parquet":
+        return [source]
+    if source.is_dir() and is_parquet_split(source):
+        return sorted(source.glob("*.parquet"))
+    if source.is_dir():
+        return list_files(str(source), problems=[], ignored=[])
+    if source.is_file():
+        return [line.strip() for line in source.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    raise FileNotFoundError(f"{source} does not exist: give a folder of images, a .txt list of paths, or Parquet")
+
+
+def chunks(inputs, chunk_size: int):
+    """(names, encoded, errors) chunks: files read in threads, or Parquet row groups as they are stored."""
+    if inputs and isinstance(inputs[0], Path):  # Parquet files with an "image" column
+        for file in inputs:
+            reader = pq.ParquetFile(file)
+            for group in range(reader.num_row_groups):
+                table = reader.read_row_group(group)
+                count = table.num_rows
+                first = sum(reader.metadata.row_group(g).num_rows for g in range(group))
+                names = (table.column("path").to_pylist() if "path" in table.column_names
+                         else [f"{file} row {first + i}" for i in range(count)])
+                yield names, table.column("image").to_pylist(), [None] * count
+        return
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        for start in range(0, len(inputs), chunk_size):
+            names = inputs[start:start + chunk_size]
+            encoded, errors = zip(*pool.map(read_file, names))
+            yield names, list(encoded), list(errors)
+
+
+def predict_to_parquet(model: ExportedModel, inputs, output: Path, *, batch_size: int = 64,
+                       chunk_size: int = 1024, log=print) -> dict:
+    """Stream every input through the model into output/part-00000.parquet; counts of rows and errors."""
+    schema = output_schema(model.class_names)
+    rows = errors = 0
+    path = Path(output) / "part-00000.parquet"
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for names, encoded, read_errors in chunks(inputs, chunk_size):
+            columns = predict_encoded(model, names, encoded, read_errors, batch_size)
+            writer.write_table(pa.table(columns, schema=schema))
+            rows += len(names)
+            errors += sum(error is not None for error in columns["error"])
+            log(f"  {rows} images predicted, {errors} could not be used", flush=True)
+    return {"rows": rows, "errors": errors, "output": str(path)}
+
+

@@ -1,0 +1,49 @@
+"""jobs.predict on a Ray cluster: Ray Data `map_batches` runs tl_core.predict.predict_encoded in
+`concurrency` actors (one per GPU with use_gpu), each loading the model once."""
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+from tl_core.ray_train import WORKER_ENV
+
+
+class Predictor:
+    def __init__(self, model_path: str, batch_size: int):
+        import tl_core  # noqa: F401  (before TensorFlow)
+        from tl_core.evaluate import ExportedModel
+
+        self.model = ExportedModel(model_path)
+        self.batch_size = batch_size
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from tl_core.predict import output_schema, predict_encoded, read_file
+
+        names = batch.column("path").to_pylist()
+        if "image" in batch.column_names:
+            encoded, errors = batch.column("image").to_pylist(), [None] * len(names)
+        else:
+            encoded, errors = map(list, zip(*map(read_file, names))) if names else ([], [])
+        columns = predict_encoded(self.model, names, encoded, errors, self.batch_size)
+        return pa.table(columns, schema=output_schema(self.model.class_names))
+
+
+def predict_on_ray(model_path: Path, inputs: list, output: Path, *, batch_size: int = 64, chunk_size: int = 1024,
+                   concurrency: int = 2, use_gpu: bool = False) -> dict:
+    """Predict every input on the cluster; Ray writes output/*.parquet. Returns counts of rows and errors."""
+    if not ray.is_initialized():
+        ray.init()  # the cluster of $RAY_ADDRESS / `ray job submit`, or local
+    if inputs and isinstance(inputs[0], Path):
+        dataset = ray.data.read_parquet([str(path) for path in inputs])
+        if "path" not in dataset.columns():
+            raise ValueError("Parquet input for --ray needs a path column (as jobs.ingest writes)")
+    else:
+        dataset = ray.data.from_items([{"path": path} for path in inputs])
+    predictions = dataset.map_batches(
+        Predictor, fn_constructor_args=(str(model_path), batch_size), batch_size=chunk_size,
+        batch_format="pyarrow", concurrency=concurrency, num_gpus=1 if use_gpu else 0,
+        runtime_env={"env_vars": WORKER_ENV})
+    predictions.write_parquet(str(output))
+    errors = pq.read_table(output, columns=["error"]).column("error")
+    return {"rows": len(errors), "errors": len(errors) - errors.null_count, "output": str(output)}
