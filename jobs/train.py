@@ -40,6 +40,11 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                         "(needs --no-augment; on by default when augmentation is off)")
     parser.add_argument("--no-cache-features", dest="cache_features", action="store_false",
                         help="run the backbone every epoch even without augmentation")
+    parser.add_argument("--fine-tune-epochs", type=int,
+                        help="after the head's epochs, train the top of the backbone this many more epochs (default 0: off)")
+    parser.add_argument("--fine-tune-layers", type=int, help="backbone layers unfrozen from the top, BatchNorm excepted; "
+                        f"0 = all (default {defaults.fine_tune_layers}; built-in mobilenet_v2 only, else 0)")
+    parser.add_argument("--fine-tune-learning-rate", type=float, help=f"default {defaults.fine_tune_learning_rate:g}")
     parser.add_argument("--seed", type=int, help=f"default {defaults.seed}")
     parser.add_argument("--jit-compile", dest="jit_compile", action=argparse.BooleanOptionalAction,
                         help="XLA-compile the training step (default off; see benchmarks/gpu.py)")

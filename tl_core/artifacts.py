@@ -77,6 +77,9 @@ def plot_history(history: list[dict], path) -> None:
         axis.set_ylabel(title)
         axis.xaxis.get_major_locator().set_params(integer=True)
         axis.grid(alpha=0.3)
+        fine_tuned = [row["epoch"] for row in history if row.get("phase") == "fine_tune"]
+        if fine_tuned:
+            axis.axvline(fine_tuned[0] - 0.5, color="gray", linestyle="--", label="Start fine-tuning")
         axis.legend()
     _save_figure(figure, path)
 

@@ -44,3 +44,12 @@ def resolve_backbone(handle: str, cache: Path) -> str:
     if handle == MOBILENET_V2:
         return str(prepare_mobilenet_v2(cache))
     return handle
+
+
+def keras_backbone(handle: str, cache: Path) -> tf.keras.Model | None:
+    """The backbone as a Keras model with visible layers, where there is one (the built-in MobileNetV2)."""
+    if handle != MOBILENET_V2:
+        return None
+    model = build_mobilenet_v2()
+    load_torch_weights(model, mobilenet_v2_state_dict(cache))
+    return model

@@ -22,8 +22,20 @@ def load_backbone(handle: str, image_size: int) -> hub.KerasLayer:
         ) from None
 
 
-def build_classifier(handle: str, num_classes: int, image_size: int) -> keras.Sequential:
-    """hub.KerasLayer(handle, trainable=False) followed by Dense(num_classes) logits."""
+def build_classifier(handle: str, num_classes: int, image_size: int,
+                     keras_backbone: keras.Model | None = None) -> keras.Model:
+    """hub.KerasLayer(handle, trainable=False) followed by Dense(num_classes) logits.
+
+    With keras_backbone (a Keras model whose layers fine-tuning can unfreeze one by one), that model
+    is the frozen backbone instead, always called in inference mode (training=False), so its
+    BatchNorm layers keep their ImageNet statistics whichever layers are trained later.
+    """
+    if keras_backbone is not None:
+        backbone = keras.Model(keras_backbone.inputs, keras_backbone.outputs, name="backbone")
+        backbone.trainable = False
+        inputs = keras.Input((image_size, image_size, 3))
+        logits = keras.layers.Dense(num_classes, name="head")(backbone(inputs, training=False))
+        return keras.Model(inputs, logits, name="classifier")
     backbone = load_backbone(handle, image_size)
     try:  # Keras calls the backbone here, on the input shape
         model = keras.Sequential([backbone, keras.layers.Dense(num_classes, name="head")])
@@ -38,16 +50,39 @@ def build_classifier(handle: str, num_classes: int, image_size: int) -> keras.Se
     return model
 
 
-def compile_classifier(model: keras.Model, learning_rate: float, jit_compile: bool = False) -> None:
+def unfreeze_top_layers(model: keras.Model, count: int) -> list[str]:
+    """Make the backbone's top `count` layers trainable (0: all of them), BatchNorm layers excepted.
+
+    Returns the names of the layers that now train. An opaque TF Hub module (hub.KerasLayer) has
+    no layers to choose from: only count=0, the whole module, is possible.
+    """
+    backbone = model.get_layer("backbone")
+    if isinstance(backbone, hub.KerasLayer):
+        if count:
+            raise BackboneError(
+                f"the backbone is an opaque TF Hub module (a SavedModel): its layers are not visible, so its top "
+                f"{count} cannot be unfrozen. Fine-tune the whole module with --fine-tune-layers 0, or use the "
+                "built-in '--backbone mobilenet_v2', whose layers are visible")
+        backbone.trainable = True
+        return [backbone.name]
+    backbone.trainable = True
+    chosen = set(backbone.layers[-count:] if count else backbone.layers)
+    for layer in backbone.layers:
+        layer.trainable = layer in chosen and not isinstance(layer, keras.layers.BatchNormalization)
+    return [layer.name for layer in backbone.layers if layer.trainable and layer.weights]
+
+
+def compile_classifier(model: keras.Model, learning_rate: float, jit_compile: bool = False, optimizer=None) -> None:
+    """Adam(learning_rate), or the given optimizer (e.g. one a checkpoint tracks), on logits."""
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=optimizer or keras.optimizers.Adam(learning_rate),
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
         metrics=["accuracy"],
         jit_compile=jit_compile,
     )
 
 
-def head_model(model: keras.Sequential) -> keras.Sequential:
+def head_model(model: keras.Model) -> keras.Sequential:
     """The classifier's own Dense head (shared weights) as a model on precomputed backbone features."""
     head = model.get_layer("head")
     return keras.Sequential([keras.Input((head.kernel.shape[0],)), head], name="head_on_features")

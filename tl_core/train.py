@@ -18,13 +18,13 @@ import tensorflow_hub as hub
 import tf_keras
 
 from tl_core import artifacts, assets
-from tl_core.backbones import resolve_backbone
+from tl_core.backbones import keras_backbone, resolve_backbone
 from tl_core.config import TrainConfig
 from tl_core.data import make_dataset, make_feature_dataset
 from tl_core.distribute import Worker, make_strategy
 from tl_core.export import LABELS_FILE, TFLITE_FLOAT, TFLITE_QUANTIZED, export_classifier, export_tflite, tflite_logits
 from tl_core.metrics import classification_metrics
-from tl_core.model import build_classifier, compile_classifier, head_model
+from tl_core.model import build_classifier, compile_classifier, head_model, unfreeze_top_layers
 from tl_core.splits import SKIPPED_FILES, load_splits, read_skipped
 
 # Files of a run directory.
@@ -128,10 +128,10 @@ class LocalCheckpoints:
             write(tmp)
 
 
-def write_tflite_exports(model, class_names, run_dir: Path, validation, validation_features) -> dict:
-    """TFLite float32 and dynamic-range models next to the SavedModel: size and validation accuracy of each."""
+def write_tflite_exports(model, class_names, run_dir: Path, validation, reference: np.ndarray) -> dict:
+    """TFLite float32 and dynamic-range models next to the SavedModel: size and validation accuracy of each,
+    against `reference`, the trained model's validation logits (what the SavedModel computes)."""
     labels = np.concatenate([labels.numpy() for _, labels in validation])
-    reference = head_logits(model, validation_features)  # what the SavedModel computes
     saved_model_bytes = sum(path.stat().st_size for path in (run_dir / MODEL_DIR).rglob("*") if path.is_file())
     report = {"saved_model": {"bytes": saved_model_bytes, "accuracy": float((reference.argmax(1) == labels).mean())}}
     for name, path in export_tflite(model, class_names, run_dir).items():
@@ -181,18 +181,37 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
         f"classes {class_names}, backbone {handle}", flush=True)
 
     cached = config.uses_feature_cache
+    total_epochs = config.epochs + config.fine_tune_epochs
     with strategy.scope():
-        model = build_classifier(handle, len(class_names), config.image_size)
+        # Fine-tuning needs the backbone's layers: the built-in one is then built as a Keras model.
+        visible = keras_backbone(config.backbone, cache) if config.fine_tune_epochs else None
+        model = build_classifier(handle, len(class_names), config.image_size, keras_backbone=visible)
         # With cached features only the head runs during training: fit the head on its own.
         trainer = head_model(model) if cached else model
-        compile_classifier(trainer, config.learning_rate, config.jit_compile)
-    state = tf.train.Checkpoint(model=model, optimizer=trainer.optimizer)
+        optimizer = tf_keras.optimizers.Adam(config.learning_rate)
+        fine_tune_optimizer = tf_keras.optimizers.Adam(config.fine_tune_learning_rate)
+        compile_classifier(trainer, config.learning_rate, config.jit_compile, optimizer=optimizer)
+    state = tf.train.Checkpoint(model=model, optimizer=optimizer, fine_tune_optimizer=fine_tune_optimizer)
+
+    def start_fine_tuning():
+        with strategy.scope():
+            unfrozen = unfreeze_top_layers(model, config.fine_tune_layers)
+            compile_classifier(model, config.fine_tune_learning_rate, config.jit_compile, optimizer=fine_tune_optimizer)
+        log(f"Fine-tuning {len(unfrozen)} backbone layers ({unfrozen[0]} ... {unfrozen[-1]}) and the head at "
+            f"learning rate {config.fine_tune_learning_rate:g}", flush=True)
+        return model
+
     history = []
     latest = checkpoints.latest()
     if latest is not None:
-        state.read(str(latest / "state")).assert_existing_objects_matched()
         history = json.loads((latest / HISTORY_JSON).read_text())
+        if config.epochs <= len(history) < total_epochs:
+            trainer = start_fine_tuning()  # the fine-tuning optimizer's state is in the checkpoint
+        state.read(str(latest / "state")).assert_existing_objects_matched()
         log(f"Resumed from {latest} after epoch {len(history)}", flush=True)
+    elif config.fine_tune_epochs:
+        unfreeze_top_layers(model, config.fine_tune_layers)  # an opaque backbone fails here, before training
+        model.get_layer("backbone").trainable = False
 
     feature_start = time.perf_counter()
     validation = make_dataset(validation_source, config.image_size, config.batch_size)
@@ -203,9 +222,17 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
     log(f"Backbone features of {len(validation_source)} validation"
         f"{f' and {len(shard)} training' if cached else ''} images computed once: {feature_seconds:.1f}s", flush=True)
 
-    for epoch in range(len(history), config.epochs):
+    def validation_logits(phase: str) -> np.ndarray:
+        if phase == "head":  # the backbone is unchanged: its features were computed once
+            return head_logits(model, validation_features)
+        return np.concatenate([model(images, training=False).numpy() for images, _ in validation])
+
+    phase = "head" if len(history) < config.epochs else "fine_tune"
+    for epoch in range(len(history), total_epochs):
         epoch_start = time.perf_counter()
-        if cached:
+        if epoch == config.epochs:
+            phase, trainer = "fine_tune", start_fine_tuning()
+        if cached and phase == "head":
             dataset = make_feature_dataset(train_features, shard.labels, config.batch_size,
                                            seed=config.seed, epoch=epoch)
         else:
@@ -213,14 +240,13 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
                                    augment_images=config.augment, seed=config.seed, epoch=epoch)
         fit = trainer.fit(dataset, initial_epoch=epoch, epochs=epoch + 1, verbose=0, callbacks=list(callbacks)).history
         seconds = time.perf_counter() - epoch_start
-        validation_metrics = classification_metrics(
-            validation_source.labels, head_logits(model, validation_features), class_names)
-        row = {"epoch": epoch + 1, "loss": fit["loss"][0], "accuracy": fit["accuracy"][0],
+        validation_metrics = classification_metrics(validation_source.labels, validation_logits(phase), class_names)
+        row = {"epoch": epoch + 1, "phase": phase, "loss": fit["loss"][0], "accuracy": fit["accuracy"][0],
                "val_loss": validation_metrics["loss"], "val_accuracy": validation_metrics["accuracy"],
                "seconds": seconds, "images_per_second": len(shard) * worker.world_size / seconds,
                "finished_at": time.time()}
         history.append(row)
-        log(format_epoch(row, config.epochs), flush=True)
+        log(format_epoch(row, total_epochs), flush=True)
 
         def write_checkpoint(directory: Path):
             state.write(str(directory / "state"))
@@ -231,7 +257,8 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
             artifacts.write_json(run_dir / HISTORY_JSON, history)
             artifacts.write_parquet(run_dir / HISTORY_PARQUET, history)
 
-    metrics = classification_metrics(validation_source.labels, head_logits(model, validation_features), class_names)
+    final_logits = validation_logits(phase)
+    metrics = classification_metrics(validation_source.labels, final_logits, class_names)
     metrics["run"] = {
         "backbone_handle": handle, "data_dir": str(data_dir), "train_images": len(train_source),
         "train_images_per_worker": len(shard), "num_workers": worker.world_size,
@@ -246,7 +273,7 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
         model_dir = run_dir / MODEL_DIR if worker.is_chief else Path(scratch) / MODEL_DIR
         export_classifier(model, class_names, config.image_size, model_dir)
     if worker.is_chief and config.export_tflite:
-        metrics["exports"] = write_tflite_exports(model, class_names, run_dir, validation, validation_features)
+        metrics["exports"] = write_tflite_exports(model, class_names, run_dir, validation, final_logits)
     if worker.is_chief:
         artifacts.write_json(run_dir / CLASS_NAMES_FILE, class_names)
         artifacts.plot_history(history, run_dir / HISTORY_PLOT)
