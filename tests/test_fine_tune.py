@@ -24,9 +24,15 @@ def exported_weights(run_dir) -> dict:
     return {variable.name: variable.numpy() for variable in loaded.model.variables}
 
 
-def test_fine_tuning_moves_only_the_unfrozen_layers(colour_dataset, real_cache, tmp_path):
-    config = prepare_run_dir(config_for(colour_dataset, real_cache, tmp_path / "run"))
+@pytest.fixture(scope="module")
+def fine_tuned_run(colour_dataset, real_cache, tmp_path_factory):
+    config = prepare_run_dir(config_for(colour_dataset, real_cache, tmp_path_factory.mktemp("fine_tune") / "run"))
     train(config)
+    return config
+
+
+def test_fine_tuning_moves_only_the_unfrozen_layers(fine_tuned_run, real_cache):
+    config = fine_tuned_run
     pretrained = keras_backbone("mobilenet_v2", real_cache)
     top = pretrained.layers[-10:]
     unfrozen = {weight.name for layer in top if not isinstance(layer, tf.keras.layers.BatchNormalization)
@@ -43,9 +49,8 @@ def test_fine_tuning_moves_only_the_unfrozen_layers(colour_dataset, real_cache, 
     assert [row["phase"] for row in history] == ["head", "fine_tune", "fine_tune"]
 
 
-def test_resume_across_the_start_of_fine_tuning_reaches_the_same_weights(colour_dataset, real_cache, tmp_path):
-    straight = prepare_run_dir(config_for(colour_dataset, real_cache, tmp_path / "straight"))
-    train(straight)
+def test_resume_across_the_start_of_fine_tuning_reaches_the_same_weights(fine_tuned_run, colour_dataset, real_cache,
+                                                                         tmp_path):
 
     class StopBeforeSecondFineTuneEpoch(tf.keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -56,7 +61,7 @@ def test_resume_across_the_start_of_fine_tuning_reaches_the_same_weights(colour_
     with pytest.raises(KeyboardInterrupt):
         train(interrupted, callbacks=[StopBeforeSecondFineTuneEpoch()])
     train(prepare_run_dir(config_for(colour_dataset, real_cache, tmp_path / "resumed"), resume=True))
-    expected, got = exported_weights(tmp_path / "straight"), exported_weights(tmp_path / "resumed")
+    expected, got = exported_weights(fine_tuned_run.output_dir), exported_weights(tmp_path / "resumed")
     assert expected.keys() == got.keys()
     for name in expected:
         np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6, err_msg=name)
