@@ -38,6 +38,9 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache-features", dest="cache_features", action="store_true", default=None,
                         help="run the backbone once per image and train the head on kept features "
                         "(needs --no-augment; on by default when augmentation is off)")
+    parser.add_argument("--feature-cache-memory-mb", type=int,
+                        help="cached features larger than this go to a Parquet file in the run directory "
+                        f"(default {defaults.feature_cache_memory_mb})")
     parser.add_argument("--no-cache-features", dest="cache_features", action="store_false",
                         help="run the backbone every epoch even without augmentation")
     parser.add_argument("--fine-tune-epochs", type=int,

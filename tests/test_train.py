@@ -163,14 +163,16 @@ def test_cached_features_train_the_same_head_with_one_backbone_pass(tiny_backbon
     import tl_core.train as train_module
 
     images_through_backbone = []
-    real = train_module.backbone_features
+    real = train_module.backbone_feature_batches
 
     def counting(model, dataset):
-        features = real(model, dataset)
-        images_through_backbone.append(len(features))
-        return features
+        count = 0
+        for features, labels in real(model, dataset):
+            count += len(features)
+            yield features, labels
+        images_through_backbone.append(count)
 
-    monkeypatch.setattr(train_module, "backbone_features", counting)
+    monkeypatch.setattr(train_module, "backbone_feature_batches", counting)
     cached = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "cached", augment=False))
     assert cached.uses_feature_cache
     cached_metrics = train(cached)
@@ -187,6 +189,21 @@ def test_cached_features_train_the_same_head_with_one_backbone_pass(tiny_backbon
         np.testing.assert_allclose(got[name], expected[name], atol=1e-4)
     assert cached_metrics["accuracy"] == direct_metrics["accuracy"] >= 0.9
     assert cached_metrics["run"]["cached_features"] and not direct_metrics["run"]["cached_features"]
+
+
+def test_cached_features_too_large_for_memory_stream_from_disk(tiny_backbone, colour_dataset, tmp_path):
+    config = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "spilled", augment=False,
+                                         feature_cache_memory_mb=0, epochs=6))
+    metrics = train(config)
+    spilled = pq.read_table(Path(config.output_dir) / "features" / "worker-0.parquet")
+    assert spilled.num_rows == 48 and sorted(spilled.column("label").to_pylist()) == [0] * 24 + [1] * 24
+    assert metrics["run"]["features_on_disk"] and metrics["accuracy"] >= 0.9
+    from tl_core.feature_cache import FeatureFile
+
+    streamed = FeatureFile(Path(config.output_dir) / "features" / "worker-0.parquet", 11)
+    first, again = ([labels.numpy().tolist() for _, labels in streamed.dataset(8, seed=1, epoch=e)] for e in (0, 0))
+    assert first == again  # an epoch's order is a function of (seed, epoch)
+    assert sorted(sum(first, [])) == sorted(spilled.column("label").to_pylist())
 
 
 def test_cached_features_refuse_augmentation():

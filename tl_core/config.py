@@ -34,6 +34,8 @@ class TrainConfig:
     # Run the frozen backbone once per training image and train the head on the kept features.
     # None: on exactly when augmentation is off (random augmentation needs the backbone every epoch).
     cache_features: bool | None = None
+    # Cached training features above this size go to a Parquet file in the run directory instead.
+    feature_cache_memory_mb: int = 2048
     seed: int = 0
     # XLA-compile the training step. Off by default: on a CPU compiling the step (backbone
     # included) takes minutes; on GPUs, benchmarks/gpu.py tells whether it pays.
@@ -69,7 +71,7 @@ class TrainConfig:
         for name in ("learning_rate", "max_image_megapixels"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("fine_tune_epochs", "fine_tune_layers"):
+        for name in ("fine_tune_epochs", "fine_tune_layers", "feature_cache_memory_mb"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")

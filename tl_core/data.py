@@ -228,7 +228,7 @@ def make_dataset(source, image_size: int, batch_size: int, *, shuffle: bool = Fa
             return augment.random_transform(images, tf.stack([epoch_seed(seed, epoch), step])), labels
 
         ds = ds.enumerate().map(augment_batch, num_parallel_calls=AUTOTUNE, deterministic=True)
-    return _unsharded(ds).prefetch(AUTOTUNE)
+    return unsharded(ds).prefetch(AUTOTUNE)
 
 
 def make_feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, *,
@@ -236,10 +236,10 @@ def make_feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: i
     """Batches of (backbone features, labels) for training the head alone, shuffled per (seed, epoch)."""
     ds = tf.data.Dataset.from_tensor_slices((features, labels))
     ds = ds.shuffle(len(labels), seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
-    return _unsharded(ds.batch(batch_size)).prefetch(AUTOTUNE)
+    return unsharded(ds.batch(batch_size)).prefetch(AUTOTUNE)
 
 
-def _unsharded(ds: tf.data.Dataset) -> tf.data.Dataset:
+def unsharded(ds: tf.data.Dataset) -> tf.data.Dataset:
     # Each worker is handed its own shard already; tf.distribute must not shard it again.
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF

@@ -20,7 +20,8 @@ import tf_keras
 from tl_core import artifacts, assets
 from tl_core.backbones import keras_backbone, resolve_backbone
 from tl_core.config import TrainConfig
-from tl_core.data import make_dataset, make_feature_dataset
+from tl_core.data import make_dataset
+from tl_core.feature_cache import FeatureFile, cache_features
 from tl_core.distribute import Worker, make_strategy
 from tl_core.export import LABELS_FILE, TFLITE_FLOAT, TFLITE_QUANTIZED, export_classifier, export_tflite, tflite_logits
 from tl_core.metrics import classification_metrics
@@ -39,11 +40,12 @@ MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
 SHARDS_DIR = "shards"
 RAY_DIR = "ray"  # Ray Train's own checkpoints, in distributed runs
+FEATURES_DIR = "features"  # cached training features that did not fit feature_cache_memory_mb
 
 
 # Everything a run writes besides its config (--overwrite removes exactly these).
 RUN_FILES = (CHECKPOINT_DIR, HISTORY_JSON, HISTORY_PARQUET, METRICS_FILE, MODEL_DIR, HISTORY_PLOT, CONFUSION_PLOT,
-             CLASS_NAMES_FILE, SHARDS_DIR, RAY_DIR, SKIPPED_FILES, TFLITE_FLOAT, TFLITE_QUANTIZED, LABELS_FILE)
+             CLASS_NAMES_FILE, SHARDS_DIR, RAY_DIR, SKIPPED_FILES, FEATURES_DIR, TFLITE_FLOAT, TFLITE_QUANTIZED, LABELS_FILE)
 
 
 def _remove(path: Path) -> None:
@@ -101,11 +103,16 @@ def check_backbone(config: TrainConfig, num_classes: int) -> None:
     build_classifier(resolve_backbone(config.backbone, assets.cache_dir(config.cache_dir)), num_classes, config.image_size)
 
 
-def backbone_features(model: tf.keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
-    """Run the frozen backbone once over a dataset of (images, labels) batches."""
+def backbone_feature_batches(model: tf.keras.Model, dataset: tf.data.Dataset):
+    """(features, labels) numpy batches: the frozen backbone run once over (images, labels) batches."""
     backbone = model.get_layer("backbone")
     extract = tf.function(lambda images: backbone(images, training=False))
-    return np.concatenate([extract(images).numpy() for images, _ in dataset])
+    for images, labels in dataset:
+        yield extract(images).numpy(), labels.numpy()
+
+
+def backbone_features(model: tf.keras.Model, dataset: tf.data.Dataset) -> np.ndarray:
+    return np.concatenate([features for features, _ in backbone_feature_batches(model, dataset)])
 
 
 def head_logits(model: tf.keras.Model, features: np.ndarray) -> np.ndarray:
@@ -216,8 +223,13 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
     feature_start = time.perf_counter()
     validation = make_dataset(validation_source, config.image_size, config.batch_size)
     validation_features = backbone_features(model, validation)
+    train_features = None
     if cached and len(history) < config.epochs:
-        train_features = backbone_features(model, make_dataset(shard, config.image_size, config.batch_size))
+        train_features = cache_features(
+            backbone_feature_batches(model, make_dataset(shard, config.image_size, config.batch_size)),
+            count=len(shard), dim=model.get_layer("head").kernel.shape[0],
+            budget_bytes=config.feature_cache_memory_mb * 2**20,
+            path=run_dir / FEATURES_DIR / f"worker-{worker.rank}.parquet")
     feature_seconds = time.perf_counter() - feature_start
     log(f"Backbone features of {len(validation_source)} validation"
         f"{f' and {len(shard)} training' if cached else ''} images computed once: {feature_seconds:.1f}s", flush=True)
@@ -233,8 +245,7 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
         if epoch == config.epochs:
             phase, trainer = "fine_tune", start_fine_tuning()
         if cached and phase == "head":
-            dataset = make_feature_dataset(train_features, shard.labels, config.batch_size,
-                                           seed=config.seed, epoch=epoch)
+            dataset = train_features.dataset(config.batch_size, seed=config.seed, epoch=epoch)
         else:
             dataset = make_dataset(shard, config.image_size, config.batch_size, shuffle=True,
                                    augment_images=config.augment, seed=config.seed, epoch=epoch)
@@ -264,6 +275,7 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
         "train_images_per_worker": len(shard), "num_workers": worker.world_size,
         "global_batch_size": config.batch_size * worker.world_size,
         "validation_images": len(validation_source), "skipped_files": len(skipped), "cached_features": cached,
+        "features_on_disk": isinstance(train_features, FeatureFile),
         "feature_seconds": feature_seconds, "wall_seconds": time.perf_counter() - started,
         "versions": _versions(),
     }

@@ -1,0 +1,73 @@
+"""Backbone features of the training images, computed once: in memory when they fit the budget, else a
+Parquet file on disk that each epoch streams one row group at a time (memory bounded by the shuffle
+buffer), in an order drawn from (seed, epoch) like every other shuffle of the job."""
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import tensorflow as tf
+
+from tl_core.artifacts import atomic_path
+from tl_core.data import unsharded, epoch_seed, make_feature_dataset
+
+SHUFFLE_BUFFER = 8192  # rows of features held while streaming from disk
+ROWS_PER_GROUP = 1024
+
+
+@dataclasses.dataclass
+class InMemoryFeatures:
+    features: np.ndarray
+    labels: np.ndarray
+
+    def dataset(self, batch_size: int, *, seed: int, epoch: int) -> tf.data.Dataset:
+        return make_feature_dataset(self.features, self.labels, batch_size, seed=seed, epoch=epoch)
+
+
+@dataclasses.dataclass
+class FeatureFile:
+    path: Path
+    dim: int
+
+    def row_groups(self, order):
+        reader = pq.ParquetFile(self.path)
+        for group in order:
+            table = reader.read_row_group(int(group))
+            features = table.column("features").combine_chunks().values.to_numpy().reshape(-1, self.dim)
+            yield features, table.column("label").to_numpy()
+
+    def dataset(self, batch_size: int, *, seed: int, epoch: int) -> tf.data.Dataset:
+        groups = pq.ParquetFile(self.path).num_row_groups
+        order = np.random.default_rng(epoch_seed(seed, epoch)).permutation(groups)
+        ds = tf.data.Dataset.from_generator(
+            lambda: self.row_groups(order),
+            output_signature=(tf.TensorSpec([None, self.dim], tf.float32), tf.TensorSpec([None], tf.int32)))
+        ds = ds.unbatch().shuffle(SHUFFLE_BUFFER, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+        return unsharded(ds.batch(batch_size)).prefetch(tf.data.AUTOTUNE)
+
+
+def cache_features(batches, count: int, dim: int, budget_bytes: int, path: Path):
+    """Keep (features, labels) batches in memory if count x dim float32 fits budget_bytes, else write them to path."""
+    if count * dim * 4 <= budget_bytes:
+        features, labels = zip(*batches)
+        return InMemoryFeatures(np.concatenate(features), np.concatenate(labels).astype(np.int32))
+    schema = pa.schema([("features", pa.list_(pa.float32(), dim)), ("label", pa.int32())])
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        pending_features, pending_labels, rows = [], [], 0
+        for features, labels in batches:
+            pending_features.append(features.astype(np.float32))
+            pending_labels.append(labels.astype(np.int32))
+            rows += len(labels)
+            if rows >= ROWS_PER_GROUP:
+                _write_group(writer, schema, pending_features, pending_labels, dim)
+                pending_features, pending_labels, rows = [], [], 0
+        if rows:
+            _write_group(writer, schema, pending_features, pending_labels, dim)
+    return FeatureFile(Path(path), dim)
+
+
+def _write_group(writer, schema, features, labels, dim) -> None:
+    flat = pa.array(np.concatenate(features).reshape(-1), pa.float32())
+    writer.write_table(pa.table([pa.FixedSizeListArray.from_arrays(flat, dim), pa.array(np.concatenate(labels))],
+                                schema=schema))
