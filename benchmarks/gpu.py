@@ -20,9 +20,8 @@ import tl_core  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf
 
 from tl_core import assets
-from tl_core.backbones import mobilenet_v2_state_dict, resolve_backbone
+from tl_core.backbones import MOBILENET_V2, keras_backbone, resolve_backbone
 from tl_core.config import TrainConfig
-from tl_core.mobilenet_v2 import build_mobilenet_v2, load_torch_weights
 from tl_core.model import build_classifier
 from tl_core.sample_data import prepare_cats_vs_dogs
 from tl_core.train import prepare_run_dir, train
@@ -68,10 +67,7 @@ def main(argv=None) -> int:
     report("backbone_fp32", images_per_second(tf.function(lambda x: backbone(x, training=False)), batch, args.repetitions))
     report("backbone_fp32_xla", images_per_second(
         tf.function(lambda x: backbone(x, training=False), jit_compile=True), batch, args.repetitions))
-    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    bf16 = build_mobilenet_v2()
-    tf.keras.mixed_precision.set_global_policy("float32")
-    load_torch_weights(bf16, mobilenet_v2_state_dict(cache))
+    bf16 = keras_backbone(MOBILENET_V2, cache, bf16=True)
     report("backbone_bf16_xla", images_per_second(
         tf.function(lambda x: bf16(x, training=False), jit_compile=True), batch, args.repetitions))
 

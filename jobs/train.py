@@ -51,6 +51,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help=f"default {defaults.seed}")
     parser.add_argument("--jit-compile", dest="jit_compile", action=argparse.BooleanOptionalAction,
                         help="XLA-compile the training step (default off; see benchmarks/gpu.py)")
+    parser.add_argument("--bf16", action="store_true", default=None,
+                        help="run the backbone in bfloat16 (built-in mobilenet_v2; for GPUs, see benchmarks/gpu.py)")
     parser.add_argument("--export-tflite", action="store_true", default=None,
                         help="also export TFLite models (float32 and dynamic-range quantized) with labels.txt")
     parser.add_argument("--cache-dir", help="asset cache (default $TL_CACHE_DIR or ~/.cache/tl_core)")

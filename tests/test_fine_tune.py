@@ -79,3 +79,24 @@ def test_an_opaque_hub_backbone_fine_tunes_whole_or_not_at_all(colour_dataset, t
     conv = [name for name in exported_weights(config.output_dir) if "conv2d" in name and "kernel" in name]
     assert conv and not np.array_equal(exported_weights(config.output_dir)[conv[0]],
                                        exported_weights(frozen.output_dir)[conv[0]])
+
+
+def test_bf16_runs_the_backbone_in_bfloat16_and_keeps_float32_logits(colour_dataset, real_cache, tmp_path):
+    config = prepare_run_dir(config_for(colour_dataset, real_cache, tmp_path / "bf16", bf16=True, fine_tune_epochs=0,
+                                        epochs=4))
+    metrics = train(config)
+    assert metrics["accuracy"] >= 0.9  # cached bfloat16 features train the float32 head as well
+    loaded = tf.saved_model.load(f"{config.output_dir}/model")
+    out = loaded.signatures["serving_default"](images=tf.zeros([1, 32, 32, 3]))
+    assert out["logits"].dtype == tf.float32
+    assert tf.keras.mixed_precision.global_policy().name == "float32"  # the policy did not leak
+    backbone = keras_backbone("mobilenet_v2", real_cache, bf16=True)
+    assert backbone(tf.zeros([1, 32, 32, 3])).dtype == tf.bfloat16
+    assert all(weight.dtype == tf.float32 for weight in backbone.weights)  # float32 variables, bf16 compute
+
+
+def test_bf16_needs_the_built_in_backbone(colour_dataset, tiny_backbone, tmp_path):
+    config = prepare_run_dir(TrainConfig(data_dir=str(colour_dataset), backbone=tiny_backbone, image_size=32,
+                                         batch_size=8, bf16=True, output_dir=str(tmp_path / "run")))
+    with pytest.raises(BackboneError, match="--bf16 needs the built-in"):
+        train(config)

@@ -46,10 +46,19 @@ def resolve_backbone(handle: str, cache: Path) -> str:
     return handle
 
 
-def keras_backbone(handle: str, cache: Path) -> tf.keras.Model | None:
-    """The backbone as a Keras model with visible layers, where there is one (the built-in MobileNetV2)."""
+def keras_backbone(handle: str, cache: Path, bf16: bool = False) -> tf.keras.Model | None:
+    """The backbone as a Keras model with visible layers, where there is one (the built-in MobileNetV2).
+
+    bf16: its layers compute in bfloat16 (variables stay float32: Keras' mixed_bfloat16 policy, set
+    for this model only); a SavedModel, by contrast, computes in the dtype it was saved with.
+    """
     if handle != MOBILENET_V2:
         return None
-    model = build_mobilenet_v2()
+    previous = tf.keras.mixed_precision.global_policy()
+    tf.keras.mixed_precision.set_global_policy("mixed_bfloat16" if bf16 else "float32")
+    try:
+        model = build_mobilenet_v2()
+    finally:
+        tf.keras.mixed_precision.set_global_policy(previous)
     load_torch_weights(model, mobilenet_v2_state_dict(cache))
     return model

@@ -40,6 +40,9 @@ class TrainConfig:
     # XLA-compile the training step. Off by default: on a CPU compiling the step (backbone
     # included) takes minutes; on GPUs, benchmarks/gpu.py tells whether it pays.
     jit_compile: bool = False
+    # The backbone computes in bfloat16 (built-in mobilenet_v2 only; the head and logits stay float32).
+    # Off by default: on CPUs it is slower; benchmarks/gpu.py measures it on GPUs.
+    bf16: bool = False
     # Also write model.tflite (float32), model_dynamic_range.tflite and labels.txt next to model/.
     export_tflite: bool = False
     # Where the run's artifacts go; None means runs/<UTC timestamp>.

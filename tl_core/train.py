@@ -25,7 +25,7 @@ from tl_core.feature_cache import FeatureFile, cache_features
 from tl_core.distribute import Worker, make_strategy
 from tl_core.export import LABELS_FILE, TFLITE_FLOAT, TFLITE_QUANTIZED, export_classifier, export_tflite, tflite_logits
 from tl_core.metrics import classification_metrics
-from tl_core.model import build_classifier, compile_classifier, head_model, unfreeze_top_layers
+from tl_core.model import BackboneError, build_classifier, compile_classifier, head_model, unfreeze_top_layers
 from tl_core.splits import SKIPPED_FILES, load_splits, read_skipped
 
 # Files of a run directory.
@@ -106,7 +106,7 @@ def check_backbone(config: TrainConfig, num_classes: int) -> None:
 def backbone_feature_batches(model: tf.keras.Model, dataset: tf.data.Dataset):
     """(features, labels) numpy batches: the frozen backbone run once over (images, labels) batches."""
     backbone = model.get_layer("backbone")
-    extract = tf.function(lambda images: backbone(images, training=False))
+    extract = tf.function(lambda images: tf.cast(backbone(images, training=False), tf.float32))
     for images, labels in dataset:
         yield extract(images).numpy(), labels.numpy()
 
@@ -190,8 +190,13 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
     cached = config.uses_feature_cache
     total_epochs = config.epochs + config.fine_tune_epochs
     with strategy.scope():
-        # Fine-tuning needs the backbone's layers: the built-in one is then built as a Keras model.
-        visible = keras_backbone(config.backbone, cache) if config.fine_tune_epochs else None
+        # Fine-tuning needs the backbone's layers and bf16 its Keras layers: the built-in one is then
+        # built as a Keras model (the same weights as its SavedModel).
+        visible = (keras_backbone(config.backbone, cache, bf16=config.bf16)
+                   if config.fine_tune_epochs or config.bf16 else None)
+        if config.bf16 and visible is None:
+            raise BackboneError(f"--bf16 needs the built-in '--backbone mobilenet_v2': the SavedModel "
+                                f"{handle!r} computes in the dtype it was saved with")
         model = build_classifier(handle, len(class_names), config.image_size, keras_backbone=visible)
         # With cached features only the head runs during training: fit the head on its own.
         trainer = head_model(model) if cached else model
