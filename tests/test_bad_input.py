@@ -404,6 +404,25 @@ def test_read_only_output_directory_is_a_clear_error(colour_dataset, backbone, t
     assert "cannot write the run directory" in capsys.readouterr().err
 
 
+def test_read_only_file_system_is_a_clear_error_whoever_runs_it(colour_dataset, backbone, tmp_path, capsys,
+                                                                 monkeypatch):
+    # The same path as above for any user: the file system refusing the run directory (EROFS).
+    import errno
+
+    real_mkdir = Path.mkdir
+
+    def read_only(self, *args, **kwargs):
+        if str(self).startswith(str(tmp_path / "mounted_ro")):
+            raise OSError(errno.EROFS, "Read-only file system", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    assert train_job.main(_args(colour_dataset, backbone, tmp_path / "mounted_ro" / "run")) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write the run directory {tmp_path / 'mounted_ro' / 'run'}: Read-only file system" in err
+    assert "Traceback" not in err
+
+
 def test_disk_full_during_training_is_a_clear_error_and_resume_finishes(colour_dataset, backbone, tmp_path):
     """A file-size limit makes every write past 24 KB fail the way a full disk does."""
     def limit_file_size():
