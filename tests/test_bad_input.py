@@ -443,3 +443,11 @@ def test_disk_full_during_training_is_a_clear_error_and_resume_finishes(colour_d
                              cwd=REPO, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert json.loads((run_dir / "metrics.json").read_text())["accuracy"] > 0.5
+
+
+def test_the_batch_size_check_counts_the_images_left_after_skipping(dataset_with_bad_files, tmp_path):
+    skip = TrainConfig(data_dir=str(dataset_with_bad_files), batch_size=25, bad_files="skip")
+    with pytest.raises(DatasetError, match="larger than the 24 training images"):  # 25 files, 1 skipped
+        check_dataset(skip, tmp_path)
+    fail = TrainConfig(data_dir=str(dataset_with_bad_files), batch_size=25)
+    assert len(check_dataset(fail, tmp_path).bad_files) == 2  # the bad files are reported first

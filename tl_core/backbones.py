@@ -10,6 +10,7 @@ import tensorflow as tf
 from tl_core import assets
 from tl_core.artifacts import atomic_directory
 from tl_core.mobilenet_v2 import build_mobilenet_v2, load_torch_weights
+from tl_core.model import BackboneError
 from tl_core.safe_pickle import load_legacy_torch_state_dict
 
 MOBILENET_V2 = "mobilenet_v2"
@@ -62,3 +63,16 @@ def keras_backbone(handle: str, cache: Path, bf16: bool = False) -> tf.keras.Mod
         tf.keras.mixed_precision.set_global_policy(previous)
     load_torch_weights(model, mobilenet_v2_state_dict(cache))
     return model
+
+
+def check_backbone_options(backbone: str, *, fine_tune_epochs: int, fine_tune_layers: int, bf16: bool) -> None:
+    """Options only the built-in backbone supports, refused before anything runs."""
+    if backbone == MOBILENET_V2:
+        return
+    if fine_tune_epochs and fine_tune_layers:
+        raise BackboneError(f"backbone {backbone!r} is an opaque TF Hub module (a SavedModel): its layers are not "
+                         f"visible, so its top {fine_tune_layers} cannot be unfrozen. Fine-tune the whole module "
+                         "with --fine-tune-layers 0, or use the built-in '--backbone mobilenet_v2'")
+    if bf16:
+        raise BackboneError(f"--bf16 needs the built-in '--backbone mobilenet_v2': the SavedModel {backbone!r} "
+                         "computes in the dtype it was saved with")

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from tl_core.assets import cache_dir
+from tl_core.backbones import check_backbone_options
 from tl_core.config import TrainConfig
 from tl_core.splits import DatasetCheck, check_dataset, describe_check, enforce_policy, format_bad_files, write_skipped
 from tl_core.train import METRICS_FILE, prepare_run_dir, train
@@ -14,6 +15,8 @@ from tl_core.train import METRICS_FILE, prepare_run_dir, train
 
 def check(config: TrainConfig, log=print) -> tuple[DatasetCheck, list]:
     """The dataset and the files a run would skip; DatasetError if bad files stop it."""
+    check_backbone_options(config.backbone, fine_tune_epochs=config.fine_tune_epochs,
+                           fine_tune_layers=config.fine_tune_layers, bf16=config.bf16)
     checked = check_dataset(config, cache_dir(config.cache_dir))
     log(describe_check(checked), flush=True)
     return checked, enforce_policy(checked, config.bad_files)

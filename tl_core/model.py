@@ -58,11 +58,8 @@ def unfreeze_top_layers(model: keras.Model, count: int) -> list[str]:
     """
     backbone = model.get_layer("backbone")
     if isinstance(backbone, hub.KerasLayer):
-        if count:
-            raise BackboneError(
-                f"the backbone is an opaque TF Hub module (a SavedModel): its layers are not visible, so its top "
-                f"{count} cannot be unfrozen. Fine-tune the whole module with --fine-tune-layers 0, or use the "
-                "built-in '--backbone mobilenet_v2', whose layers are visible")
+        if count:  # backbones.check_backbone_options tells the user before a run starts
+            raise BackboneError(f"an opaque TF Hub module has no layers to unfreeze one by one (asked for {count})")
         backbone.trainable = True
         return [backbone.name]
     backbone.trainable = True

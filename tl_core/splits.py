@@ -48,7 +48,7 @@ class DatasetCheck:
         return [path for source in (self.train, self.validation) for path in getattr(source, "ignored", [])]
 
 
-def load_splits(config: TrainConfig, cache: Path, skip=()):
+def load_splits(config: TrainConfig, cache: Path, skip=(), check_batch: bool = True):
     """(train source, validation source, data directory) of a config; structural errors raise DatasetError.
 
     data_dir holds train/ and validation/ (class folders or Parquet shards), or just class folders,
@@ -79,17 +79,22 @@ def load_splits(config: TrainConfig, cache: Path, skip=()):
             "folders (if your classes are one level deeper, point --data-dir there)")
     if skip:
         train, validation = train.without(skip), validation.without(skip)
-    per_worker = len(train) // config.num_workers
+    if check_batch:
+        check_batch_size(config, len(train))
+    return train, validation, data_dir
+
+
+def check_batch_size(config: TrainConfig, train_images: int) -> None:
+    per_worker = train_images // config.num_workers
     if config.batch_size > per_worker:
         raise DatasetError(
             f"batch size {config.batch_size} is larger than the {per_worker} training images"
             f"{' per worker' if config.num_workers > 1 else ''}: use --batch-size {max(per_worker, 1)} or less")
-    return train, validation, data_dir
 
 
 def check_dataset(config: TrainConfig, cache: Path) -> DatasetCheck:
     """The config's dataset and every bad file or row in it (nothing is skipped here)."""
-    train, validation, data_dir = load_splits(config, cache)
+    train, validation, data_dir = load_splits(config, cache, check_batch=False)
     limits = dict(min_side=config.min_image_side, max_pixels=int(config.max_image_megapixels * 1e6))
     bad = []
     for source in (train, validation):
@@ -97,6 +102,9 @@ def check_dataset(config: TrainConfig, cache: Path) -> DatasetCheck:
             bad += find_bad_files(source, **limits)
         else:
             bad += find_bad_rows(source, **limits)
+    if not bad or config.bad_files == "skip":  # with bad files to fix, those come first
+        bad_in_train = {item.path for item in bad} & set(getattr(train, "paths", []))
+        check_batch_size(config, len(train) - len(bad_in_train))
     return DatasetCheck(train, validation, data_dir, bad)
 
 

@@ -18,14 +18,14 @@ import tensorflow_hub as hub
 import tf_keras
 
 from tl_core import artifacts, assets
-from tl_core.backbones import keras_backbone, resolve_backbone
+from tl_core.backbones import check_backbone_options, keras_backbone, resolve_backbone
 from tl_core.config import TrainConfig
 from tl_core.data import make_dataset
 from tl_core.feature_cache import FeatureFile, cache_features
 from tl_core.distribute import Worker, make_strategy
 from tl_core.export import LABELS_FILE, TFLITE_FLOAT, TFLITE_QUANTIZED, export_classifier, export_tflite, tflite_logits
 from tl_core.metrics import classification_metrics
-from tl_core.model import BackboneError, build_classifier, compile_classifier, head_model, unfreeze_top_layers
+from tl_core.model import build_classifier, compile_classifier, head_model, unfreeze_top_layers
 from tl_core.splits import SKIPPED_FILES, load_splits, read_skipped
 
 # Files of a run directory.
@@ -169,6 +169,8 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
     continues from it when it holds one. Returns the final validation metrics.
     """
     strategy = make_strategy()  # before any other TF op
+    check_backbone_options(config.backbone, fine_tune_epochs=config.fine_tune_epochs,
+                           fine_tune_layers=config.fine_tune_layers, bf16=config.bf16)
     tf.get_logger().setLevel("ERROR")
     started = time.perf_counter()
     run_dir = Path(config.output_dir)
@@ -194,9 +196,6 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
         # built as a Keras model (the same weights as its SavedModel).
         visible = (keras_backbone(config.backbone, cache, bf16=config.bf16)
                    if config.fine_tune_epochs or config.bf16 else None)
-        if config.bf16 and visible is None:
-            raise BackboneError(f"--bf16 needs the built-in '--backbone mobilenet_v2': the SavedModel "
-                                f"{handle!r} computes in the dtype it was saved with")
         model = build_classifier(handle, len(class_names), config.image_size, keras_backbone=visible)
         # With cached features only the head runs during training: fit the head on its own.
         trainer = head_model(model) if cached else model
@@ -221,9 +220,6 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
             trainer = start_fine_tuning()  # the fine-tuning optimizer's state is in the checkpoint
         state.read(str(latest / "state")).assert_existing_objects_matched()
         log(f"Resumed from {latest} after epoch {len(history)}", flush=True)
-    elif config.fine_tune_epochs:
-        unfreeze_top_layers(model, config.fine_tune_layers)  # an opaque backbone fails here, before training
-        model.get_layer("backbone").trainable = False
 
     feature_start = time.perf_counter()
     validation = make_dataset(validation_source, config.image_size, config.batch_size)
