@@ -162,3 +162,26 @@ def test_decision_rule():
     assert decide({"accuracy": 0.92}, {"accuracy": 0.9}, 0.01)[0]
     promote, why = decide({"accuracy": 0.905}, {"accuracy": 0.9}, 0.01)
     assert not promote and "+0.0050 < required +0.0100" in why
+
+
+def test_a_crash_after_the_switch_is_recorded_as_a_promotion_on_recovery(data, tiny_backbone, tmp_path, monkeypatch):
+    config, root = config_for(data, tiny_backbone), tmp_path / "registry"
+    retrain(config, root, log=quiet)
+    add_images(data)
+    real_append = Registry.append
+
+    def crash_on_append(self, record):
+        if record["action"] in ("promoted", "rejected"):
+            raise RuntimeError("injected crash between the switch and the ledger")
+        real_append(self, record)
+
+    monkeypatch.setattr(Registry, "append", crash_on_append)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        retrain(config, root, min_improvement=-1.0, log=quiet)
+    monkeypatch.undo()
+    registry = Registry(root)
+    switched = registry.champion()
+    assert switched == registry.pending()["run_id"]  # the link moved; the ledger has not heard of it
+    record = retrain(config, root, log=quiet)
+    assert record["run_id"] == switched and record["action"] == "promoted" and "recorded on recovery" in record["reason"]
+    assert [r["action"] for r in registry.records()] == ["promoted", "promoted"]

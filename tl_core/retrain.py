@@ -79,7 +79,9 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: f
         if champion_classes == validation.class_names:
             champion = evaluate_run(registry.models / champion_id, validation)
         promote, reason = decide(challenger, champion, min_improvement)
-        if champion_id and champion is None:  # a champion that cannot classify this data is no benchmark
+        if champion_id == run_id:  # switched just before a crash, not yet in the ledger
+            promote, reason = True, "promoted before the run was interrupted; recorded on recovery"
+        elif champion_id and champion is None:  # a champion that cannot classify this data is no benchmark
             promote, reason = True, f"the classes changed (champion {champion_classes}, data {validation.class_names})"
         if promote:
             registry.promote(run_id)

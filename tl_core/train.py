@@ -243,7 +243,7 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
     phase = "head" if len(history) < config.epochs else "fine_tune"
     for epoch in range(len(history), total_epochs):
         epoch_start = time.perf_counter()
-        if epoch == config.epochs:
+        if epoch == config.epochs and phase == "head":  # (a resumed run may have started it already)
             phase, trainer = "fine_tune", start_fine_tuning()
         if cached and phase == "head":
             dataset = train_features.dataset(config.batch_size, seed=config.seed, epoch=epoch)
