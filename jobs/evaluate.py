@@ -31,8 +31,7 @@ def main(argv=None) -> int:
     from tl_core.assets import AssetError, cache_dir
     from tl_core.data import ImageFolder, display_path
     from tl_core.evaluate import ExportedModel, evaluate
-    from tl_core.sample_data import prepare_cats_vs_dogs
-    from tl_core.splits import format_bad_files, labelled_split, without_bad_files
+    from tl_core.splits import data_directory, format_bad_files, labelled_split, without_bad_files
 
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     output = Path(args.output_dir or f"runs/evaluate-{stamp}")
@@ -40,7 +39,7 @@ def main(argv=None) -> int:
         if args.batch_size <= 0 or args.worst < 0:
             raise ValueError("--batch-size must be positive and --worst not negative")
         model = ExportedModel(args.model)
-        data_dir = Path(args.data_dir) if args.data_dir else prepare_cats_vs_dogs(cache_dir(args.cache_dir))
+        data_dir = data_directory(args.data_dir, cache_dir(args.cache_dir))
         source, bad = without_bad_files(labelled_split(data_dir, args.split))
         if bad:
             print(f"Leaving out {len(bad)} file(s) that cannot be used:\n{format_bad_files(bad)}")

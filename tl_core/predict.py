@@ -17,10 +17,7 @@ from tl_core.artifacts import atomic_path
 from tl_core.data import decode_and_resize, display_path, list_files
 from tl_core.evaluate import ExportedModel
 from tl_core.parquet_data import is_parquet_split
-from tl_core.splits import decode_error, image_dimensions
-
-MAX_PIXELS = 100_000_000  # as the training check: larger images are refused before decoding
-
+from tl_core.splits import DEFAULT_LIMITS, decode_error, image_dimensions, too_large
 
 def output_schema(class_names: list[str]) -> pa.Schema:
     return pa.schema([("path", pa.string()), ("predicted_class", pa.string()), ("confidence", pa.float32()),
@@ -39,9 +36,8 @@ def predict_encoded(model: ExportedModel, names: list[str], encoded: list, error
     errors = list(errors)
     for i, data in enumerate(encoded):
         if data is not None and errors[i] is None:
-            size = image_dimensions(io.BytesIO(data))
-            if size and size[0] * size[1] > MAX_PIXELS:
-                errors[i] = f"{size[0]}x{size[1]} pixels is above the limit of {MAX_PIXELS / 1e6:g} megapixels"
+            # As in the training check: an image above the pixel budget is refused before decoding.
+            errors[i] = too_large(image_dimensions(io.BytesIO(data)), DEFAULT_LIMITS["max_pixels"], "downscale it")
     usable = [i for i, data in enumerate(encoded) if data is not None and errors[i] is None]
     probabilities = np.full((len(names), len(model.class_names)), np.nan, np.float32)
     if usable:

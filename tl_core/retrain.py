@@ -18,18 +18,10 @@ from pathlib import Path
 from tl_core import job
 from tl_core.assets import cache_dir
 from tl_core.config import TrainConfig
-from tl_core.evaluate import ExportedModel, evaluate_run
+from tl_core.evaluate import ExportedModel, evaluate, evaluate_run
 from tl_core.fingerprint import build_manifest, fingerprint, read_manifest, write_manifest
 from tl_core.registry import TRAINED, Registry, RegistryError, new_run_id, utc_now
-from tl_core.splits import load_splits, read_skipped
-
-
-def data_directory(config: TrainConfig) -> Path:
-    if config.data_dir:
-        return Path(config.data_dir)
-    from tl_core.sample_data import prepare_cats_vs_dogs
-
-    return prepare_cats_vs_dogs(cache_dir(config.cache_dir))
+from tl_core.splits import data_directory, load_splits, read_skipped
 
 
 def decide(challenger: dict, champion: dict | None, min_improvement: float) -> tuple[bool, str]:
@@ -49,7 +41,7 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: f
     registry = Registry(registry_dir)
     with registry.lock():
         started = utc_now()
-        data_dir = data_directory(config)
+        data_dir = data_directory(config.data_dir, cache_dir(config.cache_dir))
         config = dataclasses.replace(config, data_dir=str(data_dir))
         last = registry.last_trained()
         previous = read_manifest(registry.manifests / f"{last['run_id']}.parquet") if last else None
@@ -75,9 +67,10 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: f
         _, validation, _ = load_splits(run_config, cache_dir(config.cache_dir), skip=read_skipped(run_dir))
         challenger = evaluate_run(run_dir, validation)
         champion_id, champion = registry.champion(), None
-        champion_classes = ExportedModel(registry.models / champion_id).class_names if champion_id else None
+        champion_model = ExportedModel(registry.models / champion_id) if champion_id else None
+        champion_classes = champion_model.class_names if champion_model else None
         if champion_classes == validation.class_names:
-            champion = evaluate_run(registry.models / champion_id, validation)
+            champion = evaluate(champion_model, validation)[0]
         promote, reason = decide(challenger, champion, min_improvement)
         if champion_id == run_id:  # switched just before a crash, not yet in the ledger
             promote, reason = True, "promoted before the run was interrupted; recorded on recovery"

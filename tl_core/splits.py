@@ -48,18 +48,22 @@ class DatasetCheck:
         return [path for source in (self.train, self.validation) for path in getattr(source, "ignored", [])]
 
 
+def data_directory(data_dir: str | None, cache: Path) -> Path:
+    """The data directory asked for, or the built-in cats-vs-dogs sample (prepared in the cache once)."""
+    if data_dir:
+        return Path(data_dir)
+    from tl_core.sample_data import prepare_cats_vs_dogs
+
+    return prepare_cats_vs_dogs(cache)
+
+
 def load_splits(config: TrainConfig, cache: Path, skip=(), check_batch: bool = True):
     """(train source, validation source, data directory) of a config; structural errors raise DatasetError.
 
     data_dir holds train/ and validation/ (class folders or Parquet shards), or just class folders,
     which are then split with config.validation_split and config.seed. Files in `skip` are left out.
     """
-    if config.data_dir:
-        data_dir = Path(config.data_dir)
-    else:
-        from tl_core.sample_data import prepare_cats_vs_dogs
-
-        data_dir = prepare_cats_vs_dogs(cache)
+    data_dir = data_directory(config.data_dir, cache)
     shown = display_path(str(data_dir))
     if not data_dir.is_dir():
         raise DatasetError(f"{shown} is not a directory: expected train/ and validation/ folders, "
@@ -205,11 +209,13 @@ def image_dimensions(file) -> tuple[int, int] | None:
     return header_dimensions(head)
 
 
-def _too_large(size, max_pixels: int) -> str | None:
+DEFAULT_LIMITS = dict(min_side=TrainConfig.min_image_side, max_pixels=int(TrainConfig.max_image_megapixels * 1e6))
+
+
+def too_large(size, max_pixels: int, remedy: str = "downscale it, or raise --max-image-megapixels") -> str | None:
     if size is None or size[0] * size[1] <= max_pixels:
         return None
-    return (f"{size[0]}x{size[1]} pixels is above the limit of {max_pixels / 1e6:g} megapixels: downscale it, "
-            "or raise --max-image-megapixels")
+    return f"{size[0]}x{size[1]} pixels is above the limit of {max_pixels / 1e6:g} megapixels: {remedy}"
 
 
 def _too_small(height: int, width: int, min_side: int) -> str | None:
@@ -221,7 +227,7 @@ def _too_small(height: int, width: int, min_side: int) -> str | None:
 def _problem_before_decoding(path: str, max_pixels: int) -> str | None:
     try:
         with open(path, "rb") as file:
-            return _too_large(image_dimensions(file), max_pixels)
+            return too_large(image_dimensions(file), max_pixels)
     except OSError as error:
         return f"cannot read: {error.strerror}"
 
@@ -273,15 +279,15 @@ def find_bad_files(folder: ImageFolder, *, min_side: int, max_pixels: int) -> li
 
 def find_bad_rows(source: ParquetImages, *, min_side: int, max_pixels: int) -> list[BadFile]:
     """Every row of Parquet shards whose image does not decode or is too small or too large."""
-    too_large = {}  # (segment, offset) -> reason
+    oversized = {}  # (segment, offset) -> reason
 
     def rows():  # named "segment:offset", so that a failed row can be read again for its reason
         for segment in range(len(source.segments)):
             images, _labels = next(source.iter_segments([segment]))
             for offset, image in enumerate(images):
-                reason = _too_large(image_dimensions(io.BytesIO(image)), max_pixels)
+                reason = too_large(image_dimensions(io.BytesIO(image)), max_pixels)
                 if reason:
-                    too_large[segment, offset] = reason
+                    oversized[segment, offset] = reason
                 else:
                     yield f"{segment}:{offset}", image
 
@@ -292,8 +298,8 @@ def find_bad_rows(source: ParquetImages, *, min_side: int, max_pixels: int) -> l
         first_row = sum(stop - start for f, g, start, stop in source.segments if f == file and g < group) + begin
         for offset in range(end - begin):
             size = sizes.get(f"{segment}:{offset}".encode())
-            if (segment, offset) in too_large:
-                reason = too_large[segment, offset]
+            if (segment, offset) in oversized:
+                reason = oversized[segment, offset]
             elif size is None:
                 reason = decode_error(next(source.iter_segments([segment]))[0][offset])
             else:
@@ -309,12 +315,12 @@ def labelled_split(directory: Path, split: str = "validation"):
     return list_split(directory / split if (directory / split).is_dir() else directory)
 
 
-def without_bad_files(source, *, min_side: int = 8, max_pixels: int = 100_000_000):
+def without_bad_files(source):
     """(source without its bad files, the bad files): for jobs that report bad input instead of stopping."""
     if isinstance(source, ImageFolder):
-        bad = find_bad_files(source, min_side=min_side, max_pixels=max_pixels)
+        bad = find_bad_files(source, **DEFAULT_LIMITS)
         return (source.without({item.path for item in bad}) if bad else source), bad
-    bad = find_bad_rows(source, min_side=min_side, max_pixels=max_pixels)
+    bad = find_bad_rows(source, **DEFAULT_LIMITS)
     if bad:
         raise DatasetError(f"{len(bad)} Parquet row(s) cannot be used:\n{format_bad_files(bad)}")
     return source, bad

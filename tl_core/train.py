@@ -135,10 +135,10 @@ class LocalCheckpoints:
             write(tmp)
 
 
-def write_tflite_exports(model, class_names, run_dir: Path, validation, reference: np.ndarray) -> dict:
+def write_tflite_exports(model, class_names, run_dir: Path, validation, labels: np.ndarray,
+                         reference: np.ndarray) -> dict:
     """TFLite float32 and dynamic-range models next to the SavedModel: size and validation accuracy of each,
     against `reference`, the trained model's validation logits (what the SavedModel computes)."""
-    labels = np.concatenate([labels.numpy() for _, labels in validation])
     saved_model_bytes = sum(path.stat().st_size for path in (run_dir / MODEL_DIR).rglob("*") if path.is_file())
     report = {"saved_model": {"bytes": saved_model_bytes, "accuracy": float((reference.argmax(1) == labels).mean())}}
     for name, path in export_tflite(model, class_names, run_dir).items():
@@ -221,9 +221,11 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
         state.read(str(latest / "state")).assert_existing_objects_matched()
         log(f"Resumed from {latest} after epoch {len(history)}", flush=True)
 
+    phase = "head" if len(history) < config.epochs or not config.fine_tune_epochs else "fine_tune"
     feature_start = time.perf_counter()
     validation = make_dataset(validation_source, config.image_size, config.batch_size)
-    validation_features = backbone_features(model, validation)
+    # Fine-tuning changes the backbone: its validation runs the whole model instead.
+    validation_features = backbone_features(model, validation) if phase == "head" else None
     train_features = None
     if cached and len(history) < config.epochs:
         train_features = cache_features(
@@ -232,15 +234,16 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
             budget_bytes=config.feature_cache_memory_mb * 2**20,
             path=run_dir / FEATURES_DIR / f"worker-{worker.rank}.parquet")
     feature_seconds = time.perf_counter() - feature_start
-    log(f"Backbone features of {len(validation_source)} validation"
-        f"{f' and {len(shard)} training' if cached else ''} images computed once: {feature_seconds:.1f}s", flush=True)
+    if validation_features is not None:
+        log(f"Backbone features of {len(validation_source)} validation"
+            f"{f' and {len(shard)} training' if train_features else ''} images computed once: {feature_seconds:.1f}s",
+            flush=True)
 
     def validation_logits(phase: str) -> np.ndarray:
         if phase == "head":  # the backbone is unchanged: its features were computed once
             return head_logits(model, validation_features)
         return np.concatenate([model(images, training=False).numpy() for images, _ in validation])
 
-    phase = "head" if len(history) < config.epochs else "fine_tune"
     for epoch in range(len(history), total_epochs):
         epoch_start = time.perf_counter()
         if epoch == config.epochs and phase == "head":  # (a resumed run may have started it already)
@@ -286,7 +289,8 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
         model_dir = run_dir / MODEL_DIR if worker.is_chief else Path(scratch) / MODEL_DIR
         export_classifier(model, class_names, config.image_size, model_dir)
     if worker.is_chief and config.export_tflite:
-        metrics["exports"] = write_tflite_exports(model, class_names, run_dir, validation, final_logits)
+        metrics["exports"] = write_tflite_exports(model, class_names, run_dir, validation, validation_source.labels,
+                                                  final_logits)
     if worker.is_chief:
         artifacts.write_json(run_dir / CLASS_NAMES_FILE, class_names)
         artifacts.plot_history(history, run_dir / HISTORY_PLOT)
