@@ -6,8 +6,14 @@ reads data/train/<class>/* and data/validation/<class>/* and writes
 <output>/train/part-NNNNN.parquet and <output>/validation/part-NNNNN.parquet (columns: image bytes as
 encoded in the source file, label, class_name, path). `python -m jobs.train --data-dir <output>`
 then trains on them, locally or on Ray, reading a few large files instead of many small ones.
+
+  python -m jobs.ingest --data-dir data/ --output /mnt/shared/data-224/ --image-size 224
+
+decodes every image once and stores it already resized to 224x224 (raw RGB pixels, lossless): the
+training hosts then only read pixels, with no decode and no resize per image and epoch.
 """
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +34,9 @@ def main(argv=None) -> int:
     parser.add_argument("--validation-split", type=float, default=TrainConfig.validation_split,
                         help="fraction of each class held out when --data-dir has no train/ and validation/ "
                         f"(default {TrainConfig.validation_split})")
+    parser.add_argument("--image-size", type=int,
+                        help="store each image decoded and resized to NxN (raw RGB pixels, lossless): training at "
+                        "--image-size N then skips decoding and resizing (default: keep the files' encoded bytes)")
     parser.add_argument("--rows-per-file", type=int, default=5000, help="images per Parquet file (default 5000)")
     parser.add_argument("--cache-dir", help="asset cache, for the built-in sample")
     args = parser.parse_args(argv)
@@ -48,6 +57,8 @@ def main(argv=None) -> int:
             raise DatasetError(f"{output} already holds files: choose a new --output directory")
         if args.rows_per_file <= 0:
             raise DatasetError(f"--rows-per-file must be positive, got {args.rows_per_file}")
+        if args.image_size is not None and args.image_size <= 0:
+            raise DatasetError(f"--image-size must be positive, got {args.image_size}")
         check = check_dataset(config, cache_dir(config.cache_dir))
         print(describe_check(check), flush=True)
         if args.check:
@@ -63,13 +74,27 @@ def main(argv=None) -> int:
         for split, source in (("train", check.train), ("validation", check.validation)):
             if not isinstance(source, ImageFolder):
                 raise DatasetError(f"{check.data_dir / split} is already Parquet")
-            print(f"{split}: writing {len(source) - len(skipped & set(source.paths))} images", flush=True)
-            write_parquet_shards(source.without(skipped), output / split, rows_per_file=args.rows_per_file)
+            kept = source.without(skipped)
+            print(f"{split}: writing {len(kept)} images"
+                  f"{f' resized to {args.image_size}x{args.image_size}' if args.image_size else ''}", flush=True)
+            written = write_parquet_shards(kept, output / split, rows_per_file=args.rows_per_file,
+                                           image_size=args.image_size)
+            print(f"  {size_report(kept.paths, written)}", flush=True)
     except (ValueError, AssetError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"Parquet dataset written to {output}; train with: python -m jobs.train --data-dir {output}")
+    size_flag = f" --image-size {args.image_size}" if args.image_size else ""
+    print(f"Parquet dataset written to {output}; train with: python -m jobs.train --data-dir {output}{size_flag}")
     return 0
+
+
+def size_report(sources: list[str], written: list[Path]) -> str:
+    """Bytes per image on disk: the Parquet shards against the source files."""
+    source_bytes = sum(os.path.getsize(path) for path in sources)
+    parquet_bytes = sum(path.stat().st_size for path in written)
+    count = max(len(sources), 1)
+    return (f"{parquet_bytes / count / 1024:.1f} KiB per image in Parquet, {source_bytes / count / 1024:.1f} KiB "
+            f"per source file ({parquet_bytes / max(source_bytes, 1):.2f}x)")
 
 
 if __name__ == "__main__":

@@ -91,24 +91,59 @@ def _folder(tmp_path, n=6):
 
 
 def _collect(dataset):
-    images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in dataset])
-    return np.concatenate(images), np.concatenate(labels)
+    """(images, transforms or None, labels) of a whole dataset, as numpy."""
+    images, transforms, labels = [], [], []
+    for features, y in dataset:
+        if isinstance(features, dict):
+            images.append(features["images"].numpy())
+            transforms.append(features["transforms"].numpy())
+        else:
+            images.append(features.numpy())
+        labels.append(y.numpy())
+    return np.concatenate(images), (np.concatenate(transforms) if transforms else None), np.concatenate(labels)
 
 
 def test_training_pipeline_is_deterministic_per_seed_and_epoch(tmp_path):
     folder = _folder(tmp_path)
     run = lambda seed, epoch: _collect(make_dataset(folder, 24, 4, shuffle=True, augment_images=True, seed=seed, epoch=epoch))
     first, again = run(0, 0), run(0, 0)
-    np.testing.assert_array_equal(first[0], again[0])
-    np.testing.assert_array_equal(first[1], again[1])
-    assert not np.allclose(first[0], run(0, 1)[0])  # a new epoch draws new augmentations
-    assert not np.allclose(first[0], run(1, 0)[0])
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a, b)
+    assert first[0].dtype == np.uint8 and first[1].shape == (6, 8)
+    assert not np.allclose(first[1], run(0, 1)[1])  # a new epoch draws new augmentations
+    assert not np.allclose(first[1], run(1, 0)[1])
 
 
-def test_validation_images_are_only_resized_and_scaled(tmp_path):
+def test_the_step_warps_as_image_data_generator_does(tmp_path):
+    """The pipeline hands uint8 images and transforms; the training step's preprocessing warps them
+    on the device exactly as ImageDataGenerator's formula (scipy), flips included."""
+    from tl_core.data import epoch_seed
+    from tl_core.model import DevicePreprocessing
+
+    folder = _folder(tmp_path, n=8)
+    seed, epoch = 3, 2
+    batches = list(make_dataset(folder, 24, 4, augment_images=True, seed=seed, epoch=epoch))
+    preprocess = DevicePreprocessing()
+    flips = 0
+    for step, (features, _) in enumerate(batches):
+        warped = preprocess(features["images"], features["transforms"]).numpy()
+        params = {k: v.numpy() for k, v in augment.sample_params(4, [epoch_seed(seed, epoch), step]).items()}
+        for i, image in enumerate(features["images"].numpy().astype(np.float32) / 255.0):
+            expected = idg_apply_affine_transform(
+                image, params["theta"][i], params["tx"][i] * 24, params["ty"][i] * 24,
+                params["shear"][i], params["zx"][i], params["zy"][i])
+            if params["flip"][i]:
+                expected, flips = expected[:, ::-1], flips + 1
+            np.testing.assert_allclose(warped[i], expected, atol=1e-4)
+    assert 0 < flips < 8
+
+
+def test_validation_images_are_only_resized(tmp_path):
     folder = _folder(tmp_path)
-    images, labels = _collect(make_dataset(folder, 24, 4))
+    images, transforms, labels = _collect(make_dataset(folder, 24, 4))
+    assert images.dtype == np.uint8 and transforms is None
     for image, path in zip(images, folder.paths):
-        raw = tf.io.decode_png(tf.io.read_file(path)).numpy().astype(np.float32) / 255.0
-        np.testing.assert_allclose(image, tf.image.resize(raw, (24, 24)).numpy(), atol=1e-6)
+        raw = tf.io.decode_png(tf.io.read_file(path))
+        expected = np.round(tf.image.resize(raw, (24, 24)).numpy())
+        np.testing.assert_array_equal(image, expected)
     np.testing.assert_array_equal(labels, folder.labels)

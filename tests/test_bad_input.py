@@ -21,7 +21,7 @@ from jobs import ingest
 from jobs import train as train_job
 from tl_core.backbones import export_feature_extractor
 from tl_core.config import TrainConfig
-from tl_core.data import DatasetError, decode_and_resize, list_image_folder
+from tl_core.data import DatasetError, decode_and_resize, list_image_folder, to_unit_range
 from tl_core.model import BackboneError, build_classifier
 from tl_core.splits import check_dataset, find_bad_files, header_dimensions, image_dimensions, load_splits
 
@@ -138,7 +138,7 @@ def test_every_bad_file_is_found_with_its_reason_and_good_ones_are_kept(messy_fo
 
 @pytest.mark.parametrize("name", list(GOOD))
 def test_unusual_but_valid_images_decode_to_rgb(name):
-    image = decode_and_resize(GOOD[name](), 16).numpy()
+    image = to_unit_range(decode_and_resize(GOOD[name](), 16)).numpy()
     assert image.shape == (16, 16, 3) and 0 <= image.min() and image.max() <= 1
 
 
@@ -149,7 +149,7 @@ def test_sixteen_bit_png_keeps_its_full_range():
 
 
 def test_palette_png_with_transparency_keeps_the_palette_colours():
-    image = decode_and_resize(palette_png_with_transparency(), 16).numpy()
+    image = to_unit_range(decode_and_resize(palette_png_with_transparency(), 16)).numpy()
     np.testing.assert_allclose(image[:, 0], [[0, 1, 0]] * 16)  # index 1 = green
     np.testing.assert_allclose(image[:, -1], [[1, 0, 0]] * 16)  # index 0 = red (transparent: alpha dropped)
 
@@ -230,7 +230,7 @@ def _check_one_file(tmp_path, data: bytes):
     if bad:
         assert len(bad) == 1 and bad[0].reason
         return bad[0].reason
-    image = decode_and_resize(data, 8).numpy()  # what the check passes, training can decode
+    image = to_unit_range(decode_and_resize(data, 8)).numpy()  # what the check passes, training can decode
     assert image.shape == (8, 8, 3) and np.all((0 <= image) & (image <= 1))
     return None
 

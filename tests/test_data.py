@@ -1,10 +1,10 @@
-"""Decoding every supported format to RGB in [0, 1], and reading class folders."""
+"""Decoding every supported format to RGB (uint8, then [0, 1] in the step), and reading class folders."""
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import encode
-from tl_core.data import DatasetError, decode_and_resize, list_image_folder
+from tl_core.data import DatasetError, decode_and_resize, list_image_folder, to_unit_range
 
 RGB = np.zeros((8, 12, 3), np.uint8)
 RGB[:, :6] = (255, 0, 0)
@@ -12,7 +12,7 @@ RGB[:, 6:] = (0, 0, 255)
 
 
 def decoded(data: bytes) -> np.ndarray:
-    return decode_and_resize(data, 8).numpy()
+    return to_unit_range(decode_and_resize(data, 8)).numpy()
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "BMP"])

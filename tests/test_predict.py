@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from jobs import predict as predict_job
-from tl_core.data import ImageFolder, list_image_folder, make_dataset
+from tl_core.data import ImageFolder, list_image_folder, make_dataset, to_unit_range
 from tl_core.parquet_data import write_parquet_shards
 
 
@@ -22,7 +22,7 @@ def trained_model(tiny_backbone, colour_dataset, tmp_path_factory):
 
 def expected_probabilities(model_dir, paths):
     folder = ImageFolder(paths, np.zeros(len(paths), np.int32), ["x"])
-    images = np.concatenate([x.numpy() for x, _ in make_dataset(folder, 32, 8)])
+    images = np.concatenate([to_unit_range(x).numpy() for x, _ in make_dataset(folder, 32, 8)])
     serve = tf.saved_model.load(f"{model_dir}/model").signatures["serving_default"]
     return serve(images=tf.constant(images))["probabilities"].numpy()
 

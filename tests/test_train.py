@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from conftest import TINY_IMAGE_SIZE
 from tl_core.config import TrainConfig
-from tl_core.data import list_image_folder, make_dataset
+from tl_core.data import list_image_folder, make_dataset, to_unit_range
 from tl_core.train import RunDirectoryError, prepare_run_dir, train
 
 
@@ -60,7 +60,7 @@ def test_every_artifact_is_written_and_well_formed(finished_run):
 def test_exported_model_reloads_in_a_fresh_process_without_this_package(finished_run, tmp_path):
     config, _ = finished_run
     validation = list_image_folder(f"{config.data_dir}/validation", ["blue", "red"])
-    images = np.concatenate([x.numpy() for x, _ in make_dataset(validation, TINY_IMAGE_SIZE, 8)])
+    images = np.concatenate([to_unit_range(x).numpy() for x, _ in make_dataset(validation, TINY_IMAGE_SIZE, 8)])
     np.save(tmp_path / "images.npy", images)
     script = textwrap.dedent(f"""
         import sys, json
@@ -96,7 +96,7 @@ def test_bytes_signature_decodes_like_training_and_gives_the_same_probabilities(
     encoded = tf.constant([Path(path).read_bytes() for path in validation.paths])  # PNG and JPEG, varied sizes
     loaded = tf.saved_model.load(config.output_dir + "/model")
     from_bytes = loaded.signatures["serving_bytes"](image_bytes=encoded)
-    images = np.concatenate([x.numpy() for x, _ in make_dataset(validation, TINY_IMAGE_SIZE, 8)])
+    images = np.concatenate([to_unit_range(x).numpy() for x, _ in make_dataset(validation, TINY_IMAGE_SIZE, 8)])
     from_images = loaded.signatures["serving_default"](images=tf.constant(images))
     np.testing.assert_allclose(from_bytes["probabilities"].numpy(), from_images["probabilities"].numpy(), atol=1e-6)
     assert from_bytes["class_names"].numpy().tolist() == from_images["class_names"].numpy().tolist()

@@ -4,7 +4,13 @@ Semantics follow ImageDataGenerator.random_transform / apply_affine_transform ex
 rotation in degrees, shifts as fractions of height/width, shear in *degrees* (so the recipe's
 shear_range=0.2 is a 0.2 degree shear, ImageDataGenerator's documented quirk), independent zoom
 factors per axis in [1 - zoom, 1 + zoom], bilinear sampling with `nearest` fill, then a horizontal
-flip with probability 0.5. One projective-transform op handles the whole batch.
+flip with probability 0.5.
+
+It comes in two halves, so that the per-pixel work runs on the accelerator:
+- `random_transforms` draws the parameters and folds each image's matrix and flip into 8 numbers
+  (a few dozen flops per image; the host's tf.data pipeline does it, seeded per batch);
+- `apply_transforms` warps a whole batch with one ImageProjectiveTransformV3 op (GPU kernels exist
+  for it), inside the replicated training step: each replica warps its own images on its device.
 """
 import dataclasses
 import math
@@ -68,21 +74,45 @@ def affine_matrices(params: dict, height, width) -> tf.Tensor:
     return offset @ transform @ reset
 
 
-def apply_affine(images: tf.Tensor, matrices: tf.Tensor) -> tf.Tensor:
-    """Warp a batch [B, H, W, C] with (row, col) output-to-input matrices; bilinear, nearest fill."""
-    # ImageProjectiveTransformV3 takes (x=col, y=row) order: swap rows and columns of each matrix.
+def flip_matrices(flip: tf.Tensor, width) -> tf.Tensor:
+    """[B, 3, 3] (row, col) maps: output column c reads column width - 1 - c where flip is true.
+
+    A flip after the warp samples the input at M @ F: folded into the matrix, it costs nothing.
+    """
+    sign = tf.where(flip, -1.0, 1.0)
+    offset = tf.where(flip, tf.cast(width, tf.float32) - 1.0, 0.0)
+    zeros, ones = tf.zeros_like(sign), tf.ones_like(sign)
+    return tf.stack([tf.stack([ones, zeros, zeros], -1), tf.stack([zeros, sign, offset], -1),
+                     tf.stack([zeros, zeros, ones], -1)], axis=-2)
+
+
+def projective_transforms(matrices: tf.Tensor) -> tf.Tensor:
+    """(row, col) output-to-input matrices [B, 3, 3] -> ImageProjectiveTransformV3's [B, 8] (x=col, y=row)."""
     swap = tf.constant([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])
-    xy = swap @ matrices @ swap
-    transforms = tf.reshape(xy, [-1, 9])[:, :8]
+    return tf.reshape(swap @ matrices @ swap, [-1, 9])[:, :8]
+
+
+def random_transforms(batch_size, seed, height, width, config: AugmentConfig = RECIPE) -> tf.Tensor:
+    """[B, 8] transforms for a batch: ImageDataGenerator's warp and flip per image, from a stateless seed [2]."""
+    params = sample_params(batch_size, seed, config)
+    matrices = affine_matrices(params, height, width) @ flip_matrices(params["flip"], width)
+    return projective_transforms(matrices)
+
+
+def apply_transforms(images: tf.Tensor, transforms: tf.Tensor) -> tf.Tensor:
+    """Warp a batch [B, H, W, C] of float images by [B, 8] transforms; bilinear, nearest fill."""
     return tf.raw_ops.ImageProjectiveTransformV3(
         images=images, transforms=transforms, output_shape=tf.shape(images)[1:3],
         fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST",
     )
 
 
+def apply_affine(images: tf.Tensor, matrices: tf.Tensor) -> tf.Tensor:
+    """Warp a batch [B, H, W, C] with (row, col) output-to-input matrices [B, 3, 3]."""
+    return apply_transforms(images, projective_transforms(matrices))
+
+
 def random_transform(images: tf.Tensor, seed, config: AugmentConfig = RECIPE) -> tf.Tensor:
-    """Augment a batch [B, H, W, C] of float images, reproducibly for a given seed."""
+    """Augment a batch [B, H, W, C] of float images in one call, reproducibly for a given seed."""
     shape = tf.shape(images)
-    params = sample_params(shape[0], seed, config)
-    images = apply_affine(images, affine_matrices(params, shape[1], shape[2]))
-    return tf.where(params["flip"][:, None, None, None], tf.reverse(images, axis=[2]), images)
+    return apply_transforms(images, random_transforms(shape[0], seed, shape[1], shape[2], config))

@@ -1,8 +1,12 @@
-"""Input pipeline: class folders or Parquet shards -> tf.data batches of float RGB images in [0, 1].
+"""Input pipeline: class folders or Parquet shards -> tf.data batches of uint8 RGB images.
 
-Decode and resize run in a parallel map over files; augmentation runs on whole batches after
-batching; everything is prefetched. Randomness (shuffle order, augmentation) is derived from
-(seed, epoch), so epoch k of a run is the same whether or not the run was interrupted before it.
+The host does as little per image as it can: read, decode and resize (or, for Parquet written by
+`jobs.ingest --image-size`, only read the stored pixels), in a parallel map, then batch and
+prefetch. Batches stay uint8 (a quarter of float32's bytes cross to the accelerator); the training
+step scales them to [0, 1] and warps them (augmentation) on the device. With augmentation the
+pipeline adds each image's 8-number transform, drawn from (seed, epoch, batch). Randomness (shuffle
+order, augmentation) is derived from (seed, epoch), so epoch k of a run is the same whether or not
+the run was interrupted before it.
 """
 import dataclasses
 import errno
@@ -168,10 +172,20 @@ def list_image_folder(directory: str | Path, class_names: list[str] | None = Non
 
 
 def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
-    """JPEG/PNG/BMP/GIF (first frame) bytes -> float32 RGB [image_size, image_size, 3] in [0, 1]."""
-    image = tf.io.decode_image(encoded, channels=3, dtype=tf.float32, expand_animations=False)
+    """JPEG/PNG/BMP/GIF (first frame) bytes -> uint8 RGB [image_size, image_size, 3], bilinear, rounded."""
+    image = tf.io.decode_image(encoded, channels=3, expand_animations=False)
     image = tf.image.resize(image, [image_size, image_size], method="bilinear")
-    return tf.clip_by_value(image, 0.0, 1.0)
+    return tf.saturate_cast(tf.round(image), tf.uint8)
+
+
+def stored_pixels(data: tf.Tensor, image_size: int) -> tf.Tensor:
+    """The raw uint8 RGB pixels `jobs.ingest --image-size` stores -> [image_size, image_size, 3]."""
+    return tf.reshape(tf.io.decode_raw(data, tf.uint8), [image_size, image_size, 3])
+
+
+def to_unit_range(images: tf.Tensor) -> tf.Tensor:
+    """uint8 images -> float32 in [0, 1], what the backbone takes. Runs on the device, in the step."""
+    return tf.cast(images, tf.float32) / 255.0
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -212,22 +226,45 @@ def encoded_images(source, *, shuffle: bool, seed: int, epoch: int) -> tf.data.D
     return ds
 
 
+def host_images(source, image_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0) -> tf.data.Dataset:
+    """(uint8 image [size, size, 3], label) pairs: all the per-image work the host does."""
+    ds = encoded_images(source, shuffle=shuffle, seed=seed, epoch=epoch)
+    stored_size = getattr(source, "image_size", None)  # Parquet written by jobs.ingest --image-size
+    if stored_size is not None:
+        check_stored_size(source, image_size)
+        return ds.map(lambda data, label: (stored_pixels(data, image_size), label),
+                      num_parallel_calls=AUTOTUNE, deterministic=True)
+    return ds.map(lambda encoded, label: (decode_and_resize(encoded, image_size), label),
+                  num_parallel_calls=AUTOTUNE, deterministic=True)
+
+
+def check_stored_size(source, image_size: int) -> None:
+    """Parquet rows stored at one size cannot train at another: a one-line error with the fix."""
+    stored = getattr(source, "image_size", None)
+    if stored is not None and stored != image_size:
+        raise DatasetError(
+            f"{display_path(str(Path(source.files[0]).parent))} holds images stored at {stored}x{stored}, but "
+            f"--image-size is {image_size}: train with --image-size {stored}, or re-ingest the image folders "
+            f"with `python -m jobs.ingest --data-dir <folders> --output <new dir> --image-size {image_size}`")
+
+
 def make_dataset(source, image_size: int, batch_size: int, *, shuffle: bool = False,
                  augment_images: bool = False, seed: int = 0, epoch: int = 0) -> tf.data.Dataset:
-    """Batches of (images, labels) from class folders or Parquet shards.
+    """Batches of (uint8 images, labels) from class folders or Parquet shards.
 
-    Shuffle order and augmentation are drawn from (seed, epoch).
+    With augment_images, batches of ({"images": uint8 images, "transforms": [B, 8]}, labels): the
+    training step warps the images (augment.apply_transforms) on its device. Shuffle order and
+    augmentation are drawn from (seed, epoch).
     """
-    ds = encoded_images(source, shuffle=shuffle, seed=seed, epoch=epoch)
-    ds = ds.map(lambda encoded, label: (decode_and_resize(encoded, image_size), label),
-                num_parallel_calls=AUTOTUNE, deterministic=True)
-    ds = ds.batch(batch_size)
+    ds = host_images(source, image_size, shuffle=shuffle, seed=seed, epoch=epoch).batch(batch_size)
     if augment_images:
-        def augment_batch(step, batch):
+        def with_transforms(step, batch):
             images, labels = batch
-            return augment.random_transform(images, tf.stack([epoch_seed(seed, epoch), step])), labels
+            transforms = augment.random_transforms(tf.shape(images)[0], tf.stack([epoch_seed(seed, epoch), step]),
+                                                   image_size, image_size)
+            return {"images": images, "transforms": transforms}, labels
 
-        ds = ds.enumerate().map(augment_batch, num_parallel_calls=AUTOTUNE, deterministic=True)
+        ds = ds.enumerate().map(with_transforms, num_parallel_calls=AUTOTUNE, deterministic=True)
     return unsharded(ds).prefetch(AUTOTUNE)
 
 

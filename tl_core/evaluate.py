@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tl_core.data import DatasetError, make_dataset
+from tl_core.data import DatasetError, make_dataset, to_unit_range
 from tl_core.metrics import classification_metrics
 
 
@@ -41,6 +41,7 @@ def evaluate(model: ExportedModel, source, *, batch_size: int = 64, worst: int =
     labels = model.labels_of(source)
     logits, mistakes, position = [], [], 0
     for images, _ in make_dataset(source, model.image_size, batch_size):
+        images = to_unit_range(images)
         batch = model.serve(images=images)
         logits.append(batch["logits"].numpy())
         probabilities = batch["probabilities"].numpy()

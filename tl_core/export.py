@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from tl_core.artifacts import atomic_directory, atomic_path
-from tl_core.data import decode_and_resize
+from tl_core.data import decode_and_resize, to_unit_range
 
 
 class ServingModule(tf.Module):
@@ -37,8 +37,8 @@ class ServingModule(tf.Module):
         """image_bytes: encoded images, any size; decoded and resized exactly as in training."""
         size = self.static_size
         images = tf.map_fn(lambda encoded: decode_and_resize(encoded, size), image_bytes,
-                           fn_output_signature=tf.TensorSpec([size, size, 3], tf.float32))
-        return self._serve(images)
+                           fn_output_signature=tf.TensorSpec([size, size, 3], tf.uint8))
+        return self._serve(to_unit_range(images))
 
     def _serve(self, images):
         """images: float RGB in [0, 1], resized to the model's size."""
@@ -83,7 +83,7 @@ def export_tflite(model: tf.keras.Model, class_names: list[str], run_dir: Path) 
 
 
 def tflite_logits(path: Path, batches) -> np.ndarray:
-    """Run a TFLite model over (images, labels) batches: the logits, in order."""
+    """Run a TFLite model over (uint8 images, labels) batches: the logits, in order."""
     with warnings.catch_warnings():  # tf.lite.Interpreter's notice about the separate LiteRT package
         warnings.simplefilter("ignore")
         interpreter = tf.lite.Interpreter(model_path=str(path))
@@ -92,7 +92,7 @@ def tflite_logits(path: Path, batches) -> np.ndarray:
     for images, _ in batches:
         interpreter.resize_tensor_input(input_index, images.shape)
         interpreter.allocate_tensors()
-        interpreter.set_tensor(input_index, images.numpy())
+        interpreter.set_tensor(input_index, to_unit_range(images).numpy())
         interpreter.invoke()
         logits.append(interpreter.get_tensor(interpreter.get_output_details()[0]["index"]).copy())
     return np.concatenate(logits)

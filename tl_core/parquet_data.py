@@ -1,42 +1,67 @@
 """Image datasets as Parquet shards: a few large files instead of millions of small ones.
 
-Layout: <dir>/train/*.parquet and <dir>/validation/*.parquet, columns image (encoded bytes),
-label (int32), class_name, path (the source file); the class names, in label order, are stored in
-each file's schema metadata. Files are read one row group at a time, so memory stays bounded.
+Layout: <dir>/train/*.parquet and <dir>/validation/*.parquet, columns image, label (int32),
+class_name, path (the source file); the class names, in label order, are stored in each file's
+schema metadata. `image` holds the source file's encoded bytes, or, when written with an image size
+N (`jobs.ingest --image-size N`), the image already decoded and resized to NxN as raw uint8 RGB
+pixels (lossless; zstd-compressed by Parquet), recorded as N in the schema metadata: training then
+only reads pixels, with no decode and no resize on the host. Files are read one row group at a
+time, so memory stays bounded.
 """
 import dataclasses
+import itertools
 import json
+import os
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import tensorflow as tf
 
 from tl_core.artifacts import atomic_path
-from tl_core.data import display_path
+from tl_core.data import AUTOTUNE, decode_and_resize, display_path
 
 SCHEMA = pa.schema([("image", pa.binary()), ("label", pa.int32()), ("class_name", pa.string()), ("path", pa.string())])
 CLASS_NAMES_KEY = b"tl_core.class_names"
+IMAGE_SIZE_KEY = b"tl_core.image_size"  # rows hold raw NxN RGB pixels (absent: encoded image files)
 
 
 class ParquetDatasetError(ValueError):
     pass
 
 
-def write_parquet_shards(folder, output_dir: Path, *, rows_per_file: int = 5000,
-                         rows_per_group: int = 256, progress=print) -> list[Path]:
-    """Write an ImageFolder's files as Parquet shards, streaming: one row group in memory at a time."""
-    schema = SCHEMA.with_metadata({CLASS_NAMES_KEY: json.dumps(folder.class_names).encode()})
+def image_column(folder, image_size: int | None):
+    """Each file's `image` value, in folder order: its bytes, or its resized raw pixels."""
+    if image_size is None:
+        return (Path(path).read_bytes() for path in folder.paths)
+    # Decoded and resized exactly as training decodes folders (data.decode_and_resize), in parallel.
+    ds = tf.data.Dataset.from_tensor_slices([os.fsencode(path) for path in folder.paths])
+    ds = ds.map(lambda path: decode_and_resize(tf.io.read_file(path), image_size),
+                num_parallel_calls=AUTOTUNE, deterministic=True)
+    return (pixels.tobytes() for pixels in ds.prefetch(AUTOTUNE).as_numpy_iterator())
+
+
+def write_parquet_shards(folder, output_dir: Path, *, rows_per_file: int = 5000, rows_per_group: int = 256,
+                         image_size: int | None = None, progress=print) -> list[Path]:
+    """Write an ImageFolder's files as Parquet shards, streaming: one row group in memory at a time.
+
+    image_size: store each image decoded and resized to image_size x image_size (raw uint8 RGB)."""
+    metadata = {CLASS_NAMES_KEY: json.dumps(folder.class_names).encode()}
+    if image_size is not None:
+        metadata[IMAGE_SIZE_KEY] = str(image_size).encode()
+    schema = SCHEMA.with_metadata(metadata)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    images = image_column(folder, image_size)
     for start in range(0, len(folder), rows_per_file):
         path = output_dir / f"part-{len(written):05d}.parquet"
         stop = min(start + rows_per_file, len(folder))
-        with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
             for group in range(start, stop, rows_per_group):
                 rows = range(group, min(group + rows_per_group, stop))
                 writer.write_table(pa.table({
-                    "image": [Path(folder.paths[i]).read_bytes() for i in rows],
+                    "image": list(itertools.islice(images, len(rows))),
                     "label": pa.array([int(folder.labels[i]) for i in rows], pa.int32()),
                     "class_name": [folder.class_names[folder.labels[i]] for i in rows],
                     "path": [display_path(folder.paths[i]) for i in rows],
@@ -54,6 +79,7 @@ class ParquetImages:
     segments: list[tuple[int, int, int, int]]
     labels: np.ndarray
     class_names: list[str]
+    image_size: int | None = None  # rows hold raw image_size x image_size pixels (jobs.ingest --image-size)
 
     def __len__(self):
         return len(self.labels)
@@ -80,7 +106,7 @@ class ParquetImages:
                 segments.append((file, group, lo, hi))
                 labels.append(self.labels[offsets[i] + lo - begin:offsets[i] + hi - begin])
             position += end - begin
-        return ParquetImages(self.files, segments, np.concatenate(labels), self.class_names)
+        return ParquetImages(self.files, segments, np.concatenate(labels), self.class_names, self.image_size)
 
     def iter_segments(self, segment_order):
         """(encoded images, labels) arrays, one segment (part of a row group) at a time, in the given order."""
@@ -101,7 +127,7 @@ def list_parquet_split(directory: Path, class_names: list[str] | None = None) ->
     files = sorted(str(p) for p in Path(directory).glob("*.parquet"))
     if not files:
         raise ParquetDatasetError(f"{directory} holds no .parquet files")
-    segments, labels, found = [], [], None
+    segments, labels, found, sizes = [], [], None, set()
     for index, file in enumerate(files):
         reader = pq.ParquetFile(file)
         metadata = reader.schema_arrow.metadata or {}
@@ -111,10 +137,14 @@ def list_parquet_split(directory: Path, class_names: list[str] | None = None) ->
         if found is not None and names != found:
             raise ParquetDatasetError(f"{file} has classes {names}, other shards have {found}")
         found = names
+        sizes.add(int(metadata[IMAGE_SIZE_KEY]) if IMAGE_SIZE_KEY in metadata else None)
+        if len(sizes) > 1:
+            raise ParquetDatasetError(f"{directory} mixes shards of different stored image sizes {sorted(map(str, sizes))}: "
+                                      "re-ingest it into a new directory")
         for group in range(reader.num_row_groups):
             rows = reader.metadata.row_group(group).num_rows
             segments.append((index, group, 0, rows))
         labels.append(reader.read(columns=["label"]).column("label").to_numpy())
     if class_names is not None and found != list(class_names):
         raise ParquetDatasetError(f"{directory} has classes {found}, but training has {list(class_names)}")
-    return ParquetImages(files, segments, np.concatenate(labels).astype(np.int32), found)
+    return ParquetImages(files, segments, np.concatenate(labels).astype(np.int32), found, sizes.pop())

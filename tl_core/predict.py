@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 
 from tl_core.artifacts import atomic_path
-from tl_core.data import decode_and_resize, display_path, list_files
+from tl_core.data import decode_and_resize, display_path, list_files, to_unit_range
 from tl_core.evaluate import ExportedModel
 from tl_core.parquet_data import is_parquet_split
 from tl_core.splits import DEFAULT_LIMITS, decode_error, image_dimensions, too_large
@@ -45,7 +45,7 @@ def predict_encoded(model: ExportedModel, names: list[str], encoded: list, error
         ds = ds.map(lambda index, data: (index, decode_and_resize(data, model.image_size)),
                     num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).ignore_errors()
         for indices, images in ds.batch(batch_size).prefetch(tf.data.AUTOTUNE):
-            probabilities[indices.numpy()] = model.serve(images=images)["probabilities"].numpy()
+            probabilities[indices.numpy()] = model.serve(images=to_unit_range(images))["probabilities"].numpy()
     decoded = ~np.isnan(probabilities[:, 0])
     for i in usable:
         if not decoded[i]:

@@ -15,11 +15,15 @@ import re
 import struct
 from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
+import pyarrow.parquet as pq
 import tensorflow as tf
 
 from tl_core import artifacts
 from tl_core.config import TrainConfig
-from tl_core.data import DatasetError, ImageFolder, display_path, list_image_folder, list_split
+from tl_core.data import DatasetError, ImageFolder, check_stored_size, display_path, list_image_folder, list_split
 from tl_core.parquet_data import ParquetImages, is_parquet_split
 
 SKIPPED_FILES = "skipped_files.json"  # in the run directory, when bad files are skipped
@@ -83,6 +87,8 @@ def load_splits(config: TrainConfig, cache: Path, skip=(), check_batch: bool = T
             "folders (if your classes are one level deeper, point --data-dir there)")
     if skip:
         train, validation = train.without(skip), validation.without(skip)
+    for source in (train, validation):
+        check_stored_size(source, config.image_size)
     if check_batch:
         check_batch_size(config, len(train))
     return train, validation, data_dir
@@ -279,6 +285,8 @@ def find_bad_files(folder: ImageFolder, *, min_side: int, max_pixels: int) -> li
 
 def find_bad_rows(source: ParquetImages, *, min_side: int, max_pixels: int) -> list[BadFile]:
     """Every row of Parquet shards whose image does not decode or is too small or too large."""
+    if source.image_size is not None:
+        return find_bad_pixel_rows(source)
     oversized = {}  # (segment, offset) -> reason
 
     def rows():  # named "segment:offset", so that a failed row can be read again for its reason
@@ -306,6 +314,23 @@ def find_bad_rows(source: ParquetImages, *, min_side: int, max_pixels: int) -> l
                 reason = _too_small(*size, min_side)
             if reason:
                 bad.append(BadFile(source.files[file], reason, first_row + offset))
+    return bad
+
+
+def find_bad_pixel_rows(source: ParquetImages) -> list[BadFile]:
+    """Rows of pre-sized Parquet (raw pixels, decoded and checked at ingest) that hold the wrong number of bytes."""
+    expected = source.image_size * source.image_size * 3
+    bad = []
+    for path in source.files:
+        reader, first_row = pq.ParquetFile(path), 0
+        for group in range(reader.num_row_groups):  # one row group in memory at a time
+            column = reader.read_row_group(group, columns=["image"]).column("image")
+            lengths = pa.compute.binary_length(column).to_numpy(zero_copy_only=False)
+            for row in np.flatnonzero(lengths != expected):
+                bad.append(BadFile(path, f"holds {lengths[row]} bytes, not the {expected} of "
+                                         f"{source.image_size}x{source.image_size} RGB pixels: re-ingest",
+                                   first_row + int(row)))
+            first_row += len(lengths)
     return bad
 
 

@@ -20,12 +20,12 @@ import tf_keras
 from tl_core import artifacts, assets
 from tl_core.backbones import check_backbone_options, keras_backbone, resolve_backbone
 from tl_core.config import TrainConfig
-from tl_core.data import make_dataset
+from tl_core.data import make_dataset, to_unit_range
 from tl_core.feature_cache import FeatureFile, cache_features
 from tl_core.distribute import Worker, make_strategy
 from tl_core.export import LABELS_FILE, TFLITE_FLOAT, TFLITE_QUANTIZED, export_classifier, export_tflite, tflite_logits
 from tl_core.metrics import classification_metrics
-from tl_core.model import build_classifier, compile_classifier, head_model, unfreeze_top_layers
+from tl_core.model import build_classifier, compile_classifier, head_model, training_model, unfreeze_top_layers
 from tl_core.splits import SKIPPED_FILES, load_splits, read_skipped
 
 # Files of a run directory.
@@ -104,9 +104,9 @@ def check_backbone(config: TrainConfig, num_classes: int) -> None:
 
 
 def backbone_feature_batches(model: tf.keras.Model, dataset: tf.data.Dataset):
-    """(features, labels) numpy batches: the frozen backbone run once over (images, labels) batches."""
+    """(features, labels) numpy batches: the frozen backbone run once over (uint8 images, labels) batches."""
     backbone = model.get_layer("backbone")
-    extract = tf.function(lambda images: tf.cast(backbone(images, training=False), tf.float32))
+    extract = tf.function(lambda images: tf.cast(backbone(to_unit_range(images), training=False), tf.float32))
     for images, labels in dataset:
         yield extract(images).numpy(), labels.numpy()
 
@@ -197,8 +197,10 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
         visible = (keras_backbone(config.backbone, cache, bf16=config.bf16)
                    if config.fine_tune_epochs or config.bf16 else None)
         model = build_classifier(handle, len(class_names), config.image_size, keras_backbone=visible)
+        # The pipeline's uint8 batches are scaled (and augmented) inside the step, on the device.
+        on_images = training_model(model, config.image_size, config.augment)
         # With cached features only the head runs during training: fit the head on its own.
-        trainer = head_model(model) if cached else model
+        trainer = head_model(model) if cached else on_images
         optimizer = tf_keras.optimizers.Adam(config.learning_rate)
         fine_tune_optimizer = tf_keras.optimizers.Adam(config.fine_tune_learning_rate)
         compile_classifier(trainer, config.learning_rate, config.jit_compile, optimizer=optimizer)
@@ -207,10 +209,11 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
     def start_fine_tuning():
         with strategy.scope():
             unfrozen = unfreeze_top_layers(model, config.fine_tune_layers)
-            compile_classifier(model, config.fine_tune_learning_rate, config.jit_compile, optimizer=fine_tune_optimizer)
+            compile_classifier(on_images, config.fine_tune_learning_rate, config.jit_compile,
+                               optimizer=fine_tune_optimizer)
         log(f"Fine-tuning {len(unfrozen)} backbone layers ({unfrozen[0]} ... {unfrozen[-1]}) and the head at "
             f"learning rate {config.fine_tune_learning_rate:g}", flush=True)
-        return model
+        return on_images
 
     history = []
     latest = checkpoints.latest()
@@ -242,7 +245,7 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
     def validation_logits(phase: str) -> np.ndarray:
         if phase == "head":  # the backbone is unchanged: its features were computed once
             return head_logits(model, validation_features)
-        return np.concatenate([model(images, training=False).numpy() for images, _ in validation])
+        return np.concatenate([model(to_unit_range(images), training=False).numpy() for images, _ in validation])
 
     for epoch in range(len(history), total_epochs):
         epoch_start = time.perf_counter()
