@@ -1,13 +1,14 @@
 """Class folders -> Parquet shards (jobs.ingest) -> the same images, labels and training."""
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from conftest import TINY_IMAGE_SIZE
 from jobs.ingest import main as ingest
 from tl_core.config import TrainConfig
-from tl_core.data import list_image_folder, list_split, make_dataset
-from tl_core.parquet_data import ParquetDatasetError
+from tl_core.data import decode_and_resize, list_image_folder, list_split, make_dataset
+from tl_core.parquet_data import IMAGE_SIZE_KEY, ParquetDatasetError, write_parquet_shards
 from tl_core.train import prepare_run_dir, train
 
 
@@ -70,3 +71,78 @@ def test_ingest_refuses_to_overwrite_and_reports_foreign_parquet(colour_dataset,
                    foreign / "x.parquet")
     with pytest.raises(ParquetDatasetError, match="jobs.ingest"):
         list_split(foreign)
+
+
+@pytest.fixture(scope="module")
+def presized_dataset(colour_dataset, tmp_path_factory):
+    """Ingested at the training size: raw pixels, decoded and resized once."""
+    output = tmp_path_factory.mktemp("presized") / "data"
+    assert ingest(["--data-dir", str(colour_dataset), "--output", str(output), "--rows-per-file", "20",
+                   "--image-size", str(TINY_IMAGE_SIZE)]) == 0
+    return output
+
+
+def test_presized_rows_hold_exactly_what_training_decodes(colour_dataset, tmp_path):
+    folder = list_image_folder(colour_dataset / "train")
+    # Files and row groups that do not divide each other: every row must still hold its own image.
+    write_parquet_shards(folder, tmp_path / "train", rows_per_file=7, rows_per_group=3, image_size=TINY_IMAGE_SIZE,
+                         progress=lambda *_: None)
+    shards = list_split(tmp_path / "train")
+    assert shards.image_size == TINY_IMAGE_SIZE
+    for file in sorted((tmp_path / "train").glob("*.parquet")):
+        assert pq.read_schema(file).metadata[IMAGE_SIZE_KEY] == str(TINY_IMAGE_SIZE).encode()
+        for row in pq.read_table(file).to_pylist():
+            expected = decode_and_resize(open(row["path"], "rb").read(), TINY_IMAGE_SIZE).numpy()
+            assert row["image"] == expected.tobytes()  # lossless: the uint8 pixels training would make
+
+
+def test_presized_parquet_feeds_the_same_batches_as_folders(colour_dataset, presized_dataset):
+    folder = list_image_folder(colour_dataset / "train")
+    shards = list_split(presized_dataset / "train", folder.class_names)
+    for augment in (False, True):
+        from_folder = list(make_dataset(folder, TINY_IMAGE_SIZE, 8, augment_images=augment, seed=2, epoch=1))
+        from_parquet = list(make_dataset(shards, TINY_IMAGE_SIZE, 8, augment_images=augment, seed=2, epoch=1))
+        for (a, label_a), (b, label_b) in zip(from_folder, from_parquet, strict=True):
+            for key in (("images", "transforms") if augment else (None,)):
+                np.testing.assert_array_equal(a[key] if key else a, b[key] if key else b)
+            np.testing.assert_array_equal(label_a, label_b)
+
+
+def test_training_on_presized_parquet(tiny_backbone, presized_dataset, tmp_path):
+    config = prepare_run_dir(TrainConfig(data_dir=str(presized_dataset), backbone=tiny_backbone,
+                                         image_size=TINY_IMAGE_SIZE, batch_size=8, epochs=4,
+                                         learning_rate=0.05, seed=3, output_dir=str(tmp_path / "run")))
+    assert train(config)["accuracy"] >= 0.9
+
+
+def test_a_different_image_size_gets_one_line_with_both_sizes_and_the_fix(tiny_backbone, presized_dataset, tmp_path,
+                                                                          capsys):
+    from jobs.train import main as train_job
+
+    assert train_job(["--data-dir", str(presized_dataset), "--backbone", tiny_backbone, "--image-size", "24",
+                      "--batch-size", "8", "--output-dir", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1
+    assert "stored at 32x32" in error and "--image-size is 24" in error and "--image-size 24" in error
+    assert "python -m jobs.ingest" in error
+    assert not (tmp_path / "run").exists()  # refused before the run directory is written
+
+
+def test_a_presized_row_of_the_wrong_length_is_a_bad_row(presized_dataset, tmp_path):
+    from tl_core.splits import find_bad_rows
+
+    table = pq.read_table(presized_dataset / "validation" / "part-00000.parquet")
+    images = table.column("image").to_pylist()
+    images[3] = images[3][:-5]
+    broken = tmp_path / "validation"
+    broken.mkdir()
+    pq.write_table(table.set_column(0, "image", pa.array(images, pa.binary())), broken / "part-00000.parquet")
+    bad = find_bad_rows(list_split(broken), min_side=8, max_pixels=10**8)
+    assert [(item.row, item.reason.split(",")[0]) for item in bad] == [(3, f"holds {32 * 32 * 3 - 5} bytes")]
+
+
+def test_predict_refuses_presized_parquet_with_what_to_do(presized_dataset):
+    from tl_core.predict import list_inputs
+
+    with pytest.raises(ValueError, match="jobs.evaluate"):
+        list_inputs(presized_dataset / "validation")

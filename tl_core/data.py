@@ -4,7 +4,7 @@ The host does as little per image as it can: read, decode and resize (or, for Pa
 `jobs.ingest --image-size`, only read the stored pixels), in a parallel map, then batch and
 prefetch. Batches stay uint8 (a quarter of float32's bytes cross to the accelerator); the training
 step scales them to [0, 1] and warps them (augmentation) on the device. With augmentation the
-pipeline adds each image's 8-number transform, drawn from (seed, epoch, batch). Randomness (shuffle
+pipeline adds each image's 8-number transform, drawn once per epoch from (seed, epoch). Randomness (shuffle
 order, augmentation) is derived from (seed, epoch), so epoch k of a run is the same whether or not
 the run was interrupted before it.
 """
@@ -178,11 +178,6 @@ def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:
     return tf.saturate_cast(tf.round(image), tf.uint8)
 
 
-def stored_pixels(data: tf.Tensor, image_size: int) -> tf.Tensor:
-    """The raw uint8 RGB pixels `jobs.ingest --image-size` stores -> [image_size, image_size, 3]."""
-    return tf.reshape(tf.io.decode_raw(data, tf.uint8), [image_size, image_size, 3])
-
-
 def to_unit_range(images: tf.Tensor) -> tf.Tensor:
     """uint8 images -> float32 in [0, 1], what the backbone takes. Runs on the device, in the step."""
     return tf.cast(images, tf.float32) / 255.0
@@ -214,13 +209,18 @@ def encoded_images(source, *, shuffle: bool, seed: int, epoch: int) -> tf.data.D
             ds = ds.shuffle(len(source), seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
         return ds.map(lambda path, label: (tf.io.read_file(path), label),
                       num_parallel_calls=AUTOTUNE, deterministic=True)
+    return parquet_rows(source, source.iter_segments, tf.TensorSpec([None], tf.string),
+                        shuffle=shuffle, seed=seed, epoch=epoch)
+
+
+def parquet_rows(source, segments, spec: tf.TensorSpec, *, shuffle: bool, seed: int, epoch: int) -> tf.data.Dataset:
+    """(row, label) pairs of Parquet shards: segments in a (seed, epoch) order, rows shuffled within a window."""
     order = np.arange(len(source.segments))
     if shuffle:
         order = np.random.default_rng(epoch_seed(seed, epoch)).permutation(order)
-    # Python hands over whole row groups; tf.data splits them into images.
+    # Python hands over whole row groups; tf.data splits them into rows.
     ds = tf.data.Dataset.from_generator(
-        lambda: source.iter_segments(order),
-        output_signature=(tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32))).unbatch()
+        lambda: segments(order), output_signature=(spec, tf.TensorSpec([None], tf.int32))).unbatch()
     if shuffle:
         ds = ds.shuffle(PARQUET_SHUFFLE_BUFFER, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
     return ds
@@ -228,12 +228,11 @@ def encoded_images(source, *, shuffle: bool, seed: int, epoch: int) -> tf.data.D
 
 def host_images(source, image_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0) -> tf.data.Dataset:
     """(uint8 image [size, size, 3], label) pairs: all the per-image work the host does."""
+    if getattr(source, "image_size", None) is not None:  # Parquet written by jobs.ingest --image-size
+        check_stored_size(source, image_size)  # then the rows are the pixels: nothing to decode or resize
+        return parquet_rows(source, source.iter_pixel_segments, tf.TensorSpec([None, image_size, image_size, 3], tf.uint8),
+                            shuffle=shuffle, seed=seed, epoch=epoch)
     ds = encoded_images(source, shuffle=shuffle, seed=seed, epoch=epoch)
-    stored_size = getattr(source, "image_size", None)  # Parquet written by jobs.ingest --image-size
-    if stored_size is not None:
-        check_stored_size(source, image_size)
-        return ds.map(lambda data, label: (stored_pixels(data, image_size), label),
-                      num_parallel_calls=AUTOTUNE, deterministic=True)
     return ds.map(lambda encoded, label: (decode_and_resize(encoded, image_size), label),
                   num_parallel_calls=AUTOTUNE, deterministic=True)
 
@@ -253,18 +252,17 @@ def make_dataset(source, image_size: int, batch_size: int, *, shuffle: bool = Fa
     """Batches of (uint8 images, labels) from class folders or Parquet shards.
 
     With augment_images, batches of ({"images": uint8 images, "transforms": [B, 8]}, labels): the
-    training step warps the images (augment.apply_transforms) on its device. Shuffle order and
-    augmentation are drawn from (seed, epoch).
+    training step warps the images (augment.apply_transforms) on its device. The epoch's transforms
+    are drawn at once, one per image in reading order, so the host pays for them once per epoch, not
+    per batch. Shuffle order and augmentation are drawn from (seed, epoch).
     """
     ds = host_images(source, image_size, shuffle=shuffle, seed=seed, epoch=epoch).batch(batch_size)
     if augment_images:
-        def with_transforms(step, batch):
-            images, labels = batch
-            transforms = augment.random_transforms(tf.shape(images)[0], tf.stack([epoch_seed(seed, epoch), step]),
-                                                   image_size, image_size)
-            return {"images": images, "transforms": transforms}, labels
-
-        ds = ds.enumerate().map(with_transforms, num_parallel_calls=AUTOTUNE, deterministic=True)
+        transforms = augment.random_transforms(len(source), tf.constant([epoch_seed(seed, epoch), 0], tf.int64),
+                                               image_size, image_size)
+        # Zipped batch by batch (both sides batch the same counts): no per-image work on the host.
+        ds = tf.data.Dataset.zip(ds, tf.data.Dataset.from_tensor_slices(transforms).batch(batch_size))
+        ds = ds.map(lambda batch, transforms: ({"images": batch[0], "transforms": transforms}, batch[1]))
     return unsharded(ds).prefetch(AUTOTUNE)
 
 

@@ -108,15 +108,31 @@ class ParquetImages:
             position += end - begin
         return ParquetImages(self.files, segments, np.concatenate(labels), self.class_names, self.image_size)
 
-    def iter_segments(self, segment_order):
-        """(encoded images, labels) arrays, one segment (part of a row group) at a time, in the given order."""
+    def _tables(self, segment_order):
+        """(image column, labels) of each segment (part of a row group), in the given order."""
         readers = {}
         for i in segment_order:
             file, group, begin, end = self.segments[i]
             reader = readers.setdefault(file, pq.ParquetFile(self.files[file]))
             table = reader.read_row_group(group, columns=["image", "label"]).slice(begin, end - begin)
-            yield (np.array(table.column("image").to_pylist(), dtype=object),
-                   table.column("label").to_numpy().astype(np.int32))
+            yield table.column("image").combine_chunks(), table.column("label").to_numpy().astype(np.int32)
+
+    def iter_segments(self, segment_order):
+        """(encoded images as an object array of bytes, labels), one segment at a time, in the given order."""
+        for images, labels in self._tables(segment_order):
+            yield np.array(images.to_pylist(), dtype=object), labels
+
+    def iter_pixel_segments(self, segment_order):
+        """(uint8 pixels [n, size, size, 3], labels) of pre-sized shards, one segment at a time: the
+        column's values buffer viewed in place (no Python object per row), copied once into TensorFlow."""
+        size = self.image_size
+        for images, labels in self._tables(segment_order):
+            offsets = np.frombuffer(images.buffers()[1], np.int32, len(images) + 1, offset=4 * images.offset)
+            if np.any(np.diff(offsets) != size * size * 3):
+                raise ParquetDatasetError(f"a row group of {self.files[0]}'s dataset holds rows that are not "
+                                          f"{size}x{size} RGB pixels: check it with `python -m jobs.train --check`")
+            values = np.frombuffer(images.buffers()[2], np.uint8)
+            yield values[offsets[0]:offsets[-1]].reshape(-1, size, size, 3), labels
 
 
 def is_parquet_split(directory: Path) -> bool:

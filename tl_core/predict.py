@@ -16,7 +16,7 @@ import tensorflow as tf
 from tl_core.artifacts import atomic_path
 from tl_core.data import decode_and_resize, display_path, list_files, to_unit_range
 from tl_core.evaluate import ExportedModel
-from tl_core.parquet_data import is_parquet_split
+from tl_core.parquet_data import IMAGE_SIZE_KEY, is_parquet_split
 from tl_core.splits import DEFAULT_LIMITS, decode_error, image_dimensions, too_large
 
 def output_schema(class_names: list[str]) -> pa.Schema:
@@ -64,14 +64,23 @@ def list_inputs(source: Path) -> list[str] | list[Path]:
     """Image paths of a folder (recursively) or a .txt list (one path per line); Parquet files of a dataset."""
     source = Path(source)
     if source.is_file() and source.suffix == ".parquet":
-        return [source]
+        return refuse_stored_pixels([source])
     if source.is_dir() and is_parquet_split(source):
-        return sorted(source.glob("*.parquet"))
+        return refuse_stored_pixels(sorted(source.glob("*.parquet")))
     if source.is_dir():
         return list_files(str(source), problems=[], ignored=[])
     if source.is_file():
         return [line.strip() for line in source.read_text().splitlines() if line.strip() and not line.startswith("#")]
     raise FileNotFoundError(f"{source} does not exist: give a folder of images, a .txt list of paths, or Parquet")
+
+
+def refuse_stored_pixels(files: list[Path]) -> list[Path]:
+    """Prediction takes encoded images; Parquet from `jobs.ingest --image-size` holds raw pixels instead."""
+    for file in files:
+        if IMAGE_SIZE_KEY in (pq.read_schema(file).metadata or {}):
+            raise ValueError(f"{file} holds images stored as resized pixels (jobs.ingest --image-size), not image "
+                             "files: predict on the source folders, or measure the model on it with jobs.evaluate")
+    return files
 
 
 def chunks(inputs, chunk_size: int):

@@ -160,15 +160,17 @@ def _versions() -> dict:
     return {"tensorflow": tf.__version__, "tf_keras": tf_keras.__version__, "tensorflow_hub": hub.__version__}
 
 
-def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, callbacks=()) -> dict:
+def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, callbacks=(),
+          strategy: tf.distribute.Strategy | None = None) -> dict:
     """Train the head on config's data and write every artifact into config.output_dir.
 
     The same function runs in a single local process and on every Ray Train worker: `worker` says
     which shard of the training images this process trains on and whether it writes the artifacts;
     `checkpoints` keeps the last completed epoch (run_dir/checkpoints by default), and training
-    continues from it when it holds one. Returns the final validation metrics.
+    continues from it when it holds one. `strategy` defaults to the one this process's devices and
+    TF_CONFIG call for (distribute.make_strategy). Returns the final validation metrics.
     """
-    strategy = make_strategy()  # before any other TF op
+    strategy = strategy or make_strategy()  # before any other TF op
     check_backbone_options(config.backbone, fine_tune_epochs=config.fine_tune_epochs,
                            fine_tune_layers=config.fine_tune_layers, bf16=config.bf16)
     tf.get_logger().setLevel("ERROR")
