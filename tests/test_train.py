@@ -156,7 +156,7 @@ def test_default_job_reaches_the_recipe_accuracy(tmp_path):
     """The README's main command on the built-in sample and backbone (about 3 minutes on 2 cores)."""
     config = prepare_run_dir(TrainConfig(output_dir=str(tmp_path / "run")))
     metrics = train(config)
-    assert metrics["accuracy"] >= 0.80
+    assert metrics["accuracy"] >= 0.87  # 0.902 measured; the recipe target
 
 
 def test_cached_features_train_the_same_head_with_one_backbone_pass(tiny_backbone, colour_dataset, tmp_path, monkeypatch):

@@ -8,7 +8,7 @@ flip with probability 0.5.
 
 It comes in two halves, so that the per-pixel work runs on the accelerator:
 - `random_transforms` draws the parameters and folds each image's matrix and flip into 8 numbers
-  (a few dozen flops per image; the host's tf.data pipeline does it, seeded per batch);
+  (a few dozen flops per image; the host's tf.data pipeline draws a whole epoch's at once);
 - `apply_transforms` warps a whole batch with one ImageProjectiveTransformV3 op (GPU kernels exist
   for it), inside the replicated training step: each replica warps its own images on its device.
 """

@@ -4,9 +4,9 @@ The host does as little per image as it can: read, decode and resize (or, for Pa
 `jobs.ingest --image-size`, only read the stored pixels), in a parallel map, then batch and
 prefetch. Batches stay uint8 (a quarter of float32's bytes cross to the accelerator); the training
 step scales them to [0, 1] and warps them (augmentation) on the device. With augmentation the
-pipeline adds each image's 8-number transform, drawn once per epoch from (seed, epoch). Randomness (shuffle
-order, augmentation) is derived from (seed, epoch), so epoch k of a run is the same whether or not
-the run was interrupted before it.
+pipeline adds each image's 8-number transform, drawn for the whole epoch at once. Randomness
+(shuffle order, augmentation) is derived from (seed, epoch), so epoch k of a run is the same whether
+or not the run was interrupted before it.
 """
 import dataclasses
 import errno
@@ -230,8 +230,8 @@ def host_images(source, image_size: int, *, shuffle: bool = False, seed: int = 0
     """(uint8 image [size, size, 3], label) pairs: all the per-image work the host does."""
     if getattr(source, "image_size", None) is not None:  # Parquet written by jobs.ingest --image-size
         check_stored_size(source, image_size)  # then the rows are the pixels: nothing to decode or resize
-        return parquet_rows(source, source.iter_pixel_segments, tf.TensorSpec([None, image_size, image_size, 3], tf.uint8),
-                            shuffle=shuffle, seed=seed, epoch=epoch)
+        pixels = tf.TensorSpec([None, image_size, image_size, 3], tf.uint8)
+        return parquet_rows(source, source.iter_pixel_segments, pixels, shuffle=shuffle, seed=seed, epoch=epoch)
     ds = encoded_images(source, shuffle=shuffle, seed=seed, epoch=epoch)
     return ds.map(lambda encoded, label: (decode_and_resize(encoded, image_size), label),
                   num_parallel_calls=AUTOTUNE, deterministic=True)
