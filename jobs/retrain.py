@@ -10,7 +10,7 @@ import argparse
 import sys
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from jobs.train import _stop_on_sigterm, add_training_arguments, config_from_args
+from jobs.train import _stop_on_sigterm, add_training_arguments, config_from_args, first_line, is_ray_failure
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,7 +42,7 @@ def main(argv=None) -> int:
 
     try:
         retrain(config_from_args(args), args.registry, min_improvement=args.min_improvement, keep=args.keep,
-                force=args.force, ray=args.ray)
+                force=args.force)
     except RegistryBusy as error:
         print(f"error: {error}", file=sys.stderr)
         return 3
@@ -52,6 +52,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("Interrupted; the champion is unchanged and the next retrain continues this one.", file=sys.stderr)
         return 130
+    except Exception as error:
+        if not is_ray_failure(error):
+            raise
+        print(f"error: distributed training failed: {first_line(error)}\n"
+              "The champion is unchanged; the next retrain continues this one.", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -16,7 +16,8 @@ from tl_core.config import TrainConfig
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """The TrainConfig flags (every one optional: unset flags keep --config's or the default value)."""
     defaults = TrainConfig()
-    parser.add_argument("--config", help="a saved config.json to start from (reproduces that run)")
+    parser.add_argument("--config", help="a saved config.json to start from: the same configuration and seed in a new "
+                        "run directory reproduce that run (flags given override it)")
     parser.add_argument("--data-dir", help="directory with train/ and validation/ class folders "
                         "(default: the built-in cats-vs-dogs sample)")
     parser.add_argument("--validation-split", type=float, help="fraction of each class held out when --data-dir "
@@ -57,8 +58,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
                         help="also export TFLite models (float32 and dynamic-range quantized) with labels.txt")
     parser.add_argument("--cache-dir", help="asset cache (default $TL_CACHE_DIR or ~/.cache/tl_core)")
     ray_group = parser.add_argument_group("distributed training on Ray Train")
-    ray_group.add_argument("--ray", action="store_true",
-                           help="run on Ray Train even with one worker (implied by --num-workers > 1); "
+    ray_group.add_argument("--ray", action="store_true", default=None,
+                           help="run on Ray Train even with one worker (implied by any flag of this group); "
                            "connects to $RAY_ADDRESS or the cluster of `ray job submit`, else starts Ray locally")
     ray_group.add_argument("--num-workers", type=int, help="data-parallel workers, one per GPU (default 1)")
     ray_group.add_argument("--use-gpu", action="store_true", default=None, help="give each worker GPUs")
@@ -76,16 +77,40 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true",
                       help="check the data and the configuration (every bad file, the backbone, the image size), then stop")
-    mode.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last epoch")
+    mode.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last epoch, "
+                      "with its saved configuration (only --epochs and --fine-tune-epochs may change)")
     mode.add_argument("--overwrite", action="store_true", help="replace the run in --output-dir")
     return parser.parse_args(argv)
 
 
+RAY_FLAGS = ("ray", "num_workers", "use_gpu", "cpus_per_worker", "gpus_per_worker", "max_failures")
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    config = TrainConfig.from_json(args.config) if args.config else TrainConfig()
+    """The configuration the flags ask for.
+
+    --config FILE: that configuration and seed, in a new run directory unless --output-dir names one
+    (the same command twice gives two runs with the same weights). --resume: the configuration saved
+    in the run directory (--output-dir, or --config's); flags given must agree with it, except --epochs.
+    A Ray option (--num-workers, --use-gpu, ...) runs the job on Ray Train: none is ignored.
+    """
     overrides = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)
                  if getattr(args, field.name, None) is not None}
-    return dataclasses.replace(config, **overrides)
+    if any(getattr(args, name, None) is not None for name in RAY_FLAGS):
+        overrides["ray"] = True
+    from_file = TrainConfig.from_json(args.config) if args.config else None
+    if getattr(args, "resume", False):
+        from tl_core.train import resume_config
+
+        run_dir = args.output_dir or (from_file.output_dir if from_file else None)
+        if not run_dir:
+            raise ValueError("--resume needs the run directory: --output-dir runs/X")
+        # A --config other than the run's own counts as flags: settings that differ are refused.
+        given = {**(dataclasses.asdict(from_file) if from_file else {}), **overrides}
+        return resume_config(run_dir, given)
+    if from_file and "output_dir" not in overrides:
+        from_file = dataclasses.replace(from_file, output_dir=None)  # reproduce into a new run directory
+    return dataclasses.replace(from_file or TrainConfig(), **overrides)
 
 
 def _stop_on_sigterm(signum, frame):
@@ -96,7 +121,7 @@ def _stop_on_sigterm(signum, frame):
 
 def resume_hint(config) -> str:
     return (f"Completed epochs are checkpointed in {config.output_dir}; continue with:\n"
-            f"  python -m jobs.train --config {Path(config.output_dir) / 'config.json'} --resume")
+            f"  python -m jobs.train --resume --output-dir {config.output_dir}")
 
 
 def main(argv=None) -> int:
@@ -106,7 +131,7 @@ def main(argv=None) -> int:
 
     from tl_core import job
     from tl_core.assets import AssetError
-    from tl_core.train import check_backbone, default_output_dir
+    from tl_core.train import RunDirectoryError, default_output_dir
 
     config = None
     try:
@@ -114,16 +139,15 @@ def main(argv=None) -> int:
         config = dataclasses.replace(config, output_dir=config.output_dir or default_output_dir())
         if args.check:
             checked, skipped = job.check(config)
-            check_backbone(config, len(checked.train.class_names))
             print(f"Check passed: the data and the configuration are ready to train"
                   f"{f' ({len(skipped)} file(s) would be skipped)' if skipped else ''}.")
             return 0
-        metrics = job.run(config, ray=args.ray, overwrite=args.overwrite, resume=args.resume)
+        metrics = job.run(config, overwrite=args.overwrite, resume=args.resume)
     # The project's own input errors (DatasetError, BackboneError, RunDirectoryError, ...) are ValueErrors.
     except (ValueError, AssetError, OSError, tf.errors.OpError) as error:
         message = error.message.strip().splitlines()[0] if isinstance(error, tf.errors.OpError) else error
         print(f"error: {message}", file=sys.stderr)
-        if config is not None and _has_checkpoint(config):
+        if config is not None and _has_checkpoint(config) and not isinstance(error, RunDirectoryError):
             print(resume_hint(config), file=sys.stderr)  # e.g. the disk filled up during training
         return 2
     except KeyboardInterrupt:
@@ -132,14 +156,23 @@ def main(argv=None) -> int:
             return 130
         print(f"Interrupted. {resume_hint(config)}", file=sys.stderr)
         return 130
-    except Exception as error:  # Ray wraps worker failures (TrainingFailedError and friends)
-        if type(error).__module__.split(".")[0] != "ray":
+    except Exception as error:
+        if not is_ray_failure(error):
             raise
-        print(f"error: distributed training failed: {error}", file=sys.stderr)
+        print(f"error: distributed training failed: {first_line(error)}", file=sys.stderr)
         return 1
     print(f"Validation accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}; "
           f"artifacts in {config.output_dir}")
     return 0
+
+
+def is_ray_failure(error: Exception) -> bool:
+    """Ray wraps a worker's failure in its own exceptions (TrainingFailedError and friends)."""
+    return type(error).__module__.split(".")[0] == "ray"
+
+
+def first_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def _has_checkpoint(config) -> bool:

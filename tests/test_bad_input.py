@@ -310,6 +310,17 @@ def test_a_backbone_traced_for_one_image_size_names_the_problem(tmp_path):
     assert build_classifier(str(tmp_path / "fixed"), 2, 32).output_shape == (None, 2)
     with pytest.raises(BackboneError, match=r"does not accept 48x48 RGB images .*\(None, 32, 32, 3\).*--image-size"):
         build_classifier(str(tmp_path / "fixed"), 2, 48)
+    return str(tmp_path / "fixed")
+
+
+def test_a_backbone_that_refuses_the_image_size_leaves_no_run_directory(tmp_path, colour_dataset, capsys):
+    fixed = test_a_backbone_traced_for_one_image_size_names_the_problem(tmp_path)
+    args = ["--data-dir", str(colour_dataset), "--backbone", fixed, "--image-size", "48", "--batch-size", "8",
+            "--output-dir", str(tmp_path / "run")]
+    assert train_job.main(args) == 2
+    assert "does not accept 48x48" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # so the corrected command is not refused as "already holds files"
+    assert train_job.main([*args[:-4], "--image-size", "32", *args[-4:]]) == 0
 
 
 # The policy, end to end through the command line.

@@ -132,3 +132,20 @@ def test_predict_on_ray_data_matches_the_local_prediction(ray_instance, tiny_bac
         assert a["error"] == b["error"] and a["predicted_class"] == b["predicted_class"]
         if a["error"] is None:
             np.testing.assert_allclose([a["p_blue"], a["p_red"]], [b["p_blue"], b["p_red"]], atol=1e-6)
+
+
+def test_a_one_worker_ray_run_resumes_on_ray_from_its_checkpoint(ray_instance, tiny_backbone, colour_dataset, tmp_path):
+    from tl_core import job
+    from tl_core.train import resume_config
+
+    run_dir = tmp_path / "ray_one"
+    config = TrainConfig(data_dir=str(colour_dataset), backbone=tiny_backbone, image_size=TINY_IMAGE_SIZE, batch_size=8,
+                         epochs=2, learning_rate=0.05, seed=3, output_dir=str(run_dir), ray=True)
+    job.run(config, log=lambda *args, **kwargs: None)
+    assert not (run_dir / "checkpoints").exists() and (run_dir / "ray").is_dir()  # Ray's checkpoints only
+    before = json.loads((run_dir / "history.json").read_text())
+    job.run(resume_config(run_dir, {"epochs": 3}), resume=True, log=lambda *args, **kwargs: None)
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3]
+    assert history[:2] == before  # epochs 1 and 2 came from the checkpoint, not from training again
+    assert json.loads((run_dir / "config.json").read_text())["ray"] is True

@@ -58,6 +58,15 @@ def test_cli_reports_an_unreachable_backbone(tmp_path, colour_dataset, tiny_back
     assert result.returncode == 2
     assert "could not load backbone" in result.stderr and "local SavedModel" in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()  # checked before anything is written
+
+
+@pytest.mark.parametrize("flags", [["--use-gpu"], ["--cpus-per-worker", "2"], ["--gpus-per-worker", "2"],
+                                   ["--max-failures", "0"], ["--num-workers", "1"], ["--ray"]])
+def test_ray_flags_run_on_ray_instead_of_being_ignored(flags):
+    config = config_from_args(parse_args(flags))
+    assert config.ray and config.uses_ray
+    assert not config_from_args(parse_args([])).uses_ray
 
 
 def test_performance_flags_reach_the_config():

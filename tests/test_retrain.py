@@ -1,4 +1,5 @@
 """Scheduled retraining: champion and challenger, a ledger, a lock, recovery and rollback."""
+import dataclasses
 import hashlib
 import subprocess
 import sys
@@ -185,3 +186,27 @@ def test_a_crash_after_the_switch_is_recorded_as_a_promotion_on_recovery(data, t
     record = retrain(config, root, log=quiet)
     assert record["run_id"] == switched and record["action"] == "promoted" and "recorded on recovery" in record["reason"]
     assert [r["action"] for r in registry.records()] == ["promoted", "promoted"]
+
+
+def test_a_changed_configuration_trains_a_challenger_on_unchanged_data(data, tiny_backbone, tmp_path):
+    config, root = config_for(data, tiny_backbone), tmp_path / "registry"
+    first = retrain(config, root, log=quiet)
+    changed = retrain(dataclasses.replace(config, epochs=5), root, log=quiet)
+    assert changed["action"] in ("promoted", "rejected") and (root / "models" / changed["run_id"]).exists()
+    assert retrain(dataclasses.replace(config, epochs=5), root, log=quiet)["action"] == "skipped"
+    assert first["run_id"] != changed["run_id"]
+
+
+def test_a_failed_distributed_retrain_is_one_line_and_exit_status_1(monkeypatch, tmp_path, capsys):
+    from ray.train import TrainingFailedError
+
+    import jobs.retrain as retrain_job
+
+    def fail(*args, **kwargs):
+        raise TrainingFailedError("Training failed: worker 1 died\n(long Ray traceback)")
+
+    monkeypatch.setattr("tl_core.retrain.retrain", fail)
+    assert retrain_job.main(["--registry", str(tmp_path / "registry"), "--num-workers", "2"]) == 1
+    error = capsys.readouterr().err.splitlines()
+    assert error[0] == "error: distributed training failed: Training failed: worker 1 died"
+    assert "Traceback" not in "\n".join(error) and "champion is unchanged" in error[1]

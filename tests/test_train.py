@@ -140,7 +140,7 @@ def test_run_directory_is_never_mixed(tiny_backbone, colour_dataset, tmp_path):
     (tmp_path / "run" / "history.json").write_text("[]")
     with pytest.raises(RunDirectoryError, match="--overwrite"):
         prepare_run_dir(config)
-    with pytest.raises(RunDirectoryError, match="same arguments"):
+    with pytest.raises(RunDirectoryError, match=r"--seed 99 \(the run has 3\)"):
         prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "run", seed=99), resume=True)
     (tmp_path / "run" / "model").mkdir()
     (tmp_path / "run" / "notes.txt").write_text("the user's own file")
@@ -274,4 +274,4 @@ def test_sigkill_at_a_random_moment_leaves_only_complete_files_and_resume_finish
                              cwd=repo, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert [row["epoch"] for row in json.loads((run_dir / "history.json").read_text())] == list(range(1, 9))
-    assert not [path for path in run_dir.iterdir() if path.name.startswith(".")]  # the killed run's temporaries are gone
+    assert not list(run_dir.rglob(".*"))  # the killed run's temporaries are gone, at every depth

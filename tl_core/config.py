@@ -49,7 +49,9 @@ class TrainConfig:
     output_dir: str | None = None
     # Asset cache (weights, SavedModels, sample data); None means $TL_CACHE_DIR or ~/.cache/tl_core.
     cache_dir: str | None = None
-    # Data-parallel training on Ray Train: 1 means a single local process, no Ray.
+    # Data-parallel training on Ray Train. ray: on Ray even with one worker (any of the Ray options
+    # below, given on the command line, turns it on); num_workers > 1 implies it.
+    ray: bool = False
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: int = 1
@@ -59,6 +61,10 @@ class TrainConfig:
     @property
     def uses_feature_cache(self) -> bool:
         return self.cache_features if self.cache_features is not None else not self.augment
+
+    @property
+    def uses_ray(self) -> bool:
+        return self.ray or self.num_workers > 1
 
     @property
     def global_batch_size(self) -> int:

@@ -36,6 +36,15 @@ def make_strategy() -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+def driver_without_gpus() -> None:
+    """A Ray run's driver only checks the data and the backbone: leave the GPUs to the workers (a
+    TensorFlow process takes all of a GPU's memory by default). Call before any other TF op."""
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # devices already initialised in this process
+        pass
+
+
 @dataclasses.dataclass(frozen=True)
 class Worker:
     """This process's place among the data-parallel workers."""

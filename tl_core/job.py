@@ -9,17 +9,42 @@ from pathlib import Path
 from tl_core.assets import cache_dir
 from tl_core.backbones import check_backbone_options
 from tl_core.config import TrainConfig
+from tl_core.distribute import driver_without_gpus
 from tl_core.splits import DatasetCheck, check_dataset, describe_check, enforce_policy, format_bad_files, write_skipped
-from tl_core.train import METRICS_FILE, prepare_run_dir, train
+from tl_core.train import (CHECKPOINT_DIR, HISTORY_JSON, METRICS_FILE, RAY_DIR, RunDirectoryError, check_backbone,
+                           prepare_run_dir, train)
 
 
 def check(config: TrainConfig, log=print) -> tuple[DatasetCheck, list]:
-    """The dataset and the files a run would skip; DatasetError if bad files stop it."""
+    """The dataset and the files a run would skip, and the backbone at the image size; DatasetError if bad
+    files stop the run, BackboneError if the backbone does not load or build."""
     check_backbone_options(config.backbone, fine_tune_epochs=config.fine_tune_epochs,
                            fine_tune_layers=config.fine_tune_layers, bf16=config.bf16)
     checked = check_dataset(config, cache_dir(config.cache_dir))
     log(describe_check(checked), flush=True)
-    return checked, enforce_policy(checked, config.bad_files)
+    skipped = enforce_policy(checked, config.bad_files)
+    if config.uses_ray:
+        driver_without_gpus()
+    check_backbone(config, len(checked.train.class_names))
+    return checked, skipped
+
+
+def check_resume_point(config: TrainConfig, log=print) -> None:
+    """A resumed run continues from a checkpoint of its last completed epoch, or says why it cannot."""
+    run_dir = Path(config.output_dir)
+    history = run_dir / HISTORY_JSON
+    completed = len(json.loads(history.read_text())) if history.exists() else 0
+    if config.uses_ray:
+        found = (run_dir / RAY_DIR).is_dir() and any(path.name.startswith("checkpoint_") for path in (run_dir / RAY_DIR).iterdir())
+        where = f"{run_dir / RAY_DIR} (Ray Train's checkpoints)"
+    else:
+        found = (run_dir / CHECKPOINT_DIR / HISTORY_JSON).exists()
+        where = str(run_dir / CHECKPOINT_DIR)
+    if completed and not found:
+        raise RunDirectoryError(f"--resume: {run_dir} completed {completed} epoch(s) but {where} holds no checkpoint "
+                                "to continue from; start again with --overwrite")
+    if not completed:
+        log(f"--resume: no epoch of {run_dir} was completed; training starts from the first", flush=True)
 
 
 def absolute_paths(config: TrainConfig) -> TrainConfig:
@@ -29,17 +54,20 @@ def absolute_paths(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, **absolute)
 
 
-def run(config: TrainConfig, *, ray: bool = False, overwrite: bool = False, resume: bool = False,
-        log=print) -> dict:
-    """Check, then train into config.output_dir (which the caller has chosen); the final metrics."""
+def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, log=print) -> dict:
+    """Check, then train into config.output_dir (which the caller has chosen); the final metrics.
+
+    Locally, or on Ray Train when config.uses_ray (--ray, or any Ray option)."""
     _, skipped = check(config, log)  # before the run directory exists: a failed check leaves nothing
     config = prepare_run_dir(config, overwrite=overwrite, resume=resume)
+    if resume:
+        check_resume_point(config, log)
     if skipped:
         write_skipped(Path(config.output_dir), skipped)
         log(f"Skipping {len(skipped)} bad file(s), listed in {Path(config.output_dir) / 'skipped_files.json'}:\n"
             f"{format_bad_files(skipped)}")
     log(f"Run directory {config.output_dir}\nConfiguration:\n{config.describe()}", flush=True)
-    if ray or config.num_workers > 1:
+    if config.uses_ray:
         from tl_core.ray_train import train_on_ray
 
         train_on_ray(absolute_paths(config))

@@ -1,6 +1,8 @@
-"""Scheduled retraining: train a challenger when the data changed, promote it only if it beats the champion.
+"""Scheduled retraining: train a challenger when the data or the configuration changed, promote it only if it
+beats the champion.
 
-  1. fingerprint the training data; unchanged since the last trained run: record "skipped", stop;
+  1. fingerprint the training data; data and configuration unchanged since the last trained run:
+     record "skipped", stop;
   2. train a challenger with the training job (tl_core.job.run: locally or on Ray) into models/<run id>;
   3. evaluate the challenger and the champion's exported models on the same held-out split;
   4. promote the challenger if its accuracy beats the champion's by at least min_improvement;
@@ -22,6 +24,7 @@ from tl_core.evaluate import ExportedModel, evaluate, evaluate_run
 from tl_core.fingerprint import build_manifest, fingerprint, read_manifest, write_manifest
 from tl_core.registry import TRAINED, Registry, RegistryError, new_run_id, utc_now
 from tl_core.splits import data_directory, load_splits, read_skipped
+from tl_core.train import changed_settings
 
 
 def decide(challenger: dict, champion: dict | None, min_improvement: float) -> tuple[bool, str]:
@@ -36,7 +39,7 @@ def decide(challenger: dict, champion: dict | None, min_improvement: float) -> t
 
 
 def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: float = 0.01, keep: int = 5,
-            force: bool = False, ray: bool = False, log=print) -> dict:
+            force: bool = False, log=print) -> dict:
     """One scheduled retrain under the registry's lock; returns the ledger record it appended."""
     registry = Registry(registry_dir)
     with registry.lock():
@@ -50,17 +53,21 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: f
         log(f"Fingerprint of {data_dir}: {data_fingerprint[:12]} ({manifest.num_rows} files)", flush=True)
         base = {"started_at": started, "data_fingerprint": data_fingerprint, "min_improvement": min_improvement,
                 "champion_before": registry.champion(), "config_json": json.dumps(config.to_dict())}
-        if last and last["data_fingerprint"] == data_fingerprint and not force:
+        changed = last and changed_settings(TrainConfig.from_dict(json.loads(last["config_json"])), config,
+                                             ignore=("output_dir",))
+        if last and last["data_fingerprint"] == data_fingerprint and not changed and not force:
             record = {**base, "run_id": new_run_id(), "action": "skipped", "champion_after": registry.champion(),
-                      "reason": f"data unchanged since run {last['run_id']}", "finished_at": utc_now()}
+                      "reason": f"data and configuration unchanged since run {last['run_id']}", "finished_at": utc_now()}
             registry.append(record)
             log(f"Skipped: {record['reason']} (pass --force to retrain anyway)")
             return record
+        if changed:
+            log(f"Configuration changed since run {last['run_id']}: {', '.join(changed)}", flush=True)
 
         run_id, resume = _start_or_recover(registry, config, data_fingerprint, log)
         run_dir = registry.models / run_id
         run_config = dataclasses.replace(config, output_dir=str(run_dir))
-        job.run(run_config, ray=ray, resume=resume, log=log)
+        job.run(run_config, resume=resume, log=log)
         write_manifest(manifest, registry.manifests / f"{run_id}.parquet")
 
         # Both models on the challenger's held-out split, through their exported SavedModels.

@@ -7,6 +7,8 @@ once and each epoch's validation runs the head alone (in numpy: the same on ever
 import dataclasses
 import datetime
 import json
+import os
+import re
 import shutil
 import tempfile
 import time
@@ -60,7 +62,39 @@ class RunDirectoryError(ValueError):
 
 
 def default_output_dir() -> str:
-    return str(Path("runs") / datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S"))
+    """runs/<UTC timestamp>, with a suffix when that directory exists (two runs in one second)."""
+    stamp = Path("runs") / datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    path, suffix = stamp, 1
+    while path.exists():
+        suffix += 1
+        path = stamp.with_name(f"{stamp.name}-{suffix}")
+    return str(path)
+
+
+RESUME_MAY_CHANGE = ("epochs", "fine_tune_epochs")  # a resumed run may train longer; nothing else may differ
+PATH_FIELDS = ("data_dir", "output_dir", "cache_dir")
+
+
+def changed_settings(saved: TrainConfig, config: TrainConfig, ignore=RESUME_MAY_CHANGE) -> list[str]:
+    """The settings of config that differ from a saved run's, as flags ("--batch-size 50 (the run has 100)")."""
+    changed = []
+    for field in dataclasses.fields(TrainConfig):
+        ours, theirs = getattr(config, field.name), getattr(saved, field.name)
+        if field.name in PATH_FIELDS and ours and theirs:  # "runs/X/" is "runs/X"
+            same = Path(ours).resolve() == Path(theirs).resolve()
+        else:
+            same = ours == theirs
+        if not same and field.name not in ignore:
+            changed.append(f"--{field.name.replace('_', '-')} {ours} (the run has {theirs})")
+    return changed
+
+
+def resume_config(run_dir: str | Path, overrides: dict) -> TrainConfig:
+    """The configuration saved in run_dir, with the overrides given for resuming it (checked by prepare_run_dir)."""
+    saved = Path(run_dir) / CONFIG_FILE
+    if not saved.exists():
+        raise RunDirectoryError(f"--resume: {run_dir} holds no run to resume (no {CONFIG_FILE})")
+    return dataclasses.replace(TrainConfig.from_json(saved), **{**overrides, "output_dir": str(run_dir)})
 
 
 def prepare_run_dir(config: TrainConfig, *, overwrite: bool = False, resume: bool = False) -> TrainConfig:
@@ -72,11 +106,12 @@ def prepare_run_dir(config: TrainConfig, *, overwrite: bool = False, resume: boo
         if not saved.exists():
             raise RunDirectoryError(f"--resume: {run_dir} holds no run to resume (no {CONFIG_FILE})")
         previous = TrainConfig.from_json(saved)
-        if dataclasses.replace(previous, epochs=config.epochs) != config:
+        changed = changed_settings(previous, config)
+        if changed:
             raise RunDirectoryError(
-                f"--resume: the configuration differs from the one saved in {saved}; "
-                "resume with the same arguments (only --epochs may change)"
-            )
+                f"--resume: {', '.join(changed)}: a run resumes with its saved configuration ({saved}); "
+                f"only --epochs and --fine-tune-epochs may change. To train with other settings, start a new run")
+        config = dataclasses.replace(previous, epochs=config.epochs, fine_tune_epochs=config.fine_tune_epochs)
     elif run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise RunDirectoryError(
@@ -85,10 +120,7 @@ def prepare_run_dir(config: TrainConfig, *, overwrite: bool = False, resume: boo
             )
         for name in RUN_FILES:  # nothing of the old run survives next to the new one
             _remove(run_dir / name)
-    if run_dir.is_dir():  # what a killed process was writing when it died (artifacts.atomic_path's names)
-        for path in run_dir.iterdir():
-            if any(path.name.startswith(f".{name}.") for name in (*RUN_FILES, CONFIG_FILE)):
-                _remove(path)
+    remove_temporaries(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         artifacts.write_json(saved, config.to_dict())
@@ -96,6 +128,23 @@ def prepare_run_dir(config: TrainConfig, *, overwrite: bool = False, resume: boo
         raise RunDirectoryError(f"cannot write the run directory {run_dir}: {error.strerror}; "
                                 "choose another --output-dir, or fix its permissions or free space") from None
     return config
+
+
+# The names artifacts.atomic_path and atomic_directory write under: "." + name + "." + 8 random characters.
+TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}(\.tmp)?$")
+
+
+def remove_temporaries(run_dir: Path) -> None:
+    """What a killed process was writing when it died, anywhere in the run directory (Ray's own ray/ excepted)."""
+    for folder, folders, files in os.walk(run_dir, topdown=True):
+        if Path(folder) == run_dir and RAY_DIR in folders:
+            folders.remove(RAY_DIR)
+        for name in [name for name in folders if TEMPORARY.match(name)]:
+            folders.remove(name)
+            _remove(Path(folder) / name)
+        for name in files:
+            if TEMPORARY.match(name):
+                _remove(Path(folder) / name)
 
 
 def check_backbone(config: TrainConfig, num_classes: int) -> None:

@@ -1,0 +1,99 @@
+"""Reproducing and resuming runs from the command line, exactly as the README says."""
+import json
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import TINY_IMAGE_SIZE
+from jobs.train import config_from_args, main as train_job, parse_args
+from tl_core.config import TrainConfig
+from tl_core.train import RunDirectoryError, prepare_run_dir
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def head_weights(run_dir: Path) -> np.ndarray:
+    """The trained head's kernel and bias, from the exported model."""
+    model = tf.saved_model.load(str(run_dir / "model"))
+    weights = [v.numpy().ravel() for v in sorted(model.model.variables, key=lambda v: v.name) if "head" in v.name]
+    assert len(weights) == 2
+    return np.concatenate(weights)
+
+
+@pytest.fixture
+def first_run(tiny_backbone, colour_dataset, tmp_path, monkeypatch):
+    """runs/X in a fresh working directory: 2 epochs with the tiny backbone."""
+    monkeypatch.chdir(tmp_path)
+    assert train_job(["--data-dir", str(colour_dataset), "--backbone", tiny_backbone, "--image-size",
+                      str(TINY_IMAGE_SIZE), "--batch-size", "8", "--epochs", "2", "--learning-rate", "0.05",
+                      "--output-dir", "runs/X"]) == 0
+    return tmp_path / "runs" / "X"
+
+
+def readme_commands(flag: str) -> list[list[str]]:
+    """The README's `python -m jobs.train ...` example lines that use flag, as argument lists."""
+    lines = re.findall(r"^python -m jobs\.train (.*?)(?:\s+#.*)?$", README.read_text(), flags=re.MULTILINE)
+    return [shlex.split(line) for line in lines if flag in line and "runs/X" in line]
+
+
+def test_the_readme_reproduce_command_gives_a_new_run_with_the_same_weights(first_run, capsys):
+    [command] = readme_commands("--config")
+    runs = set(first_run.parent.iterdir())
+    assert train_job(command) == 0 and train_job(command) == 0  # the same command twice
+    new = sorted(set(first_run.parent.iterdir()) - runs)
+    assert len(new) == 2  # each into a new run directory; runs/X untouched
+    for run in new:
+        saved = json.loads((run / "config.json").read_text())
+        assert saved["seed"] == 0 and saved["output_dir"] == str(run.relative_to(first_run.parents[1]))
+        np.testing.assert_allclose(head_weights(run), head_weights(first_run), rtol=1e-5, atol=1e-6)
+
+
+def test_the_readme_resume_commands_need_only_the_run_directory(first_run, capsys):
+    commands = readme_commands("--resume")
+    assert len(commands) == 2  # continue; continue for more epochs
+    for command in commands:
+        assert train_job(command) == 0, capsys.readouterr().err
+    history = json.loads((first_run / "history.json").read_text())
+    assert [row["epoch"] for row in history] == list(range(1, 11))  # the second command asks for 10 epochs
+    assert "Resumed from" in capsys.readouterr().out
+
+
+def test_resume_takes_a_trailing_slash_and_names_a_differing_flag(first_run, capsys):
+    assert train_job(["--resume", "--output-dir", "runs/X/", "--epochs", "3"]) == 0
+    assert train_job(["--resume", "--output-dir", "runs/X", "--batch-size", "4"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert error[0].startswith("error: --resume: --batch-size 4 (the run has 8)") and len(error) == 1
+
+
+def test_a_ray_run_resumes_on_ray():
+    config = config_from_args(parse_args(["--ray", "--output-dir", "runs/R"]))
+    assert config.ray and config.uses_ray  # saved in config.json with the run
+
+
+def test_resume_never_restarts_silently(first_run, capsys):
+    import shutil
+
+    shutil.rmtree(first_run / "checkpoints")  # e.g. a Ray run's directory, or checkpoints deleted
+    assert train_job(["--resume", "--output-dir", "runs/X", "--epochs", "3"]) == 2
+    error = capsys.readouterr().err
+    assert "completed 2 epoch(s)" in error and "no checkpoint" in error
+
+
+def test_resume_removes_temporaries_at_every_depth(tiny_backbone, colour_dataset, tmp_path):
+    config = prepare_run_dir(TrainConfig(data_dir=str(colour_dataset), backbone=tiny_backbone,
+                                         output_dir=str(tmp_path / "run")))
+    run = Path(config.output_dir)
+    left = [run / "features" / ".worker-0.parquet.k2j4x9_a.tmp", run / "shards" / ".worker-1.json.p0q1r2s3.tmp",
+            run / ".history.json.abcdefgh.tmp"]
+    for path in left:
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(b"half written")
+    (run / ".model.zz9y8x7w").mkdir()  # a half-written directory
+    (run / "features" / "worker-0.parquet").write_bytes(b"complete")
+    prepare_run_dir(config, resume=True)
+    assert not [path for path in run.rglob("*") if path.name.startswith(".")]
+    assert (run / "features" / "worker-0.parquet").exists()
