@@ -6,7 +6,7 @@
 class folders or Parquet shards, or train/ and validation/ (then --split picks one). Writes
 metrics.json (accuracy, loss, per-class precision/recall/F1, confusion matrix), confusion_matrix.png
 and most_confident_errors.png (the images the model got wrong with the highest confidence).
-Files that cannot be used are left out and listed, not fatal.
+Image files that cannot be used are left out and listed, not fatal; a bad Parquet row stops it (re-ingest).
 """
 import argparse
 import datetime
@@ -23,8 +23,8 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", help="labelled images (default: the built-in sample's validation split)")
     parser.add_argument("--split", default="validation", help="used when --data-dir has split folders (default validation)")
     parser.add_argument("--output-dir", help="where the results go (default runs/evaluate-<UTC timestamp>)")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--worst", type=int, default=16, help="mistakes shown in most_confident_errors.png")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per model call (default 64)")
+    parser.add_argument("--worst", type=int, default=16, help="mistakes shown in most_confident_errors.png (default 16)")
     parser.add_argument("--cache-dir", help="asset cache, for the built-in sample")
     args = parser.parse_args(argv)
     from tl_core import artifacts

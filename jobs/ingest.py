@@ -26,7 +26,7 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", help="directory with train/ and validation/ class folders, or class folders "
                         "to split (default: the built-in cats-vs-dogs sample)")
-    parser.add_argument("--output", help="directory for the Parquet dataset (must not exist)")
+    parser.add_argument("--output", help="directory for the Parquet dataset (new, or empty)")
     parser.add_argument("--check", action="store_true",
                         help="only check the data: list every file that cannot be used, write nothing")
     parser.add_argument("--skip-bad-files", action="store_true",

@@ -47,7 +47,8 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fine-tune-epochs", type=int,
                         help="after the head's epochs, train the top of the backbone this many more epochs (default 0: off)")
     parser.add_argument("--fine-tune-layers", type=int, help="backbone layers unfrozen from the top, BatchNorm excepted; "
-                        f"0 = all (default {defaults.fine_tune_layers}; built-in mobilenet_v2 only, else 0)")
+                        f"0 = all (default {defaults.fine_tune_layers}, which needs the built-in mobilenet_v2: with "
+                        "another backbone, an opaque TF Hub module, give 0 to fine-tune all of it)")
     parser.add_argument("--fine-tune-learning-rate", type=float, help=f"default {defaults.fine_tune_learning_rate:g}")
     parser.add_argument("--seed", type=int, help=f"default {defaults.seed}")
     parser.add_argument("--jit-compile", dest="jit_compile", action=argparse.BooleanOptionalAction,

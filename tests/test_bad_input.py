@@ -295,7 +295,8 @@ def test_bad_values_are_refused_with_the_field_name(field, value):
         TrainConfig(**{field: value})
 
 
-def test_a_backbone_traced_for_one_image_size_names_the_problem(tmp_path):
+def fixed_size_backbone(path: Path) -> str:
+    """A SavedModel traced for 32x32 images only."""
     import tensorflow as tf
 
     class FixedSize(tf.Module):
@@ -306,15 +307,19 @@ def test_a_backbone_traced_for_one_image_size_names_the_problem(tmp_path):
         def __call__(self, images):
             return tf.reduce_mean(images, [1, 2]) @ self.kernel
 
-    tf.saved_model.save(FixedSize(), str(tmp_path / "fixed"))
-    assert build_classifier(str(tmp_path / "fixed"), 2, 32).output_shape == (None, 2)
+    tf.saved_model.save(FixedSize(), str(path))
+    return str(path)
+
+
+def test_a_backbone_traced_for_one_image_size_names_the_problem(tmp_path):
+    fixed = fixed_size_backbone(tmp_path / "fixed")
+    assert build_classifier(fixed, 2, 32).output_shape == (None, 2)
     with pytest.raises(BackboneError, match=r"does not accept 48x48 RGB images .*\(None, 32, 32, 3\).*--image-size"):
-        build_classifier(str(tmp_path / "fixed"), 2, 48)
-    return str(tmp_path / "fixed")
+        build_classifier(fixed, 2, 48)
 
 
 def test_a_backbone_that_refuses_the_image_size_leaves_no_run_directory(tmp_path, colour_dataset, capsys):
-    fixed = test_a_backbone_traced_for_one_image_size_names_the_problem(tmp_path)
+    fixed = fixed_size_backbone(tmp_path / "fixed")
     args = ["--data-dir", str(colour_dataset), "--backbone", fixed, "--image-size", "48", "--batch-size", "8",
             "--output-dir", str(tmp_path / "run")]
     assert train_job.main(args) == 2
