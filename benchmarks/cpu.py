@@ -29,13 +29,14 @@ import tl_core  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import numpy as np
 import tensorflow as tf
 
-from tl_core import assets
-from tl_core.backbones import resolve_backbone
+from tl_core.model import assets
+from tl_core.model.backbones import resolve_backbone
 from tl_core.config import TrainConfig
-from tl_core.data import list_image_folder, make_dataset, to_unit_range
-from tl_core.model import build_classifier, compile_classifier
-from tl_core.sample_data import load_animal_arrays, prepare_cats_vs_dogs, stratified_split
-from tl_core.train import prepare_run_dir, train
+from tl_core.data.images import list_image_folder, make_dataset, to_unit_range
+from tl_core.model.classifier import build_classifier, compile_classifier
+from tl_core.data.sample import load_animal_arrays, prepare_cats_vs_dogs, stratified_split
+from tl_core.training.train import train
+from tl_core.run_dir import prepare_run_dir
 
 BATCH = 100
 EPOCHS = 6

@@ -28,14 +28,18 @@ import tensorflow as tf
 
 from benchmarks.host_input import per_core_rate
 from benchmarks.photos import write_photo_dataset
-from tl_core import assets, augment
-from tl_core.backbones import MOBILENET_V2, keras_backbone, resolve_backbone
+from tl_core.model import assets
+from tl_core.data import augment
+from tl_core.model.backbones import MOBILENET_V2, keras_backbone, resolve_backbone
 from tl_core.config import TrainConfig
-from tl_core.data import list_image_folder, list_split, make_dataset
-from tl_core.model import build_classifier, compile_classifier, training_model
-from tl_core.parquet_data import write_parquet_shards
-from tl_core.sample_data import prepare_cats_vs_dogs
-from tl_core.train import prepare_run_dir, train
+from tl_core.data.images import list_image_folder, make_dataset
+from tl_core.data.sources import list_split
+from tl_core.model.classifier import build_classifier, compile_classifier
+from tl_core.training.step import training_model
+from tl_core.data.parquet import write_parquet_shards
+from tl_core.data.sample import prepare_cats_vs_dogs
+from tl_core.training.train import train
+from tl_core.run_dir import prepare_run_dir
 
 
 def images_per_second(forward, batch, repetitions: int) -> float:

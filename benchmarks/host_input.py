@@ -32,10 +32,12 @@ import pyarrow as pa
 import tensorflow as tf
 
 from benchmarks.photos import write_photo_dataset
-from tl_core import assets, augment
-from tl_core.data import encoded_images, epoch_seed, list_image_folder, list_split, make_dataset
-from tl_core.parquet_data import write_parquet_shards
-from tl_core.sample_data import prepare_cats_vs_dogs
+from tl_core.model import assets
+from tl_core.data import augment
+from tl_core.data.images import encoded_images, epoch_seed, list_image_folder, make_dataset
+from tl_core.data.sources import list_split
+from tl_core.data.parquet import write_parquet_shards
+from tl_core.data.sample import prepare_cats_vs_dogs
 
 SIZE, BATCH = 224, 100
 A100_MOBILENET_V2 = 8000  # images/s, keras.io/api/applications (A100, batch 32, float32)
@@ -61,7 +63,9 @@ def before(source, seed: int = 0, epoch: int = 0) -> tf.data.Dataset:
 
 
 def decode_only(source) -> tf.data.Dataset:
-    decode = lambda encoded, label: (tf.io.decode_image(encoded, channels=3, expand_animations=False), label)
+    def decode(encoded, label):
+        return tf.io.decode_image(encoded, channels=3, expand_animations=False), label
+
     return encoded_images(source, shuffle=True, seed=0, epoch=0).map(decode)
 
 
@@ -96,6 +100,10 @@ def per_core_rate(make, count: int, repeats: int) -> dict:
     return {"per_cpu_second": statistics.median(cpu_rates), "per_wall_second": statistics.median(wall_rates)}
 
 
+def quiet(*args, **kwargs) -> None:
+    pass
+
+
 def disk_bytes(paths) -> int:
     return sum(os.path.getsize(path) for path in paths)
 
@@ -103,7 +111,6 @@ def disk_bytes(paths) -> int:
 def measure(name: str, data_dir: Path, work: Path, repeats: int) -> dict:
     folder = list_image_folder(data_dir / "train")
     print(f"{name}: {len(folder)} training images; writing Parquet and pre-sized Parquet ...", flush=True)
-    quiet = lambda *args, **kwargs: None
     parquet_files = write_parquet_shards(folder, work / name / "parquet", progress=quiet)
     presized_files = write_parquet_shards(folder, work / name / "presized", image_size=SIZE, progress=quiet)
     parquet, presized = list_split(work / name / "parquet"), list_split(work / name / "presized")

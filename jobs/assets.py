@@ -15,9 +15,9 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache-dir", help="asset cache (default $TL_CACHE_DIR or ~/.cache/tl_core)")
     args = parser.parse_args(argv)
-    from tl_core.assets import AssetError, cache_dir
-    from tl_core.backbones import prepare_mobilenet_v2
-    from tl_core.sample_data import prepare_cats_vs_dogs
+    from tl_core.model.assets import AssetError, cache_dir
+    from tl_core.model.backbones import prepare_mobilenet_v2
+    from tl_core.data.sample import prepare_cats_vs_dogs
 
     cache = cache_dir(args.cache_dir)
     try:

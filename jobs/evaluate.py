@@ -28,10 +28,12 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-dir", help="asset cache, for the built-in sample")
     args = parser.parse_args(argv)
     from tl_core import artifacts
-    from tl_core.assets import AssetError, cache_dir
-    from tl_core.data import ImageFolder, display_path
-    from tl_core.evaluate import ExportedModel, evaluate
-    from tl_core.splits import data_directory, format_bad_files, labelled_split, without_bad_files
+    from tl_core.run_dir import CONFUSION_PLOT, METRICS_FILE
+    from tl_core.model.assets import AssetError, cache_dir
+    from tl_core.data.images import ImageFolder, display_path
+    from tl_core.serving.evaluate import ExportedModel, evaluate
+    from tl_core.data.sources import data_directory, labelled_split
+    from tl_core.data.checks import format_bad_files, without_bad_files
 
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     output = Path(args.output_dir or f"runs/evaluate-{stamp}")
@@ -55,8 +57,8 @@ def main(argv=None) -> int:
                            "predicted": model.class_names[predicted], "confidence": confidence}
                           for confidence, position, truth, predicted, _ in mistakes]
         metrics["most_confident_errors"] = mistakes_table
-        artifacts.write_json(output / "metrics.json", metrics)
-        artifacts.plot_confusion_matrix(metrics["confusion_matrix"], model.class_names, output / "confusion_matrix.png",
+        artifacts.write_json(output / METRICS_FILE, metrics)
+        artifacts.plot_confusion_matrix(metrics["confusion_matrix"], model.class_names, output / CONFUSION_PLOT,
                                         title="Confusion matrix")
         artifacts.plot_contact_sheet(
             [mistake[4] for mistake in mistakes],

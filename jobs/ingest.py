@@ -42,10 +42,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.check and not args.output:
         parser.error("--output is required (or pass --check)")
-    from tl_core.assets import AssetError, cache_dir
-    from tl_core.data import DatasetError, ImageFolder
-    from tl_core.parquet_data import write_parquet_shards
-    from tl_core.splits import check_dataset, describe_check, enforce_policy, format_bad_files
+    from tl_core.model.assets import AssetError, cache_dir
+    from tl_core.data.images import DatasetError, ImageFolder
+    from tl_core.data.parquet import write_parquet_shards
+    from tl_core.data.sources import check_dataset, describe_check, enforce_policy
+    from tl_core.data.checks import format_bad_files
 
     try:
         # batch_size=1: a dataset of any size can be ingested; jobs.train checks its own batch size.

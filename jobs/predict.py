@@ -28,8 +28,8 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", type=int, default=2, help="with --ray: model replicas (default 2)")
     parser.add_argument("--use-gpu", action="store_true", help="with --ray: one GPU per replica")
     args = parser.parse_args(argv)
-    from tl_core.evaluate import ExportedModel
-    from tl_core.predict import list_inputs, predict_to_parquet
+    from tl_core.serving.evaluate import ExportedModel
+    from tl_core.serving.predict import list_inputs, predict_to_parquet
 
     output = Path(args.output)
     try:
@@ -44,7 +44,7 @@ def main(argv=None) -> int:
         print(f"Predicting {len(inputs)} {'Parquet file(s)' if isinstance(inputs[0], Path) else 'image(s)'} "
               f"with {model.path} (classes {model.class_names})", flush=True)
         if args.ray:
-            from tl_core.predict_ray import predict_on_ray
+            from tl_core.serving.predict_ray import predict_on_ray
 
             summary = predict_on_ray(model.path, inputs, output, batch_size=args.batch_size,
                                      chunk_size=args.chunk_size, concurrency=args.concurrency, use_gpu=args.use_gpu)

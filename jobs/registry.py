@@ -17,8 +17,8 @@ def main(argv=None) -> int:
     rollback.add_argument("run_id")
     rollback.add_argument("--registry", required=True)
     args = parser.parse_args(argv)
-    from tl_core.registry import Registry, RegistryBusy, format_ledger
-    from tl_core.retrain import restore
+    from tl_core.registry.store import Registry, RegistryBusy, format_ledger
+    from tl_core.registry.retrain import restore
 
     try:
         if args.command == "list":

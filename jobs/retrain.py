@@ -36,9 +36,9 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     import tensorflow as tf
 
-    from tl_core.assets import AssetError
-    from tl_core.registry import RegistryBusy
-    from tl_core.retrain import retrain
+    from tl_core.model.assets import AssetError
+    from tl_core.registry.store import RegistryBusy
+    from tl_core.registry.retrain import retrain
 
     try:
         retrain(config_from_args(args), args.registry, min_improvement=args.min_improvement, keep=args.keep,

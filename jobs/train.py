@@ -101,7 +101,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         overrides["ray"] = True
     from_file = TrainConfig.from_json(args.config) if args.config else None
     if getattr(args, "resume", False):
-        from tl_core.train import resume_config
+        from tl_core.run_dir import resume_config
 
         run_dir = args.output_dir or (from_file.output_dir if from_file else None)
         if not run_dir:
@@ -130,9 +130,9 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     import tensorflow as tf
 
-    from tl_core import job
-    from tl_core.assets import AssetError
-    from tl_core.train import RunDirectoryError, default_output_dir
+    from tl_core.training import job
+    from tl_core.model.assets import AssetError
+    from tl_core.run_dir import RunDirectoryError, default_output_dir
 
     config = None
     try:
@@ -177,7 +177,9 @@ def first_line(error: Exception) -> str:
 
 
 def _has_checkpoint(config) -> bool:
-    return (Path(config.output_dir) / "checkpoints").exists() or (Path(config.output_dir) / "ray").exists()
+    from tl_core.run_dir import CHECKPOINT_DIR, RAY_DIR
+
+    return (Path(config.output_dir) / CHECKPOINT_DIR).exists() or (Path(config.output_dir) / RAY_DIR).exists()
 
 
 if __name__ == "__main__":

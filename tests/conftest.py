@@ -8,7 +8,7 @@ import tl_core  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from tl_core.backbones import export_feature_extractor  # noqa: E402
+from tl_core.model.backbones import export_feature_extractor  # noqa: E402
 
 TINY_IMAGE_SIZE = 32
 
@@ -53,6 +53,15 @@ def build_tiny_backbone() -> tf.keras.Model:
     return tf.keras.Model(inputs, features)
 
 
+def tiny_config(tiny_backbone: str, data_dir, output_dir=None, **overrides):
+    """The tests' training configuration: the tiny backbone at 32x32, batch 8, 4 epochs, seeded."""
+    from tl_core.config import TrainConfig
+
+    values = dict(data_dir=str(data_dir), backbone=tiny_backbone, image_size=TINY_IMAGE_SIZE, batch_size=8, epochs=4,
+                  learning_rate=0.05, seed=3, output_dir=str(output_dir) if output_dir else None)
+    return TrainConfig(**{**values, **overrides})
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory) -> str:
     """A tiny SavedModel feature extractor, loaded through hub.KerasLayer like any TF Hub handle."""
@@ -69,6 +78,6 @@ def colour_dataset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def real_cache() -> Path:
     """The asset cache that `python -m jobs.assets` filled (the README's test command runs it first)."""
-    from tl_core.assets import cache_dir
+    from tl_core.model.assets import cache_dir
 
     return cache_dir()

@@ -5,8 +5,8 @@ import numpy as np
 import tensorflow as tf
 from scipy import ndimage
 
-from tl_core import augment
-from tl_core.data import ImageFolder, make_dataset
+from tl_core.data import augment
+from tl_core.data.images import ImageFolder, make_dataset
 
 NO_AUGMENTATION = augment.AugmentConfig(0, 0, 0, 0, 0, False)
 
@@ -105,7 +105,9 @@ def _collect(dataset):
 
 def test_training_pipeline_is_deterministic_per_seed_and_epoch(tmp_path):
     folder = _folder(tmp_path)
-    run = lambda seed, epoch: _collect(make_dataset(folder, 24, 4, shuffle=True, augment_images=True, seed=seed, epoch=epoch))
+    def run(seed, epoch):
+        return _collect(make_dataset(folder, 24, 4, shuffle=True, augment_images=True, seed=seed, epoch=epoch))
+
     first, again = run(0, 0), run(0, 0)
     for a, b in zip(first, again):
         np.testing.assert_array_equal(a, b)
@@ -117,8 +119,8 @@ def test_training_pipeline_is_deterministic_per_seed_and_epoch(tmp_path):
 def test_the_step_warps_as_image_data_generator_does(tmp_path):
     """The pipeline hands uint8 images and transforms; the training step's preprocessing warps them
     on the device exactly as ImageDataGenerator's formula (scipy), flips included."""
-    from tl_core.data import epoch_seed
-    from tl_core.model import DevicePreprocessing
+    from tl_core.data.images import epoch_seed
+    from tl_core.training.step import DevicePreprocessing
 
     folder = _folder(tmp_path, n=8)
     seed, epoch = 3, 2

@@ -19,11 +19,12 @@ from PIL import Image
 from conftest import TINY_IMAGE_SIZE, build_tiny_backbone, colour_image, encode, write_colour_dataset
 from jobs import ingest
 from jobs import train as train_job
-from tl_core.backbones import export_feature_extractor
+from tl_core.model.backbones import export_feature_extractor
 from tl_core.config import TrainConfig
-from tl_core.data import DatasetError, decode_and_resize, list_image_folder, to_unit_range
-from tl_core.model import BackboneError, build_classifier
-from tl_core.splits import check_dataset, find_bad_files, header_dimensions, image_dimensions, load_splits
+from tl_core.data.images import DatasetError, decode_and_resize, list_image_folder, to_unit_range
+from tl_core.model.classifier import BackboneError, build_classifier
+from tl_core.data.sources import check_dataset, load_splits
+from tl_core.data.checks import find_bad_files, header_dimensions, image_dimensions
 
 REPO = Path(__file__).resolve().parents[1]
 LIMITS = dict(min_side=8, max_pixels=100_000_000)
@@ -159,7 +160,7 @@ def test_non_utf8_file_names_are_read_and_printable(messy_folder):
     folder = list_image_folder(messy_folder)
     one = folder.select([folder.paths.index(path)])
     assert find_bad_files(one, **LIMITS) == []
-    from tl_core.data import display_path, make_dataset
+    from tl_core.data.images import display_path, make_dataset
 
     images, _ = next(iter(make_dataset(one, 16, 1)))
     assert images.shape == (1, 16, 16, 3)
@@ -394,7 +395,7 @@ def test_ingest_check_lists_bad_files_and_ingest_can_leave_them_out(dataset_with
 
 
 def test_bad_parquet_rows_are_named_by_file_and_row(tmp_path):
-    from tl_core.parquet_data import write_parquet_shards
+    from tl_core.data.parquet import write_parquet_shards
 
     root = write_colour_dataset(tmp_path / "folders", {"train": 3, "validation": 2})
     (root / "train" / "red" / "zz_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
@@ -403,7 +404,7 @@ def test_bad_parquet_rows_are_named_by_file_and_row(tmp_path):
                              progress=lambda line: None)
     check = check_dataset(_config(tmp_path / "pq"), tmp_path)
     assert [(Path(item.path).name, item.row) for item in check.bad_files] == [("part-00001.parquet", 2)]
-    from tl_core.splits import enforce_policy
+    from tl_core.data.sources import enforce_policy
 
     with pytest.raises(DatasetError, match="rows cannot be skipped"):
         enforce_policy(check, "skip")

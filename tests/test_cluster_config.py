@@ -1,5 +1,8 @@
-"""cluster.yaml passes Ray's own validation and agrees with the project's pins."""
+"""cluster.yaml: what the project chose (pins, GPU workers that scale from zero and can be fed, a private
+dashboard), and that Ray's own schema accepts it."""
 import copy
+import json
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -48,6 +51,21 @@ def test_image_and_packages_match_the_pins(cluster, pins):
     for package in ("tensorflow", "tf-keras", "tensorflow-hub"):
         assert re.search(rf'"{package}(\[and-cuda\])?=={re.escape(pins[package])}"', setup), package
     assert "pip install -q -e /home/ray/tl-job" in setup
+
+
+# vCPUs of the GPU instance types a user might pick (AWS), each with one NVIDIA A10G.
+VCPUS = {"g5.xlarge": 4, "g5.2xlarge": 8, "g5.4xlarge": 16, "g5.8xlarge": 32}
+
+
+def test_gpu_workers_have_the_host_cores_to_feed_their_gpu(cluster):
+    """The instance type follows benchmarks/host_input.py's measured cores per GPU for JPEG folders."""
+    results = json.loads((REPO / "benchmarks" / "results" / "host_input.json").read_text())
+    per_core = results["datasets"]["photos (500x375 JPEG)"]["rates"]["+ augment"]["per_cpu_second"]
+    needed = math.ceil(results["backbone_rate"] / per_core)
+    worker = cluster["available_node_types"]["worker.gpu"]
+    assert worker["resources"] == {"CPU": VCPUS[worker["node_config"]["InstanceType"]], "GPU": 1}
+    assert worker["resources"]["CPU"] >= needed + 1  # and one core for the worker process itself
+    assert worker["max_workers"] <= cluster["max_workers"]
 
 
 def test_dashboard_is_not_exposed(cluster):

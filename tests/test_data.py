@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from conftest import encode
-from tl_core.data import DatasetError, decode_and_resize, list_image_folder, to_unit_range
+from tl_core.data.images import DatasetError, decode_and_resize, list_image_folder, to_unit_range
 
 RGB = np.zeros((8, 12, 3), np.uint8)
 RGB[:, :6] = (255, 0, 0)

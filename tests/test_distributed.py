@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import TINY_IMAGE_SIZE
-from tl_core.config import TrainConfig
-from tl_core.data import ImageFolder, make_dataset
-from tl_core.distribute import DEFAULT, MIRRORED, MULTI_WORKER, strategy_kind
-from tl_core.train import prepare_run_dir, train
+from conftest import tiny_config
+from tl_core.data.images import ImageFolder, make_dataset
+from tl_core.training.distribute import DEFAULT, MIRRORED, MULTI_WORKER, strategy_kind
+from tl_core.training.train import train
+from tl_core.run_dir import prepare_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_RUN_FILES = {"config.json", "class_names.json", "history.json", "history.parquet", "metrics.json",
@@ -68,14 +68,12 @@ def ray_instance():
 
 
 def distributed_config(tiny_backbone, colour_dataset, output_dir, **overrides):
-    values = dict(data_dir=str(colour_dataset), backbone=tiny_backbone, image_size=TINY_IMAGE_SIZE,
-                  batch_size=8, epochs=3, learning_rate=0.05, seed=3, output_dir=str(output_dir),
-                  num_workers=2, max_failures=1)
-    return prepare_run_dir(TrainConfig(**{**values, **overrides}))
+    return prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, output_dir,
+                                       **{"epochs": 3, "num_workers": 2, "max_failures": 1, **overrides}))
 
 
 def test_two_workers_train_like_a_local_run(ray_instance, tiny_backbone, colour_dataset, tmp_path):
-    from tl_core.ray_train import train_on_ray
+    from tl_core.training.ray_train import train_on_ray
 
     config = distributed_config(tiny_backbone, colour_dataset, tmp_path / "ray_run", epochs=5)
     train_on_ray(config)
@@ -97,7 +95,7 @@ def test_two_workers_train_like_a_local_run(ray_instance, tiny_backbone, colour_
 
 
 def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_instance, tiny_backbone, colour_dataset, tmp_path):
-    from tl_core.ray_train import KillWorkerOnce, train_on_ray
+    from tl_core.training.ray_train import KillWorkerOnce, train_on_ray
 
     config = distributed_config(tiny_backbone, colour_dataset, tmp_path / "ray_fault", epochs=5)
     marker = tmp_path / "killed"
@@ -114,9 +112,9 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_instance, tiny_bac
 def test_predict_on_ray_data_matches_the_local_prediction(ray_instance, tiny_backbone, colour_dataset, tmp_path):
     import pyarrow.parquet as pq
 
-    from tl_core.evaluate import ExportedModel
-    from tl_core.predict import predict_to_parquet
-    from tl_core.predict_ray import predict_on_ray
+    from tl_core.serving.evaluate import ExportedModel
+    from tl_core.serving.predict import predict_to_parquet
+    from tl_core.serving.predict_ray import predict_on_ray
 
     config = distributed_config(tiny_backbone, colour_dataset, tmp_path / "run", num_workers=1, epochs=1)
     train(config)
@@ -135,12 +133,11 @@ def test_predict_on_ray_data_matches_the_local_prediction(ray_instance, tiny_bac
 
 
 def test_a_one_worker_ray_run_resumes_on_ray_from_its_checkpoint(ray_instance, tiny_backbone, colour_dataset, tmp_path):
-    from tl_core import job
-    from tl_core.train import resume_config
+    from tl_core.training import job
+    from tl_core.run_dir import resume_config
 
     run_dir = tmp_path / "ray_one"
-    config = TrainConfig(data_dir=str(colour_dataset), backbone=tiny_backbone, image_size=TINY_IMAGE_SIZE, batch_size=8,
-                         epochs=2, learning_rate=0.05, seed=3, output_dir=str(run_dir), ray=True)
+    config = tiny_config(tiny_backbone, colour_dataset, run_dir, epochs=2, ray=True)
     job.run(config, log=lambda *args, **kwargs: None)
     assert not (run_dir / "checkpoints").exists() and (run_dir / "ray").is_dir()  # Ray's checkpoints only
     before = json.loads((run_dir / "history.json").read_text())

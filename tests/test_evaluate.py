@@ -6,7 +6,7 @@ import tensorflow as tf
 
 from conftest import encode
 from jobs import evaluate as evaluate_job
-from tl_core.export import export_classifier
+from tl_core.serving.export import export_classifier
 
 
 def colour_model(path):

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from tl_core.backbones import keras_backbone
+from tl_core.model.backbones import keras_backbone
 from tl_core.config import TrainConfig
-from tl_core.model import BackboneError
-from tl_core.train import prepare_run_dir, train
+from tl_core.model.classifier import BackboneError
+from tl_core.training.train import train
+from tl_core.run_dir import prepare_run_dir
 
 
 def config_for(colour_dataset, real_cache, output_dir, **overrides) -> TrainConfig:

@@ -4,8 +4,8 @@ import pytest
 import tensorflow as tf
 import tensorflow_hub as hub
 
-from tl_core.backbones import mobilenet_v2_state_dict, prepare_mobilenet_v2
-from tl_core.mobilenet_v2 import build_mobilenet_v2, load_torch_weights
+from tl_core.model.backbones import mobilenet_v2_state_dict, prepare_mobilenet_v2
+from tl_core.model.mobilenet_v2 import build_mobilenet_v2, load_torch_weights
 
 # torchvision's MobileNetV2 table, written out again here so the test does not trust the builder.
 SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]

@@ -30,8 +30,9 @@ def run_script(body: str, *args) -> dict:
 def test_each_replica_warps_its_own_images_on_its_own_device(tiny_backbone, colour_dataset):
     result = run_script("""
         import numpy as np
-        from tl_core.data import list_image_folder, make_dataset
-        from tl_core.model import build_classifier, training_model
+        from tl_core.data.images import list_image_folder, make_dataset
+        from tl_core.model.classifier import build_classifier
+        from tl_core.training.step import training_model
         folder = list_image_folder(sys.argv[1] + "/train")
         dataset = make_dataset(folder, 32, 8, augment_images=True, seed=4)
         with mirrored.scope():
@@ -57,8 +58,9 @@ def test_training_over_two_replicas_matches_one_device(tiny_backbone, colour_dat
     result = run_script("""
         import numpy as np
         from tl_core.config import TrainConfig
-        from tl_core.data import list_image_folder, make_dataset, to_unit_range
-        from tl_core.train import prepare_run_dir, train
+        from tl_core.data.images import list_image_folder, make_dataset, to_unit_range
+        from tl_core.training.train import train
+        from tl_core.run_dir import prepare_run_dir
         logits = {}
         for name, strategy in (("one", tf.distribute.get_strategy()), ("two", mirrored)):
             config = prepare_run_dir(TrainConfig(

@@ -4,12 +4,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import TINY_IMAGE_SIZE
+from conftest import TINY_IMAGE_SIZE, tiny_config
 from jobs.ingest import main as ingest
-from tl_core.config import TrainConfig
-from tl_core.data import decode_and_resize, list_image_folder, list_split, make_dataset
-from tl_core.parquet_data import IMAGE_SIZE_KEY, ParquetDatasetError, write_parquet_shards
-from tl_core.train import prepare_run_dir, train
+from tl_core.data.images import decode_and_resize, list_image_folder, make_dataset
+from tl_core.data.sources import list_split
+from tl_core.data.parquet import IMAGE_SIZE_KEY, ParquetDatasetError, write_parquet_shards
+from tl_core.training.train import train
+from tl_core.run_dir import prepare_run_dir
 
 
 @pytest.fixture(scope="module")
@@ -56,9 +57,7 @@ def test_parquet_shards_are_equal_disjoint_and_complete(parquet_dataset):
 
 
 def test_training_on_parquet(tiny_backbone, parquet_dataset, tmp_path):
-    config = prepare_run_dir(TrainConfig(data_dir=str(parquet_dataset), backbone=tiny_backbone,
-                                         image_size=TINY_IMAGE_SIZE, batch_size=8, epochs=4,
-                                         learning_rate=0.05, seed=3, output_dir=str(tmp_path / "run")))
+    config = prepare_run_dir(tiny_config(tiny_backbone, parquet_dataset, tmp_path / "run"))
     assert train(config)["accuracy"] >= 0.9
 
 
@@ -109,9 +108,7 @@ def test_presized_parquet_feeds_the_same_batches_as_folders(colour_dataset, pres
 
 
 def test_training_on_presized_parquet(tiny_backbone, presized_dataset, tmp_path):
-    config = prepare_run_dir(TrainConfig(data_dir=str(presized_dataset), backbone=tiny_backbone,
-                                         image_size=TINY_IMAGE_SIZE, batch_size=8, epochs=4,
-                                         learning_rate=0.05, seed=3, output_dir=str(tmp_path / "run")))
+    config = prepare_run_dir(tiny_config(tiny_backbone, presized_dataset, tmp_path / "run"))
     assert train(config)["accuracy"] >= 0.9
 
 
@@ -129,7 +126,7 @@ def test_a_different_image_size_gets_one_line_with_both_sizes_and_the_fix(tiny_b
 
 
 def test_a_presized_row_of_the_wrong_length_is_a_bad_row(presized_dataset, tmp_path):
-    from tl_core.splits import find_bad_rows
+    from tl_core.data.checks import find_bad_rows
 
     table = pq.read_table(presized_dataset / "validation" / "part-00000.parquet")
     images = table.column("image").to_pylist()
@@ -142,7 +139,7 @@ def test_a_presized_row_of_the_wrong_length_is_a_bad_row(presized_dataset, tmp_p
 
 
 def test_predict_refuses_presized_parquet_with_what_to_do(presized_dataset):
-    from tl_core.predict import list_inputs
+    from tl_core.serving.predict import list_inputs
 
     with pytest.raises(ValueError, match="jobs.evaluate"):
         list_inputs(presized_dataset / "validation")

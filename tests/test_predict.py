@@ -5,17 +5,17 @@ import pytest
 import tensorflow as tf
 
 from jobs import predict as predict_job
-from tl_core.data import ImageFolder, list_image_folder, make_dataset, to_unit_range
-from tl_core.parquet_data import write_parquet_shards
+from tl_core.data.images import ImageFolder, list_image_folder, make_dataset, to_unit_range
+from tl_core.data.parquet import write_parquet_shards
 
 
 @pytest.fixture(scope="module")
 def trained_model(tiny_backbone, colour_dataset, tmp_path_factory):
-    from tl_core.config import TrainConfig
-    from tl_core.train import prepare_run_dir, train
+    from conftest import tiny_config
+    from tl_core.training.train import train
+    from tl_core.run_dir import prepare_run_dir
 
-    config = TrainConfig(data_dir=str(colour_dataset), backbone=tiny_backbone, image_size=32, batch_size=8, epochs=2,
-                         learning_rate=0.05, output_dir=str(tmp_path_factory.mktemp("run") / "run"))
+    config = tiny_config(tiny_backbone, colour_dataset, tmp_path_factory.mktemp("run") / "run", epochs=2)
     train(prepare_run_dir(config))
     return config.output_dir
 

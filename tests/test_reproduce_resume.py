@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_IMAGE_SIZE
+from conftest import TINY_IMAGE_SIZE, tiny_config
 from jobs.train import config_from_args, main as train_job, parse_args
-from tl_core.config import TrainConfig
-from tl_core.train import RunDirectoryError, prepare_run_dir
+from tl_core.run_dir import prepare_run_dir
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -84,8 +83,7 @@ def test_resume_never_restarts_silently(first_run, capsys):
 
 
 def test_resume_removes_temporaries_at_every_depth(tiny_backbone, colour_dataset, tmp_path):
-    config = prepare_run_dir(TrainConfig(data_dir=str(colour_dataset), backbone=tiny_backbone,
-                                         output_dir=str(tmp_path / "run")))
+    config = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "run"))
     run = Path(config.output_dir)
     left = [run / "features" / ".worker-0.parquet.k2j4x9_a.tmp", run / "shards" / ".worker-1.json.p0q1r2s3.tmp",
             run / ".history.json.abcdefgh.tmp"]

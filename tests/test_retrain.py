@@ -11,11 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_IMAGE_SIZE, colour_image, encode, write_colour_dataset
+from conftest import TINY_IMAGE_SIZE, colour_image, encode, write_colour_dataset, tiny_config
 from jobs import registry as registry_job
 from tl_core.config import TrainConfig
-from tl_core.registry import Registry, RegistryBusy, RegistryError
-from tl_core.retrain import decide, restore, retrain
+from tl_core.registry.store import Registry, RegistryBusy, RegistryError
+from tl_core.registry.retrain import decide, restore, retrain
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -26,8 +26,7 @@ def data(tmp_path) -> Path:
 
 
 def config_for(data_dir, tiny_backbone) -> TrainConfig:
-    return TrainConfig(data_dir=str(data_dir), backbone=tiny_backbone, image_size=TINY_IMAGE_SIZE, batch_size=8,
-                       epochs=4, learning_rate=0.05, seed=3)
+    return tiny_config(tiny_backbone, data_dir)
 
 
 def quiet(*args, **kwargs):
@@ -59,10 +58,13 @@ def test_first_run_promotes_unchanged_data_skips_new_data_retrains(data, tiny_ba
 
     add_images(data)
     third = retrain(config, root, log=quiet)
-    assert third["action"] in ("promoted", "rejected") and third["data_fingerprint"] != first["data_fingerprint"]
+    assert third["data_fingerprint"] != first["data_fingerprint"]
     assert third["champion_accuracy"] == pytest.approx(first["challenger_accuracy"])  # same held-out split
+    # Both classify the separable held-out split perfectly: no gain of min_improvement, so no promotion.
+    assert third["challenger_accuracy"] == third["champion_accuracy"] == 1.0
+    assert third["action"] == "rejected" and "< required +0.0100" in third["reason"]
     ledger = pq.read_table(root / "ledger.parquet")  # pyarrow alone reads the ledger
-    assert ledger.column("action").to_pylist() == ["promoted", "skipped", third["action"]]
+    assert ledger.column("action").to_pylist() == ["promoted", "skipped", "rejected"]
     assert third["train_images"] == 52
 
 
@@ -111,7 +113,7 @@ def test_a_second_run_is_refused_and_a_dead_holders_lock_is_recovered(data, tiny
     root = tmp_path / "registry"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
-        from tl_core.registry import Registry
+        from tl_core.registry.store import Registry
         with Registry({str(root)!r}).lock():
             print("locked", flush=True)
             time.sleep(600)
@@ -205,7 +207,7 @@ def test_a_failed_distributed_retrain_is_one_line_and_exit_status_1(monkeypatch,
     def fail(*args, **kwargs):
         raise TrainingFailedError("Training failed: worker 1 died\n(long Ray traceback)")
 
-    monkeypatch.setattr("tl_core.retrain.retrain", fail)
+    monkeypatch.setattr("tl_core.registry.retrain.retrain", fail)
     assert retrain_job.main(["--registry", str(tmp_path / "registry"), "--num-workers", "2"]) == 1
     error = capsys.readouterr().err.splitlines()
     assert error[0] == "error: distributed training failed: Training failed: worker 1 died"

@@ -9,7 +9,7 @@ import types
 import numpy as np
 import pytest
 
-from tl_core.safe_pickle import UnsafePickleError, load_legacy_torch_state_dict, load_numpy_array
+from tl_core.model.safe_pickle import UnsafePickleError, load_legacy_torch_state_dict, load_numpy_array
 
 LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 

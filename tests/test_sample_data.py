@@ -1,7 +1,7 @@
 import numpy as np
 
-from tl_core.data import list_image_folder
-from tl_core.sample_data import prepare_cats_vs_dogs, stratified_split
+from tl_core.data.images import list_image_folder
+from tl_core.data.sample import prepare_cats_vs_dogs, stratified_split
 
 
 def test_split_is_stratified_and_fixed():

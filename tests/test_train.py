@@ -11,16 +11,11 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_IMAGE_SIZE
+from conftest import TINY_IMAGE_SIZE, tiny_config
 from tl_core.config import TrainConfig
-from tl_core.data import list_image_folder, make_dataset, to_unit_range
-from tl_core.train import RunDirectoryError, prepare_run_dir, train
-
-
-def tiny_config(tiny_backbone, colour_dataset, output_dir, **overrides) -> TrainConfig:
-    values = dict(data_dir=str(colour_dataset), backbone=tiny_backbone, image_size=TINY_IMAGE_SIZE,
-                  batch_size=8, epochs=4, learning_rate=0.05, seed=3, output_dir=str(output_dir))
-    return TrainConfig(**{**values, **overrides})
+from tl_core.data.images import list_image_folder, make_dataset, to_unit_range
+from tl_core.training.train import train
+from tl_core.run_dir import RunDirectoryError, prepare_run_dir
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +155,7 @@ def test_default_job_reaches_the_recipe_accuracy(tmp_path):
 
 
 def test_cached_features_train_the_same_head_with_one_backbone_pass(tiny_backbone, colour_dataset, tmp_path, monkeypatch):
-    import tl_core.train as train_module
+    import tl_core.training.train as train_module
 
     images_through_backbone = []
     real = train_module.backbone_feature_batches
@@ -198,7 +193,7 @@ def test_cached_features_too_large_for_memory_stream_from_disk(tiny_backbone, co
     spilled = pq.read_table(Path(config.output_dir) / "features" / "worker-0.parquet")
     assert spilled.num_rows == 48 and sorted(spilled.column("label").to_pylist()) == [0] * 24 + [1] * 24
     assert metrics["run"]["features_on_disk"] and metrics["accuracy"] >= 0.9
-    from tl_core.feature_cache import FeatureFile
+    from tl_core.training.feature_cache import FeatureFile
 
     streamed = FeatureFile(Path(config.output_dir) / "features" / "worker-0.parquet", 11)
     first, again = ([labels.numpy().tolist() for _, labels in streamed.dataset(8, seed=1, epoch=e)] for e in (0, 0))
@@ -265,6 +260,9 @@ def test_sigkill_at_a_random_moment_leaves_only_complete_files_and_resume_finish
     time.sleep(random.uniform(0, 1.5))  # anywhere in the epochs that follow, writes included
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=60)
+    # The kill landed while the run was still training: not every epoch was done, no final metrics.
+    assert process.returncode == -signal.SIGKILL
+    assert len(json.loads((run_dir / "history.json").read_text())) < 8 and not (run_dir / "metrics.json").exists()
     for path in run_dir.rglob("*.json"):
         if not any(part.startswith(".") for part in path.relative_to(run_dir).parts):
             json.loads(path.read_text())  # complete under its final name, or absent

@@ -4,12 +4,7 @@ Recipe: frozen backbone + Dense head, Adam, sparse categorical cross-entropy on 
 validation set is never augmented and the backbone is frozen, so validation features are computed
 once and each epoch's validation runs the head alone (in numpy: the same on every worker).
 """
-import dataclasses
-import datetime
 import json
-import os
-import re
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -19,133 +14,21 @@ import tensorflow as tf
 import tensorflow_hub as hub
 import tf_keras
 
-from tl_core import artifacts, assets
-from tl_core.backbones import check_backbone_options, keras_backbone, resolve_backbone
+from tl_core import artifacts
 from tl_core.config import TrainConfig
-from tl_core.data import make_dataset, to_unit_range
-from tl_core.feature_cache import FeatureFile, cache_features
-from tl_core.distribute import Worker, make_strategy
-from tl_core.export import LABELS_FILE, TFLITE_FLOAT, TFLITE_QUANTIZED, export_classifier, export_tflite, tflite_logits
+from tl_core.data.checks import read_skipped
+from tl_core.data.images import make_dataset, to_unit_range
+from tl_core.data.sources import load_splits
 from tl_core.metrics import classification_metrics
-from tl_core.model import build_classifier, compile_classifier, head_model, training_model, unfreeze_top_layers
-from tl_core.splits import SKIPPED_FILES, load_splits, read_skipped
-
-# Files of a run directory.
-CONFIG_FILE = "config.json"
-CLASS_NAMES_FILE = "class_names.json"
-HISTORY_JSON = "history.json"
-HISTORY_PARQUET = "history.parquet"
-METRICS_FILE = "metrics.json"
-HISTORY_PLOT = "history.png"
-CONFUSION_PLOT = "confusion_matrix.png"
-MODEL_DIR = "model"
-CHECKPOINT_DIR = "checkpoints"
-SHARDS_DIR = "shards"
-RAY_DIR = "ray"  # Ray Train's own checkpoints, in distributed runs
-FEATURES_DIR = "features"  # cached training features that did not fit feature_cache_memory_mb
-
-
-# Everything a run writes besides its config (--overwrite removes exactly these).
-RUN_FILES = (CHECKPOINT_DIR, HISTORY_JSON, HISTORY_PARQUET, METRICS_FILE, MODEL_DIR, HISTORY_PLOT, CONFUSION_PLOT,
-             CLASS_NAMES_FILE, SHARDS_DIR, RAY_DIR, SKIPPED_FILES, FEATURES_DIR, TFLITE_FLOAT, TFLITE_QUANTIZED, LABELS_FILE)
-
-
-def _remove(path: Path) -> None:
-    if path.is_dir():
-        shutil.rmtree(path)
-    elif path.exists():
-        path.unlink()
-
-
-class RunDirectoryError(ValueError):
-    pass
-
-
-def default_output_dir() -> str:
-    """runs/<UTC timestamp>, with a suffix when that directory exists (two runs in one second)."""
-    stamp = Path("runs") / datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    path, suffix = stamp, 1
-    while path.exists():
-        suffix += 1
-        path = stamp.with_name(f"{stamp.name}-{suffix}")
-    return str(path)
-
-
-RESUME_MAY_CHANGE = ("epochs", "fine_tune_epochs")  # a resumed run may train longer; nothing else may differ
-PATH_FIELDS = ("data_dir", "output_dir", "cache_dir")
-
-
-def changed_settings(saved: TrainConfig, config: TrainConfig, ignore=RESUME_MAY_CHANGE) -> list[str]:
-    """The settings of config that differ from a saved run's, as flags ("--batch-size 50 (the run has 100)")."""
-    changed = []
-    for field in dataclasses.fields(TrainConfig):
-        ours, theirs = getattr(config, field.name), getattr(saved, field.name)
-        if field.name in PATH_FIELDS and ours and theirs:  # "runs/X/" is "runs/X"
-            same = Path(ours).resolve() == Path(theirs).resolve()
-        else:
-            same = ours == theirs
-        if not same and field.name not in ignore:
-            changed.append(f"--{field.name.replace('_', '-')} {ours} (the run has {theirs})")
-    return changed
-
-
-def resume_config(run_dir: str | Path, overrides: dict) -> TrainConfig:
-    """The configuration saved in run_dir, with the overrides given for resuming it (checked by prepare_run_dir)."""
-    saved = Path(run_dir) / CONFIG_FILE
-    if not saved.exists():
-        raise RunDirectoryError(f"--resume: {run_dir} holds no run to resume (no {CONFIG_FILE})")
-    return dataclasses.replace(TrainConfig.from_json(saved), **{**overrides, "output_dir": str(run_dir)})
-
-
-def prepare_run_dir(config: TrainConfig, *, overwrite: bool = False, resume: bool = False) -> TrainConfig:
-    """Resolve the output directory; refuse to mix a new run into an existing one."""
-    config = dataclasses.replace(config, output_dir=config.output_dir or default_output_dir())
-    run_dir = Path(config.output_dir)
-    saved = run_dir / CONFIG_FILE
-    if resume:
-        if not saved.exists():
-            raise RunDirectoryError(f"--resume: {run_dir} holds no run to resume (no {CONFIG_FILE})")
-        previous = TrainConfig.from_json(saved)
-        changed = changed_settings(previous, config)
-        if changed:
-            raise RunDirectoryError(
-                f"--resume: {', '.join(changed)}: a run resumes with its saved configuration ({saved}); "
-                f"only --epochs and --fine-tune-epochs may change. To train with other settings, start a new run")
-        config = dataclasses.replace(previous, epochs=config.epochs, fine_tune_epochs=config.fine_tune_epochs)
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise RunDirectoryError(
-                f"{run_dir} already holds files; pass --resume to continue that run, "
-                "--overwrite to replace it, or choose another --output-dir"
-            )
-        for name in RUN_FILES:  # nothing of the old run survives next to the new one
-            _remove(run_dir / name)
-    remove_temporaries(run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        artifacts.write_json(saved, config.to_dict())
-    except OSError as error:  # read-only file system, permissions, disk full
-        raise RunDirectoryError(f"cannot write the run directory {run_dir}: {error.strerror}; "
-                                "choose another --output-dir, or fix its permissions or free space") from None
-    return config
-
-
-# The names artifacts.atomic_path and atomic_directory write under: "." + name + "." + 8 random characters.
-TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}(\.tmp)?$")
-
-
-def remove_temporaries(run_dir: Path) -> None:
-    """What a killed process was writing when it died, anywhere in the run directory (Ray's own ray/ excepted)."""
-    for folder, folders, files in os.walk(run_dir, topdown=True):
-        if Path(folder) == run_dir and RAY_DIR in folders:
-            folders.remove(RAY_DIR)
-        for name in [name for name in folders if TEMPORARY.match(name)]:
-            folders.remove(name)
-            _remove(Path(folder) / name)
-        for name in files:
-            if TEMPORARY.match(name):
-                _remove(Path(folder) / name)
-
+from tl_core.model import assets
+from tl_core.model.backbones import check_backbone_options, keras_backbone, resolve_backbone
+from tl_core.model.classifier import build_classifier, compile_classifier, head_model, unfreeze_top_layers
+from tl_core.run_dir import (CHECKPOINT_DIR, CLASS_NAMES_FILE, CONFUSION_PLOT, FEATURES_DIR, HISTORY_JSON, HISTORY_PARQUET,
+                             HISTORY_PLOT, METRICS_FILE, MODEL_DIR, SHARDS_DIR)
+from tl_core.serving.export import export_classifier, export_tflite, tflite_logits
+from tl_core.training.distribute import Worker, make_strategy
+from tl_core.training.feature_cache import FeatureFile, cache_features
+from tl_core.training.step import training_model
 
 def check_backbone(config: TrainConfig, num_classes: int) -> None:
     """Load the backbone and build the classifier at config.image_size: BackboneError if either fails."""

@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tl_core import artifacts
+from tl_core.run_dir import MODEL_DIR
 
 LEDGER_SCHEMA = pa.schema([
     ("run_id", pa.string()),
@@ -121,7 +122,7 @@ class Registry:
 
     def promote(self, run_id: str) -> None:
         """Point `champion` at models/<run_id> with one atomic rename."""
-        if not (self.models / run_id / "model" / "saved_model.pb").exists():
+        if not (self.models / run_id / MODEL_DIR / "saved_model.pb").exists():
             raise RegistryError(f"run {run_id} has no model in {self.models / run_id} (never finished, or pruned)")
         tmp = self.root / f".champion.{os.getpid()}.tmp"
         if tmp.is_symlink():

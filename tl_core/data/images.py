@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tl_core import augment
+from tl_core.data import augment
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Files operating systems leave in folders; never images, so they are passed over (and counted).
@@ -188,13 +188,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
-def list_split(directory: str | Path, class_names: list[str] | None = None):
-    """A split directory as class folders (ImageFolder) or Parquet shards (ParquetImages)."""
-    from tl_core import parquet_data
-
-    if parquet_data.is_parquet_split(Path(directory)):
-        return parquet_data.list_parquet_split(Path(directory), class_names)
-    return list_image_folder(directory, class_names)
 
 
 PARQUET_SHUFFLE_BUFFER = 2048  # rows; Parquet shards stream, so they shuffle within a window

@@ -12,7 +12,8 @@ import numpy as np
 import tensorflow as tf
 
 from tl_core.artifacts import atomic_directory, atomic_path
-from tl_core.data import decode_and_resize, to_unit_range
+from tl_core.run_dir import LABELS_FILE, TFLITE_FLOAT, TFLITE_QUANTIZED
+from tl_core.data.images import decode_and_resize, to_unit_range
 
 
 class ServingModule(tf.Module):
@@ -59,11 +60,6 @@ def export_classifier(model: tf.keras.Model, class_names: list[str], image_size:
         tf.saved_model.save(module, str(tmp),
                             signatures={"serving_default": module.serve, "serving_bytes": module.serve_bytes})
     return Path(path)
-
-
-TFLITE_FLOAT = "model.tflite"
-TFLITE_QUANTIZED = "model_dynamic_range.tflite"
-LABELS_FILE = "labels.txt"
 
 
 def export_tflite(model: tf.keras.Model, class_names: list[str], run_dir: Path) -> dict[str, Path]:

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 
 from tl_core.artifacts import atomic_path
-from tl_core.data import unsharded, epoch_seed, make_feature_dataset
+from tl_core.data.images import unsharded, epoch_seed, make_feature_dataset
 
 SHUFFLE_BUFFER = 8192  # rows of features held while streaming from disk
 ROWS_PER_GROUP = 1024

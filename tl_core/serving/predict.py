@@ -2,7 +2,7 @@
 
 One function, `predict_encoded`, turns a chunk of encoded images into output columns; it runs in
 this process (`predict_to_parquet`, streaming chunk by chunk: memory is bounded by the chunk size)
-and inside Ray Data's `map_batches` on a cluster (tl_core.predict_ray).
+and inside Ray Data's `map_batches` on a cluster (tl_core.serving.predict_ray).
 """
 import concurrent.futures
 import io
@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 
 from tl_core.artifacts import atomic_path
-from tl_core.data import decode_and_resize, display_path, list_files, to_unit_range
-from tl_core.evaluate import ExportedModel
-from tl_core.parquet_data import IMAGE_SIZE_KEY, is_parquet_split
-from tl_core.splits import DEFAULT_LIMITS, decode_error, image_dimensions, too_large
+from tl_core.data.images import decode_and_resize, display_path, list_files, to_unit_range
+from tl_core.serving.evaluate import ExportedModel
+from tl_core.data.parquet import IMAGE_SIZE_KEY, is_parquet_split
+from tl_core.data.checks import DEFAULT_LIMITS, decode_error, image_dimensions, too_large
 
 def output_schema(class_names: list[str]) -> pa.Schema:
     return pa.schema([("path", pa.string()), ("predicted_class", pa.string()), ("confidence", pa.float32()),

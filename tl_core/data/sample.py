@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tl_core import assets
+from tl_core.model import assets
 from tl_core.artifacts import atomic_directory
-from tl_core.data import stratified_split
-from tl_core.safe_pickle import load_numpy_array
+from tl_core.data.images import stratified_split
+from tl_core.model.safe_pickle import load_numpy_array
 
 CLASSES = {"cat": 2, "dog": 4}  # folder name -> animal-mnist label
 VALIDATION_FRACTION = 0.3

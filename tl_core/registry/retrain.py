@@ -3,7 +3,7 @@ beats the champion.
 
   1. fingerprint the training data; data and configuration unchanged since the last trained run:
      record "skipped", stop;
-  2. train a challenger with the training job (tl_core.job.run: locally or on Ray) into models/<run id>;
+  2. train a challenger with the training job (tl_core.training.job.run: locally or on Ray) into models/<run id>;
   3. evaluate the challenger and the champion's exported models on the same held-out split;
   4. promote the challenger if its accuracy beats the champion's by at least min_improvement;
   5. append the decision to the ledger.
@@ -17,14 +17,15 @@ import json
 import shutil
 from pathlib import Path
 
-from tl_core import job
-from tl_core.assets import cache_dir
+from tl_core.training import job
+from tl_core.model.assets import cache_dir
 from tl_core.config import TrainConfig
-from tl_core.evaluate import ExportedModel, evaluate, evaluate_run
-from tl_core.fingerprint import build_manifest, fingerprint, read_manifest, write_manifest
-from tl_core.registry import TRAINED, Registry, RegistryError, new_run_id, utc_now
-from tl_core.splits import data_directory, load_splits, read_skipped
-from tl_core.train import changed_settings
+from tl_core.serving.evaluate import ExportedModel, evaluate, evaluate_run
+from tl_core.registry.fingerprint import build_manifest, fingerprint, read_manifest, write_manifest
+from tl_core.registry.store import TRAINED, Registry, RegistryError, new_run_id, utc_now
+from tl_core.data.sources import data_directory, load_splits
+from tl_core.data.checks import read_skipped
+from tl_core.run_dir import CONFIG_FILE, METRICS_FILE, changed_settings
 
 
 def decide(challenger: dict, champion: dict | None, min_improvement: float) -> tuple[bool, str]:
@@ -86,7 +87,7 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: f
         if promote:
             registry.promote(run_id)
         record = {**base, "run_id": run_id, "action": "promoted" if promote else "rejected", "reason": reason,
-                  "train_images": json.loads((run_dir / "metrics.json").read_text())["run"]["train_images"],
+                  "train_images": json.loads((run_dir / METRICS_FILE).read_text())["run"]["train_images"],
                   "validation_images": len(validation),
                   "challenger_accuracy": challenger["accuracy"], "challenger_loss": challenger["loss"],
                   "champion_accuracy": champion and champion["accuracy"], "champion_loss": champion and champion["loss"],
@@ -105,7 +106,7 @@ def _start_or_recover(registry: Registry, config: TrainConfig, data_fingerprint:
     if pending:
         run_dir = registry.models / pending["run_id"]
         same = pending["data_fingerprint"] == data_fingerprint and pending["config"] == config.to_dict()
-        if same and (run_dir / "config.json").exists():
+        if same and (run_dir / CONFIG_FILE).exists():
             log(f"Recovering run {pending['run_id']}, interrupted at {pending['started_at']}", flush=True)
             return pending["run_id"], True
         if run_dir.exists() and pending["run_id"] != registry.champion():

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from tl_core import assets
+from tl_core.model import assets
 from tl_core.artifacts import atomic_directory
-from tl_core.mobilenet_v2 import build_mobilenet_v2, load_torch_weights
-from tl_core.model import BackboneError
-from tl_core.safe_pickle import load_legacy_torch_state_dict
+from tl_core.model.mobilenet_v2 import build_mobilenet_v2, load_torch_weights
+from tl_core.model.classifier import BackboneError
+from tl_core.model.safe_pickle import load_legacy_torch_state_dict
 
 MOBILENET_V2 = "mobilenet_v2"
 _MOBILENET_V2_DIR = "mobilenet_v2_100_224_imagenet_torchvision"

@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 
 from tl_core.artifacts import atomic_path
-from tl_core.data import AUTOTUNE, decode_and_resize, display_path
+from tl_core.data.images import AUTOTUNE, decode_and_resize, display_path
 
 SCHEMA = pa.schema([("image", pa.binary()), ("label", pa.int32()), ("class_name", pa.string()), ("path", pa.string())])
 CLASS_NAMES_KEY = b"tl_core.class_names"

@@ -1,4 +1,4 @@
-"""jobs.predict on a Ray cluster: Ray Data `map_batches` runs tl_core.predict.predict_encoded in
+"""jobs.predict on a Ray cluster: Ray Data `map_batches` runs tl_core.serving.predict.predict_encoded in
 `concurrency` actors (one per GPU with use_gpu), each loading the model once."""
 from pathlib import Path
 
@@ -6,19 +6,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from tl_core.ray_train import WORKER_ENV
+from tl_core import WORKER_ENV
 
 
 class Predictor:
     def __init__(self, model_path: str, batch_size: int):
         import tl_core  # noqa: F401  (before TensorFlow)
-        from tl_core.evaluate import ExportedModel
+        from tl_core.serving.evaluate import ExportedModel
 
         self.model = ExportedModel(model_path)
         self.batch_size = batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from tl_core.predict import output_schema, predict_encoded, read_file
+        from tl_core.serving.predict import output_schema, predict_encoded, read_file
 
         names = batch.column("path").to_pylist()
         if "image" in batch.column_names:

@@ -1,6 +1,6 @@
 """The same training function on Ray Train workers: TensorflowTrainer + MultiWorkerMirroredStrategy.
 
-Each worker runs tl_core.train.train unchanged, on its own equal shard of the training images.
+Each worker runs tl_core.training.train.train unchanged, on its own equal shard of the training images.
 Every epoch ends with a checkpoint reported through ray.train.report; when a worker dies, Ray
 restarts the worker group (up to config.max_failures times) and training continues from the last
 reported epoch. The chief (rank 0) writes the run's artifacts into config.output_dir, the same
@@ -16,12 +16,12 @@ import ray.train
 from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
 from ray.train.tensorflow import TensorflowTrainer
 
+from tl_core import WORKER_ENV
 from tl_core.config import TrainConfig
-from tl_core.distribute import Worker
-from tl_core.train import RAY_DIR, train
+from tl_core.training.distribute import Worker
+from tl_core.training.train import train
+from tl_core.run_dir import RAY_DIR
 
-# Set in every worker before TensorFlow is imported: hub.KerasLayer needs tf-keras (Keras 2).
-WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_FORCE_GPU_ALLOW_GROWTH": "true", "TF_CPP_MIN_LOG_LEVEL": "2"}
 
 
 class RayCheckpoints:

@@ -6,13 +6,14 @@ import dataclasses
 import json
 from pathlib import Path
 
-from tl_core.assets import cache_dir
-from tl_core.backbones import check_backbone_options
+from tl_core.model.assets import cache_dir
+from tl_core.model.backbones import check_backbone_options
 from tl_core.config import TrainConfig
-from tl_core.distribute import driver_without_gpus
-from tl_core.splits import DatasetCheck, check_dataset, describe_check, enforce_policy, format_bad_files, write_skipped
-from tl_core.train import (CHECKPOINT_DIR, HISTORY_JSON, METRICS_FILE, RAY_DIR, RunDirectoryError, check_backbone,
-                           prepare_run_dir, train)
+from tl_core.training.distribute import driver_without_gpus
+from tl_core.data.sources import DatasetCheck, check_dataset, describe_check, enforce_policy
+from tl_core.data.checks import format_bad_files, write_skipped
+from tl_core.run_dir import CHECKPOINT_DIR, HISTORY_JSON, METRICS_FILE, RAY_DIR, RunDirectoryError, prepare_run_dir
+from tl_core.training.train import check_backbone, train
 
 
 def check(config: TrainConfig, log=print) -> tuple[DatasetCheck, list]:
@@ -68,7 +69,7 @@ def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, l
             f"{format_bad_files(skipped)}")
     log(f"Run directory {config.output_dir}\nConfiguration:\n{config.describe()}", flush=True)
     if config.uses_ray:
-        from tl_core.ray_train import train_on_ray
+        from tl_core.training.ray_train import train_on_ray
 
         train_on_ray(absolute_paths(config))
         return json.loads((Path(config.output_dir) / METRICS_FILE).read_text())

@@ -8,16 +8,17 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tl_core.data import DatasetError, make_dataset, to_unit_range
+from tl_core.data.images import DatasetError, make_dataset, to_unit_range
 from tl_core.metrics import classification_metrics
+from tl_core.run_dir import MODEL_DIR
 
 
 class ExportedModel:
-    """A SavedModel written by tl_core.export, from its directory or the run directory holding it."""
+    """A SavedModel written by tl_core.serving.export, from its directory or the run directory holding it."""
 
     def __init__(self, path: str | Path):
         path = Path(path)
-        self.path = path / "model" if (path / "model" / "saved_model.pb").exists() else path
+        self.path = path / MODEL_DIR if (path / MODEL_DIR / "saved_model.pb").exists() else path
         if not (self.path / "saved_model.pb").exists():
             raise DatasetError(f"{path} is neither a run directory nor a SavedModel (no saved_model.pb)")
         loaded = tf.saved_model.load(str(self.path))

@@ -1,0 +1,137 @@
+"""The dataset a configuration names: its train and validation sources, checked, with the skip policy.
+
+data_dir holds train/ and validation/ (class folders or Parquet shards), or just class folders,
+which are then split per class. The check lists every bad file at once; the run then fails (the
+default) or skips them.
+"""
+import dataclasses
+from pathlib import Path
+
+from tl_core.config import TrainConfig
+from tl_core.data.checks import BadFile, find_bad_files, find_bad_rows, format_bad_files
+from tl_core.run_dir import SKIPPED_FILES
+from tl_core.data.images import DatasetError, ImageFolder, check_stored_size, display_path, list_image_folder
+from tl_core.data.parquet import ParquetImages, is_parquet_split, list_parquet_split
+
+@dataclasses.dataclass
+class DatasetCheck:
+    train: ImageFolder | ParquetImages
+    validation: ImageFolder | ParquetImages
+    data_dir: Path
+    bad_files: list[BadFile]
+
+    @property
+    def ignored(self) -> list[str]:
+        return [path for source in (self.train, self.validation) for path in getattr(source, "ignored", [])]
+
+
+def list_split(directory: str | Path, class_names: list[str] | None = None):
+    """A split directory as class folders (ImageFolder) or Parquet shards (ParquetImages)."""
+    if is_parquet_split(Path(directory)):
+        return list_parquet_split(Path(directory), class_names)
+    return list_image_folder(directory, class_names)
+
+
+def data_directory(data_dir: str | None, cache: Path) -> Path:
+    """The data directory asked for, or the built-in cats-vs-dogs sample (prepared in the cache once)."""
+    if data_dir:
+        return Path(data_dir)
+    from tl_core.data.sample import prepare_cats_vs_dogs
+
+    return prepare_cats_vs_dogs(cache)
+
+
+def load_splits(config: TrainConfig, cache: Path, skip=(), check_batch: bool = True):
+    """(train source, validation source, data directory) of a config; structural errors raise DatasetError.
+
+    data_dir holds train/ and validation/ (class folders or Parquet shards), or just class folders,
+    which are then split with config.validation_split and config.seed. Files in `skip` are left out.
+    """
+    data_dir = data_directory(config.data_dir, cache)
+    shown = display_path(str(data_dir))
+    if not data_dir.is_dir():
+        raise DatasetError(f"{shown} is not a directory: expected train/ and validation/ folders, "
+                           "or one sub-folder of images per class")
+    if (data_dir / "train").is_dir() or (data_dir / "validation").is_dir():
+        train = list_split(data_dir / "train")
+        validation = list_split(data_dir / "validation", train.class_names)
+    elif is_parquet_split(data_dir):
+        raise DatasetError(f"{shown} holds Parquet files directly: expected {shown}/train/ and {shown}/validation/")
+    else:
+        folder = list_image_folder(data_dir)
+        train, validation = folder.split(config.validation_split, config.seed)
+        train.problems, train.ignored = folder.problems, folder.ignored
+    if len(train.class_names) < 2:
+        raise DatasetError(
+            f"{shown} has only one class, {train.class_names}: a classifier needs at least two class "
+            "folders (if your classes are one level deeper, point --data-dir there)")
+    if skip:
+        train, validation = train.without(skip), validation.without(skip)
+    for source in (train, validation):
+        check_stored_size(source, config.image_size)
+    if check_batch:
+        check_batch_size(config, len(train))
+    return train, validation, data_dir
+
+
+def check_batch_size(config: TrainConfig, train_images: int) -> None:
+    per_worker = train_images // config.num_workers
+    if config.batch_size > per_worker:
+        raise DatasetError(
+            f"batch size {config.batch_size} is larger than the {per_worker} training images"
+            f"{' per worker' if config.num_workers > 1 else ''}: use --batch-size {max(per_worker, 1)} or less")
+
+
+def check_dataset(config: TrainConfig, cache: Path) -> DatasetCheck:
+    """The config's dataset and every bad file or row in it (nothing is skipped here)."""
+    train, validation, data_dir = load_splits(config, cache, check_batch=False)
+    limits = dict(min_side=config.min_image_side, max_pixels=int(config.max_image_megapixels * 1e6))
+    bad = []
+    for source in (train, validation):
+        if isinstance(source, ImageFolder):
+            bad += find_bad_files(source, **limits)
+        else:
+            bad += find_bad_rows(source, **limits)
+    if not bad or config.bad_files == "skip":  # with bad files to fix, those come first
+        bad_in_train = {item.path for item in bad} & set(getattr(train, "paths", []))
+        check_batch_size(config, len(train) - len(bad_in_train))
+    return DatasetCheck(train, validation, data_dir, bad)
+
+
+def describe_check(check: DatasetCheck) -> str:
+    """A summary of a checked dataset: image counts per class, ignored and bad files."""
+    def counts(source):
+        return ", ".join(f"{name} {int((source.labels == label).sum())}" for label, name in enumerate(source.class_names))
+
+    lines = [f"Data {display_path(str(check.data_dir))}: {len(check.train)} training images ({counts(check.train)}), "
+             f"{len(check.validation)} validation images ({counts(check.validation)})"]
+    if check.ignored:
+        lines.append(f"  ignored {len(check.ignored)} operating-system file(s) and hidden folder(s), "
+                     f"e.g. {display_path(check.ignored[0])}")
+    lines.append(f"  {len(check.bad_files)} bad file(s)" if check.bad_files else "  every file decodes")
+    return "\n".join(lines)
+
+
+def enforce_policy(check: DatasetCheck, policy: str) -> list[BadFile]:
+    """Raise listing every bad file (policy "fail"), or return the files to skip (policy "skip")."""
+    if not check.bad_files:
+        return []
+    if policy == "skip":
+        rows = [item for item in check.bad_files if item.row is not None]
+        if rows:
+            raise DatasetError(f"{len(rows)} Parquet row(s) cannot be used, and rows cannot be skipped:\n"
+                               f"{format_bad_files(rows)}\nre-run `python -m jobs.ingest --skip-bad-files` "
+                               "on the image folders")
+        return check.bad_files
+    raise DatasetError(f"{len(check.bad_files)} file(s) cannot be used for training:\n"
+                       f"{format_bad_files(check.bad_files)}\n"
+                       "fix or remove them, or pass --skip-bad-files to train without them "
+                       f"(they are then listed in the run directory's {SKIPPED_FILES})")
+
+
+def labelled_split(directory: Path, split: str = "validation"):
+    """directory/<split> when it exists (a dataset with train/ and validation/), else directory itself."""
+    directory = Path(directory)
+    return list_split(directory / split if (directory / split).is_dir() else directory)
+
+

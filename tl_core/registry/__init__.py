@@ -1,0 +1,1 @@
+"""The registry part: data fingerprints, the model registry, scheduled champion/challenger retraining."""
