@@ -155,10 +155,11 @@ def test_default_job_reaches_the_recipe_accuracy(tmp_path):
 
 
 def test_cached_features_train_the_same_head_with_one_backbone_pass(tiny_backbone, colour_dataset, tmp_path, monkeypatch):
+    import tl_core.training.recorder as recorder_module
     import tl_core.training.train as train_module
 
     images_through_backbone = []
-    real = train_module.backbone_feature_batches
+    real = recorder_module.backbone_feature_batches
 
     def counting(model, dataset):
         count = 0
@@ -167,7 +168,8 @@ def test_cached_features_train_the_same_head_with_one_backbone_pass(tiny_backbon
             yield features, labels
         images_through_backbone.append(count)
 
-    monkeypatch.setattr(train_module, "backbone_feature_batches", counting)
+    for module in (train_module, recorder_module):  # training features; validation features
+        monkeypatch.setattr(module, "backbone_feature_batches", counting)
     cached = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "cached", augment=False))
     assert cached.uses_feature_cache
     cached_metrics = train(cached)

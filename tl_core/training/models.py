@@ -1,0 +1,60 @@
+"""What a run trains: the classifier, the model fit() trains in each phase, their optimizers and checkpoint state.
+
+Phases: "head" (the frozen backbone; on cached features when they are used) for config.epochs,
+then "fine_tune" (the top backbone layers with the head, at a low learning rate) for
+config.fine_tune_epochs. Everything is built under the strategy's scope.
+"""
+import tensorflow as tf
+import tf_keras
+
+from tl_core.config import TrainConfig
+from tl_core.model import assets
+from tl_core.model.backbones import keras_backbone
+from tl_core.model.classifier import build_classifier, compile_classifier, head_model, unfreeze_top_layers
+from tl_core.training.step import training_model
+
+HEAD, FINE_TUNE = "head", "fine_tune"
+
+
+def phase_of(config: TrainConfig, epoch: int) -> str:
+    """The phase epoch (0-based) belongs to; epoch == the total means the phase the run ended in."""
+    return FINE_TUNE if config.fine_tune_epochs and epoch >= config.epochs else HEAD
+
+
+class Models:
+    def __init__(self, config: TrainConfig, handle: str, num_classes: int, strategy: tf.distribute.Strategy, log):
+        self.config, self.strategy, self.log = config, strategy, log
+        with strategy.scope():
+            # Fine-tuning needs the backbone's layers and bf16 its Keras layers: the built-in one is then
+            # built as a Keras model (the same weights as its SavedModel).
+            visible = (keras_backbone(config.backbone, assets.cache_dir(config.cache_dir), bf16=config.bf16)
+                       if config.fine_tune_epochs or config.bf16 else None)
+            self.classifier = build_classifier(handle, num_classes, config.image_size, keras_backbone=visible)
+            # The pipeline's uint8 batches are scaled (and augmented) inside the step, on the device.
+            self.on_images = training_model(self.classifier, config.image_size, config.augment)
+            # With cached features only the head runs in the head phase: it is fitted on its own.
+            self.on_features = head_model(self.classifier) if config.uses_feature_cache else None
+            self.optimizer = tf_keras.optimizers.Adam(config.learning_rate)
+            self.fine_tune_optimizer = tf_keras.optimizers.Adam(config.fine_tune_learning_rate)
+            compile_classifier(self.head_trainer, config.learning_rate, config.jit_compile, optimizer=self.optimizer)
+        self.state = tf.train.Checkpoint(model=self.classifier, optimizer=self.optimizer,
+                                         fine_tune_optimizer=self.fine_tune_optimizer)
+        self.fine_tuning = False
+
+    @property
+    def head_trainer(self) -> tf.keras.Model:
+        return self.on_features or self.on_images
+
+    def trainer(self, phase: str) -> tf.keras.Model:
+        """The model fit() trains in this phase; the first fine-tuning call unfreezes the backbone's top."""
+        if phase == HEAD:
+            return self.head_trainer
+        if not self.fine_tuning:
+            with self.strategy.scope():
+                unfrozen = unfreeze_top_layers(self.classifier, self.config.fine_tune_layers)
+                compile_classifier(self.on_images, self.config.fine_tune_learning_rate, self.config.jit_compile,
+                                   optimizer=self.fine_tune_optimizer)
+            self.fine_tuning = True
+            self.log(f"Fine-tuning {len(unfrozen)} backbone layers ({unfrozen[0]} ... {unfrozen[-1]}) and the head at "
+                     f"learning rate {self.config.fine_tune_learning_rate:g}", flush=True)
+        return self.on_images

@@ -1,0 +1,105 @@
+"""What happens at the end of every epoch, as one Keras callback: validate, record, log, checkpoint.
+
+The validation set is never augmented and, in the head phase, the backbone is frozen: its features
+are computed once and each epoch's validation runs the head alone, in numpy (the same on every
+worker, no collectives). Fine-tuning changes the backbone, so its validation runs the whole model.
+"""
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from tl_core import artifacts
+from tl_core.data.images import make_dataset, to_unit_range
+from tl_core.metrics import classification_metrics
+from tl_core.run_dir import CHECKPOINT_DIR, HISTORY_JSON, HISTORY_PARQUET
+from tl_core.training.distribute import Worker
+from tl_core.training.models import HEAD
+
+
+def backbone_feature_batches(model: tf.keras.Model, dataset: tf.data.Dataset):
+    """(features, labels) numpy batches: the frozen backbone run once over (uint8 images, labels) batches."""
+    backbone = model.get_layer("backbone")
+    extract = tf.function(lambda images: tf.cast(backbone(to_unit_range(images), training=False), tf.float32))
+    for images, labels in dataset:
+        yield extract(images).numpy(), labels.numpy()
+
+
+def head_logits(model: tf.keras.Model, features: np.ndarray) -> np.ndarray:
+    """The Dense head on precomputed features, in numpy: identical on every worker, no collectives."""
+    kernel, bias = model.get_layer("head").get_weights()
+    return features @ kernel + bias
+
+
+class Validation:
+    """The validation images and the classifier's logits on them, in either phase."""
+
+    def __init__(self, classifier: tf.keras.Model, source, image_size: int, batch_size: int, phase: str):
+        self.classifier, self.source = classifier, source
+        self.dataset = make_dataset(source, image_size, batch_size)
+        self.features = (np.concatenate([f for f, _ in backbone_feature_batches(classifier, self.dataset)])
+                         if phase == HEAD else None)  # a run resumed inside fine-tuning needs none
+
+    def logits(self, phase: str) -> np.ndarray:
+        if phase == HEAD:  # the backbone is unchanged: its features were computed once
+            return head_logits(self.classifier, self.features)
+        return np.concatenate([self.classifier(to_unit_range(images), training=False).numpy()
+                               for images, _ in self.dataset])
+
+    def metrics(self, phase: str) -> dict:
+        return classification_metrics(self.source.labels, self.logits(phase), self.source.class_names)
+
+
+class LocalCheckpoints:
+    """The last completed epoch (model, optimizer, history) in run_dir/checkpoints, replaced atomically."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / CHECKPOINT_DIR
+
+    def latest(self) -> Path | None:
+        return self.path if (self.path / HISTORY_JSON).exists() else None
+
+    def save(self, write, metrics: dict, worker: Worker) -> None:
+        with artifacts.atomic_directory(self.path) as tmp:
+            write(tmp)
+
+
+def format_epoch(row: dict, epochs: int) -> str:
+    return (f"epoch {row['epoch']:>3}/{epochs}  loss {row['loss']:.4f}  accuracy {row['accuracy']:.4f}  "
+            f"val_loss {row['val_loss']:.4f}  val_accuracy {row['val_accuracy']:.4f}  "
+            f"{row['seconds']:.1f}s  {row['images_per_second']:.0f} img/s")
+
+
+class EpochRecorder(tf.keras.callbacks.Callback):
+    """After each epoch: validation metrics, a history row, the log line, the checkpoint (every worker
+    writes it: MultiWorkerMirroredStrategy's save is collective) and, on the chief, the history files."""
+
+    def __init__(self, *, history: list, validation: Validation, state: tf.train.Checkpoint, checkpoints,
+                 worker: Worker, run_dir: Path, images_per_epoch: int, total_epochs: int, log):
+        super().__init__()
+        self.history, self.validation, self.state, self.checkpoints = history, validation, state, checkpoints
+        self.worker, self.run_dir, self.images_per_epoch, self.total_epochs, self.log = (
+            worker, Path(run_dir), images_per_epoch, total_epochs, log)
+        self.phase = HEAD
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        seconds = time.perf_counter() - self.started
+        validation = self.validation.metrics(self.phase)
+        row = {"epoch": epoch + 1, "phase": self.phase, "loss": logs["loss"], "accuracy": logs["accuracy"],
+               "val_loss": validation["loss"], "val_accuracy": validation["accuracy"],
+               "seconds": seconds, "images_per_second": self.images_per_epoch / seconds, "finished_at": time.time()}
+        self.history.append(row)
+        self.log(format_epoch(row, self.total_epochs), flush=True)
+        self.checkpoints.save(self.write_checkpoint, row, self.worker)
+        if self.worker.is_chief:
+            artifacts.write_json(self.run_dir / HISTORY_JSON, self.history)
+            artifacts.write_parquet(self.run_dir / HISTORY_PARQUET, self.history)
+
+    def write_checkpoint(self, directory: Path) -> None:
+        self.state.write(str(directory / "state"))
+        (directory / HISTORY_JSON).write_text(json.dumps(self.history))
