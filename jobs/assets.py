@@ -8,6 +8,7 @@ import argparse
 import sys
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from jobs.cli import run_command
 
 
 def main(argv=None) -> int:
@@ -15,18 +16,17 @@ def main(argv=None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache-dir", help="asset cache (default $TL_CACHE_DIR or ~/.cache/tl_core)")
     args = parser.parse_args(argv)
-    from tl_core.model.assets import AssetError, cache_dir
-    from tl_core.model.backbones import prepare_mobilenet_v2
-    from tl_core.data.sample import prepare_cats_vs_dogs
 
-    cache = cache_dir(args.cache_dir)
-    try:
+    def body() -> None:
+        from tl_core.data.sample import prepare_cats_vs_dogs
+        from tl_core.model.assets import cache_dir
+        from tl_core.model.backbones import prepare_mobilenet_v2
+
+        cache = cache_dir(args.cache_dir)
         print(f"backbone  {prepare_mobilenet_v2(cache)}")
         print(f"dataset   {prepare_cats_vs_dogs(cache)}")
-    except AssetError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

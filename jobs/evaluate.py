@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from jobs.cli import run_command
 
 
 def main(argv=None) -> int:
@@ -27,53 +28,17 @@ def main(argv=None) -> int:
     parser.add_argument("--worst", type=int, default=16, help="mistakes shown in most_confident_errors.png (default 16)")
     parser.add_argument("--cache-dir", help="asset cache, for the built-in sample")
     args = parser.parse_args(argv)
-    from tl_core import artifacts
-    from tl_core.run_dir import CONFUSION_PLOT, METRICS_FILE
-    from tl_core.model.assets import AssetError, cache_dir
-    from tl_core.data.images import ImageFolder, display_path
-    from tl_core.serving.evaluate import ExportedModel, evaluate
-    from tl_core.data.sources import data_directory, labelled_split
-    from tl_core.data.checks import format_bad_files, without_bad_files
-
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     output = Path(args.output_dir or f"runs/evaluate-{stamp}")
-    try:
-        if args.batch_size <= 0 or args.worst < 0:
-            raise ValueError("--batch-size must be positive and --worst not negative")
-        model = ExportedModel(args.model)
-        data_dir = data_directory(args.data_dir, cache_dir(args.cache_dir))
-        source, bad = without_bad_files(labelled_split(data_dir, args.split))
-        if bad:
-            print(f"Leaving out {len(bad)} file(s) that cannot be used:\n{format_bad_files(bad)}")
-        print(f"Evaluating {model.path} on {len(source)} images of {display_path(str(data_dir))} ...", flush=True)
-        metrics, mistakes = evaluate(model, source, batch_size=args.batch_size, worst=args.worst)
-        metrics["model"], metrics["data_dir"] = str(model.path), str(data_dir)
-        metrics["left_out"] = [str(item) for item in bad]
 
-        def name(position):
-            return Path(source.paths[position]).name if isinstance(source, ImageFolder) else f"row {position}"
+    def body() -> None:
+        from tl_core.serving.evaluate import evaluate_to_directory, format_report
 
-        mistakes_table = [{"image": name(position), "true": model.class_names[truth],
-                           "predicted": model.class_names[predicted], "confidence": confidence}
-                          for confidence, position, truth, predicted, _ in mistakes]
-        metrics["most_confident_errors"] = mistakes_table
-        artifacts.write_json(output / METRICS_FILE, metrics)
-        artifacts.plot_confusion_matrix(metrics["confusion_matrix"], model.class_names, output / CONFUSION_PLOT,
-                                        title="Confusion matrix")
-        artifacts.plot_contact_sheet(
-            [mistake[4] for mistake in mistakes],
-            [f"{row['image']}\ntrue {row['true']}, predicted {row['predicted']} ({row['confidence']:.2f})"
-             for row in mistakes_table],
-            output / "most_confident_errors.png", title="Most confidently wrong")
-    except (ValueError, AssetError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  images {metrics['num_examples']}")
-    print(f"{'class':<20} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}")
-    for row in metrics["per_class"]:
-        print(f"{row['class']:<20} {row['precision']:>9.4f} {row['recall']:>9.4f} {row['f1']:>9.4f} {row['support']:>9}")
-    print(f"Results in {output}")
-    return 0
+        metrics = evaluate_to_directory(args.model, args.data_dir, output, split=args.split, batch_size=args.batch_size,
+                                        worst=args.worst, cache_dir=args.cache_dir)
+        print(f"{format_report(metrics)}\nResults in {output}")
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

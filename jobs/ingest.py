@@ -13,11 +13,11 @@ decodes every image once and stores it already resized to 224x224 (raw RGB pixel
 training hosts then only read pixels, with no decode and no resize per image and epoch.
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from jobs.cli import run_command
 from tl_core.config import TrainConfig
 
 
@@ -42,24 +42,18 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not args.check and not args.output:
         parser.error("--output is required (or pass --check)")
-    from tl_core.model.assets import AssetError, cache_dir
-    from tl_core.data.images import DatasetError, ImageFolder
-    from tl_core.data.parquet import write_parquet_shards
-    from tl_core.data.sources import check_dataset, describe_check, enforce_policy
-    from tl_core.data.checks import format_bad_files
 
-    try:
+    def body() -> int:
+        from tl_core.data.checks import format_bad_files
+        from tl_core.data.ingest import check_arguments, ingest
+        from tl_core.data.sources import check_dataset, describe_check
+        from tl_core.model.assets import cache_dir
+
+        if not args.check:
+            check_arguments(Path(args.output), image_size=args.image_size, rows_per_file=args.rows_per_file)
         # batch_size=1: a dataset of any size can be ingested; jobs.train checks its own batch size.
         config = TrainConfig(data_dir=args.data_dir, cache_dir=args.cache_dir, batch_size=1,
-                             validation_split=args.validation_split,
-                             bad_files="skip" if args.skip_bad_files else "fail")
-        output = Path(args.output) if args.output else None
-        if output and output.exists() and any(output.iterdir()):
-            raise DatasetError(f"{output} already holds files: choose a new --output directory")
-        if args.rows_per_file <= 0:
-            raise DatasetError(f"--rows-per-file must be positive, got {args.rows_per_file}")
-        if args.image_size is not None and args.image_size <= 0:
-            raise DatasetError(f"--image-size must be positive, got {args.image_size}")
+                             validation_split=args.validation_split)
         check = check_dataset(config, cache_dir(config.cache_dir))
         print(describe_check(check), flush=True)
         if args.check:
@@ -69,33 +63,14 @@ def main(argv=None) -> int:
                 return 1
             print("Check passed: every file is a usable image.")
             return 0
-        skipped = {item.path for item in enforce_policy(check, config.bad_files)}
-        if skipped:
-            print(f"Leaving out {len(skipped)} bad file(s):\n{format_bad_files(check.bad_files)}")
-        for split, source in (("train", check.train), ("validation", check.validation)):
-            if not isinstance(source, ImageFolder):
-                raise DatasetError(f"{check.data_dir / split} is already Parquet")
-            kept = source.without(skipped)
-            print(f"{split}: writing {len(kept)} images"
-                  f"{f' resized to {args.image_size}x{args.image_size}' if args.image_size else ''}", flush=True)
-            written = write_parquet_shards(kept, output / split, rows_per_file=args.rows_per_file,
-                                           image_size=args.image_size)
-            print(f"  {size_report(kept.paths, written)}", flush=True)
-    except (ValueError, AssetError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    size_flag = f" --image-size {args.image_size}" if args.image_size else ""
-    print(f"Parquet dataset written to {output}; train with: python -m jobs.train --data-dir {output}{size_flag}")
-    return 0
+        ingest(check, Path(args.output), skip_bad_files=args.skip_bad_files, image_size=args.image_size,
+               rows_per_file=args.rows_per_file)
+        size_flag = f" --image-size {args.image_size}" if args.image_size else ""
+        print(f"Parquet dataset written to {args.output}; train with: python -m jobs.train --data-dir {args.output}"
+              f"{size_flag}")
+        return 0
 
-
-def size_report(sources: list[str], written: list[Path]) -> str:
-    """Bytes per image on disk: the Parquet shards against the source files."""
-    source_bytes = sum(os.path.getsize(path) for path in sources)
-    parquet_bytes = sum(path.stat().st_size for path in written)
-    count = max(len(sources), 1)
-    return (f"{parquet_bytes / count / 1024:.1f} KiB per image in Parquet, {source_bytes / count / 1024:.1f} KiB "
-            f"per source file ({parquet_bytes / max(source_bytes, 1):.2f}x)")
+    return run_command(body)
 
 
 if __name__ == "__main__":

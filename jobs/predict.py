@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from jobs.cli import run_command
 
 
 def main(argv=None) -> int:
@@ -28,11 +29,12 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", type=int, default=2, help="with --ray: model replicas (default 2)")
     parser.add_argument("--use-gpu", action="store_true", help="with --ray: one GPU per replica")
     args = parser.parse_args(argv)
-    from tl_core.serving.evaluate import ExportedModel
-    from tl_core.serving.predict import list_inputs, predict_to_parquet
-
     output = Path(args.output)
-    try:
+
+    def body() -> None:
+        from tl_core.serving.evaluate import ExportedModel
+        from tl_core.serving.predict import list_inputs, predict_to_parquet
+
         if min(args.batch_size, args.chunk_size, args.concurrency) <= 0:
             raise ValueError("--batch-size, --chunk-size and --concurrency must be positive")
         if output.exists() and any(output.iterdir()):
@@ -50,11 +52,9 @@ def main(argv=None) -> int:
                                      chunk_size=args.chunk_size, concurrency=args.concurrency, use_gpu=args.use_gpu)
         else:
             summary = predict_to_parquet(model, inputs, output, batch_size=args.batch_size, chunk_size=args.chunk_size)
-    except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"{summary['rows']} rows written to {output}; {summary['errors']} could not be used (see the error column)")
-    return 0
+        print(f"{summary['rows']} rows written to {output}; {summary['errors']} could not be used (see the error column)")
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@
 import argparse
 import sys
 
+from jobs.cli import run_command
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m jobs.registry", description=__doc__,
@@ -17,23 +19,19 @@ def main(argv=None) -> int:
     rollback.add_argument("run_id")
     rollback.add_argument("--registry", required=True)
     args = parser.parse_args(argv)
-    from tl_core.registry.store import Registry, RegistryBusy, format_ledger
-    from tl_core.registry.retrain import restore
 
-    try:
+    def body() -> None:
+        from tl_core.registry.retrain import restore
+        from tl_core.registry.store import Registry, format_ledger
+
         if args.command == "list":
             registry = Registry(args.registry)
             print(format_ledger(registry.records()))
             print(f"champion: {registry.champion() or '-'} ({registry.champion_link / 'model'})")
         else:
             restore(args.registry, args.run_id)
-    except RegistryBusy as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 3
-    except (ValueError, OSError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_command(body)
 
 
 if __name__ == "__main__":

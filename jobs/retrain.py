@@ -1,16 +1,17 @@
 """Retrain on a schedule: `python -m jobs.retrain --registry DIR [training flags]`.
 
-Trains a challenger when the training data changed since the last run, evaluates it and the
-current champion on the same held-out split, and promotes the challenger only if it is better by
-at least --min-improvement. Every run (skipped, rejected, promoted) is a row of DIR/ledger.parquet;
-serving reads DIR/champion/model. Exit status: 0 done (whatever the decision), 2 bad input,
-3 another retrain holds the registry.
+Trains a challenger when the training data or the configuration changed since the last run,
+evaluates it and the current champion on the same held-out split, and promotes the challenger only
+if it is better by at least --min-improvement. Every run (skipped, rejected, promoted) is a row of
+DIR/ledger.parquet; serving reads DIR/champion/model. Exit status: 0 done (whatever the decision),
+1 distributed training failed, 2 bad input, 3 another retrain holds the registry, 130 interrupted.
 """
 import argparse
 import sys
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from jobs.train import _stop_on_sigterm, add_training_arguments, config_from_args, first_line, is_ray_failure
+from jobs.cli import run_command
+from jobs.train import add_training_arguments, config_from_args
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -22,7 +23,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--keep", type=int, default=5,
                         help="model directories kept, newest first; the champion is always kept (default 5)")
     parser.add_argument("--force", action="store_true", help="retrain even if the data has not changed")
-    add_training_arguments(parser)
+    add_training_arguments(parser, exclude=("output_dir",))  # each challenger gets its own run directory
     args = parser.parse_args(argv)
     if args.keep < 1:
         parser.error(f"--keep must be at least 1, got {args.keep}")
@@ -30,35 +31,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    import signal
-
     args = parse_args(argv)
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    import tensorflow as tf
 
-    from tl_core.model.assets import AssetError
-    from tl_core.registry.store import RegistryBusy
-    from tl_core.registry.retrain import retrain
+    def body() -> None:
+        from tl_core.registry.retrain import retrain
 
-    try:
         retrain(config_from_args(args), args.registry, min_improvement=args.min_improvement, keep=args.keep,
                 force=args.force)
-    except RegistryBusy as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 3
-    except (ValueError, AssetError, OSError, tf.errors.OpError) as error:
-        print(f"error: {error}\nThe champion is unchanged; the next retrain continues this one.", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("Interrupted; the champion is unchanged and the next retrain continues this one.", file=sys.stderr)
-        return 130
-    except Exception as error:
-        if not is_ray_failure(error):
-            raise
-        print(f"error: distributed training failed: {first_line(error)}\n"
-              "The champion is unchanged; the next retrain continues this one.", file=sys.stderr)
-        return 1
-    return 0
+
+    def note(error: BaseException) -> str | None:
+        from tl_core.registry.store import RegistryBusy
+
+        return None if isinstance(error, RegistryBusy) else \
+            "The champion is unchanged; the next retrain continues this one."
+
+    return run_command(body, note=note)
 
 
 if __name__ == "__main__":

@@ -76,3 +76,20 @@ def test_performance_flags_reach_the_config():
     assert config_from_args(parse_args(["--jit-compile"])).jit_compile is True
     assert config_from_args(parse_args(["--no-jit-compile"])).jit_compile is False
     assert config_from_args(parse_args([])).jit_compile is False
+
+
+def test_every_configuration_field_is_a_documented_flag():
+    import argparse
+    import dataclasses
+
+    from jobs.train import add_training_arguments
+
+    parser = argparse.ArgumentParser()
+    add_training_arguments(parser)
+    flags = {action.dest: action for action in parser._actions}
+    for field in dataclasses.fields(TrainConfig):
+        assert field.name in flags and field.metadata["help"] in flags[field.name].help, field.name
+    config = config_from_args(parse_args(["--validation-split", "0.3", "--skip-bad-files", "--max-image-megapixels",
+                                          "50", "--no-augment", "--no-cache-features", "--bf16", "--seed", "7"]))
+    assert (config.validation_split, config.bad_files, config.max_image_megapixels, config.augment,
+            config.cache_features, config.bf16, config.seed) == (0.3, "skip", 50.0, False, False, True, 7)

@@ -1,62 +1,69 @@
-"""The job's configuration: one typed place, with the classic recipe's defaults."""
+"""The job's configuration: one typed place, with the classic recipe's defaults.
+
+Each field carries its documentation; the command line's flags are made from the fields
+(jobs/train.py: add_training_arguments), so a setting is declared once.
+"""
 import dataclasses
 import json
 from pathlib import Path
 
 
+def option(default, help: str, **flag):
+    """A configuration field and its documentation. flag: how its command-line flag differs from the
+    plain --field-name: flag="--skip-bad-files" with const=...; negative=True (only --no-name);
+    negatable=True (--name and --no-name); group=... (an argument group)."""
+    return dataclasses.field(default=default, metadata={"help": help, **flag})
+
+
+RAY_GROUP = "distributed training on Ray Train"
+
+
 @dataclasses.dataclass
 class TrainConfig:
-    # Data: a directory holding train/ and validation/ class folders; None means the built-in
-    # cats-vs-dogs sample, prepared in the cache on first use.
-    data_dir: str | None = None
-    # When data_dir holds class folders but no train/ and validation/: the fraction of each class
-    # held out for validation (seeded by `seed`).
-    validation_split: float = 0.2
-    # Files that cannot be used (undecodable, unreadable, too small or too large): "fail" lists them
-    # all before training; "skip" trains without them and lists them in the run's skipped_files.json.
-    bad_files: str = "fail"
-    min_image_side: int = 8  # pixels; smaller images carry too little to classify
-    max_image_megapixels: float = 100.0  # larger images are refused before decoding (decompression bombs)
-    # Anything hub.KerasLayer resolves (tfhub.dev URL, Kaggle handle, local SavedModel directory),
-    # or "mobilenet_v2" for the built-in offline ImageNet MobileNetV2.
-    backbone: str = "mobilenet_v2"
-    image_size: int = 224
-    batch_size: int = 100
-    epochs: int = 6
-    learning_rate: float = 1e-3  # Adam's default, as in the recipe
-    augment: bool = True
-    # Fine-tuning, after the head's epochs: the top fine_tune_layers layers of the backbone (0: all;
-    # BatchNorm stays frozen) train with the head for fine_tune_epochs more epochs at a low learning
-    # rate. 0 epochs: off. Layer by layer only for the built-in mobilenet_v2 (a Keras model).
-    fine_tune_epochs: int = 0
-    fine_tune_layers: int = 40
-    fine_tune_learning_rate: float = 1e-5
-    # Run the frozen backbone once per training image and train the head on the kept features.
-    # None: on exactly when augmentation is off (random augmentation needs the backbone every epoch).
-    cache_features: bool | None = None
-    # Cached training features above this size go to a Parquet file in the run directory instead.
-    feature_cache_memory_mb: int = 2048
-    seed: int = 0
-    # XLA-compile the training step. Off by default: on a CPU compiling the step (backbone
-    # included) takes minutes; on GPUs, benchmarks/gpu.py tells whether it pays.
-    jit_compile: bool = False
-    # The backbone computes in bfloat16 (built-in mobilenet_v2 only; the head and logits stay float32).
-    # Off by default: on CPUs it is slower; benchmarks/gpu.py measures it on GPUs.
-    bf16: bool = False
-    # Also write model.tflite (float32), model_dynamic_range.tflite and labels.txt next to model/.
-    export_tflite: bool = False
-    # Where the run's artifacts go; None means runs/<UTC timestamp>.
-    output_dir: str | None = None
-    # Asset cache (weights, SavedModels, sample data); None means $TL_CACHE_DIR or ~/.cache/tl_core.
-    cache_dir: str | None = None
-    # Data-parallel training on Ray Train. ray: on Ray even with one worker (any of the Ray options
-    # below, given on the command line, turns it on); num_workers > 1 implies it.
-    ray: bool = False
-    num_workers: int = 1
-    use_gpu: bool = False
-    cpus_per_worker: int = 1
-    gpus_per_worker: int = 1  # with use_gpu; MultiWorkerMirroredStrategy mirrors over them too
-    max_failures: int = 2  # worker-group restarts from the last epoch's checkpoint before giving up
+    data_dir: str | None = option(None, "directory with train/ and validation/ class folders or Parquet shards, or one "
+                                  "folder per class (default: the built-in cats-vs-dogs sample, prepared on first use)")
+    validation_split: float = option(0.2, "fraction of each class held out when --data-dir has class folders but no "
+                                     "train/ and validation/ (seeded by --seed)")
+    bad_files: str = option("fail", "train without files that cannot be used, listing them in the run's "
+                            "skipped_files.json (default: stop and list them)", flag="--skip-bad-files", const="skip")
+    min_image_side: int = option(8, "smaller images (pixels) are bad files: they carry too little to classify")
+    max_image_megapixels: float = option(100.0, "larger images are bad files, refused from their header before "
+                                         "decoding (decompression bombs)")
+    backbone: str = option("mobilenet_v2", "TF Hub handle, Kaggle handle, local SavedModel directory, or "
+                           "'mobilenet_v2' (the built-in offline ImageNet MobileNetV2)")
+    image_size: int = option(224, "images are resized to this square size, the backbone's")
+    batch_size: int = option(100, "images per step, per worker")
+    epochs: int = option(6, "epochs of the head (the frozen backbone)")
+    learning_rate: float = option(1e-3, "Adam's learning rate for the head (Adam's default, as in the recipe)")
+    augment: bool = option(True, "train without the ImageDataGenerator-style augmentation", negative=True)
+    fine_tune_epochs: int = option(0, "after the head's epochs, train the top of the backbone this many more epochs "
+                                   "(0: off)")
+    fine_tune_layers: int = option(40, "backbone layers unfrozen from the top, BatchNorm excepted; 0 = all. Anything "
+                                   "but 0 needs the built-in mobilenet_v2 (another backbone is an opaque TF Hub module)")
+    fine_tune_learning_rate: float = option(1e-5, "learning rate while fine-tuning")
+    cache_features: bool | None = option(None, "run the backbone once per training image and train the head on the "
+                                         "kept features (needs --no-augment; default: on exactly when augmentation "
+                                         "is off)")
+    feature_cache_memory_mb: int = option(2048, "cached features larger than this go to a Parquet file in the run "
+                                          "directory, streamed each epoch")
+    seed: int = option(0, "seed of every random draw: weights, split, shuffle order, augmentation")
+    jit_compile: bool = option(False, "XLA-compile the training step (off by default: on a CPU compiling takes "
+                               "minutes; benchmarks/gpu.py measures whether it pays on a GPU)", negatable=True)
+    bf16: bool = option(False, "run the backbone in bfloat16 (built-in mobilenet_v2 only; the head and logits stay "
+                        "float32; for GPUs, see benchmarks/gpu.py)")
+    export_tflite: bool = option(False, "also write model.tflite (float32), model_dynamic_range.tflite and labels.txt")
+    output_dir: str | None = option(None, "the run directory (default runs/<UTC timestamp>)")
+    cache_dir: str | None = option(None, "asset cache for weights, SavedModels and the sample data "
+                                   "(default $TL_CACHE_DIR or ~/.cache/tl_core)")
+    ray: bool = option(False, "run on Ray Train even with one worker (implied by any flag of this group); connects to "
+                       "$RAY_ADDRESS or the cluster of `ray job submit`, else starts Ray locally", group=RAY_GROUP)
+    num_workers: int = option(1, "data-parallel workers, one per GPU; more than 1 runs on Ray Train", group=RAY_GROUP)
+    use_gpu: bool = option(False, "give each worker GPUs", group=RAY_GROUP)
+    cpus_per_worker: int = option(1, "CPUs Ray reserves per worker", group=RAY_GROUP)
+    gpus_per_worker: int = option(1, "GPUs per worker, with --use-gpu (MultiWorkerMirroredStrategy mirrors over "
+                                  "them too)", group=RAY_GROUP)
+    max_failures: int = option(2, "worker-group restarts from the last epoch's checkpoint before giving up",
+                               group=RAY_GROUP)
 
     @property
     def uses_feature_cache(self) -> bool:

@@ -9,8 +9,9 @@ import numpy as np
 import tensorflow as tf
 
 from tl_core.data.images import DatasetError, make_dataset, to_unit_range
+from tl_core import artifacts
 from tl_core.metrics import classification_metrics
-from tl_core.run_dir import MODEL_DIR
+from tl_core.run_dir import CONFUSION_PLOT, METRICS_FILE, MODEL_DIR
 
 
 class ExportedModel:
@@ -62,3 +63,51 @@ def evaluate(model: ExportedModel, source, *, batch_size: int = 64, worst: int =
 def evaluate_run(run_dir: Path, source) -> dict:
     """Metrics of run_dir/model on a source."""
     return evaluate(ExportedModel(run_dir), source)[0]
+
+
+MISTAKES_PLOT = "most_confident_errors.png"
+
+
+def evaluate_to_directory(model_path, data_dir, output: Path, *, split: str = "validation", batch_size: int = 64,
+                          worst: int = 16, cache_dir=None, log=print) -> dict:
+    """Evaluate an exported model on a labelled split and write metrics.json, the confusion matrix and the
+    contact sheet of its most confident mistakes into output; files that cannot be used are left out and listed."""
+    from tl_core.data.checks import format_bad_files, without_bad_files
+    from tl_core.data.images import ImageFolder, display_path
+    from tl_core.data.sources import data_directory, labelled_split
+    from tl_core.model.assets import cache_dir as asset_cache
+
+    if batch_size <= 0 or worst < 0:
+        raise ValueError("--batch-size must be positive and --worst not negative")
+    model = ExportedModel(model_path)
+    data_dir = data_directory(data_dir, asset_cache(cache_dir))
+    source, bad = without_bad_files(labelled_split(data_dir, split))
+    if bad:
+        log(f"Leaving out {len(bad)} file(s) that cannot be used:\n{format_bad_files(bad)}")
+    log(f"Evaluating {model.path} on {len(source)} images of {display_path(str(data_dir))} ...", flush=True)
+    metrics, mistakes = evaluate(model, source, batch_size=batch_size, worst=worst)
+
+    def name(position):
+        return Path(source.paths[position]).name if isinstance(source, ImageFolder) else f"row {position}"
+
+    table = [{"image": name(position), "true": model.class_names[truth], "predicted": model.class_names[predicted],
+              "confidence": confidence} for confidence, position, truth, predicted, _ in mistakes]
+    metrics.update(model=str(model.path), data_dir=str(data_dir), left_out=[str(item) for item in bad],
+                   most_confident_errors=table)
+    artifacts.write_json(output / METRICS_FILE, metrics)
+    artifacts.plot_confusion_matrix(metrics["confusion_matrix"], model.class_names, output / CONFUSION_PLOT,
+                                    title="Confusion matrix")
+    artifacts.plot_contact_sheet(
+        [mistake[4] for mistake in mistakes],
+        [f"{row['image']}\ntrue {row['true']}, predicted {row['predicted']} ({row['confidence']:.2f})" for row in table],
+        output / MISTAKES_PLOT, title="Most confidently wrong")
+    return metrics
+
+
+def format_report(metrics: dict) -> str:
+    """Accuracy, loss and the per-class table, for a terminal."""
+    lines = [f"accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  images {metrics['num_examples']}",
+             f"{'class':<20} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}"]
+    lines += [f"{row['class']:<20} {row['precision']:>9.4f} {row['recall']:>9.4f} {row['f1']:>9.4f} {row['support']:>9}"
+              for row in metrics["per_class"]]
+    return "\n".join(lines)

@@ -1,0 +1,62 @@
+"""What every command does alike: SIGTERM taken as Ctrl-C, and one exit status per kind of failure.
+
+  0    done
+  1    distributed training failed (Ray gave up after its restarts), or a check found bad files
+  2    bad input, configuration or file system: one line, `error: ...`, no stack trace
+  3    the model registry is busy (another retrain holds its lock)
+  130  interrupted (Ctrl-C or SIGTERM)
+"""
+import signal
+import sys
+from typing import Callable
+
+DISTRIBUTED_FAILURE, BAD_INPUT, BUSY, INTERRUPTED = 1, 2, 3, 130
+
+
+def _stop_on_sigterm(signum, frame):
+    # A scheduler's SIGTERM takes the same path as Ctrl-C: the epoch in progress is dropped and the
+    # last completed epoch's checkpoint (written atomically) is what --resume continues from.
+    raise KeyboardInterrupt
+
+
+def is_ray_failure(error: BaseException) -> bool:
+    """Ray wraps a worker's failure in its own exceptions (TrainingFailedError and friends)."""
+    return type(error).__module__.split(".")[0] == "ray"
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def _is_op_error(error: BaseException) -> bool:
+    tensorflow = sys.modules.get("tensorflow")  # imported by the commands that need it, not here
+    return tensorflow is not None and isinstance(error, tensorflow.errors.OpError)
+
+
+def run_command(body: Callable[[], int | None], *, note: Callable[[BaseException], str | None] = lambda error: None) -> int:
+    """Run a command's body; map what it raises to an exit status and a message on stderr.
+
+    note(error) may add a line after the message (how to resume, what state things were left in)."""
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    from tl_core.model.assets import AssetError
+    from tl_core.registry.store import RegistryBusy
+
+    def fail(status: int, message: str, error: BaseException) -> int:
+        extra = note(error)
+        print(message + (f"\n{extra}" if extra else ""), file=sys.stderr)
+        return status
+
+    try:
+        return body() or 0
+    except KeyboardInterrupt as error:
+        return fail(INTERRUPTED, "Interrupted.", error)
+    except Exception as error:
+        if isinstance(error, RegistryBusy):
+            return fail(BUSY, f"error: {error}", error)
+        if _is_op_error(error):  # TensorFlow's own message, first line: e.g. a file that filled the disk
+            return fail(BAD_INPUT, f"error: {error.message.strip().splitlines()[0]}", error)
+        if isinstance(error, (ValueError, AssetError, OSError)):  # the project's input errors are ValueErrors
+            return fail(BAD_INPUT, f"error: {error}", error)
+        if is_ray_failure(error):
+            return fail(DISTRIBUTED_FAILURE, f"error: distributed training failed: {first_line(error)}", error)
+        raise

@@ -1,0 +1,49 @@
+"""Class folders -> Parquet shards for a cluster: checked first, bad files stopping the ingest or left out.
+
+Shards hold the files' encoded bytes, or, with an image size, the images decoded and resized once
+(raw pixels: training then neither decodes nor resizes). See data/parquet.py for the layout.
+"""
+import os
+from pathlib import Path
+
+from tl_core.data.checks import format_bad_files
+from tl_core.data.images import DatasetError, ImageFolder
+from tl_core.data.parquet import write_parquet_shards
+from tl_core.data.sources import DatasetCheck, enforce_policy
+
+
+def check_arguments(output: Path, *, image_size: int | None, rows_per_file: int) -> None:
+    """Refuse what would fail later, before the (long) check of every image."""
+    if output.exists() and any(output.iterdir()):
+        raise DatasetError(f"{output} already holds files: choose a new --output directory")
+    if rows_per_file <= 0:
+        raise DatasetError(f"--rows-per-file must be positive, got {rows_per_file}")
+    if image_size is not None and image_size <= 0:
+        raise DatasetError(f"--image-size must be positive, got {image_size}")
+
+
+def ingest(check: DatasetCheck, output: Path, *, skip_bad_files: bool, image_size: int | None = None,
+           rows_per_file: int = 5000, log=print) -> None:
+    """Write a checked dataset's train/ and validation/ as Parquet shards under output."""
+    check_arguments(output, image_size=image_size, rows_per_file=rows_per_file)
+    skipped = {item.path for item in enforce_policy(check, "skip" if skip_bad_files else "fail")}
+    if skipped:
+        log(f"Leaving out {len(skipped)} bad file(s):\n{format_bad_files(check.bad_files)}")
+    for split, source in (("train", check.train), ("validation", check.validation)):
+        if not isinstance(source, ImageFolder):
+            raise DatasetError(f"{check.data_dir / split} is already Parquet")
+        kept = source.without(skipped)
+        log(f"{split}: writing {len(kept)} images{f' resized to {image_size}x{image_size}' if image_size else ''}",
+            flush=True)
+        written = write_parquet_shards(kept, output / split, rows_per_file=rows_per_file, image_size=image_size,
+                                       progress=log)
+        log(f"  {size_report(kept.paths, written)}", flush=True)
+
+
+def size_report(sources: list[str], written: list[Path]) -> str:
+    """Bytes per image on disk: the Parquet shards against the source files."""
+    source_bytes = sum(os.path.getsize(path) for path in sources)
+    parquet_bytes = sum(path.stat().st_size for path in written)
+    count = max(len(sources), 1)
+    return (f"{parquet_bytes / count / 1024:.1f} KiB per image in Parquet, {source_bytes / count / 1024:.1f} KiB "
+            f"per source file ({parquet_bytes / max(source_bytes, 1):.2f}x)")
