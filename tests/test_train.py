@@ -275,3 +275,16 @@ def test_sigkill_at_a_random_moment_leaves_only_complete_files_and_resume_finish
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert [row["epoch"] for row in json.loads((run_dir / "history.json").read_text())] == list(range(1, 9))
     assert not list(run_dir.rglob(".*"))  # the killed run's temporaries are gone, at every depth
+
+
+def test_a_run_lists_and_checks_its_data_once(tiny_backbone, colour_dataset, tmp_path, monkeypatch):
+    import tl_core.data.sources as sources_module
+    from tl_core.training import job
+
+    listed, checked = [], []
+    list_folder, find_bad = sources_module.list_image_folder, sources_module.find_bad_files
+    monkeypatch.setattr(sources_module, "list_image_folder", lambda *a, **k: listed.append(a[0]) or list_folder(*a, **k))
+    monkeypatch.setattr(sources_module, "find_bad_files", lambda *a, **k: checked.append(len(a[0])) or find_bad(*a, **k))
+    job.run(tiny_config(tiny_backbone, colour_dataset, tmp_path / "run", epochs=1), log=lambda *args, **kwargs: None)
+    assert sorted(Path(path).name for path in listed) == ["train", "validation"]  # not again by train()
+    assert sorted(checked) == [20, 48]

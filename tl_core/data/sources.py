@@ -5,6 +5,7 @@ which are then split per class. The check lists every bad file at once; the run 
 default) or skips them.
 """
 import dataclasses
+import os
 from pathlib import Path
 
 from tl_core.config import TrainConfig
@@ -12,6 +13,27 @@ from tl_core.data.checks import BadFile, find_bad_files, find_bad_rows, format_b
 from tl_core.run_dir import SKIPPED_FILES
 from tl_core.data.images import DatasetError, ImageFolder, check_stored_size, display_path, list_image_folder
 from tl_core.data.parquet import ParquetImages, is_parquet_split, list_parquet_split
+
+
+@dataclasses.dataclass
+class Sources:
+    """The train and validation sources a run uses, checked once, the files it skips left out."""
+
+    train: ImageFolder | ParquetImages
+    validation: ImageFolder | ParquetImages
+    data_dir: Path
+    skipped: int = 0  # bad files left out
+
+    def absolute(self) -> "Sources":
+        """The same sources with absolute paths, for Ray workers (they do not share this working directory)."""
+        def absolute(source):
+            if isinstance(source, ImageFolder):
+                return dataclasses.replace(source, paths=[os.path.abspath(path) for path in source.paths])
+            return dataclasses.replace(source, files=[os.path.abspath(path) for path in source.files])
+
+        return dataclasses.replace(self, train=absolute(self.train), validation=absolute(self.validation),
+                                   data_dir=Path(os.path.abspath(self.data_dir)))
+
 
 @dataclasses.dataclass
 class DatasetCheck:
@@ -23,6 +45,13 @@ class DatasetCheck:
     @property
     def ignored(self) -> list[str]:
         return [path for source in (self.train, self.validation) for path in getattr(source, "ignored", [])]
+
+    def sources(self, skipped: list[BadFile]) -> Sources:
+        """What a run trains on: the checked sources without the bad files it skips."""
+        paths = {item.path for item in skipped}
+        if not paths:
+            return Sources(self.train, self.validation, self.data_dir)
+        return Sources(self.train.without(paths), self.validation.without(paths), self.data_dir, len(paths))
 
 
 def list_split(directory: str | Path, class_names: list[str] | None = None):

@@ -23,8 +23,7 @@ from tl_core.config import TrainConfig
 from tl_core.serving.evaluate import ExportedModel, evaluate, evaluate_run
 from tl_core.registry.fingerprint import build_manifest, fingerprint, read_manifest, write_manifest
 from tl_core.registry.store import TRAINED, Registry, RegistryError, new_run_id, utc_now
-from tl_core.data.sources import data_directory, load_splits
-from tl_core.data.checks import read_skipped
+from tl_core.data.sources import data_directory
 from tl_core.run_dir import CONFIG_FILE, METRICS_FILE, changed_settings
 
 
@@ -68,11 +67,12 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: f
         run_id, resume = _start_or_recover(registry, config, data_fingerprint, log)
         run_dir = registry.models / run_id
         run_config = dataclasses.replace(config, output_dir=str(run_dir))
-        job.run(run_config, resume=resume, log=log)
+        checked, skipped = job.check(run_config, log)  # once: for training and for the evaluation below
+        job.run(run_config, resume=resume, checked=(checked, skipped), log=log)
         write_manifest(manifest, registry.manifests / f"{run_id}.parquet")
 
         # Both models on the challenger's held-out split, through their exported SavedModels.
-        _, validation, _ = load_splits(run_config, cache_dir(config.cache_dir), skip=read_skipped(run_dir))
+        validation = checked.sources(skipped).validation
         challenger = evaluate_run(run_dir, validation)
         champion_id, champion = registry.champion(), None
         champion_model = ExportedModel(registry.models / champion_id) if champion_id else None

@@ -55,11 +55,12 @@ def absolute_paths(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, **absolute)
 
 
-def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, log=print) -> dict:
+def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, checked=None, log=print) -> dict:
     """Check, then train into config.output_dir (which the caller has chosen); the final metrics.
 
-    Locally, or on Ray Train when config.uses_ray (--ray, or any Ray option)."""
-    _, skipped = check(config, log)  # before the run directory exists: a failed check leaves nothing
+    The data is listed and checked once, here (or by the caller: checked=check(config)), and the
+    checked sources are what training uses. Locally, or on Ray Train when config.uses_ray."""
+    checked, skipped = checked or check(config, log)  # before the run directory exists: a failed check leaves nothing
     config = prepare_run_dir(config, overwrite=overwrite, resume=resume)
     if resume:
         check_resume_point(config, log)
@@ -71,6 +72,6 @@ def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, l
     if config.uses_ray:
         from tl_core.training.ray_train import train_on_ray
 
-        train_on_ray(absolute_paths(config))
+        train_on_ray(absolute_paths(config), sources=checked.sources(skipped).absolute())
         return json.loads((Path(config.output_dir) / METRICS_FILE).read_text())
-    return train(config)
+    return train(config, sources=checked.sources(skipped))

@@ -78,12 +78,14 @@ def train_loop_per_worker(loop_config: dict) -> None:
     worker = Worker(context.get_world_rank(), context.get_world_size())
     fault = loop_config.get("fault")
     callbacks = fault.callbacks(worker) if fault else ()
-    train(TrainConfig.from_dict(loop_config["config"]), worker=worker, checkpoints=RayCheckpoints(),
-          callbacks=callbacks)
+    train(TrainConfig.from_dict(loop_config["config"]), sources=loop_config.get("sources"), worker=worker,
+          checkpoints=RayCheckpoints(), callbacks=callbacks)
 
 
-def train_on_ray(config: TrainConfig, *, fault: KillWorkerOnce | None = None):
-    """Run the job on config.num_workers Ray Train workers; connects to a running cluster if there is one."""
+def train_on_ray(config: TrainConfig, *, sources=None, fault: KillWorkerOnce | None = None):
+    """Run the job on config.num_workers Ray Train workers; connects to a running cluster if there is one.
+
+    sources: the checked data (data.sources.Sources, absolute paths), handed to every worker."""
     if not ray.is_initialized():
         ray.init()  # the cluster of $RAY_ADDRESS / `ray job submit`, else a new local one
     run_dir = Path(config.output_dir)
@@ -92,7 +94,7 @@ def train_on_ray(config: TrainConfig, *, fault: KillWorkerOnce | None = None):
         resources["GPU"] = config.gpus_per_worker
     trainer = TensorflowTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config.to_dict(), "fault": fault},
+        train_loop_config={"config": config.to_dict(), "sources": sources, "fault": fault},
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(

@@ -21,7 +21,7 @@ from tl_core import artifacts
 from tl_core.config import TrainConfig
 from tl_core.data.checks import read_skipped
 from tl_core.data.images import make_dataset
-from tl_core.data.sources import load_splits
+from tl_core.data.sources import Sources, load_splits
 from tl_core.metrics import classification_metrics
 from tl_core.model import assets
 from tl_core.model.backbones import check_backbone_options, resolve_backbone
@@ -62,21 +62,29 @@ def _versions() -> dict:
 class RunData:
     """What this worker trains and validates on."""
 
-    train: object  # ImageFolder or ParquetImages: the whole training set
-    shard: object  # this worker's equal share of it
-    validation: object
-    data_dir: Path
-    skipped: set
+    sources: Sources  # the whole training and validation sets
+    shard: object  # this worker's equal share of the training set
+
+    @property
+    def train(self):
+        return self.sources.train
+
+    @property
+    def validation(self):
+        return self.sources.validation
 
     @classmethod
-    def load(cls, config: TrainConfig, worker: Worker) -> "RunData":
+    def load(cls, config: TrainConfig, worker: Worker, sources: Sources | None = None) -> "RunData":
+        """The sources the caller checked (job.run), or, without them, listed here (the run's skip list applied)."""
         run_dir = Path(config.output_dir)
-        skipped = read_skipped(run_dir) if config.bad_files == "skip" else set()
-        train, validation, data_dir = load_splits(config, assets.cache_dir(config.cache_dir), skip=skipped)
-        shard = train.shard(worker.rank, worker.world_size, seed=config.seed)
+        if sources is None:
+            skipped = read_skipped(run_dir) if config.bad_files == "skip" else set()
+            train, validation, data_dir = load_splits(config, assets.cache_dir(config.cache_dir), skip=skipped)
+            sources = Sources(train, validation, data_dir, len(skipped))
+        shard = sources.train.shard(worker.rank, worker.world_size, seed=config.seed)
         if worker.world_size > 1 and hasattr(shard, "paths"):  # which images each worker trains on
             artifacts.write_json(run_dir / SHARDS_DIR / f"worker-{worker.rank}.json", shard.paths)
-        return cls(train, shard, validation, data_dir, skipped)
+        return cls(sources, shard)
 
 
 def restore(models: Models, checkpoints, config: TrainConfig, log) -> list:
@@ -92,11 +100,12 @@ def restore(models: Models, checkpoints, config: TrainConfig, log) -> list:
     return history
 
 
-def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, callbacks=(),
-          strategy: tf.distribute.Strategy | None = None) -> dict:
+def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker = Worker(), checkpoints=None,
+          callbacks=(), strategy: tf.distribute.Strategy | None = None) -> dict:
     """Train on config's data and write every artifact into config.output_dir; the final validation metrics.
 
-    The same function runs in a single local process and on every Ray Train worker: `worker` says
+    `sources`: the data as job.run checked it (listed here when not given). The same function runs
+    in a single local process and on every Ray Train worker: `worker` says
     which shard of the training images this process trains on and whether it writes the artifacts;
     `checkpoints` keeps the last completed epoch (run_dir/checkpoints by default), and training
     continues from it when it holds one. `strategy` defaults to the one this process's devices and
@@ -109,7 +118,7 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
     started, run_dir = time.perf_counter(), Path(config.output_dir)
     tf.keras.utils.set_random_seed(config.seed)
     log = print if worker.is_chief else (lambda *args, **kwargs: None)
-    data = RunData.load(config, worker)
+    data = RunData.load(config, worker, sources)
     handle = resolve_backbone(config.backbone, assets.cache_dir(config.cache_dir))
     log(f"Training on {len(data.shard)} x {worker.world_size} of {len(data.train)} images "
         f"(global batch {config.batch_size} x {worker.world_size}), validating on {len(data.validation)}, "
@@ -141,10 +150,10 @@ def train(config: TrainConfig, *, worker: Worker = Worker(), checkpoints=None, c
         models.trainer(recorder.phase).fit(epoch_data, initial_epoch=epoch, epochs=epoch + 1, verbose=0,
                                            callbacks=[recorder, *callbacks])
 
-    run = {"backbone_handle": handle, "data_dir": str(data.data_dir), "train_images": len(data.train),
+    run = {"backbone_handle": handle, "data_dir": str(data.sources.data_dir), "train_images": len(data.train),
            "train_images_per_worker": len(data.shard), "num_workers": worker.world_size,
            "global_batch_size": config.batch_size * worker.world_size, "validation_images": len(data.validation),
-           "skipped_files": len(data.skipped), "cached_features": config.uses_feature_cache,
+           "skipped_files": data.sources.skipped, "cached_features": config.uses_feature_cache,
            "features_on_disk": isinstance(features, FeatureFile), "feature_seconds": feature_seconds}
     return write_outputs(config, models.classifier, validation, history, run, worker, started)
 
