@@ -86,6 +86,16 @@ class RunData:
             artifacts.write_json(run_dir / SHARDS_DIR / f"worker-{worker.rank}.json", shard.paths)
         return cls(sources, shard)
 
+    def describe(self, worker: Worker, batch_size: int, handle: str) -> str:
+        return (f"Training on {len(self.shard)} x {worker.world_size} of {len(self.train)} images (global batch "
+                f"{batch_size} x {worker.world_size}), validating on {len(self.validation)}, classes "
+                f"{self.train.class_names}, backbone {handle}")
+
+    def summary(self, worker: Worker) -> dict:
+        return {"data_dir": str(self.sources.data_dir), "train_images": len(self.train),
+                "train_images_per_worker": len(self.shard), "num_workers": worker.world_size,
+                "validation_images": len(self.validation), "skipped_files": self.sources.skipped}
+
 
 def restore(models: Models, checkpoints, config: TrainConfig, log) -> list:
     """The history of the last completed epoch's checkpoint, its state restored into the models; [] for a new run."""
@@ -105,57 +115,61 @@ def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker
     """Train on config's data and write every artifact into config.output_dir; the final validation metrics.
 
     `sources`: the data as job.run checked it (listed here when not given). The same function runs
-    in a single local process and on every Ray Train worker: `worker` says
-    which shard of the training images this process trains on and whether it writes the artifacts;
-    `checkpoints` keeps the last completed epoch (run_dir/checkpoints by default), and training
-    continues from it when it holds one. `strategy` defaults to the one this process's devices and
-    TF_CONFIG call for (distribute.make_strategy); `callbacks` are extra Keras callbacks for fit().
+    in a single local process and on every Ray Train worker: `worker` says which shard of the
+    training images this process trains on and whether it writes the artifacts; `checkpoints` keeps
+    the last completed epoch (run_dir/checkpoints by default), and training continues from it when
+    it holds one. `strategy` defaults to the one this process's devices and TF_CONFIG call for
+    (distribute.make_strategy); `callbacks` are extra Keras callbacks for fit().
     """
     strategy = strategy or make_strategy()  # before any other TF op
     check_backbone_options(config.backbone, fine_tune_epochs=config.fine_tune_epochs,
                            fine_tune_layers=config.fine_tune_layers, bf16=config.bf16)
     tf.get_logger().setLevel("ERROR")
-    started, run_dir = time.perf_counter(), Path(config.output_dir)
     tf.keras.utils.set_random_seed(config.seed)
+    started, run_dir = time.perf_counter(), Path(config.output_dir)
     log = print if worker.is_chief else (lambda *args, **kwargs: None)
     data = RunData.load(config, worker, sources)
     handle = resolve_backbone(config.backbone, assets.cache_dir(config.cache_dir))
-    log(f"Training on {len(data.shard)} x {worker.world_size} of {len(data.train)} images "
-        f"(global batch {config.batch_size} x {worker.world_size}), validating on {len(data.validation)}, "
-        f"classes {data.train.class_names}, backbone {handle}", flush=True)
+    log(data.describe(worker, config.batch_size, handle), flush=True)
 
     models = Models(config, handle, len(data.train.class_names), strategy, log)
     checkpoints = checkpoints or LocalCheckpoints(run_dir)
     history = restore(models, checkpoints, config, log)
-    feature_start = time.perf_counter()
-    validation = Validation(models.classifier, data.validation, config.image_size, config.batch_size,
-                            phase_of(config, len(history)))
-    features = cached_training_features(config, models, data.shard, worker) if len(history) < config.epochs else None
-    feature_seconds = time.perf_counter() - feature_start
-    if validation.features is not None:
-        log(f"Backbone features of {len(data.validation)} validation{f' and {len(data.shard)} training' if features else ''}"
-            f" images computed once: {feature_seconds:.1f}s", flush=True)
-
-    total_epochs = config.epochs + config.fine_tune_epochs
-    recorder = EpochRecorder(history=history, validation=validation, state=models.state,
-                             checkpoints=checkpoints, worker=worker, run_dir=run_dir,
-                             images_per_epoch=len(data.shard) * worker.world_size, total_epochs=total_epochs, log=log)
-    for epoch in range(len(history), total_epochs):
-        recorder.phase = phase_of(config, epoch)
-        if features is not None and recorder.phase == HEAD:
-            epoch_data = features.dataset(config.batch_size, seed=config.seed, epoch=epoch)
-        else:
-            epoch_data = make_dataset(data.shard, config.image_size, config.batch_size, shuffle=True,
-                                      augment_images=config.augment, seed=config.seed, epoch=epoch)
-        models.trainer(recorder.phase).fit(epoch_data, initial_epoch=epoch, epochs=epoch + 1, verbose=0,
+    validation, features, feature_seconds = backbone_passes(config, models, data, worker, len(history), log)
+    recorder = EpochRecorder(history=history, validation=validation, state=models.state, checkpoints=checkpoints,
+                             worker=worker, run_dir=run_dir, images_per_epoch=len(data.shard) * worker.world_size,
+                             total_epochs=config.epochs + config.fine_tune_epochs, log=log)
+    for epoch in range(len(history), config.epochs + config.fine_tune_epochs):
+        recorder.phase = phase_of(config, epoch)  # the head's epochs, then fine-tuning's
+        models.trainer(recorder.phase).fit(epoch_dataset(config, data.shard, features, recorder.phase, epoch),
+                                           initial_epoch=epoch, epochs=epoch + 1, verbose=0,
                                            callbacks=[recorder, *callbacks])
 
-    run = {"backbone_handle": handle, "data_dir": str(data.sources.data_dir), "train_images": len(data.train),
-           "train_images_per_worker": len(data.shard), "num_workers": worker.world_size,
-           "global_batch_size": config.batch_size * worker.world_size, "validation_images": len(data.validation),
-           "skipped_files": data.sources.skipped, "cached_features": config.uses_feature_cache,
-           "features_on_disk": isinstance(features, FeatureFile), "feature_seconds": feature_seconds}
+    run = {"backbone_handle": handle, **data.summary(worker), "global_batch_size": config.batch_size * worker.world_size,
+           "cached_features": config.uses_feature_cache, "features_on_disk": isinstance(features, FeatureFile),
+           "feature_seconds": feature_seconds}
     return write_outputs(config, models.classifier, validation, history, run, worker, started)
+
+
+def backbone_passes(config: TrainConfig, models: Models, data: RunData, worker: Worker, completed: int, log):
+    """(validation, cached training features or None, seconds): what the frozen backbone computes once."""
+    started = time.perf_counter()
+    validation = Validation(models.classifier, data.validation, config.image_size, config.batch_size,
+                            phase_of(config, completed))
+    features = cached_training_features(config, models, data.shard, worker) if completed < config.epochs else None
+    seconds = time.perf_counter() - started
+    if validation.features is not None:
+        log(f"Backbone features of {len(data.validation)} validation{f' and {len(data.shard)} training' if features else ''}"
+            f" images computed once: {seconds:.1f}s", flush=True)
+    return validation, features, seconds
+
+
+def epoch_dataset(config: TrainConfig, shard, features, phase: str, epoch: int) -> tf.data.Dataset:
+    """This epoch's training batches, in the order (and with the augmentations) drawn from (seed, epoch)."""
+    if features is not None and phase == HEAD:
+        return features.dataset(config.batch_size, seed=config.seed, epoch=epoch)
+    return make_dataset(shard, config.image_size, config.batch_size, shuffle=True, augment_images=config.augment,
+                        seed=config.seed, epoch=epoch)
 
 
 def cached_training_features(config: TrainConfig, models: Models, shard, worker: Worker):
