@@ -6,13 +6,14 @@ import dataclasses
 import json
 from pathlib import Path
 
+from tl_core.config import TrainConfig
+from tl_core.data.checks import format_bad_files, write_skipped
+from tl_core.data.sources import DatasetCheck, check_dataset, describe_check, enforce_policy
 from tl_core.model.assets import cache_dir
 from tl_core.model.backbones import check_backbone_options
-from tl_core.config import TrainConfig
+from tl_core.run_dir import (CHECKPOINT_DIR, HISTORY_JSON, METRICS_FILE, RAY_DIR, SKIPPED_FILES, RunDirectoryError,
+                             prepare_run_dir)
 from tl_core.training.distribute import driver_without_gpus
-from tl_core.data.sources import DatasetCheck, check_dataset, describe_check, enforce_policy
-from tl_core.data.checks import format_bad_files, write_skipped
-from tl_core.run_dir import CHECKPOINT_DIR, HISTORY_JSON, METRICS_FILE, RAY_DIR, RunDirectoryError, prepare_run_dir
 from tl_core.training.train import check_backbone, train
 
 
@@ -66,7 +67,7 @@ def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, c
         check_resume_point(config, log)
     if skipped:
         write_skipped(Path(config.output_dir), skipped)
-        log(f"Skipping {len(skipped)} bad file(s), listed in {Path(config.output_dir) / 'skipped_files.json'}:\n"
+        log(f"Skipping {len(skipped)} bad file(s), listed in {Path(config.output_dir) / SKIPPED_FILES}:\n"
             f"{format_bad_files(skipped)}")
     log(f"Run directory {config.output_dir}\nConfiguration:\n{config.describe()}", flush=True)
     if config.uses_ray:
