@@ -10,7 +10,7 @@ import typing
 from pathlib import Path
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from tl_core.config import TrainConfig
+from tl_core.config import RAY_GROUP, TrainConfig
 
 from jobs.cli import run_command
 
@@ -55,7 +55,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-RAY_FLAGS = ("ray", "num_workers", "use_gpu", "cpus_per_worker", "gpus_per_worker", "max_failures")
+# The options only Ray Train has (config.py's RAY_GROUP): giving any of them runs the job on Ray.
+RAY_FLAGS = tuple(field.name for field in dataclasses.fields(TrainConfig) if field.metadata.get("group") == RAY_GROUP)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

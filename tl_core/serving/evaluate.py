@@ -8,9 +8,12 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tl_core.data.images import DatasetError, make_dataset, to_unit_range
 from tl_core import artifacts
+from tl_core.data.checks import format_bad_files, without_bad_files
+from tl_core.data.images import DatasetError, ImageFolder, display_path, make_dataset, to_unit_range
+from tl_core.data.sources import data_directory, labelled_split
 from tl_core.metrics import classification_metrics
+from tl_core.model.assets import cache_dir as asset_cache
 from tl_core.run_dir import CONFUSION_PLOT, METRICS_FILE, MODEL_DIR
 
 
@@ -72,11 +75,6 @@ def evaluate_to_directory(model_path, data_dir, output: Path, *, split: str = "v
                           worst: int = 16, cache_dir=None, log=print) -> dict:
     """Evaluate an exported model on a labelled split and write metrics.json, the confusion matrix and the
     contact sheet of its most confident mistakes into output; files that cannot be used are left out and listed."""
-    from tl_core.data.checks import format_bad_files, without_bad_files
-    from tl_core.data.images import ImageFolder, display_path
-    from tl_core.data.sources import data_directory, labelled_split
-    from tl_core.model.assets import cache_dir as asset_cache
-
     if batch_size <= 0 or worst < 0:
         raise ValueError("--batch-size must be positive and --worst not negative")
     model = ExportedModel(model_path)
