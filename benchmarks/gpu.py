@@ -79,7 +79,7 @@ def host_rates(work: Path, photos_per_class: int) -> dict:
     """tf.data images/s on this machine's cores (wall clock) and per core, for photo folders and pre-sized Parquet."""
     photos = write_photo_dataset(work / "photos", {"train": photos_per_class})
     folder = list_image_folder(photos / "train")
-    write_parquet_shards(folder, work / "presized", image_size=224, progress=lambda *args, **kwargs: None)
+    write_parquet_shards(folder, work / "presized", image_size=224)
     presized = list_split(work / "presized")
     rates = {}
     for name, source in (("photo_folders", folder), ("presized_parquet", presized)):

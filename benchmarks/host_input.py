@@ -100,10 +100,6 @@ def per_core_rate(make, count: int, repeats: int) -> dict:
     return {"per_cpu_second": statistics.median(cpu_rates), "per_wall_second": statistics.median(wall_rates)}
 
 
-def quiet(*args, **kwargs) -> None:
-    pass
-
-
 def disk_bytes(paths) -> int:
     return sum(os.path.getsize(path) for path in paths)
 
@@ -111,8 +107,8 @@ def disk_bytes(paths) -> int:
 def measure(name: str, data_dir: Path, work: Path, repeats: int) -> dict:
     folder = list_image_folder(data_dir / "train")
     print(f"{name}: {len(folder)} training images; writing Parquet and pre-sized Parquet ...", flush=True)
-    parquet_files = write_parquet_shards(folder, work / name / "parquet", progress=quiet)
-    presized_files = write_parquet_shards(folder, work / name / "presized", image_size=SIZE, progress=quiet)
+    parquet_files = write_parquet_shards(folder, work / name / "parquet")
+    presized_files = write_parquet_shards(folder, work / name / "presized", image_size=SIZE)
     parquet, presized = list_split(work / name / "parquet"), list_split(work / name / "presized")
     result = {"images": len(folder), "bytes_per_image": {
         "source_files": disk_bytes(folder.paths) / len(folder),

@@ -33,11 +33,21 @@ def _is_op_error(error: BaseException) -> bool:
     return tensorflow is not None and isinstance(error, tensorflow.errors.OpError)
 
 
-def run_command(body: Callable[[], int | None], *, note: Callable[[BaseException], str | None] = lambda error: None) -> int:
+def add_quiet_argument(parser) -> None:
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or progress lines: only the lines that "
+                        "say what was done (for a terminal; in a log, progress is already one line per 15 s)")
+
+
+def run_command(body: Callable[[], int | None], *, note: Callable[[BaseException], str | None] = lambda error: None,
+                quiet: bool = False) -> int:
     """Run a command's body; map what it raises to an exit status and a message on stderr.
 
-    note(error) may add a line after the message (how to resume, what state things were left in)."""
+    note(error) may add a line after the message (how to resume, what state things were left in).
+    quiet: the command's --quiet (tl_core/progress.py)."""
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
+    from tl_core import progress
+
+    progress.set_quiet(quiet)
     from tl_core.model.assets import AssetError
     from tl_core.registry.store import RegistryBusy
 

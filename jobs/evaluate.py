@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from jobs.cli import run_command
+from jobs.cli import add_quiet_argument, run_command
 
 
 def main(argv=None) -> int:
@@ -27,6 +27,7 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=64, help="images per model call (default 64)")
     parser.add_argument("--worst", type=int, default=16, help="mistakes shown in most_confident_errors.png (default 16)")
     parser.add_argument("--cache-dir", help="asset cache, for the built-in sample")
+    add_quiet_argument(parser)
     args = parser.parse_args(argv)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     output = Path(args.output_dir or f"runs/evaluate-{stamp}")
@@ -38,7 +39,7 @@ def main(argv=None) -> int:
                                         worst=args.worst, cache_dir=args.cache_dir)
         print(f"{format_report(metrics)}\nResults in {output}")
 
-    return run_command(body)
+    return run_command(body, quiet=args.quiet)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from jobs.cli import run_command
+from jobs.cli import add_quiet_argument, run_command
 from tl_core.config import TrainConfig
 
 
@@ -39,6 +39,7 @@ def main(argv=None) -> int:
                         "--image-size N then skips decoding and resizing (default: keep the files' encoded bytes)")
     parser.add_argument("--rows-per-file", type=int, default=5000, help="images per Parquet file (default 5000)")
     parser.add_argument("--cache-dir", help="asset cache, for the built-in sample")
+    add_quiet_argument(parser)
     args = parser.parse_args(argv)
     if not args.check and not args.output:
         parser.error("--output is required (or pass --check)")
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
               f"{size_flag}")
         return 0
 
-    return run_command(body)
+    return run_command(body, quiet=args.quiet)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from jobs.cli import run_command
+from jobs.cli import add_quiet_argument, run_command
 
 
 def main(argv=None) -> int:
@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     parser.add_argument("--ray", action="store_true", help="run on Ray Data across the cluster")
     parser.add_argument("--concurrency", type=int, default=2, help="with --ray: model replicas (default 2)")
     parser.add_argument("--use-gpu", action="store_true", help="with --ray: one GPU per replica")
+    add_quiet_argument(parser)
     args = parser.parse_args(argv)
     output = Path(args.output)
 
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
             summary = predict_to_parquet(model, inputs, output, batch_size=args.batch_size, chunk_size=args.chunk_size)
         print(f"{summary['rows']} rows written to {output}; {summary['errors']} could not be used (see the error column)")
 
-    return run_command(body)
+    return run_command(body, quiet=args.quiet)
 
 
 if __name__ == "__main__":

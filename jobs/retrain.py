@@ -10,7 +10,7 @@ import argparse
 import sys
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from jobs.cli import run_command
+from jobs.cli import add_quiet_argument, run_command
 from jobs.train import add_training_arguments, config_from_args
 
 
@@ -24,6 +24,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="model directories kept, newest first; the champion is always kept (default 5)")
     parser.add_argument("--force", action="store_true", help="retrain even if the data has not changed")
     add_training_arguments(parser, exclude=("output_dir",))  # each challenger gets its own run directory
+    add_quiet_argument(parser)
     args = parser.parse_args(argv)
     if args.keep < 1:
         parser.error(f"--keep must be at least 1, got {args.keep}")
@@ -45,7 +46,7 @@ def main(argv=None) -> int:
         return None if isinstance(error, RegistryBusy) else \
             "The champion is unchanged; the next retrain continues this one."
 
-    return run_command(body, note=note)
+    return run_command(body, note=note, quiet=args.quiet)
 
 
 if __name__ == "__main__":

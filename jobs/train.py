@@ -12,7 +12,7 @@ from pathlib import Path
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from tl_core.config import RAY_GROUP, TrainConfig
 
-from jobs.cli import run_command
+from jobs.cli import add_quiet_argument, run_command
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, exclude=()) -> None:
@@ -52,6 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode.add_argument("--resume", action="store_true", help="continue the run in --output-dir from its last epoch, "
                       "with its saved configuration (only --epochs and --fine-tune-epochs may change)")
     mode.add_argument("--overwrite", action="store_true", help="replace the run in --output-dir")
+    mode.add_argument("--show-batch", nargs="?", const="augmented_batch.png", metavar="PNG",
+                      help="check the data, draw the first training batch exactly as the model would receive it "
+                      "(decoded, resized, augmented) into PNG (default augmented_batch.png), and stop: no run, no training")
+    add_quiet_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -102,6 +106,11 @@ def main(argv=None) -> int:
 
         config = config_from_args(args)
         config = dataclasses.replace(config, output_dir=config.output_dir or default_output_dir())
+        if args.show_batch:
+            job.show_batch(config, Path(args.show_batch))
+            print(f"Wrote {args.show_batch}: the first training batch as the model would receive it, each image with "
+                  "its class name. Nothing was trained.")
+            return
         if args.check:
             _, skipped = job.check(config)
             print(f"Check passed: the data and the configuration are ready to train"
@@ -121,7 +130,7 @@ def main(argv=None) -> int:
             return resume_hint(config)  # e.g. the disk filled up, or Ctrl-C
         return "No epoch was completed." if isinstance(error, KeyboardInterrupt) else None
 
-    return run_command(body, note=note)
+    return run_command(body, note=note, quiet=args.quiet)
 
 
 def _has_checkpoint(config) -> bool:

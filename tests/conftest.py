@@ -81,3 +81,29 @@ def real_cache() -> Path:
     from tl_core.model.assets import cache_dir
 
     return cache_dir()
+
+
+def read_tensorboard(directory) -> dict:
+    """{tag: [(step, value), ...]} of the event files in directory, as TensorBoard's own reader sees them."""
+    from tensorboard.backend.event_processing.plugin_event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(directory), size_guidance={"tensors": 0})  # keep every event
+    accumulator.Reload()
+    return {tag: [(event.step, tf.make_ndarray(event.tensor_proto)) for event in accumulator.Tensors(tag)]
+            for tag in accumulator.Tags()["tensors"]}
+
+
+def assert_tensorboard_matches_history(run_dir) -> None:
+    """Every epoch of history.json once in the run's TensorBoard scalars, with the same values."""
+    import json
+
+    history = json.loads((Path(run_dir) / "history.json").read_text())
+    train, validation = (read_tensorboard(Path(run_dir) / "tensorboard" / split) for split in ("train", "validation"))
+    epochs = [row["epoch"] for row in history]
+    for board, tag, key in ((train, "epoch_loss", "loss"), (train, "epoch_accuracy", "accuracy"),
+                            (train, "epoch_learning_rate", "learning_rate"),
+                            (train, "epoch_images_per_second", "images_per_second"),
+                            (validation, "epoch_loss", "val_loss"), (validation, "epoch_accuracy", "val_accuracy")):
+        assert [step for step, _ in board[tag]] == epochs, tag
+        np.testing.assert_allclose([float(value) for _, value in board[tag]], [row[key] for row in history], rtol=1e-6)
+    assert [int(value) for _, value in train["epoch_phase"]] == [int(row["phase"] == "fine_tune") for row in history]

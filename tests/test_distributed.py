@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from conftest import assert_tensorboard_matches_history, tiny_config
 from tl_core.data.images import ImageFolder, make_dataset
 from tl_core.training.distribute import DEFAULT, MIRRORED, MULTI_WORKER, strategy_kind
 from tl_core.training.train import train
@@ -16,7 +16,7 @@ from tl_core.run_dir import prepare_run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_RUN_FILES = {"config.json", "class_names.json", "history.json", "history.parquet", "metrics.json",
-                   "history.png", "confusion_matrix.png", "model"}
+                   "history.png", "confusion_matrix.png", "model", "tensorboard", "augmented_batch.png"}
 
 
 def test_strategy_choice():
@@ -83,6 +83,8 @@ def test_two_workers_train_like_a_local_run(ray_instance, tiny_backbone, colour_
     assert metrics["run"]["num_workers"] == 2 and metrics["run"]["global_batch_size"] == 16
     assert json.loads((run_dir / "config.json").read_text())["global_batch_size"] == 16
     assert [row["epoch"] for row in json.loads((run_dir / "history.json").read_text())] == [1, 2, 3, 4, 5]
+    assert_tensorboard_matches_history(run_dir)
+    assert len(list((run_dir / "tensorboard" / "train").iterdir())) == 1  # written by the chief alone
 
     local = prepare_run_dir(dataclasses.replace(config, num_workers=1, output_dir=str(tmp_path / "local")))
     local_metrics = train(local)
@@ -106,6 +108,7 @@ def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_instance, tiny_bac
     killed_at = marker.stat().st_mtime
     # Epochs 1-2 finished before the kill and were restored from the checkpoint, not trained again.
     assert history[1]["finished_at"] < killed_at < history[2]["finished_at"]
+    assert_tensorboard_matches_history(config.output_dir)  # the restarted chief appended, no epoch twice
     assert json.loads((Path(config.output_dir) / "metrics.json").read_text())["accuracy"] >= 0.9
 
 
@@ -122,7 +125,7 @@ def test_predict_on_ray_data_matches_the_local_prediction(ray_instance, tiny_bac
     summary = predict_on_ray(Path(config.output_dir) / "model", inputs, tmp_path / "ray_out", chunk_size=4,
                              concurrency=2)
     assert summary["rows"] == 21 and summary["errors"] == 1
-    predict_to_parquet(ExportedModel(config.output_dir), inputs, tmp_path / "local_out", log=lambda *a, **k: None)
+    predict_to_parquet(ExportedModel(config.output_dir), inputs, tmp_path / "local_out")
     on_ray = sorted(pq.read_table(tmp_path / "ray_out").to_pylist(), key=lambda row: row["path"])
     local = sorted(pq.read_table(tmp_path / "local_out").to_pylist(), key=lambda row: row["path"])
     assert [row["path"] for row in on_ray] == [row["path"] for row in local]

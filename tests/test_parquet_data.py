@@ -84,8 +84,7 @@ def presized_dataset(colour_dataset, tmp_path_factory):
 def test_presized_rows_hold_exactly_what_training_decodes(colour_dataset, tmp_path):
     folder = list_image_folder(colour_dataset / "train")
     # Files and row groups that do not divide each other: every row must still hold its own image.
-    write_parquet_shards(folder, tmp_path / "train", rows_per_file=7, rows_per_group=3, image_size=TINY_IMAGE_SIZE,
-                         progress=lambda *_: None)
+    write_parquet_shards(folder, tmp_path / "train", rows_per_file=7, rows_per_group=3, image_size=TINY_IMAGE_SIZE)
     shards = list_split(tmp_path / "train")
     assert shards.image_size == TINY_IMAGE_SIZE
     for file in sorted((tmp_path / "train").glob("*.parquet")):

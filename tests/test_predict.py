@@ -60,8 +60,7 @@ def test_list_and_parquet_inputs(trained_model, colour_dataset, tmp_path):
     assert [row["path"] for row in rows] == paths + [str(tmp_path / "missing.jpg")]
     assert rows[-1]["error"] == "cannot read: No such file or directory"
 
-    write_parquet_shards(list_image_folder(colour_dataset / "validation"), tmp_path / "pq", rows_per_file=7,
-                         progress=lambda line: None)
+    write_parquet_shards(list_image_folder(colour_dataset / "validation"), tmp_path / "pq", rows_per_file=7)
     assert predict_job.main(["--model", trained_model, "--input", str(tmp_path / "pq"), "--output", str(tmp_path / "b")]) == 0
     table = pq.read_table(tmp_path / "b")
     assert table.num_rows == 20 and table.column("error").null_count == 20

@@ -49,4 +49,9 @@ def test_ray_job_submit_runs_the_job(ray_head, tiny_backbone, colour_dataset, tm
         time.sleep(5)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     assert "succeeded" in result.stdout + result.stderr
+    # One line per event, from the chief only: no copy through Ray Train's print patch, no per-worker reports.
+    log = result.stdout + result.stderr
+    for line in ("Training on 24 x 2 of 48 images", "epoch   1/2", "epoch   2/2"):
+        assert log.count(line) == 1, (line, log[-4000:])
+    assert "Reporting training result" not in log
     assert LOCAL_RUN_FILES <= {p.name for p in output_dir.iterdir()}

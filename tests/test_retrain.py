@@ -52,6 +52,9 @@ def test_first_run_promotes_unchanged_data_skips_new_data_retrains(data, tiny_ba
     serve = tf.saved_model.load(str(root / "champion" / "model")).signatures["serving_default"]
     assert serve(images=tf.zeros([1, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 3]))["probabilities"].shape == (1, 2)
 
+    # Each challenger's TensorBoard logs are under the registry: `tensorboard --logdir <registry>` shows them all.
+    assert list((root / "models" / first["run_id"] / "tensorboard" / "train").glob("events.out.tfevents.*"))
+
     second = retrain(config, root, log=quiet)
     assert second["action"] == "skipped" and first["run_id"] in second["reason"]
     assert not (root / "models" / second["run_id"]).exists()

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_IMAGE_SIZE, tiny_config
+from conftest import TINY_IMAGE_SIZE, assert_tensorboard_matches_history, tiny_config
 from tl_core.config import TrainConfig
 from tl_core.data.images import list_image_folder, make_dataset, to_unit_range
 from tl_core.training.train import train
@@ -236,6 +236,7 @@ def test_sigterm_stops_and_resume_reaches_the_uninterrupted_result(tiny_backbone
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"after epoch {done}" in resumed.stdout
     assert [row["epoch"] for row in json.loads((run_dir / "history.json").read_text())] == list(range(1, 31))
+    assert_tensorboard_matches_history(run_dir)  # each epoch once, across the interruption
 
     straight = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "straight", epochs=30))
     train(straight)

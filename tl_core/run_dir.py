@@ -31,11 +31,14 @@ CHECKPOINT_DIR = "checkpoints"
 SHARDS_DIR = "shards"
 RAY_DIR = "ray"  # Ray Train's own checkpoints, in distributed runs
 FEATURES_DIR = "features"  # cached training features that did not fit feature_cache_memory_mb
+TENSORBOARD_DIR = "tensorboard"  # event files: `tensorboard --logdir <run or runs/>`
+FED_BATCH_PLOT = "augmented_batch.png"  # the first training batch as the model receives it
 
 
 # Everything a run writes besides its config (--overwrite removes exactly these).
 RUN_FILES = (CHECKPOINT_DIR, HISTORY_JSON, HISTORY_PARQUET, METRICS_FILE, MODEL_DIR, HISTORY_PLOT, CONFUSION_PLOT,
-             CLASS_NAMES_FILE, SHARDS_DIR, RAY_DIR, SKIPPED_FILES, FEATURES_DIR, TFLITE_FLOAT, TFLITE_QUANTIZED, LABELS_FILE)
+             CLASS_NAMES_FILE, SHARDS_DIR, RAY_DIR, SKIPPED_FILES, FEATURES_DIR, TFLITE_FLOAT, TFLITE_QUANTIZED, LABELS_FILE,
+             TENSORBOARD_DIR, FED_BATCH_PLOT)
 
 
 def _remove(path: Path) -> None:

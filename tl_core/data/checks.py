@@ -24,6 +24,7 @@ from tl_core import artifacts
 from tl_core.config import TrainConfig
 from tl_core.data.images import DatasetError, ImageFolder, display_path
 from tl_core.data.parquet import ParquetImages
+from tl_core.progress import track
 from tl_core.run_dir import SKIPPED_FILES
 
 
@@ -128,14 +129,15 @@ def _problem_before_decoding(path: str, max_pixels: int) -> str | None:
         return f"cannot read: {error.strerror}"
 
 
-def _decoded_sizes(names_and_bytes: tf.data.Dataset) -> dict[bytes, tuple[int, int]]:
+def _decoded_sizes(names_and_bytes: tf.data.Dataset, total: int, description: str) -> dict[bytes, tuple[int, int]]:
     """name -> (height, width) of every item that decodes, in one parallel pass; failures are dropped."""
     def decode(name, encoded):
         shape = tf.shape(tf.io.decode_image(encoded, channels=3, expand_animations=False))
         return name, shape[0], shape[1]
 
     decoded = names_and_bytes.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
-    return {name: (int(height), int(width)) for name, height, width in decoded.as_numpy_iterator()}
+    return {name: (int(height), int(width))
+            for name, height, width in track(decoded.as_numpy_iterator(), total, description, size=lambda item: 1)}
 
 
 def decode_error(encoded) -> str:
@@ -150,15 +152,17 @@ def decode_error(encoded) -> str:
     return "failed to decode in the parallel pass"
 
 
-def find_bad_files(folder: ImageFolder, *, min_side: int, max_pixels: int) -> list[BadFile]:
+def find_bad_files(folder: ImageFolder, *, min_side: int, max_pixels: int, description: str = "Checking") -> list[BadFile]:
     """Every file of a folder that cannot be read, does not decode, or is too small or too large."""
     bad = [BadFile(path, reason) for path, reason in folder.problems]
     with concurrent.futures.ThreadPoolExecutor(16) as pool:  # file headers: I/O bound
-        early = list(pool.map(lambda path: _problem_before_decoding(path, max_pixels), folder.paths))
+        early = list(track(pool.map(lambda path: _problem_before_decoding(path, max_pixels), folder.paths),
+                           len(folder.paths), f"{description}: headers", size=lambda item: 1, unit="files"))
     bad += [BadFile(path, reason) for path, reason in zip(folder.paths, early) if reason]
     candidates = [path for path, reason in zip(folder.paths, early) if not reason]
     names = tf.data.Dataset.from_tensor_slices(tf.constant([os.fsencode(path) for path in candidates], tf.string))
-    sizes = _decoded_sizes(names.map(lambda name: (name, tf.io.read_file(name))))
+    sizes = _decoded_sizes(names.map(lambda name: (name, tf.io.read_file(name))), len(candidates),
+                           f"{description}: decoding")
     for path in candidates:
         size = sizes.get(os.fsencode(path))
         if size is None:
@@ -173,7 +177,7 @@ def find_bad_files(folder: ImageFolder, *, min_side: int, max_pixels: int) -> li
     return sorted(bad, key=lambda item: item.path)
 
 
-def find_bad_rows(source: ParquetImages, *, min_side: int, max_pixels: int) -> list[BadFile]:
+def find_bad_rows(source: ParquetImages, *, min_side: int, max_pixels: int, description: str = "Checking") -> list[BadFile]:
     """Every row of Parquet shards whose image does not decode or is too small or too large."""
     if source.image_size is not None:
         return find_bad_pixel_rows(source)
@@ -190,7 +194,8 @@ def find_bad_rows(source: ParquetImages, *, min_side: int, max_pixels: int) -> l
                     yield f"{segment}:{offset}", image
 
     sizes = _decoded_sizes(tf.data.Dataset.from_generator(
-        rows, output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string))))
+        rows, output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.string))), len(source),
+        f"{description}: decoding")
     bad = []
     for segment, (file, group, begin, end) in enumerate(source.segments):
         first_row = sum(stop - start for f, g, start, stop in source.segments if f == file and g < group) + begin

@@ -35,9 +35,8 @@ def ingest(check: DatasetCheck, output: Path, *, skip_bad_files: bool, image_siz
         kept = source.without(skipped)
         log(f"{split}: writing {len(kept)} images{f' resized to {image_size}x{image_size}' if image_size else ''}",
             flush=True)
-        written = write_parquet_shards(kept, output / split, rows_per_file=rows_per_file, image_size=image_size,
-                                       progress=log)
-        log(f"  {size_report(kept.paths, written)}", flush=True)
+        written = write_parquet_shards(kept, output / split, rows_per_file=rows_per_file, image_size=image_size)
+        log(f"  {len(written)} file(s) in {output / split}: {size_report(kept.paths, written)}", flush=True)
 
 
 def size_report(sources: list[str], written: list[Path]) -> str:

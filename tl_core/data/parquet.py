@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from tl_core.artifacts import atomic_path
 from tl_core.data.images import AUTOTUNE, decode_and_resize, display_path
+from tl_core.progress import Progress
 
 SCHEMA = pa.schema([("image", pa.binary()), ("label", pa.int32()), ("class_name", pa.string()), ("path", pa.string())])
 CLASS_NAMES_KEY = b"tl_core.class_names"
@@ -43,7 +44,7 @@ def image_column(folder, image_size: int | None):
 
 
 def write_parquet_shards(folder, output_dir: Path, *, rows_per_file: int = 5000, rows_per_group: int = 256,
-                         image_size: int | None = None, progress=print) -> list[Path]:
+                         image_size: int | None = None) -> list[Path]:
     """Write an ImageFolder's files as Parquet shards, streaming: one row group in memory at a time.
 
     image_size: store each image decoded and resized to image_size x image_size (raw uint8 RGB)."""
@@ -54,20 +55,21 @@ def write_parquet_shards(folder, output_dir: Path, *, rows_per_file: int = 5000,
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
     images = image_column(folder, image_size)
-    for start in range(0, len(folder), rows_per_file):
-        path = output_dir / f"part-{len(written):05d}.parquet"
-        stop = min(start + rows_per_file, len(folder))
-        with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="lz4") as writer:
-            for group in range(start, stop, rows_per_group):
-                rows = range(group, min(group + rows_per_group, stop))
-                writer.write_table(pa.table({
-                    "image": list(itertools.islice(images, len(rows))),
-                    "label": pa.array([int(folder.labels[i]) for i in rows], pa.int32()),
-                    "class_name": [folder.class_names[folder.labels[i]] for i in rows],
-                    "path": [display_path(folder.paths[i]) for i in rows],
-                }, schema=schema))
-        written.append(path)
-        progress(f"  {path} ({stop - start} images)")
+    with Progress(len(folder), f"Writing {display_path(str(output_dir))}") as progress:
+        for start in range(0, len(folder), rows_per_file):
+            path = output_dir / f"part-{len(written):05d}.parquet"
+            stop = min(start + rows_per_file, len(folder))
+            with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="lz4") as writer:
+                for group in range(start, stop, rows_per_group):
+                    rows = range(group, min(group + rows_per_group, stop))
+                    writer.write_table(pa.table({
+                        "image": list(itertools.islice(images, len(rows))),
+                        "label": pa.array([int(folder.labels[i]) for i in rows], pa.int32()),
+                        "class_name": [folder.class_names[folder.labels[i]] for i in rows],
+                        "path": [display_path(folder.paths[i]) for i in rows],
+                    }, schema=schema))
+                    progress.update(rows.stop)
+            written.append(path)
     return written
 
 

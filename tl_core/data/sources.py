@@ -116,11 +116,11 @@ def check_dataset(config: TrainConfig, cache: Path) -> DatasetCheck:
     train, validation, data_dir = load_splits(config, cache, check_batch=False)
     limits = dict(min_side=config.min_image_side, max_pixels=int(config.max_image_megapixels * 1e6))
     bad = []
-    for source in (train, validation):
+    for split, source in (("train", train), ("validation", validation)):
         if isinstance(source, ImageFolder):
-            bad += find_bad_files(source, **limits)
+            bad += find_bad_files(source, **limits, description=f"Checking {split}")
         else:
-            bad += find_bad_rows(source, **limits)
+            bad += find_bad_rows(source, **limits, description=f"Checking {split}")
     if not bad or config.bad_files == "skip":  # with bad files to fix, those come first
         bad_in_train = {item.path for item in bad} & set(getattr(train, "paths", []))
         check_batch_size(config, len(train) - len(bad_in_train))

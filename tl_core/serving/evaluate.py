@@ -13,6 +13,7 @@ from tl_core.data.checks import format_bad_files, without_bad_files
 from tl_core.data.images import DatasetError, ImageFolder, display_path, make_dataset, to_unit_range
 from tl_core.data.sources import data_directory, labelled_split
 from tl_core.metrics import classification_metrics
+from tl_core.progress import track
 from tl_core.model.assets import cache_dir as asset_cache
 from tl_core.run_dir import CONFUSION_PLOT, METRICS_FILE, MODEL_DIR
 
@@ -45,7 +46,8 @@ def evaluate(model: ExportedModel, source, *, batch_size: int = 64, worst: int =
     (confidence, position in the source, true index, predicted index, image), most confident first."""
     labels = model.labels_of(source)
     logits, mistakes, position = [], [], 0
-    for images, _ in make_dataset(source, model.image_size, batch_size):
+    batches = make_dataset(source, model.image_size, batch_size)
+    for images, _ in track(batches, len(source), "Evaluating", size=lambda batch: len(batch[1])):
         images = to_unit_range(images)
         batch = model.serve(images=images)
         logits.append(batch["logits"].numpy())

@@ -18,6 +18,7 @@ from tl_core.data.images import decode_and_resize, display_path, list_files, to_
 from tl_core.serving.evaluate import ExportedModel
 from tl_core.data.parquet import IMAGE_SIZE_KEY, is_parquet_split
 from tl_core.data.checks import DEFAULT_LIMITS, decode_error, image_dimensions, too_large
+from tl_core.progress import Progress
 
 def output_schema(class_names: list[str]) -> pa.Schema:
     return pa.schema([("path", pa.string()), ("predicted_class", pa.string()), ("confidence", pa.float32()),
@@ -104,18 +105,20 @@ def chunks(inputs, chunk_size: int):
 
 
 def predict_to_parquet(model: ExportedModel, inputs, output: Path, *, batch_size: int = 64,
-                       chunk_size: int = 1024, log=print) -> dict:
+                       chunk_size: int = 1024) -> dict:
     """Stream every input through the model into output/part-00000.parquet; counts of rows and errors."""
     schema = output_schema(model.class_names)
     rows = errors = 0
     path = Path(output) / "part-00000.parquet"
-    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer:
+    parquet = bool(inputs) and isinstance(inputs[0], Path)
+    total = sum(pq.ParquetFile(file).metadata.num_rows for file in inputs) if parquet else len(inputs)
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer, Progress(total, "Predicting") as progress:
         for names, encoded, read_errors in chunks(inputs, chunk_size):
             columns = predict_encoded(model, names, encoded, read_errors, batch_size)
             writer.write_table(pa.table(columns, schema=schema))
             rows += len(names)
             errors += sum(error is not None for error in columns["error"])
-            log(f"  {rows} images predicted, {errors} could not be used", flush=True)
+            progress.update(rows, unusable=errors)
     return {"rows": rows, "errors": errors, "output": str(path)}
 
 

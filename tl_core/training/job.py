@@ -6,29 +6,42 @@ import dataclasses
 import json
 from pathlib import Path
 
+from tl_core import progress
 from tl_core.config import TrainConfig
 from tl_core.data.checks import format_bad_files, write_skipped
 from tl_core.data.sources import DatasetCheck, check_dataset, describe_check, enforce_policy
 from tl_core.model.assets import cache_dir
 from tl_core.model.backbones import check_backbone_options
-from tl_core.run_dir import (CHECKPOINT_DIR, HISTORY_JSON, METRICS_FILE, RAY_DIR, SKIPPED_FILES, RunDirectoryError,
+from tl_core.run_dir import (CHECKPOINT_DIR, CONFIG_FILE, HISTORY_JSON, METRICS_FILE, RAY_DIR, SKIPPED_FILES, RunDirectoryError,
                              prepare_run_dir)
 from tl_core.training.distribute import driver_without_gpus
-from tl_core.training.train import check_backbone, train
+from tl_core.training.train import check_backbone, train, write_fed_batch
+
+
+def check_data(config: TrainConfig, log=print) -> tuple[DatasetCheck, list]:
+    """The dataset and the files a run would skip; DatasetError if bad files stop the run."""
+    checked = check_dataset(config, cache_dir(config.cache_dir))
+    log(describe_check(checked), flush=True)
+    return checked, enforce_policy(checked, config.bad_files)
 
 
 def check(config: TrainConfig, log=print) -> tuple[DatasetCheck, list]:
-    """The dataset and the files a run would skip, and the backbone at the image size; DatasetError if bad
-    files stop the run, BackboneError if the backbone does not load or build."""
+    """check_data, and the backbone at the image size: BackboneError if it does not load or build."""
     check_backbone_options(config.backbone, fine_tune_epochs=config.fine_tune_epochs,
                            fine_tune_layers=config.fine_tune_layers, bf16=config.bf16)
-    checked = check_dataset(config, cache_dir(config.cache_dir))
-    log(describe_check(checked), flush=True)
-    skipped = enforce_policy(checked, config.bad_files)
+    checked, skipped = check_data(config, log)
     if config.uses_ray:
         driver_without_gpus()
     check_backbone(config, len(checked.train.class_names))
     return checked, skipped
+
+
+def show_batch(config: TrainConfig, path: Path, log=print) -> None:
+    """Check the data, then draw the first training batch exactly as the model would receive it into path
+    (train.write_fed_batch); no run directory, no training."""
+    checked, skipped = check_data(config, log)
+    train_images = checked.sources(skipped).train
+    write_fed_batch(config, train_images.shard(0, config.num_workers, seed=config.seed), path)
 
 
 def check_resume_point(config: TrainConfig, log=print) -> None:
@@ -69,7 +82,10 @@ def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, c
         write_skipped(Path(config.output_dir), skipped)
         log(f"Skipping {len(skipped)} bad file(s), listed in {Path(config.output_dir) / SKIPPED_FILES}:\n"
             f"{format_bad_files(skipped)}")
-    log(f"Run directory {config.output_dir}\nConfiguration:\n{config.describe()}", flush=True)
+    if progress.is_quiet():
+        log(f"Run directory {config.output_dir}; configuration in {Path(config.output_dir) / CONFIG_FILE}", flush=True)
+    else:
+        log(f"Run directory {config.output_dir}\nConfiguration:\n{config.describe()}", flush=True)
     if config.uses_ray:
         from tl_core.training.ray_train import train_on_ray
 

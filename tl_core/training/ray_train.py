@@ -6,6 +6,7 @@ restarts the worker group (up to config.max_failures times) and training continu
 reported epoch. The chief (rank 0) writes the run's artifacts into config.output_dir, the same
 layout as a local run, with Ray's own checkpoints under <output_dir>/ray.
 """
+import logging
 import os
 import tempfile
 import time
@@ -13,15 +14,14 @@ from pathlib import Path
 
 import ray
 import ray.train
-from ray.train import Checkpoint, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.tensorflow import TensorflowTrainer
 
-from tl_core import WORKER_ENV
+from tl_core import WORKER_ENV, progress
 from tl_core.config import TrainConfig
 from tl_core.training.distribute import Worker
 from tl_core.training.train import train
 from tl_core.run_dir import RAY_DIR
-
 
 
 class RayCheckpoints:
@@ -76,6 +76,11 @@ class KillWorkerOnce:
 def train_loop_per_worker(loop_config: dict) -> None:
     context = ray.train.get_context()
     worker = Worker(context.get_world_rank(), context.get_world_size())
+    # One line per event, from the chief: no progress from the other workers, and none of the INFO
+    # records Ray Train sends to the root logger (e.g. "Reporting training result ...", once per
+    # worker and epoch, with the whole metrics dict), which LoggingConfig does not cover.
+    progress.set_quiet(loop_config.get("quiet", False) or not worker.is_chief)
+    logging.getLogger().setLevel(logging.WARNING)
     fault = loop_config.get("fault")
     callbacks = fault.callbacks(worker) if fault else ()
     train(TrainConfig.from_dict(loop_config["config"]), sources=loop_config.get("sources"), worker=worker,
@@ -94,12 +99,13 @@ def train_on_ray(config: TrainConfig, *, sources=None, fault: KillWorkerOnce | N
         resources["GPU"] = config.gpus_per_worker
     trainer = TensorflowTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config.to_dict(), "sources": sources, "fault": fault},
+        train_loop_config={"config": config.to_dict(), "sources": sources, "fault": fault, "quiet": progress.is_quiet()},
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
             name=RAY_DIR, storage_path=str(run_dir),
             failure_config=FailureConfig(max_failures=config.max_failures),
+            logging_config=LoggingConfig(log_level="WARNING"),  # not Ray Train's per-epoch INFO records
             worker_runtime_env={"env_vars": WORKER_ENV},
         ),
     )

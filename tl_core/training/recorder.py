@@ -14,6 +14,7 @@ import tensorflow as tf
 from tl_core import artifacts
 from tl_core.data.images import make_dataset, to_unit_range
 from tl_core.metrics import classification_metrics
+from tl_core.progress import track
 from tl_core.run_dir import CHECKPOINT_DIR, HISTORY_JSON, HISTORY_PARQUET
 from tl_core.training.distribute import Worker
 from tl_core.training.models import HEAD
@@ -39,8 +40,11 @@ class Validation:
     def __init__(self, classifier: tf.keras.Model, source, image_size: int, batch_size: int, phase: str):
         self.classifier, self.source = classifier, source
         self.dataset = make_dataset(source, image_size, batch_size)
-        self.features = (np.concatenate([f for f, _ in backbone_feature_batches(classifier, self.dataset)])
-                         if phase == HEAD else None)  # a run resumed inside fine-tuning needs none
+        if phase == HEAD:
+            batches = track(self.dataset, len(source), "Validation features", size=lambda batch: len(batch[1]))
+            self.features = np.concatenate([features for features, _ in backbone_feature_batches(classifier, batches)])
+        else:
+            self.features = None  # a run resumed inside fine-tuning needs none
 
     def logits(self, phase: str) -> np.ndarray:
         if phase == HEAD:  # the backbone is unchanged: its features were computed once
@@ -74,14 +78,16 @@ def format_epoch(row: dict, epochs: int) -> str:
 
 class EpochRecorder(tf.keras.callbacks.Callback):
     """After each epoch: validation metrics, a history row, the log line, the checkpoint (every worker
-    writes it: MultiWorkerMirroredStrategy's save is collective) and, on the chief, the history files."""
+    writes it: MultiWorkerMirroredStrategy's save is collective) and, on the chief, the history files
+    and the TensorBoard scalars (`board`; after the checkpoint, so a resumed run never logs an epoch twice)."""
 
     def __init__(self, *, history: list, validation: Validation, state: tf.train.Checkpoint, checkpoints,
-                 worker: Worker, run_dir: Path, images_per_epoch: int, total_epochs: int, log):
+                 worker: Worker, run_dir: Path, images_per_epoch: int, total_epochs: int, log, board=None):
         super().__init__()
         self.history, self.validation, self.state, self.checkpoints = history, validation, state, checkpoints
         self.worker, self.run_dir, self.images_per_epoch, self.total_epochs, self.log = (
             worker, Path(run_dir), images_per_epoch, total_epochs, log)
+        self.board = board
         self.phase = HEAD
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -92,13 +98,16 @@ class EpochRecorder(tf.keras.callbacks.Callback):
         validation = self.validation.metrics(self.phase)
         row = {"epoch": epoch + 1, "phase": self.phase, "loss": logs["loss"], "accuracy": logs["accuracy"],
                "val_loss": validation["loss"], "val_accuracy": validation["accuracy"],
-               "seconds": seconds, "images_per_second": self.images_per_epoch / seconds, "finished_at": time.time()}
+               "learning_rate": float(tf.keras.backend.get_value(self.model.optimizer.learning_rate)), "seconds": seconds,
+               "images_per_second": self.images_per_epoch / seconds, "finished_at": time.time()}
         self.history.append(row)
         self.log(format_epoch(row, self.total_epochs), flush=True)
         self.checkpoints.save(self.write_checkpoint, row, self.worker)
         if self.worker.is_chief:
             artifacts.write_json(self.run_dir / HISTORY_JSON, self.history)
             artifacts.write_parquet(self.run_dir / HISTORY_PARQUET, self.history)
+        if self.board:
+            self.board.write_epochs(self.history)
 
     def write_checkpoint(self, directory: Path) -> None:
         self.state.write(str(directory / "state"))

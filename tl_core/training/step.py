@@ -4,6 +4,7 @@ The pipeline hands uint8 batches (and, when augmenting, each image's transform);
 them to [0, 1] and warps them, so under Mirrored/MultiWorkerMirrored strategies every replica does
 this per-pixel work for its own slice of the batch on its own device.
 """
+import numpy as np
 import tensorflow as tf
 
 from tl_core.data.augment import apply_transforms
@@ -37,3 +38,10 @@ def training_model(classifier: keras.Model, image_size: int, augment: bool) -> k
     transforms = keras.Input((8,), name="transforms")
     pixels = DevicePreprocessing()(images, transforms)
     return keras.Model({"images": images, "transforms": transforms}, classifier(pixels), name="trainer")
+
+
+def as_fed(inputs) -> np.ndarray:
+    """A pipeline batch's images as the classifier receives them in training: in [0, 1], warped when augmenting."""
+    if isinstance(inputs, dict):
+        return DevicePreprocessing()(inputs["images"], inputs["transforms"]).numpy()
+    return DevicePreprocessing()(inputs).numpy()

@@ -26,13 +26,17 @@ from tl_core.metrics import classification_metrics
 from tl_core.model import assets
 from tl_core.model.backbones import check_backbone_options, resolve_backbone
 from tl_core.model.classifier import build_classifier
-from tl_core.run_dir import (CLASS_NAMES_FILE, CONFUSION_PLOT, FEATURES_DIR, HISTORY_JSON, HISTORY_PLOT, METRICS_FILE,
-                             MODEL_DIR, SHARDS_DIR)
+from tl_core.progress import track
+from tl_core.run_dir import (CLASS_NAMES_FILE, CONFUSION_PLOT, FEATURES_DIR, FED_BATCH_PLOT, HISTORY_JSON, HISTORY_PLOT,
+                             METRICS_FILE, MODEL_DIR, SHARDS_DIR)
 from tl_core.serving.export import export_classifier, export_tflite, tflite_logits
 from tl_core.training.distribute import Worker, make_strategy
+from tl_core.training.epoch_progress import EpochProgress
 from tl_core.training.feature_cache import FeatureFile, cache_features
 from tl_core.training.models import HEAD, Models, phase_of
 from tl_core.training.recorder import EpochRecorder, LocalCheckpoints, Validation, backbone_feature_batches
+from tl_core.training.step import as_fed
+from tl_core.training.tensorboard_log import VALIDATION, TensorBoardLog, config_markdown
 
 def check_backbone(config: TrainConfig, num_classes: int) -> None:
     """Load the backbone and build the classifier at config.image_size: BackboneError if either fails."""
@@ -135,20 +139,47 @@ def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker
     models = Models(config, handle, len(data.train.class_names), strategy, log)
     checkpoints = checkpoints or LocalCheckpoints(run_dir)
     history = restore(models, checkpoints, config, log)
+    board = open_board(config, data.shard, len(history)) if worker.is_chief else None  # TensorBoard
     validation, features, feature_seconds = backbone_passes(config, models, data, worker, len(history), log)
+    images_per_epoch = len(data.shard) * worker.world_size
     recorder = EpochRecorder(history=history, validation=validation, state=models.state, checkpoints=checkpoints,
-                             worker=worker, run_dir=run_dir, images_per_epoch=len(data.shard) * worker.world_size,
-                             total_epochs=config.epochs + config.fine_tune_epochs, log=log)
+                             worker=worker, run_dir=run_dir, images_per_epoch=images_per_epoch,
+                             total_epochs=config.epochs + config.fine_tune_epochs, log=log, board=board)
+    progress = [EpochProgress(images_per_epoch=images_per_epoch, global_batch=config.batch_size * worker.world_size,
+                              epochs=config.epochs, fine_tune_epochs=config.fine_tune_epochs)] if worker.is_chief else []
     for epoch in range(len(history), config.epochs + config.fine_tune_epochs):
         recorder.phase = phase_of(config, epoch)  # the head's epochs, then fine-tuning's
         models.trainer(recorder.phase).fit(epoch_dataset(config, data.shard, features, recorder.phase, epoch),
                                            initial_epoch=epoch, epochs=epoch + 1, verbose=0,
-                                           callbacks=[recorder, *callbacks])
+                                           callbacks=[*progress, recorder, *callbacks])
 
     run = {"backbone_handle": handle, **data.summary(worker), "global_batch_size": config.batch_size * worker.world_size,
            "cached_features": config.uses_feature_cache, "features_on_disk": isinstance(features, FeatureFile),
            "feature_seconds": feature_seconds}
-    return write_outputs(config, models.classifier, validation, history, run, worker, started)
+    return write_outputs(config, models.classifier, validation, history, run, worker, started, board)
+
+
+def open_board(config: TrainConfig, shard, completed: int) -> TensorBoardLog:
+    """The chief's TensorBoard log and its one-off items: the configuration, the first batch as the model receives it."""
+    run_dir = Path(config.output_dir)
+    board = TensorBoardLog(run_dir, completed)
+    board.text_once("config", config_markdown(config.describe()))
+    if not (run_dir / FED_BATCH_PLOT).exists():
+        write_fed_batch(config, shard, run_dir / FED_BATCH_PLOT)
+    board.image_once("augmented_batch", run_dir / FED_BATCH_PLOT, step=0)
+    return board
+
+
+def write_fed_batch(config: TrainConfig, shard, path: Path, limit: int = 32) -> None:
+    """A picture of the first training batch (epoch 0) exactly as the model receives it: decoded, resized
+    and augmented, each image with its class name (the first `limit` images of the batch)."""
+    inputs, labels = next(iter(epoch_dataset(config, shard, None, HEAD, 0)))
+    images, labels = as_fed(inputs)[:limit], labels.numpy()[:limit]
+    augmentation = "augmented as in training" if config.augment else "augmentation off"
+    artifacts.plot_contact_sheet(list(images), [shard.class_names[label] for label in labels], path, columns=8,
+                                 title=f"The first training batch as the model receives it: {len(images)} of "
+                                       f"{config.batch_size} images, {config.image_size}x{config.image_size}, "
+                                       f"{augmentation}")
 
 
 def backbone_passes(config: TrainConfig, models: Models, data: RunData, worker: Worker, completed: int, log):
@@ -176,14 +207,16 @@ def cached_training_features(config: TrainConfig, models: Models, shard, worker:
     """The backbone's features of this worker's training images, computed once (None without the feature cache)."""
     if not config.uses_feature_cache:
         return None
-    batches = backbone_feature_batches(models.classifier, make_dataset(shard, config.image_size, config.batch_size))
+    batches = backbone_feature_batches(models.classifier, track(
+        make_dataset(shard, config.image_size, config.batch_size), len(shard), "Training features",
+        size=lambda batch: len(batch[1])))
     return cache_features(batches, count=len(shard), dim=models.classifier.get_layer("head").kernel.shape[0],
                           budget_bytes=config.feature_cache_memory_mb * 2**20,
                           path=Path(config.output_dir) / FEATURES_DIR / f"worker-{worker.rank}.parquet")
 
 
 def write_outputs(config: TrainConfig, classifier, validation: Validation, history: list, run: dict, worker: Worker,
-                  started: float) -> dict:
+                  started: float, board: TensorBoardLog | None) -> dict:
     """The final metrics, the exported model (and TFLite), plots and JSON files; the metrics."""
     run_dir, class_names = Path(config.output_dir), validation.source.class_names
     final_logits = validation.logits(phase_of(config, len(history)))
@@ -201,5 +234,6 @@ def write_outputs(config: TrainConfig, classifier, validation: Validation, histo
         artifacts.write_json(run_dir / CLASS_NAMES_FILE, class_names)
         artifacts.plot_history(history, run_dir / HISTORY_PLOT)
         artifacts.plot_confusion_matrix(metrics["confusion_matrix"], class_names, run_dir / CONFUSION_PLOT)
+        board.image_once("confusion_matrix", run_dir / CONFUSION_PLOT, step=len(history), split=VALIDATION)
         artifacts.write_json(run_dir / METRICS_FILE, metrics)
     return metrics

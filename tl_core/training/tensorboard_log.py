@@ -1,0 +1,101 @@
+"""A run's TensorBoard event files: <run>/tensorboard/train and <run>/tensorboard/validation.
+
+Laid out as Keras' own TensorBoard callback does (the same `epoch_loss` and `epoch_accuracy` tags
+in both, so TensorBoard overlays training and validation): per epoch, the training and validation
+loss and accuracy, and in train/ the learning rate, images per second and the phase (0 head, 1
+fine-tuning); once, the configuration as text, the first training batch as the model receives it
+and the confusion matrix as images. Written by the chief only.
+
+A resumed run appends new event files to the same directories. What the files already hold is read
+back first, so no epoch and no one-off item is written twice. Every start of the process writes
+TensorFlow's own restart marker, a SessionLog.START event, at the first epoch it will log: on a
+restart TensorBoard drops what the files hold from that step on. That matters when they hold epochs
+past the checkpoint the run continues from (a checkpoint lost on Ray): those epochs are trained and
+logged again, and TensorBoard shows each step once.
+"""
+import time
+from pathlib import Path
+
+import tensorflow as tf
+from tensorflow.python.ops.summary_ops_v2 import import_event  # writes a raw Event (tf.summary has no restart marker)
+
+from tl_core.run_dir import TENSORBOARD_DIR
+from tl_core.training.models import FINE_TUNE, HEAD
+
+TRAIN, VALIDATION = "train", "validation"
+PHASE_NUMBERS = {HEAD: 0, FINE_TUNE: 1}
+TRAIN_SCALARS = {"epoch_loss": "loss", "epoch_accuracy": "accuracy", "epoch_learning_rate": "learning_rate",
+                 "epoch_images_per_second": "images_per_second"}
+VALIDATION_SCALARS = {"epoch_loss": "val_loss", "epoch_accuracy": "val_accuracy"}
+
+
+def logged_steps(directory: Path) -> dict[str, int]:
+    """tag -> the highest step the event files under directory hold (a torn last record is ignored)."""
+    steps = {}
+    for path in sorted(Path(directory).glob("events.out.tfevents.*")):
+        try:
+            for event in tf.compat.v1.train.summary_iterator(str(path)):
+                for value in event.summary.value:
+                    steps[value.tag] = max(steps.get(value.tag, -1), event.step)
+        except tf.errors.DataLossError:  # a process killed while writing its last event
+            pass
+    return steps
+
+
+class TensorBoardLog:
+    def __init__(self, run_dir: str | Path, completed_epochs: int):
+        """completed_epochs: the epochs of the checkpoint the run continues from (0 for a new run)."""
+        self.directory = Path(run_dir) / TENSORBOARD_DIR
+        self.logged = {name: logged_steps(self.directory / name) for name in (TRAIN, VALIDATION)}
+        self.logged_epochs = min(self.logged[TRAIN].get("epoch_loss", 0), completed_epochs)
+        self.writers = {name: tf.summary.create_file_writer(str(self.directory / name)) for name in (TRAIN, VALIDATION)}
+        self.restart_at(self.logged_epochs + 1)
+
+    def restart_at(self, step: int) -> None:
+        """Mark that the run (re)starts at `step`: TensorBoard drops what the files hold from there on (the
+        first marker of a run only starts it)."""
+        restart = tf.compat.v1.Event(step=step, wall_time=time.time(),
+                                     session_log=tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.START))
+        for name, writer in self.writers.items():
+            with writer.as_default():
+                import_event(tf.constant(restart.SerializeToString()))
+            self.logged[name] = {tag: last for tag, last in self.logged[name].items() if last < step}
+        self.flush()
+
+    def write_epochs(self, history: list[dict]) -> None:
+        """The scalars of every epoch of history not yet in the files."""
+        for row in history[self.logged_epochs:]:
+            with self.writers[TRAIN].as_default(step=row["epoch"]):
+                for tag, key in TRAIN_SCALARS.items():
+                    tf.summary.scalar(tag, row[key])
+                tf.summary.scalar("epoch_phase", PHASE_NUMBERS[row["phase"]], description="0: head, 1: fine-tuning")
+            with self.writers[VALIDATION].as_default(step=row["epoch"]):
+                for tag, key in VALIDATION_SCALARS.items():
+                    tf.summary.scalar(tag, row[key])
+            self.logged_epochs = row["epoch"]
+        self.flush()
+
+    def text_once(self, tag: str, text: str) -> None:
+        if tag not in self.logged[TRAIN]:
+            with self.writers[TRAIN].as_default(step=0):
+                tf.summary.text(tag, text)
+            self.logged[TRAIN][tag] = 0
+            self.flush()
+
+    def image_once(self, tag: str, png: Path, *, step: int, split: str = TRAIN) -> None:
+        """A PNG file as an image summary, unless the files already hold this tag at this step or later."""
+        if self.logged[split].get(tag, -1) < step:
+            image = tf.io.decode_png(Path(png).read_bytes(), channels=3)
+            with self.writers[split].as_default(step=step):
+                tf.summary.image(tag, image[tf.newaxis])
+            self.logged[split][tag] = step
+            self.flush()
+
+    def flush(self) -> None:
+        for writer in self.writers.values():
+            writer.flush()
+
+
+def config_markdown(described: str) -> str:
+    """TrainConfig.describe()'s lines as a Markdown code block (TensorBoard's text tab renders Markdown)."""
+    return "\n".join("    " + line.strip() for line in described.splitlines())
