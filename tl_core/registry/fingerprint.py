@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from tl_core import artifacts
 from tl_core.data.images import list_files
+from tl_core.progress import track
 
 SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("sha256", pa.string())])
 
@@ -30,7 +31,8 @@ def build_manifest(data_dir: Path, previous: pa.Table | None = None) -> pa.Table
     if previous is not None:
         known = {(row["path"], row["size"], row["mtime_ns"]): row["sha256"] for row in previous.to_pylist()}
     rows = []
-    for path in list_files(str(data_dir), problems=[], ignored=[]):
+    paths = list_files(str(data_dir), problems=[], ignored=[])
+    for path in track(paths, len(paths), f"Fingerprinting {data_dir}", size=lambda path: 1, unit="files"):
         status = os.stat(path)
         relative = os.path.relpath(path, data_dir).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         key = (relative, status.st_size, status.st_mtime_ns)
