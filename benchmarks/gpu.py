@@ -31,7 +31,7 @@ from benchmarks.photos import write_photo_dataset
 from tl_core.model import assets
 from tl_core.data import augment
 from tl_core.model.backbones import MOBILENET_V2, keras_backbone, resolve_backbone
-from tl_core.config import TrainConfig
+from tl_core.config import SEED_RECIPE, TrainConfig
 from tl_core.data.images import list_image_folder, make_dataset
 from tl_core.data.sources import list_split
 from tl_core.model.classifier import build_classifier, compile_classifier
@@ -148,8 +148,10 @@ def main(argv=None) -> int:
     # XLA-compiling the whole training step (hub SavedModel included) takes many minutes on a CPU.
     for jit in (False, True) if gpus else (False,):
         with tempfile.TemporaryDirectory() as tmp:
-            config = prepare_run_dir(TrainConfig(data_dir=str(data_dir), batch_size=args.batch_size, epochs=args.epochs,
-                                                 jit_compile=jit, output_dir=str(Path(tmp) / "run")))
+            # The seed's recipe: every epoch runs the whole step (augmentation, backbone) on the device.
+            config = prepare_run_dir(TrainConfig(**{**SEED_RECIPE, "data_dir": str(data_dir), "batch_size": args.batch_size,
+                                                    "epochs": args.epochs, "jit_compile": jit,
+                                                    "output_dir": str(Path(tmp) / "run")}))
             train(config)
             history = json.loads((Path(tmp) / "run" / "history.json").read_text())
         report("training_epoch_xla" if jit else "training_epoch",

@@ -10,7 +10,7 @@ import typing
 from pathlib import Path
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from tl_core.config import RAY_GROUP, TrainConfig
+from tl_core.config import RAY_GROUP, SEED_RECIPE, TrainConfig
 
 from jobs.cli import add_quiet_argument, run_command
 
@@ -21,6 +21,9 @@ def add_training_arguments(parser: argparse.ArgumentParser, exclude=()) -> None:
     Every flag is optional: an unset flag keeps --config's value or the default."""
     parser.add_argument("--config", help="a saved config.json to start from: the same configuration and seed in a new "
                         "run directory reproduce that run (flags given override it)")
+    parser.add_argument("--recipe", choices=("default", "seed"), default="default",
+                        help="'seed': the classic recipe exactly (a fresh augmentation and backbone pass every epoch, "
+                        f"one Dense layer, constant learning rate: {SEED_RECIPE}); flags given override it")
     groups = {}
     for field in dataclasses.fields(TrainConfig):
         if field.name in exclude:
@@ -75,6 +78,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                  if getattr(args, field.name, None) is not None}
     if any(getattr(args, name, None) is not None for name in RAY_FLAGS):
         overrides["ray"] = True
+    if getattr(args, "recipe", "default") == "seed":
+        overrides = {**SEED_RECIPE, **overrides}
     from_file = TrainConfig.from_json(args.config) if args.config else None
     if getattr(args, "resume", False):
         from tl_core.run_dir import resume_config

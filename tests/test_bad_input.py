@@ -348,7 +348,8 @@ def backbone(tmp_path_factory) -> str:
 
 def _args(data_dir, backbone, run_dir, *extra):
     return ["--data-dir", str(data_dir), "--backbone", backbone, "--image-size", str(TINY_IMAGE_SIZE),
-            "--batch-size", "8", "--epochs", "3", "--learning-rate", "0.05", "--output-dir", str(run_dir), *extra]
+            "--batch-size", "8", "--recipe", "seed", "--epochs", "3", "--learning-rate", "0.05", "--output-dir", str(run_dir),
+            *extra]
 
 
 def test_bad_files_stop_the_job_listing_each_before_anything_is_written(dataset_with_bad_files, backbone, tmp_path,

@@ -7,14 +7,14 @@ import pytest
 import tensorflow as tf
 
 from tl_core.model.backbones import keras_backbone
-from tl_core.config import TrainConfig
+from tl_core.config import SEED_RECIPE, TrainConfig
 from tl_core.model.classifier import BackboneError
 from tl_core.training.train import train
 from tl_core.run_dir import prepare_run_dir
 
 
 def config_for(colour_dataset, real_cache, output_dir, **overrides) -> TrainConfig:
-    values = dict(data_dir=str(colour_dataset), cache_dir=str(real_cache), image_size=32, batch_size=8, epochs=1,
+    values = dict(SEED_RECIPE, data_dir=str(colour_dataset), cache_dir=str(real_cache), image_size=32, batch_size=8, epochs=1,
                   learning_rate=0.05, fine_tune_epochs=2, fine_tune_layers=10, fine_tune_learning_rate=1e-3,
                   augment=False, seed=2, output_dir=str(output_dir))
     return TrainConfig(**{**values, **overrides})
@@ -69,7 +69,7 @@ def test_resume_across_the_start_of_fine_tuning_reaches_the_same_weights(fine_tu
 
 
 def test_an_opaque_hub_backbone_fine_tunes_whole_or_not_at_all(colour_dataset, tiny_backbone, tmp_path):
-    common = dict(data_dir=str(colour_dataset), backbone=tiny_backbone, image_size=32, batch_size=8, epochs=1,
+    common = dict(SEED_RECIPE, data_dir=str(colour_dataset), backbone=tiny_backbone, image_size=32, batch_size=8, epochs=1,
                   fine_tune_epochs=1, fine_tune_learning_rate=1e-2, augment=False)
     with pytest.raises(BackboneError, match="opaque TF Hub module.*--fine-tune-layers 0.*built-in"):
         train(prepare_run_dir(TrainConfig(**common, fine_tune_layers=5, output_dir=str(tmp_path / "a"))))
@@ -101,3 +101,25 @@ def test_bf16_needs_the_built_in_backbone(colour_dataset, tiny_backbone, tmp_pat
                                          batch_size=8, bf16=True, output_dir=str(tmp_path / "run")))
     with pytest.raises(BackboneError, match="--bf16 needs the built-in"):
         train(config)
+
+
+def test_adapting_batchnorm_moves_only_the_batchnorm_layers(colour_dataset, real_cache, tmp_path):
+    config = prepare_run_dir(config_for(colour_dataset, real_cache, tmp_path / "bn", fine_tune_epochs=0, epochs=2,
+                                        augment=True, feature_views=0, adapt_batchnorm=True))
+    metrics = train(config)
+    pretrained = keras_backbone("mobilenet_v2", real_cache)
+    before = {weight.name: weight.numpy() for weight in pretrained.weights}
+    after = exported_weights(config.output_dir)
+    batchnorm = {weight.name for layer in pretrained.layers if isinstance(layer, tf.keras.layers.BatchNormalization)
+                 for weight in layer.weights}
+    moved = {name for name in before if not np.allclose(before[name], after[name], atol=1e-7)}
+    assert moved and moved <= batchnorm  # scales, offsets and running statistics; no convolution moved
+    assert {name.split("/")[-1] for name in moved} >= {"gamma:0", "beta:0", "moving_mean:0", "moving_variance:0"}
+    # Validated through the whole model each epoch (its features change): the exported model agrees.
+    history = json.loads((Path(config.output_dir) / "history.json").read_text())
+    assert history[-1]["val_accuracy"] == pytest.approx(metrics["accuracy"])
+
+
+def test_adapting_batchnorm_refuses_cached_features():
+    with pytest.raises(ValueError, match="cannot be cached"):
+        TrainConfig(adapt_batchnorm=True, feature_views=4)

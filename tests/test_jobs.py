@@ -9,18 +9,19 @@ from jobs.train import config_from_args, parse_args
 from tl_core.config import TrainConfig
 
 
-def test_defaults_are_the_recipe():
+def test_defaults_are_the_measured_recipe():
     config = config_from_args(parse_args([]))
     assert config == TrainConfig()
-    assert (config.backbone, config.image_size, config.batch_size, config.epochs, config.augment) == \
-        ("mobilenet_v2", 224, 100, 6, True)
+    assert (config.backbone, config.image_size, config.batch_size, config.epochs, config.augment, config.head_hidden,
+            config.head_schedule, config.learning_rate) == ("mobilenet_v2", 224, 100, 60, False, 256, "one_cycle", 3e-3)
+    assert config.uses_feature_cache and not config.uses_feature_bank
 
 
 def test_flags_override_a_saved_config(tmp_path):
     saved = tmp_path / "config.json"
     saved.write_text(json.dumps({**TrainConfig().to_dict(), "epochs": 9, "seed": 4}))
-    config = config_from_args(parse_args(["--config", str(saved), "--seed", "5", "--no-augment"]))
-    assert (config.epochs, config.seed, config.augment) == (9, 5, False)
+    config = config_from_args(parse_args(["--config", str(saved), "--seed", "5", "--augment"]))
+    assert (config.epochs, config.seed, config.augment) == (9, 5, True)
 
 
 @pytest.mark.parametrize("values, message", [
@@ -72,7 +73,9 @@ def test_ray_flags_run_on_ray_instead_of_being_ignored(flags):
 def test_performance_flags_reach_the_config():
     assert config_from_args(parse_args(["--no-augment"])).uses_feature_cache
     assert not config_from_args(parse_args(["--no-augment", "--no-cache-features"])).uses_feature_cache
-    assert not config_from_args(parse_args([])).uses_feature_cache
+    assert config_from_args(parse_args([])).uses_feature_cache  # the default: unaugmented features, computed once
+    assert not config_from_args(parse_args(["--augment"])).uses_feature_cache
+    assert config_from_args(parse_args(["--augment", "--feature-views", "4"])).uses_feature_bank
     assert config_from_args(parse_args(["--jit-compile"])).jit_compile is True
     assert config_from_args(parse_args(["--no-jit-compile"])).jit_compile is False
     assert config_from_args(parse_args([])).jit_compile is False

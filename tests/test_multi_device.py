@@ -57,15 +57,15 @@ def test_each_replica_warps_its_own_images_on_its_own_device(tiny_backbone, colo
 def test_training_over_two_replicas_matches_one_device(tiny_backbone, colour_dataset, tmp_path):
     result = run_script("""
         import numpy as np
-        from tl_core.config import TrainConfig
+        from tl_core.config import SEED_RECIPE, TrainConfig
         from tl_core.data.images import list_image_folder, make_dataset, to_unit_range
         from tl_core.training.train import train
         from tl_core.run_dir import prepare_run_dir
         logits = {}
         for name, strategy in (("one", tf.distribute.get_strategy()), ("two", mirrored)):
-            config = prepare_run_dir(TrainConfig(
-                data_dir=sys.argv[1], backbone=sys.argv[2], image_size=int(sys.argv[3]), batch_size=8, epochs=3,
-                learning_rate=0.05, seed=3, output_dir=f"{sys.argv[4]}/{name}"))
+            config = prepare_run_dir(TrainConfig(**{  # the seed's recipe: augmentation in every step
+                **SEED_RECIPE, "data_dir": sys.argv[1], "backbone": sys.argv[2], "image_size": int(sys.argv[3]),
+                "batch_size": 8, "epochs": 3, "learning_rate": 0.05, "seed": 3, "output_dir": f"{sys.argv[4]}/{name}"}))
             train(config, strategy=strategy)
             serve = tf.saved_model.load(f"{sys.argv[4]}/{name}/model").signatures["serving_default"]
             images = np.concatenate([to_unit_range(x).numpy() for x, _ in

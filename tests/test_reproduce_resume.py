@@ -16,10 +16,10 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 
 def head_weights(run_dir: Path) -> np.ndarray:
-    """The trained head's kernel and bias, from the exported model."""
+    """Every weight of the exported model, in order (the frozen backbone's too: equal in every run anyway)."""
     model = tf.saved_model.load(str(run_dir / "model"))
-    weights = [v.numpy().ravel() for v in sorted(model.model.variables, key=lambda v: v.name) if "head" in v.name]
-    assert len(weights) == 2
+    weights = [v.numpy().ravel() for v in model.model.variables if v.dtype.is_floating]
+    assert len(weights) >= 4  # the default head: a hidden layer and the output layer
     return np.concatenate(weights)
 
 

@@ -1,4 +1,5 @@
-"""The job's configuration: one typed place, with the classic recipe's defaults.
+"""The job's configuration: one typed place, with defaults chosen by measurement (benchmarks/accuracy.py)
+and the seed's classic recipe one switch away (SEED_RECIPE, `--recipe seed`).
 
 Each field carries its documentation; the command line's flags are made from the fields
 (jobs/train.py: add_training_arguments), so a setting is declared once.
@@ -17,6 +18,11 @@ def option(default, help: str, **flag):
 
 RAY_GROUP = "distributed training on Ray Train"
 
+# The seed's recipe exactly (`--recipe seed`): the fields whose defaults differ from it. Frozen
+# backbone, one Dense layer, Adam 1e-3, 6 epochs, a fresh augmentation and backbone pass per epoch.
+SEED_RECIPE = {"augment": True, "epochs": 6, "head_hidden": 0, "feature_views": 0, "head_schedule": "constant",
+               "head_dropout": 0.0, "learning_rate": 1e-3}
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -33,9 +39,25 @@ class TrainConfig:
                            "'mobilenet_v2' (the built-in offline ImageNet MobileNetV2)")
     image_size: int = option(224, "images are resized to this square size, the backbone's")
     batch_size: int = option(100, "images per step, per worker")
-    epochs: int = option(6, "epochs of the head (the frozen backbone)")
-    learning_rate: float = option(1e-3, "Adam's learning rate for the head (Adam's default, as in the recipe)")
-    augment: bool = option(True, "train without the ImageDataGenerator-style augmentation", negative=True)
+    epochs: int = option(60, "epochs of the head (the frozen backbone); on cached features each takes a fraction of a "
+                         "second")
+    learning_rate: float = option(3e-3, "Adam's learning rate for the head: the peak of the one-cycle schedule, or the "
+                                  "constant rate (the seed's recipe: 1e-3, Adam's default)")
+    augment: bool = option(False, "ImageDataGenerator-style augmentation of the training images, as in the seed's "
+                           "recipe: a fresh warp and backbone pass every epoch, or --feature-views augmented views "
+                           "computed once", negatable=True)
+    feature_views: int = option(0, "augmented feature bank: run the frozen backbone on this many augmented views of "
+                                "each training image once, then train the head on them, each epoch drawing one view "
+                                "per image (0: a fresh augmentation and backbone pass every epoch, the seed's recipe; "
+                                "unused with --no-augment)")
+    head_schedule: str = option("one_cycle", "the head's learning rate: 'constant', or 'one_cycle' (warm-up to "
+                                "--learning-rate over the first quarter of the steps, then cosine decay to zero)")
+    head_hidden: int = option(256, "units of a hidden ReLU layer in the head (0: the seed recipe's single Dense layer)")
+    head_dropout: float = option(0.0, "dropout in front of each Dense layer of the head, while training")
+    adapt_batchnorm: bool = option(False, "let the backbone's BatchNorm layers adapt to the data (batch statistics, "
+                                   "trained scales and offsets) while the rest stays frozen, as fastai does: for data far "
+                                   "from ImageNet. The backbone then runs forward and backward every step (no cached "
+                                   "features); built-in mobilenet_v2 only")
     fine_tune_epochs: int = option(0, "after the head's epochs, train the top of the backbone this many more epochs "
                                    "(0: off)")
     fine_tune_layers: int = option(40, "backbone layers unfrozen from the top, BatchNorm excepted; 0 = all. Anything "
@@ -66,8 +88,14 @@ class TrainConfig:
                                group=RAY_GROUP)
 
     @property
+    def uses_feature_bank(self) -> bool:
+        """The head trains on feature_views augmented views of each image (without augmentation, views would be equal)."""
+        return self.augment and self.feature_views > 0
+
+    @property
     def uses_feature_cache(self) -> bool:
-        return self.cache_features if self.cache_features is not None else not self.augment
+        """The head trains on backbone features computed once: the unaugmented images, or the feature bank's views."""
+        return self.cache_features if self.cache_features is not None else (not self.augment or self.feature_views > 0)
 
     @property
     def uses_ray(self) -> bool:
@@ -87,7 +115,7 @@ class TrainConfig:
         for name in ("learning_rate", "max_image_megapixels"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)!r}")
-        for name in ("fine_tune_epochs", "fine_tune_layers", "feature_cache_memory_mb"):
+        for name in ("fine_tune_epochs", "fine_tune_layers", "feature_cache_memory_mb", "feature_views", "head_hidden"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
@@ -97,9 +125,22 @@ class TrainConfig:
             raise ValueError(f"validation_split must be between 0 and 1, got {self.validation_split!r}")
         if self.bad_files not in ("fail", "skip"):
             raise ValueError(f"bad_files must be 'fail' or 'skip', got {self.bad_files!r}")
-        if self.cache_features and self.augment:
-            raise ValueError("cache_features needs augment off: augmented images differ every epoch, "
-                             "so their features cannot be computed once (pass --no-augment)")
+        if self.cache_features and self.augment and not self.feature_views:
+            raise ValueError("cache_features needs augment off or --feature-views: augmented images differ every "
+                             "epoch, so their features cannot be computed once (pass --no-augment, or --feature-views K "
+                             "to compute K augmented views once)")
+        if self.uses_feature_bank and self.cache_features is False:
+            raise ValueError("the feature bank (--feature-views) trains the head on cached features: pass --feature-views 0 "
+                             "with --no-cache-features")
+        if self.adapt_batchnorm and self.uses_feature_cache:
+            raise ValueError("adapt_batchnorm changes the backbone every step, so its features cannot be cached: "
+                             "train on images, e.g. --recipe seed --adapt-batchnorm")
+        if self.adapt_batchnorm and self.fine_tune_epochs:
+            raise ValueError("adapt_batchnorm and fine_tune_epochs are two ways of training the backbone: choose one")
+        if self.head_schedule not in ("constant", "one_cycle"):
+            raise ValueError(f"head_schedule must be 'constant' or 'one_cycle', got {self.head_schedule!r}")
+        if not 0 <= self.head_dropout < 1:
+            raise ValueError(f"head_dropout must be in [0, 1), got {self.head_dropout!r}")
         if not isinstance(self.max_failures, int) or self.max_failures < 0:
             raise ValueError(f"max_failures must be a non-negative integer, got {self.max_failures!r}")
 

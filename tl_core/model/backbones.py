@@ -65,10 +65,14 @@ def keras_backbone(handle: str, cache: Path, bf16: bool = False) -> tf.keras.Mod
     return model
 
 
-def check_backbone_options(backbone: str, *, fine_tune_epochs: int, fine_tune_layers: int, bf16: bool) -> None:
+def check_backbone_options(backbone: str, *, fine_tune_epochs: int, fine_tune_layers: int, bf16: bool,
+                           adapt_batchnorm: bool = False) -> None:
     """Options only the built-in backbone supports, refused before anything runs."""
     if backbone == MOBILENET_V2:
         return
+    if adapt_batchnorm:
+        raise BackboneError(f"--adapt-batchnorm needs the built-in '--backbone mobilenet_v2': the BatchNorm layers of "
+                            f"the SavedModel {backbone!r} are not visible")
     if fine_tune_epochs and fine_tune_layers:
         raise BackboneError(f"backbone {backbone!r} is an opaque TF Hub module (a SavedModel): its layers are not "
                          f"visible, so its top {fine_tune_layers} cannot be unfrozen. Fine-tune the whole module "

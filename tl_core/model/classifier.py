@@ -22,23 +22,67 @@ def load_backbone(handle: str, image_size: int) -> hub.KerasLayer:
         ) from None
 
 
+class SeededDropout(keras.layers.Layer):
+    """Dropout whose masks are drawn from (seed, the layer's own count of training calls), a variable saved
+    with the model: a resumed run draws the masks an uninterrupted one would. (Keras' Dropout draws from a
+    process-wide random state, which a resumed process starts again.)"""
+
+    def __init__(self, rate: float, seed: int, **kwargs):
+        super().__init__(**kwargs)
+        self.rate, self.seed = rate, seed
+
+    def build(self, input_shape):
+        self.calls = self.add_weight(name="calls", shape=(), dtype="int64", initializer="zeros", trainable=False,
+                                     aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+
+    def call(self, inputs, training=None):
+        if not training:
+            return inputs
+        self.calls.assign_add(1)
+        seed = tf.stack([tf.constant(self.seed, tf.int64), self.calls.read_value()])
+        keep = tf.random.stateless_uniform(tf.shape(inputs), seed=seed) >= self.rate
+        return tf.where(keep, inputs / (1 - self.rate), tf.zeros_like(inputs))
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "rate": self.rate, "seed": self.seed}
+
+
+def make_head(num_classes: int, hidden: int = 0, dropout: float = 0.0, seed: int = 0) -> keras.layers.Layer:
+    """The new head, named "head": the recipe's Dense(num_classes) logits, or, with a hidden layer or dropout,
+    [Dropout] -> [Dense(hidden, relu) -> Dropout] -> Dense(num_classes)."""
+    if not hidden and not dropout:
+        return keras.layers.Dense(num_classes, name="head")
+    layers = [SeededDropout(dropout, seed * 1000)] if dropout else []
+    if hidden:
+        layers.append(keras.layers.Dense(hidden, activation="relu"))
+        layers += [SeededDropout(dropout, seed * 1000 + 1)] if dropout else []
+    return keras.Sequential([*layers, keras.layers.Dense(num_classes)], name="head")
+
+
 def build_classifier(handle: str, num_classes: int, image_size: int,
-                     keras_backbone: keras.Model | None = None) -> keras.Model:
-    """hub.KerasLayer(handle, trainable=False) followed by Dense(num_classes) logits.
+                     keras_backbone: keras.Model | None = None, *, head_hidden: int = 0,
+                     head_dropout: float = 0.0, seed: int = 0, adapt_batchnorm: bool = False) -> keras.Model:
+    """hub.KerasLayer(handle, trainable=False) followed by the head (make_head), which gives logits.
 
     With keras_backbone (a Keras model whose layers fine-tuning can unfreeze one by one), that model
     is the frozen backbone instead, always called in inference mode (training=False), so its
-    BatchNorm layers keep their ImageNet statistics whichever layers are trained later.
+    BatchNorm layers keep their ImageNet statistics whichever layers are trained later. With
+    adapt_batchnorm, its BatchNorm layers alone train instead (and use batch statistics in training).
     """
+    head = make_head(num_classes, head_hidden, head_dropout, seed)
     if keras_backbone is not None:
         backbone = keras.Model(keras_backbone.inputs, keras_backbone.outputs, name="backbone")
-        backbone.trainable = False
         inputs = keras.Input((image_size, image_size, 3))
-        logits = keras.layers.Dense(num_classes, name="head")(backbone(inputs, training=False))
+        if adapt_batchnorm:
+            for layer in backbone.layers:
+                layer.trainable = isinstance(layer, keras.layers.BatchNormalization)
+            return keras.Model(inputs, head(backbone(inputs)), name="classifier")
+        backbone.trainable = False
+        logits = head(backbone(inputs, training=False))
         return keras.Model(inputs, logits, name="classifier")
     backbone = load_backbone(handle, image_size)
     try:  # Keras calls the backbone here, on the input shape
-        model = keras.Sequential([backbone, keras.layers.Dense(num_classes, name="head")])
+        model = keras.Sequential([backbone, head])
         model.build((None, image_size, image_size, 3))
     except (ValueError, TypeError, tf.errors.OpError) as error:  # e.g. a SavedModel traced for one size only
         detail = re.search(r"Can not cast (.*?)`", str(error))
@@ -79,7 +123,11 @@ def compile_classifier(model: keras.Model, learning_rate: float, jit_compile: bo
     )
 
 
+def feature_dim(model: keras.Model) -> int:
+    """The width of the backbone's features: the input width of the head's first Dense layer."""
+    return int(next(weight for weight in model.get_layer("head").weights if len(weight.shape) == 2).shape[0])
+
+
 def head_model(model: keras.Model) -> keras.Sequential:
-    """The classifier's own Dense head (shared weights) as a model on precomputed backbone features."""
-    head = model.get_layer("head")
-    return keras.Sequential([keras.Input((head.kernel.shape[0],)), head], name="head_on_features")
+    """The classifier's own head (shared weights) as a model on precomputed backbone features."""
+    return keras.Sequential([keras.Input((feature_dim(model),)), model.get_layer("head")], name="head_on_features")

@@ -1,6 +1,12 @@
 """Backbone features of the training images, computed once: in memory when they fit the budget, else a
 Parquet file on disk that each epoch streams one row group at a time (memory bounded by the shuffle
-buffer), in an order drawn from (seed, epoch) like every other shuffle of the job."""
+buffer), in an order drawn from (seed, epoch) like every other shuffle of the job.
+
+The augmented feature bank holds K views of every image: view 0 the image as it is, view v > 0
+augmented as epoch v of the seed's recipe would be; each head epoch draws one view per image from
+(seed, epoch). Views spilled to disk
+are streamed one whole view per epoch instead (also drawn from (seed, epoch)).
+"""
 import dataclasses
 from pathlib import Path
 
@@ -23,6 +29,27 @@ class InMemoryFeatures:
 
     def dataset(self, batch_size: int, *, seed: int, epoch: int) -> tf.data.Dataset:
         return make_feature_dataset(self.features, self.labels, batch_size, seed=seed, epoch=epoch)
+
+
+@dataclasses.dataclass
+class InMemoryBank:
+    features: np.ndarray  # [views, images, dim]
+    labels: np.ndarray
+
+    def dataset(self, batch_size: int, *, seed: int, epoch: int) -> tf.data.Dataset:
+        count = len(self.labels)
+        views = np.random.default_rng(epoch_seed(seed, epoch)).integers(len(self.features), size=count)
+        return make_feature_dataset(self.features[views, np.arange(count)], self.labels, batch_size, seed=seed,
+                                    epoch=epoch)
+
+
+@dataclasses.dataclass
+class SpilledBank:
+    views: list  # FeatureFile per view
+
+    def dataset(self, batch_size: int, *, seed: int, epoch: int) -> tf.data.Dataset:
+        view = np.random.default_rng(epoch_seed(seed, epoch)).integers(len(self.views))
+        return self.views[view].dataset(batch_size, seed=seed, epoch=epoch)
 
 
 @dataclasses.dataclass
@@ -71,3 +98,17 @@ def _write_group(writer, schema, features, labels, dim) -> None:
     flat = pa.array(np.concatenate(features).reshape(-1), pa.float32())
     writer.write_table(pa.table([pa.FixedSizeListArray.from_arrays(flat, dim), pa.array(np.concatenate(labels))],
                                 schema=schema))
+
+
+def cache_feature_bank(view_batches, views: int, count: int, dim: int, budget_bytes: int, directory: Path):
+    """The bank of `views` views: view_batches(v) gives view v's (features, labels) batches. In memory if
+    views x count x dim float32 fits budget_bytes, else one Parquet file per view under directory."""
+    if views * count * dim * 4 <= budget_bytes:
+        cached = [cache_features(view_batches(view), count, dim, budget_bytes, path=None) for view in range(views)]
+        return InMemoryBank(np.stack([view.features for view in cached]), cached[0].labels)
+    return SpilledBank([cache_features(view_batches(view), count, dim, 0, Path(directory) / f"view-{view}.parquet")
+                        for view in range(views)])
+
+
+def on_disk(features) -> bool:
+    return isinstance(features, (FeatureFile, SpilledBank))

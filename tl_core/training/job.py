@@ -28,7 +28,8 @@ def check_data(config: TrainConfig, log=print) -> tuple[DatasetCheck, list]:
 def check(config: TrainConfig, log=print) -> tuple[DatasetCheck, list]:
     """check_data, and the backbone at the image size: BackboneError if it does not load or build."""
     check_backbone_options(config.backbone, fine_tune_epochs=config.fine_tune_epochs,
-                           fine_tune_layers=config.fine_tune_layers, bf16=config.bf16)
+                           fine_tune_layers=config.fine_tune_layers, bf16=config.bf16,
+                           adapt_batchnorm=config.adapt_batchnorm)
     checked, skipped = check_data(config, log)
     if config.uses_ray:
         driver_without_gpus()

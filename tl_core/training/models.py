@@ -4,6 +4,8 @@ Phases: "head" (the frozen backbone; on cached features when they are used) for 
 then "fine_tune" (the top backbone layers with the head, at a low learning rate) for
 config.fine_tune_epochs. Everything is built under the strategy's scope.
 """
+import math
+
 import tensorflow as tf
 import tf_keras
 
@@ -16,25 +18,54 @@ from tl_core.training.step import training_model
 HEAD, FINE_TUNE = "head", "fine_tune"
 
 
+class OneCycle(tf_keras.optimizers.schedules.LearningRateSchedule):
+    """fastai's fit_one_cycle shape: a cosine warm-up from peak / 25 to peak over the first quarter of the
+    steps, then a cosine decay to zero. A function of the optimizer's step count: resuming is exact."""
+
+    def __init__(self, peak: float, total_steps: int, warmup: float = 0.25):
+        self.peak, self.total_steps, self.warmup = peak, max(int(total_steps), 2), warmup
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = float(max(1, round(self.total_steps * self.warmup)))
+        start = self.peak / 25
+        rising = start + (self.peak - start) * (1 - tf.cos(math.pi * tf.minimum(step / warm, 1.0))) / 2
+        falling = self.peak * (1 + tf.cos(math.pi * tf.clip_by_value((step - warm) / (self.total_steps - warm), 0.0, 1.0))) / 2
+        return tf.where(step < warm, rising, falling)
+
+    def get_config(self) -> dict:
+        return {"peak": self.peak, "total_steps": self.total_steps, "warmup": self.warmup}
+
+
+def head_learning_rate(config: TrainConfig, steps_per_epoch: int):
+    """The head's learning rate: config.learning_rate throughout, or its one-cycle schedule over the head's epochs."""
+    if config.head_schedule == "one_cycle":
+        return OneCycle(config.learning_rate, config.epochs * steps_per_epoch)
+    return config.learning_rate
+
+
 def phase_of(config: TrainConfig, epoch: int) -> str:
     """The phase epoch (0-based) belongs to; epoch == the total means the phase the run ended in."""
     return FINE_TUNE if config.fine_tune_epochs and epoch >= config.epochs else HEAD
 
 
 class Models:
-    def __init__(self, config: TrainConfig, handle: str, num_classes: int, strategy: tf.distribute.Strategy, log):
+    def __init__(self, config: TrainConfig, handle: str, num_classes: int, strategy: tf.distribute.Strategy, log, *,
+                 steps_per_epoch: int):
         self.config, self.strategy, self.log = config, strategy, log
         with strategy.scope():
             # Fine-tuning needs the backbone's layers and bf16 its Keras layers: the built-in one is then
             # built as a Keras model (the same weights as its SavedModel).
             visible = (keras_backbone(config.backbone, assets.cache_dir(config.cache_dir), bf16=config.bf16)
-                       if config.fine_tune_epochs or config.bf16 else None)
-            self.classifier = build_classifier(handle, num_classes, config.image_size, keras_backbone=visible)
+                       if config.fine_tune_epochs or config.bf16 or config.adapt_batchnorm else None)
+            self.classifier = build_classifier(handle, num_classes, config.image_size, keras_backbone=visible,
+                                               head_hidden=config.head_hidden, head_dropout=config.head_dropout,
+                                               seed=config.seed, adapt_batchnorm=config.adapt_batchnorm)
             # The pipeline's uint8 batches are scaled (and augmented) inside the step, on the device.
             self.on_images = training_model(self.classifier, config.image_size, config.augment)
             # With cached features only the head runs in the head phase: it is fitted on its own.
             self.on_features = head_model(self.classifier) if config.uses_feature_cache else None
-            self.optimizer = tf_keras.optimizers.Adam(config.learning_rate)
+            self.optimizer = tf_keras.optimizers.Adam(head_learning_rate(config, steps_per_epoch))
             self.fine_tune_optimizer = tf_keras.optimizers.Adam(config.fine_tune_learning_rate)
             compile_classifier(self.head_trainer, config.learning_rate, config.jit_compile, optimizer=self.optimizer)
         self.state = tf.train.Checkpoint(model=self.classifier, optimizer=self.optimizer,

@@ -18,36 +18,43 @@ from tl_core.progress import track
 from tl_core.run_dir import CHECKPOINT_DIR, HISTORY_JSON, HISTORY_PARQUET
 from tl_core.training.distribute import Worker
 from tl_core.training.models import HEAD
+from tl_core.training.step import DevicePreprocessing
 
 
 def backbone_feature_batches(model: tf.keras.Model, dataset: tf.data.Dataset):
-    """(features, labels) numpy batches: the frozen backbone run once over (uint8 images, labels) batches."""
-    backbone = model.get_layer("backbone")
-    extract = tf.function(lambda images: tf.cast(backbone(to_unit_range(images), training=False), tf.float32))
-    for images, labels in dataset:
-        yield extract(images).numpy(), labels.numpy()
+    """(features, labels) numpy batches: the frozen backbone run once over the pipeline's batches, fed as the
+    training step feeds them (uint8 scaled to [0, 1]; warped when the batch carries transforms)."""
+    backbone, preprocessing = model.get_layer("backbone"), DevicePreprocessing()
+
+    @tf.function
+    def extract(inputs):
+        pixels = preprocessing(inputs["images"], inputs["transforms"]) if isinstance(inputs, dict) else preprocessing(inputs)
+        return tf.cast(backbone(pixels, training=False), tf.float32)
+
+    for inputs, labels in dataset:
+        yield extract(inputs).numpy(), labels.numpy()
 
 
 def head_logits(model: tf.keras.Model, features: np.ndarray) -> np.ndarray:
-    """The Dense head on precomputed features, in numpy: identical on every worker, no collectives."""
-    kernel, bias = model.get_layer("head").get_weights()
-    return features @ kernel + bias
+    """The head on precomputed features, in inference mode; run eagerly on each worker alone (no collectives)."""
+    return model.get_layer("head")(features, training=False).numpy()
 
 
 class Validation:
     """The validation images and the classifier's logits on them, in either phase."""
 
-    def __init__(self, classifier: tf.keras.Model, source, image_size: int, batch_size: int, phase: str):
+    def __init__(self, classifier: tf.keras.Model, source, image_size: int, batch_size: int, frozen_backbone: bool):
+        """frozen_backbone: the backbone will not change (the head phase, BatchNorm layers not adapting)."""
         self.classifier, self.source = classifier, source
         self.dataset = make_dataset(source, image_size, batch_size)
-        if phase == HEAD:
+        if frozen_backbone:
             batches = track(self.dataset, len(source), "Validation features", size=lambda batch: len(batch[1]))
             self.features = np.concatenate([features for features, _ in backbone_feature_batches(classifier, batches)])
         else:
-            self.features = None  # a run resumed inside fine-tuning needs none
+            self.features = None  # the whole model runs each time (fine-tuning, adapting BatchNorm)
 
     def logits(self, phase: str) -> np.ndarray:
-        if phase == HEAD:  # the backbone is unchanged: its features were computed once
+        if phase == HEAD and self.features is not None:  # the backbone is unchanged: its features were computed once
             return head_logits(self.classifier, self.features)
         return np.concatenate([self.classifier(to_unit_range(images), training=False).numpy()
                                for images, _ in self.dataset])

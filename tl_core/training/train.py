@@ -8,6 +8,7 @@ validation, history, checkpoint, log), then the outputs.
 """
 import dataclasses
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -25,14 +26,14 @@ from tl_core.data.sources import Sources, load_splits
 from tl_core.metrics import classification_metrics
 from tl_core.model import assets
 from tl_core.model.backbones import check_backbone_options, resolve_backbone
-from tl_core.model.classifier import build_classifier
+from tl_core.model.classifier import build_classifier, feature_dim
 from tl_core.progress import track
 from tl_core.run_dir import (CLASS_NAMES_FILE, CONFUSION_PLOT, FEATURES_DIR, FED_BATCH_PLOT, HISTORY_JSON, HISTORY_PLOT,
                              METRICS_FILE, MODEL_DIR, SHARDS_DIR)
 from tl_core.serving.export import export_classifier, export_tflite, tflite_logits
 from tl_core.training.distribute import Worker, make_strategy
 from tl_core.training.epoch_progress import EpochProgress
-from tl_core.training.feature_cache import FeatureFile, cache_features
+from tl_core.training.feature_cache import cache_feature_bank, cache_features, on_disk
 from tl_core.training.models import HEAD, Models, phase_of
 from tl_core.training.recorder import EpochRecorder, LocalCheckpoints, Validation, backbone_feature_batches
 from tl_core.training.step import as_fed
@@ -127,7 +128,8 @@ def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker
     """
     strategy = strategy or make_strategy()  # before any other TF op
     check_backbone_options(config.backbone, fine_tune_epochs=config.fine_tune_epochs,
-                           fine_tune_layers=config.fine_tune_layers, bf16=config.bf16)
+                           fine_tune_layers=config.fine_tune_layers, bf16=config.bf16,
+                           adapt_batchnorm=config.adapt_batchnorm)
     tf.get_logger().setLevel("ERROR")
     tf.keras.utils.set_random_seed(config.seed)
     started, run_dir = time.perf_counter(), Path(config.output_dir)
@@ -136,7 +138,8 @@ def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker
     handle = resolve_backbone(config.backbone, assets.cache_dir(config.cache_dir))
     log(data.describe(worker, config.batch_size, handle), flush=True)
 
-    models = Models(config, handle, len(data.train.class_names), strategy, log)
+    models = Models(config, handle, len(data.train.class_names), strategy, log,
+                    steps_per_epoch=math.ceil(len(data.shard) / config.batch_size))
     checkpoints = checkpoints or LocalCheckpoints(run_dir)
     history = restore(models, checkpoints, config, log)
     board = open_board(config, data.shard, len(history)) if worker.is_chief else None  # TensorBoard
@@ -154,7 +157,7 @@ def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker
                                            callbacks=[*progress, recorder, *callbacks])
 
     run = {"backbone_handle": handle, **data.summary(worker), "global_batch_size": config.batch_size * worker.world_size,
-           "cached_features": config.uses_feature_cache, "features_on_disk": isinstance(features, FeatureFile),
+           "cached_features": config.uses_feature_cache, "features_on_disk": on_disk(features),
            "feature_seconds": feature_seconds}
     return write_outputs(config, models.classifier, validation, history, run, worker, started, board)
 
@@ -186,12 +189,14 @@ def backbone_passes(config: TrainConfig, models: Models, data: RunData, worker: 
     """(validation, cached training features or None, seconds): what the frozen backbone computes once."""
     started = time.perf_counter()
     validation = Validation(models.classifier, data.validation, config.image_size, config.batch_size,
-                            phase_of(config, completed))
+                            frozen_backbone=phase_of(config, completed) == HEAD and not config.adapt_batchnorm)
     features = cached_training_features(config, models, data.shard, worker) if completed < config.epochs else None
     seconds = time.perf_counter() - started
     if validation.features is not None:
-        log(f"Backbone features of {len(data.validation)} validation{f' and {len(data.shard)} training' if features else ''}"
-            f" images computed once: {seconds:.1f}s", flush=True)
+        views = f" x {config.feature_views} augmented views" if config.uses_feature_bank else ""
+        log(f"Backbone features of {len(data.validation)} validation"
+            f"{f' and {len(data.shard)} training{views}' if features else ''} images computed once: {seconds:.1f}s",
+            flush=True)
     return validation, features, seconds
 
 
@@ -204,15 +209,25 @@ def epoch_dataset(config: TrainConfig, shard, features, phase: str, epoch: int) 
 
 
 def cached_training_features(config: TrainConfig, models: Models, shard, worker: Worker):
-    """The backbone's features of this worker's training images, computed once (None without the feature cache)."""
+    """The backbone's features of this worker's training images, computed once: of the images, or of
+    config.feature_views augmented views of each (the feature bank); None without the feature cache."""
     if not config.uses_feature_cache:
         return None
-    batches = backbone_feature_batches(models.classifier, track(
-        make_dataset(shard, config.image_size, config.batch_size), len(shard), "Training features",
-        size=lambda batch: len(batch[1])))
-    return cache_features(batches, count=len(shard), dim=models.classifier.get_layer("head").kernel.shape[0],
-                          budget_bytes=config.feature_cache_memory_mb * 2**20,
-                          path=Path(config.output_dir) / FEATURES_DIR / f"worker-{worker.rank}.parquet")
+    budget, directory = config.feature_cache_memory_mb * 2**20, Path(config.output_dir) / FEATURES_DIR
+
+    def batches(view: int, description: str):
+        # View 0 is the image as it is; view v > 0 is augmented as the seed's recipe augments it in epoch v.
+        images = make_dataset(shard, config.image_size, config.batch_size, augment_images=view > 0, seed=config.seed,
+                              epoch=view)
+        return backbone_feature_batches(models.classifier, track(images, len(shard), description,
+                                                                 size=lambda batch: len(batch[1])))
+
+    if config.uses_feature_bank:
+        return cache_feature_bank(lambda view: batches(view, f"Training features, view {view + 1}/{config.feature_views}"),
+                                  config.feature_views, len(shard), feature_dim(models.classifier), budget,
+                                  directory / f"worker-{worker.rank}")
+    return cache_features(batches(0, "Training features"), count=len(shard), dim=feature_dim(models.classifier),
+                          budget_bytes=budget, path=directory / f"worker-{worker.rank}.parquet")
 
 
 def write_outputs(config: TrainConfig, classifier, validation: Validation, history: list, run: dict, worker: Worker,

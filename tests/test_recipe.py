@@ -1,0 +1,136 @@
+"""The default recipe (augmented feature bank, head schedule) and the seed's recipe, one switch away."""
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from conftest import tiny_config
+from jobs.train import config_from_args, parse_args
+from tl_core.config import TrainConfig
+from tl_core.data.images import list_image_folder, make_dataset
+from tl_core.model.classifier import build_classifier
+from tl_core.run_dir import prepare_run_dir
+from tl_core.training.distribute import Worker
+from tl_core.training.feature_cache import InMemoryBank
+from tl_core.training.models import OneCycle
+from tl_core.training.step import as_fed
+from tl_core.training.train import Models, cached_training_features, train
+
+# The seed's recipe on the tiny test data (tiny_config, seed 3), as it trained before the default changed:
+# the last epoch's training and validation loss. Any change to what the classic recipe computes moves these.
+SEED_RECIPE_LAST_EPOCH = {"loss": 0.19165296852588654, "val_loss": 0.14951778948307037}
+
+
+def test_recipe_seed_is_the_classic_recipe():
+    seed = config_from_args(parse_args(["--recipe", "seed"]))
+    assert (seed.feature_views, seed.epochs, seed.head_schedule, seed.head_hidden, seed.head_dropout) == (0, 6, "constant", 0, 0.0)
+    assert (seed.learning_rate, seed.batch_size, seed.augment, seed.fine_tune_epochs) == (1e-3, 100, True, 0)
+    assert not seed.uses_feature_cache
+    assert config_from_args(parse_args(["--recipe", "seed", "--epochs", "9"])).epochs == 9  # flags still win
+    assert config_from_args(parse_args([])) == TrainConfig()
+
+
+def test_the_seed_recipe_trains_to_the_weight_as_before(tiny_backbone, colour_dataset, tmp_path):
+    config = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "seed"))  # SEED_RECIPE, tiny
+    train(config)
+    last = json.loads((tmp_path / "seed" / "history.json").read_text())[-1]
+    assert last["loss"] == pytest.approx(SEED_RECIPE_LAST_EPOCH["loss"], rel=1e-4)
+    assert last["val_loss"] == pytest.approx(SEED_RECIPE_LAST_EPOCH["val_loss"], rel=1e-4)
+
+
+def _bank(tiny_backbone, colour_dataset, tmp_path, views=3):
+    config = tiny_config(tiny_backbone, colour_dataset, tmp_path, feature_views=views)
+    shard = list_image_folder(colour_dataset / "train")
+    models = Models(config, tiny_backbone, 2, tf.distribute.get_strategy(), print, steps_per_epoch=6)
+    return config, shard, models, cached_training_features(config, models, shard, Worker())
+
+
+def test_the_feature_bank_holds_reproducible_augmented_views(tiny_backbone, colour_dataset, tmp_path):
+    config, shard, models, bank = _bank(tiny_backbone, colour_dataset, tmp_path)
+    assert isinstance(bank, InMemoryBank) and bank.features.shape[:2] == (3, len(shard))
+    assert not np.allclose(bank.features[1], bank.features[2])  # each view is augmented differently
+    again = _bank(tiny_backbone, colour_dataset, tmp_path)[3]
+    np.testing.assert_array_equal(again.features, bank.features)
+    backbone = models.classifier.get_layer("backbone")
+    # View 0 is the backbone on the images as they are; view 2 on the images as the seed's recipe augments them
+    # in epoch 2.
+    for view, augmented in ((0, False), (2, True)):
+        batch, labels = next(iter(make_dataset(shard, config.image_size, config.batch_size, augment_images=augmented,
+                                               seed=config.seed, epoch=view)))
+        expected = backbone(as_fed(batch), training=False).numpy()
+        np.testing.assert_allclose(bank.features[view, :len(labels)], expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(bank.labels[:len(labels)], labels.numpy())
+
+
+def test_each_epoch_draws_one_view_per_image_from_seed_and_epoch(tiny_backbone, colour_dataset, tmp_path):
+    _, shard, _, bank = _bank(tiny_backbone, colour_dataset, tmp_path)
+
+    def epoch(number):
+        return np.concatenate([features for features, _ in bank.dataset(8, seed=3, epoch=number).as_numpy_iterator()])
+
+    np.testing.assert_array_equal(epoch(0), epoch(0))
+    rows = {tuple(np.round(row, 5)) for row in bank.features.reshape(-1, bank.features.shape[-1])}
+    drawn = epoch(0)
+    assert all(tuple(np.round(row, 5)) in rows for row in drawn) and len(drawn) == len(shard)
+    views_used = {int(np.argmin([np.abs(bank.features[v] - row).sum(axis=1).min() for v in range(3)])) for row in drawn}
+    assert views_used == {0, 1, 2}  # views mixed within an epoch
+    assert not np.array_equal(epoch(0), epoch(1))
+
+
+def test_a_spilled_bank_streams_one_view_per_epoch(tiny_backbone, colour_dataset, tmp_path):
+    config = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "run", feature_views=2,
+                                         feature_cache_memory_mb=0, epochs=3))
+    metrics = train(config)
+    assert metrics["run"]["features_on_disk"] and metrics["accuracy"] >= 0.9
+    assert sorted(p.name for p in (tmp_path / "run" / "features" / "worker-0").iterdir()) == ["view-0.parquet",
+                                                                                              "view-1.parquet"]
+
+
+class StopAfter(tf.keras.callbacks.Callback):
+    """Interrupt the run once epoch `epochs` is recorded (it runs after the recorder's checkpoint)."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epochs:
+            raise KeyboardInterrupt
+
+
+def _weights(run_dir) -> list:
+    return [v.numpy() for v in tf.saved_model.load(f"{run_dir}/model").model.variables]  # layer names differ by counter
+
+
+def test_resume_is_exact_with_the_bank_the_schedule_and_a_deeper_head(tiny_backbone, colour_dataset, tmp_path):
+    settings = dict(feature_views=2, head_schedule="one_cycle", head_hidden=16, head_dropout=0.2, epochs=6)
+    straight = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "straight", **settings))
+    train(straight)
+    interrupted = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "resumed", **settings))
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, callbacks=[StopAfter(3)])
+    train(prepare_run_dir(interrupted, resume=True))
+    history = json.loads((tmp_path / "resumed" / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5, 6]
+    rates = [row["learning_rate"] for row in history]
+    assert rates[0] < rates[1] and rates[-1] < rates[2]  # the one-cycle schedule, across the interruption
+    expected, got = _weights(tmp_path / "straight"), _weights(tmp_path / "resumed")
+    assert len(expected) == len(got) > 4  # the backbone's, the hidden layer's and the output layer's
+    for want, have in zip(expected, got):
+        np.testing.assert_allclose(have, want, rtol=1e-5, atol=1e-6)
+
+
+def test_one_cycle_warms_up_then_decays_to_zero():
+    schedule = OneCycle(1e-3, total_steps=100)
+    rates = [float(schedule(step)) for step in range(101)]
+    assert rates[0] == pytest.approx(1e-3 / 25) and max(rates) == pytest.approx(1e-3) and rates[25] == pytest.approx(1e-3)
+    assert all(a <= b for a, b in zip(rates[:25], rates[1:26])) and all(a >= b for a, b in zip(rates[25:], rates[26:]))
+    assert rates[100] == pytest.approx(0, abs=1e-12)
+
+
+def test_a_deeper_head_exports_and_serves(tiny_backbone):
+    model = build_classifier(tiny_backbone, 3, 32, head_hidden=8, head_dropout=0.5)
+    images = tf.random.uniform([2, 32, 32, 3])
+    np.testing.assert_allclose(model(images, training=False), model(images, training=False))  # no dropout at inference
+    assert model(images).shape == (2, 3)
