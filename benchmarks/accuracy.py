@@ -23,7 +23,7 @@ RECIPES = {  # name -> flags of `python -m jobs.train`
     "default": [],
     "seed recipe, `--fine-tune-epochs 4`": ["--recipe", "seed", "--fine-tune-epochs", "4"],
     "cached features, no augmentation, 60 epochs": ["--recipe", "seed", "--no-augment", "--epochs", "60"],
-    "feature bank, 4 views (1 plain + 3 augmented)": ["--feature-views", "4"],
+    "feature bank, 4 views (1 plain + 3 augmented)": ["--augment", "--feature-views", "4"],
     "seed recipe + `--adapt-batchnorm`": ["--recipe", "seed", "--adapt-batchnorm"],
 }
 # fastai vision_learner + fit_one_cycle(6), measured by the author on the sample (not a dependency here).

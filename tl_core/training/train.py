@@ -1,7 +1,9 @@
 """The training job: one function, `train(config)`, used by every entry point.
 
-Recipe: frozen backbone + Dense head, Adam, sparse categorical cross-entropy on logits; optionally
-fine-tuning the backbone's top after the head's epochs. train() reads top to bottom: the data,
+Recipe: frozen backbone + new head (config.py: the default, and the seed's recipe), Adam, sparse
+categorical cross-entropy on logits; the head trains on backbone features computed once (of the
+images, or of augmented views: the feature bank) or, with per-epoch augmentation, on the images;
+optionally fine-tuning the backbone's top after the head's epochs. train() reads top to bottom: the data,
 the models (training/models.py), restore, one fit() per epoch with the epoch's data (its order and
 augmentations drawn from (seed, epoch)) and the EpochRecorder callback (training/recorder.py:
 validation, history, checkpoint, log), then the outputs.
@@ -193,10 +195,10 @@ def backbone_passes(config: TrainConfig, models: Models, data: RunData, worker: 
     features = cached_training_features(config, models, data.shard, worker) if completed < config.epochs else None
     seconds = time.perf_counter() - started
     if validation.features is not None:
-        views = f" x {config.feature_views} augmented views" if config.uses_feature_bank else ""
-        log(f"Backbone features of {len(data.validation)} validation"
-            f"{f' and {len(data.shard)} training{views}' if features else ''} images computed once: {seconds:.1f}s",
-            flush=True)
+        training = f" and {len(data.shard)} training" if features else ""
+        views = f" ({config.feature_views} views of each training image)" if features and config.uses_feature_bank else ""
+        log(f"Backbone features of {len(data.validation)} validation{training} images computed once{views}: "
+            f"{seconds:.1f}s", flush=True)
     return validation, features, seconds
 
 
