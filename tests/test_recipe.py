@@ -134,3 +134,24 @@ def test_a_deeper_head_exports_and_serves(tiny_backbone):
     images = tf.random.uniform([2, 32, 32, 3])
     np.testing.assert_allclose(model(images, training=False), model(images, training=False))  # no dropout at inference
     assert model(images).shape == (2, 3)
+
+
+def test_label_smoothing_penalises_confident_logits_and_l2_adds_a_penalty(tiny_backbone):
+    from tl_core.model.classifier import cross_entropy
+
+    labels, logits = tf.constant([0, 1]), tf.constant([[10.0, -10.0], [-10.0, 10.0]])
+    assert float(tf.reduce_mean(cross_entropy(0.0)(labels, logits))) < 1e-6
+    smoothed = cross_entropy(0.1)(labels, logits)
+    assert smoothed.shape == (2,)  # per example: Keras reduces it like its own losses
+    np.testing.assert_allclose(smoothed, [1.0, 1.0], rtol=1e-4)  # 0.05 of the mass on the other class, 20 nats away
+    assert not build_classifier(tiny_backbone, 2, 32).losses
+    model = build_classifier(tiny_backbone, 2, 32, head_hidden=4, head_l2=1e-3)
+    assert len(model.losses) == 2 and all(float(loss) > 0 for loss in model.losses)  # both Dense kernels
+
+
+def test_the_head_options_train_and_round_trip_through_the_saved_config(tiny_backbone, colour_dataset, tmp_path):
+    config = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "run", augment=False, epochs=3,
+                                         head_hidden=8, head_l2=1e-4, label_smoothing=0.1))
+    metrics = train(config)
+    assert metrics["accuracy"] >= 0.9
+    assert TrainConfig.from_json(tmp_path / "run" / "config.json") == config

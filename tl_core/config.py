@@ -54,6 +54,9 @@ class TrainConfig:
                                 "--learning-rate over the first quarter of the steps, then cosine decay to zero)")
     head_hidden: int = option(256, "units of a hidden ReLU layer in the head (0: the seed recipe's single Dense layer)")
     head_dropout: float = option(0.0, "dropout in front of each Dense layer of the head, while training")
+    head_l2: float = option(0.0, "L2 penalty on the kernels of the head's Dense layers (0: none)")
+    label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss being trained (0: none; the reported "
+                                    "losses are never smoothed)")
     adapt_batchnorm: bool = option(False, "let the backbone's BatchNorm layers adapt to the data (batch statistics, "
                                    "trained scales and offsets) while the rest stays frozen, as fastai does: for data far "
                                    "from ImageNet. The backbone then runs forward and backward every step (no cached "
@@ -139,8 +142,11 @@ class TrainConfig:
             raise ValueError("adapt_batchnorm and fine_tune_epochs are two ways of training the backbone: choose one")
         if self.head_schedule not in ("constant", "one_cycle"):
             raise ValueError(f"head_schedule must be 'constant' or 'one_cycle', got {self.head_schedule!r}")
-        if not 0 <= self.head_dropout < 1:
-            raise ValueError(f"head_dropout must be in [0, 1), got {self.head_dropout!r}")
+        for name in ("head_dropout", "label_smoothing"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
+        if not self.head_l2 >= 0:
+            raise ValueError(f"head_l2 must be zero or positive, got {self.head_l2!r}")
         if not isinstance(self.max_failures, int) or self.max_failures < 0:
             raise ValueError(f"max_failures must be a non-negative integer, got {self.max_failures!r}")
 

@@ -47,21 +47,23 @@ class SeededDropout(keras.layers.Layer):
         return {**super().get_config(), "rate": self.rate, "seed": self.seed}
 
 
-def make_head(num_classes: int, hidden: int = 0, dropout: float = 0.0, seed: int = 0) -> keras.layers.Layer:
+def make_head(num_classes: int, hidden: int = 0, dropout: float = 0.0, seed: int = 0, l2: float = 0.0) -> keras.layers.Layer:
     """The new head, named "head": the recipe's Dense(num_classes) logits, or, with a hidden layer or dropout,
-    [Dropout] -> [Dense(hidden, relu) -> Dropout] -> Dense(num_classes)."""
+    [Dropout] -> [Dense(hidden, relu) -> Dropout] -> Dense(num_classes). l2: penalty on the Dense kernels."""
+    regularizer = keras.regularizers.L2(l2) if l2 else None
     if not hidden and not dropout:
-        return keras.layers.Dense(num_classes, name="head")
+        return keras.layers.Dense(num_classes, kernel_regularizer=regularizer, name="head")
     layers = [SeededDropout(dropout, seed * 1000)] if dropout else []
     if hidden:
-        layers.append(keras.layers.Dense(hidden, activation="relu"))
+        layers.append(keras.layers.Dense(hidden, activation="relu", kernel_regularizer=regularizer))
         layers += [SeededDropout(dropout, seed * 1000 + 1)] if dropout else []
-    return keras.Sequential([*layers, keras.layers.Dense(num_classes)], name="head")
+    return keras.Sequential([*layers, keras.layers.Dense(num_classes, kernel_regularizer=regularizer)], name="head")
 
 
 def build_classifier(handle: str, num_classes: int, image_size: int,
                      keras_backbone: keras.Model | None = None, *, head_hidden: int = 0,
-                     head_dropout: float = 0.0, seed: int = 0, adapt_batchnorm: bool = False) -> keras.Model:
+                     head_dropout: float = 0.0, head_l2: float = 0.0, seed: int = 0,
+                     adapt_batchnorm: bool = False) -> keras.Model:
     """hub.KerasLayer(handle, trainable=False) followed by the head (make_head), which gives logits.
 
     With keras_backbone (a Keras model whose layers fine-tuning can unfreeze one by one), that model
@@ -69,7 +71,7 @@ def build_classifier(handle: str, num_classes: int, image_size: int,
     BatchNorm layers keep their ImageNet statistics whichever layers are trained later. With
     adapt_batchnorm, its BatchNorm layers alone train instead (and use batch statistics in training).
     """
-    head = make_head(num_classes, head_hidden, head_dropout, seed)
+    head = make_head(num_classes, head_hidden, head_dropout, seed, head_l2)
     if keras_backbone is not None:
         backbone = keras.Model(keras_backbone.inputs, keras_backbone.outputs, name="backbone")
         inputs = keras.Input((image_size, image_size, 3))
@@ -113,11 +115,25 @@ def unfreeze_top_layers(model: keras.Model, count: int) -> list[str]:
     return [layer.name for layer in backbone.layers if layer.trainable and layer.weights]
 
 
-def compile_classifier(model: keras.Model, learning_rate: float, jit_compile: bool = False, optimizer=None) -> None:
+def cross_entropy(label_smoothing: float = 0.0):
+    """Sparse categorical cross-entropy on logits; with label smoothing, on one-hot labels (Keras 2's sparse loss has
+    no smoothing), per example, so that Keras reduces it as it reduces its own losses."""
+    if not label_smoothing:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+    def smoothed_cross_entropy(labels, logits):
+        one_hot = tf.one_hot(tf.cast(tf.reshape(labels, [-1]), tf.int32), tf.shape(logits)[-1])
+        return keras.losses.categorical_crossentropy(one_hot, logits, from_logits=True, label_smoothing=label_smoothing)
+
+    return smoothed_cross_entropy
+
+
+def compile_classifier(model: keras.Model, learning_rate: float, jit_compile: bool = False, optimizer=None,
+                       label_smoothing: float = 0.0) -> None:
     """Adam(learning_rate), or the given optimizer (e.g. one a checkpoint tracks), on logits."""
     model.compile(
         optimizer=optimizer or keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        loss=cross_entropy(label_smoothing),
         metrics=["accuracy"],
         jit_compile=jit_compile,
     )

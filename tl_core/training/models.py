@@ -60,14 +60,16 @@ class Models:
                        if config.fine_tune_epochs or config.bf16 or config.adapt_batchnorm else None)
             self.classifier = build_classifier(handle, num_classes, config.image_size, keras_backbone=visible,
                                                head_hidden=config.head_hidden, head_dropout=config.head_dropout,
-                                               seed=config.seed, adapt_batchnorm=config.adapt_batchnorm)
+                                               head_l2=config.head_l2, seed=config.seed,
+                                               adapt_batchnorm=config.adapt_batchnorm)
             # The pipeline's uint8 batches are scaled (and augmented) inside the step, on the device.
             self.on_images = training_model(self.classifier, config.image_size, config.augment)
             # With cached features only the head runs in the head phase: it is fitted on its own.
             self.on_features = head_model(self.classifier) if config.uses_feature_cache else None
             self.optimizer = tf_keras.optimizers.Adam(head_learning_rate(config, steps_per_epoch))
             self.fine_tune_optimizer = tf_keras.optimizers.Adam(config.fine_tune_learning_rate)
-            compile_classifier(self.head_trainer, config.learning_rate, config.jit_compile, optimizer=self.optimizer)
+            compile_classifier(self.head_trainer, config.learning_rate, config.jit_compile, optimizer=self.optimizer,
+                               label_smoothing=config.label_smoothing)
         self.state = tf.train.Checkpoint(model=self.classifier, optimizer=self.optimizer,
                                          fine_tune_optimizer=self.fine_tune_optimizer)
         self.fine_tuning = False
@@ -84,7 +86,7 @@ class Models:
             with self.strategy.scope():
                 unfrozen = unfreeze_top_layers(self.classifier, self.config.fine_tune_layers)
                 compile_classifier(self.on_images, self.config.fine_tune_learning_rate, self.config.jit_compile,
-                                   optimizer=self.fine_tune_optimizer)
+                                   optimizer=self.fine_tune_optimizer, label_smoothing=self.config.label_smoothing)
             self.fine_tuning = True
             self.log(f"Fine-tuning {len(unfrozen)} backbone layers ({unfrozen[0]} ... {unfrozen[-1]}) and the head at "
                      f"learning rate {self.config.fine_tune_learning_rate:g}", flush=True)
