@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from conftest import tiny_config
 from jobs.train import config_from_args, parse_args
-from tl_core.config import TrainConfig
+from tl_core.config import SEED_RECIPE, TrainConfig
 from tl_core.data.images import list_image_folder, make_dataset
 from tl_core.model.classifier import build_classifier
 from tl_core.run_dir import prepare_run_dir
@@ -155,3 +155,11 @@ def test_the_head_options_train_and_round_trip_through_the_saved_config(tiny_bac
     metrics = train(config)
     assert metrics["accuracy"] >= 0.9
     assert TrainConfig.from_json(tmp_path / "run" / "config.json") == config
+
+
+def test_a_config_saved_before_the_head_options_keeps_the_head_it_trained(tmp_path):
+    saved = {key: value for key, value in TrainConfig(**SEED_RECIPE).to_dict().items()
+             if key not in ("feature_views", "head_schedule", "head_hidden", "head_dropout", "head_l2", "label_smoothing",
+                            "adapt_batchnorm")}
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert TrainConfig.from_json(tmp_path / "config.json") == TrainConfig(**SEED_RECIPE)

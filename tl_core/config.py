@@ -23,6 +23,11 @@ RAY_GROUP = "distributed training on Ray Train"
 SEED_RECIPE = {"augment": True, "epochs": 6, "head_hidden": 0, "feature_views": 0, "head_schedule": "constant",
                "head_dropout": 0.0, "learning_rate": 1e-3}
 
+# Fields added after runs were saved, with the value such a run trained with: a config.json without them
+# reproduces and resumes that run, not today's default.
+ADDED_FIELDS = {"feature_views": 0, "head_schedule": "constant", "head_hidden": 0, "head_dropout": 0.0, "head_l2": 0.0,
+                "label_smoothing": 0.0, "adapt_batchnorm": False}
+
 
 @dataclasses.dataclass
 class TrainConfig:
@@ -156,7 +161,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainConfig":
-        values = {key: value for key, value in values.items() if key != "global_batch_size"}
+        values = {**ADDED_FIELDS, **{key: value for key, value in values.items() if key != "global_batch_size"}}
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
