@@ -121,6 +121,21 @@ def test_epochs_logged_past_a_lost_checkpoint_are_replaced(tmp_path):
     assert [(step, float(value)) for step, value in losses] == [(1, 1.0), (2, 1.0), (3, 2.0), (4, 2.0)]
 
 
+def test_an_epoch_logged_in_part_is_logged_again_whole(tmp_path):
+    import tensorflow as tf
+
+    row = {"epoch": 1, "phase": "head", "loss": 1.0, "accuracy": 0.5, "learning_rate": 1e-3, "images_per_second": 100.0,
+           "val_loss": 1.0, "val_accuracy": 0.5}
+    TensorBoardLog(tmp_path, completed_epochs=0).write_epochs([row])
+    # A process stopped while writing epoch 2: only its training loss reached the file.
+    with tf.summary.create_file_writer(str(tmp_path / "tensorboard" / "train")).as_default(step=2):
+        tf.summary.scalar("epoch_loss", 0.25)
+    TensorBoardLog(tmp_path, completed_epochs=2).write_epochs([row, {**row, "epoch": 2, "loss": 0.75, "accuracy": 0.625}])
+    board = read_tensorboard(tmp_path / "tensorboard" / "train")
+    assert [(step, float(value)) for step, value in board["epoch_loss"]] == [(1, 1.0), (2, 0.75)]
+    assert [step for step, _ in board["epoch_accuracy"]] == [1, 2]
+
+
 def test_show_batch_writes_the_picture_and_no_run(tiny_backbone, colour_dataset, tmp_path, capsys):
     from jobs import train as train_job
 

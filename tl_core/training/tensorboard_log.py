@@ -47,7 +47,9 @@ class TensorBoardLog:
         """completed_epochs: the epochs of the checkpoint the run continues from (0 for a new run)."""
         self.directory = Path(run_dir) / TENSORBOARD_DIR
         self.logged = {name: logged_steps(self.directory / name) for name in (TRAIN, VALIDATION)}
-        self.logged_epochs = min(self.logged[TRAIN].get("epoch_loss", 0), completed_epochs)
+        # An epoch counts as logged when every one of its scalars is (a process stopped while writing one leaves a part).
+        per_epoch = [(TRAIN, tag) for tag in [*TRAIN_SCALARS, "epoch_phase"]] + [(VALIDATION, tag) for tag in VALIDATION_SCALARS]
+        self.logged_epochs = min([self.logged[split].get(tag, 0) for split, tag in per_epoch] + [completed_epochs])
         self.writers = {name: tf.summary.create_file_writer(str(self.directory / name)) for name in (TRAIN, VALIDATION)}
         self.restart_at(self.logged_epochs + 1)
 
