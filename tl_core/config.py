@@ -103,7 +103,7 @@ class TrainConfig:
     @property
     def uses_feature_cache(self) -> bool:
         """The head trains on backbone features computed once: the unaugmented images, or the feature bank's views."""
-        return self.cache_features if self.cache_features is not None else (not self.augment or self.feature_views > 0)
+        return self.cache_features if self.cache_features is not None else (not self.augment or self.uses_feature_bank)
 
     @property
     def uses_ray(self) -> bool:

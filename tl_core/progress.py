@@ -110,9 +110,15 @@ class Progress:
             self.drawn = False
 
 
-def track(batches, total: int, description: str, size=len, **options):
-    """Iterate over batches, showing the progress through `total` items; size(batch): the items in a batch."""
+def labelled_batch_size(batch) -> int:
+    """The examples in an (inputs, labels) batch, for track(size=...)."""
+    return len(batch[1])
+
+
+def track(elements, total: int, description: str, size=lambda element: 1, **options):
+    """Iterate over elements, showing the progress through `total` items; size(element): the items in an
+    element (one by default; labelled_batch_size for the pipeline's batches)."""
     with Progress(total, description, **options) as progress:
-        for batch in batches:
-            yield batch
-            progress.advance(size(batch))
+        for element in elements:
+            yield element
+            progress.advance(size(element))

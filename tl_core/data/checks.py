@@ -137,7 +137,7 @@ def _decoded_sizes(names_and_bytes: tf.data.Dataset, total: int, description: st
 
     decoded = names_and_bytes.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
     return {name: (int(height), int(width))
-            for name, height, width in track(decoded.as_numpy_iterator(), total, description, size=lambda item: 1)}
+            for name, height, width in track(decoded.as_numpy_iterator(), total, description)}
 
 
 def decode_error(encoded) -> str:
@@ -157,7 +157,7 @@ def find_bad_files(folder: ImageFolder, *, min_side: int, max_pixels: int, descr
     bad = [BadFile(path, reason) for path, reason in folder.problems]
     with concurrent.futures.ThreadPoolExecutor(16) as pool:  # file headers: I/O bound
         early = list(track(pool.map(lambda path: _problem_before_decoding(path, max_pixels), folder.paths),
-                           len(folder.paths), f"{description}: headers", size=lambda item: 1, unit="files"))
+                           len(folder.paths), f"{description}: headers", unit="files"))
     bad += [BadFile(path, reason) for path, reason in zip(folder.paths, early) if reason]
     candidates = [path for path, reason in zip(folder.paths, early) if not reason]
     names = tf.data.Dataset.from_tensor_slices(tf.constant([os.fsencode(path) for path in candidates], tf.string))

@@ -32,7 +32,7 @@ def build_manifest(data_dir: Path, previous: pa.Table | None = None) -> pa.Table
         known = {(row["path"], row["size"], row["mtime_ns"]): row["sha256"] for row in previous.to_pylist()}
     rows = []
     paths = list_files(str(data_dir), problems=[], ignored=[])
-    for path in track(paths, len(paths), f"Fingerprinting {data_dir}", size=lambda path: 1, unit="files"):
+    for path in track(paths, len(paths), f"Fingerprinting {data_dir}", unit="files"):
         status = os.stat(path)
         relative = os.path.relpath(path, data_dir).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         key = (relative, status.st_size, status.st_mtime_ns)

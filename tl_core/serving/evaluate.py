@@ -13,7 +13,7 @@ from tl_core.data.checks import format_bad_files, without_bad_files
 from tl_core.data.images import DatasetError, ImageFolder, display_path, make_dataset, to_unit_range
 from tl_core.data.sources import data_directory, labelled_split
 from tl_core.metrics import classification_metrics
-from tl_core.progress import track
+from tl_core.progress import labelled_batch_size, track
 from tl_core.model.assets import cache_dir as asset_cache
 from tl_core.run_dir import CONFUSION_PLOT, METRICS_FILE, MODEL_DIR
 
@@ -47,7 +47,7 @@ def evaluate(model: ExportedModel, source, *, batch_size: int = 64, worst: int =
     labels = model.labels_of(source)
     logits, mistakes, position = [], [], 0
     batches = make_dataset(source, model.image_size, batch_size)
-    for images, _ in track(batches, len(source), "Evaluating", size=lambda batch: len(batch[1])):
+    for images, _ in track(batches, len(source), "Evaluating", size=labelled_batch_size):
         images = to_unit_range(images)
         batch = model.serve(images=images)
         logits.append(batch["logits"].numpy())

@@ -4,8 +4,8 @@ buffer), in an order drawn from (seed, epoch) like every other shuffle of the jo
 
 The augmented feature bank holds K views of every image: view 0 the image as it is, view v > 0
 augmented as epoch v of the seed's recipe would be; each head epoch draws one view per image from
-(seed, epoch). Views spilled to disk
-are streamed one whole view per epoch instead (also drawn from (seed, epoch)).
+(seed, epoch). Views spilled to disk are streamed one whole view per epoch instead (also drawn from
+(seed, epoch)).
 """
 import dataclasses
 from pathlib import Path

@@ -14,22 +14,18 @@ import tensorflow as tf
 from tl_core import artifacts
 from tl_core.data.images import make_dataset, to_unit_range
 from tl_core.metrics import classification_metrics
-from tl_core.progress import track
+from tl_core.progress import labelled_batch_size, track
 from tl_core.run_dir import CHECKPOINT_DIR, HISTORY_JSON, HISTORY_PARQUET
 from tl_core.training.distribute import Worker
 from tl_core.training.models import HEAD
-from tl_core.training.step import DevicePreprocessing
+from tl_core.training.step import as_fed
 
 
 def backbone_feature_batches(model: tf.keras.Model, dataset: tf.data.Dataset):
     """(features, labels) numpy batches: the frozen backbone run once over the pipeline's batches, fed as the
     training step feeds them (uint8 scaled to [0, 1]; warped when the batch carries transforms)."""
-    backbone, preprocessing = model.get_layer("backbone"), DevicePreprocessing()
-
-    @tf.function
-    def extract(inputs):
-        pixels = preprocessing(inputs["images"], inputs["transforms"]) if isinstance(inputs, dict) else preprocessing(inputs)
-        return tf.cast(backbone(pixels, training=False), tf.float32)
+    backbone = model.get_layer("backbone")
+    extract = tf.function(lambda inputs: tf.cast(backbone(as_fed(inputs), training=False), tf.float32))
 
     for inputs, labels in dataset:
         yield extract(inputs).numpy(), labels.numpy()
@@ -48,7 +44,7 @@ class Validation:
         self.classifier, self.source = classifier, source
         self.dataset = make_dataset(source, image_size, batch_size)
         if frozen_backbone:
-            batches = track(self.dataset, len(source), "Validation features", size=lambda batch: len(batch[1]))
+            batches = track(self.dataset, len(source), "Validation features", size=labelled_batch_size)
             self.features = np.concatenate([features for features, _ in backbone_feature_batches(classifier, batches)])
         else:
             self.features = None  # the whole model runs each time (fine-tuning, adapting BatchNorm)

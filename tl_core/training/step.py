@@ -4,7 +4,6 @@ The pipeline hands uint8 batches (and, when augmenting, each image's transform);
 them to [0, 1] and warps them, so under Mirrored/MultiWorkerMirrored strategies every replica does
 this per-pixel work for its own slice of the batch on its own device.
 """
-import numpy as np
 import tensorflow as tf
 
 from tl_core.data.augment import apply_transforms
@@ -40,8 +39,8 @@ def training_model(classifier: keras.Model, image_size: int, augment: bool) -> k
     return keras.Model({"images": images, "transforms": transforms}, classifier(pixels), name="trainer")
 
 
-def as_fed(inputs) -> np.ndarray:
+def as_fed(inputs) -> tf.Tensor:
     """A pipeline batch's images as the classifier receives them in training: in [0, 1], warped when augmenting."""
     if isinstance(inputs, dict):
-        return DevicePreprocessing()(inputs["images"], inputs["transforms"]).numpy()
-    return DevicePreprocessing()(inputs).numpy()
+        return DevicePreprocessing()(inputs["images"], inputs["transforms"])
+    return DevicePreprocessing()(inputs)

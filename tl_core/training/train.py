@@ -29,7 +29,7 @@ from tl_core.metrics import classification_metrics
 from tl_core.model import assets
 from tl_core.model.backbones import check_backbone_options, resolve_backbone
 from tl_core.model.classifier import build_classifier, feature_dim
-from tl_core.progress import track
+from tl_core.progress import labelled_batch_size, track
 from tl_core.run_dir import (CLASS_NAMES_FILE, CONFUSION_PLOT, FEATURES_DIR, FED_BATCH_PLOT, HISTORY_JSON, HISTORY_PLOT,
                              METRICS_FILE, MODEL_DIR, SHARDS_DIR)
 from tl_core.serving.export import export_classifier, export_tflite, tflite_logits
@@ -179,7 +179,7 @@ def write_fed_batch(config: TrainConfig, shard, path: Path, limit: int = 32) -> 
     """A picture of the first training batch (epoch 0) exactly as the model receives it: decoded, resized
     and augmented, each image with its class name (the first `limit` images of the batch)."""
     inputs, labels = next(iter(epoch_dataset(config, shard, None, HEAD, 0)))
-    images, labels = as_fed(inputs)[:limit], labels.numpy()[:limit]
+    images, labels = as_fed(inputs).numpy()[:limit], labels.numpy()[:limit]
     augmentation = "augmented as in training" if config.augment else "augmentation off"
     artifacts.plot_contact_sheet(list(images), [shard.class_names[label] for label in labels], path, columns=8,
                                  title=f"The first training batch as the model receives it: {len(images)} of "
@@ -221,8 +221,7 @@ def cached_training_features(config: TrainConfig, models: Models, shard, worker:
         # View 0 is the image as it is; view v > 0 is augmented as the seed's recipe augments it in epoch v.
         images = make_dataset(shard, config.image_size, config.batch_size, augment_images=view > 0, seed=config.seed,
                               epoch=view)
-        return backbone_feature_batches(models.classifier, track(images, len(shard), description,
-                                                                 size=lambda batch: len(batch[1])))
+        return backbone_feature_batches(models.classifier, track(images, len(shard), description, size=labelled_batch_size))
 
     if config.uses_feature_bank:
         return cache_feature_bank(lambda view: batches(view, f"Training features, view {view + 1}/{config.feature_views}"),
