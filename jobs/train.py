@@ -24,8 +24,14 @@ def add_training_arguments(parser: argparse.ArgumentParser, exclude=()) -> None:
     parser.add_argument("--recipe", choices=("default", "seed"), default="default",
                         help="'seed': the classic recipe exactly (a fresh augmentation and backbone pass every epoch, "
                         f"one Dense layer, constant learning rate: {SEED_RECIPE}); flags given override it")
+    add_field_arguments(parser, TrainConfig, exclude)
+
+
+def add_field_arguments(parser: argparse.ArgumentParser, settings_class, exclude=()) -> None:
+    """A flag per field of a settings dataclass (declared with config.option), made from the field's documentation;
+    an unset flag is None (the default, or --config's value, applies)."""
     groups = {}
-    for field in dataclasses.fields(TrainConfig):
+    for field in dataclasses.fields(settings_class):
         if field.name in exclude:
             continue
         meta, name = field.metadata, field.name.replace("_", "-")

@@ -81,7 +81,7 @@ def plot_history(history: list[dict], path) -> None:
         if fine_tuned:
             axis.axvline(fine_tuned[0] - 0.5, color="gray", linestyle="--", label="Start fine-tuning")
         axis.legend()
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def plot_confusion_matrix(counts, class_names: list[str], path, title: str = "Validation confusion matrix") -> None:
@@ -100,7 +100,7 @@ def plot_confusion_matrix(counts, class_names: list[str], path, title: str = "Va
     for (row, col), value in np.ndenumerate(counts):
         axis.text(col, row, str(value), ha="center", va="center",
                   color="white" if value > threshold else "black")
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
 def plot_contact_sheet(images: list, titles: list[str], path, title: str, columns: int = 4) -> None:
@@ -115,10 +115,10 @@ def plot_contact_sheet(images: list, titles: list[str], path, title: str, column
     if not images:
         axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
     figure.suptitle(title)
-    _save_figure(figure, path)
+    save_figure(figure, path)
 
 
-def _save_figure(figure, path) -> None:
+def save_figure(figure, path) -> None:
     figure.tight_layout()
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100)

@@ -63,6 +63,10 @@ class ImageFolder:
         rows = np.random.default_rng(seed).permutation(len(self))[index * per_worker:(index + 1) * per_worker]
         return self.select(np.sort(rows))
 
+    def part(self, index: int, count: int) -> "ImageFolder":
+        """Part `index` of `count` in reading order, every image in exactly one part."""
+        return self.select(np.array_split(np.arange(len(self)), count)[index])
+
     def without(self, paths) -> "ImageFolder":
         """The folder minus the given files (the bad files a run skips)."""
         paths = set(paths)

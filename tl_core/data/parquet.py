@@ -110,6 +110,14 @@ class ParquetImages:
             position += end - begin
         return ParquetImages(self.files, segments, np.concatenate(labels), self.class_names, self.image_size)
 
+    def part(self, index: int, count: int) -> "ParquetImages":
+        """Part `index` of `count` in reading order, whole segments, every row in exactly one part."""
+        chosen = np.array_split(np.arange(len(self.segments)), count)[index]
+        offsets = np.cumsum([0] + [end - begin for _, _, begin, end in self.segments])
+        labels = [self.labels[offsets[i]:offsets[i + 1]] for i in chosen]
+        return ParquetImages(self.files, [self.segments[i] for i in chosen],
+                             np.concatenate(labels) if labels else self.labels[:0], self.class_names, self.image_size)
+
     def _tables(self, segment_order):
         """(image column, labels) of each segment (part of a row group), in the given order."""
         readers = {}

@@ -32,6 +32,15 @@ class InMemoryFeatures:
 
 
 @dataclasses.dataclass
+class PrecomputedFeatures:
+    """The backbone's features computed before a run, by the same backbone at the same image size (jobs.tune's
+    feature pass): of the training images in the training source's order, and of the validation images."""
+
+    train: InMemoryFeatures
+    validation: np.ndarray
+
+
+@dataclasses.dataclass
 class InMemoryBank:
     features: np.ndarray  # [views, images, dim]
     labels: np.ndarray
@@ -72,6 +81,14 @@ class FeatureFile:
             output_signature=(tf.TensorSpec([None, self.dim], tf.float32), tf.TensorSpec([None], tf.int32)))
         ds = ds.unbatch().shuffle(SHUFFLE_BUFFER, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
         return unsharded(ds.batch(batch_size)).prefetch(tf.data.AUTOTUNE)
+
+
+def read_features(path: Path) -> InMemoryFeatures:
+    """A features file (cache_features' Parquet) read whole into memory."""
+    table = pq.read_table(path)
+    dim = table.schema.field("features").type.list_size
+    return InMemoryFeatures(table.column("features").combine_chunks().values.to_numpy().reshape(-1, dim),
+                            table.column("label").to_numpy())
 
 
 def cache_features(batches, count: int, dim: int, budget_bytes: int, path: Path):

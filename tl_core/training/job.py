@@ -70,11 +70,14 @@ def absolute_paths(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, **absolute)
 
 
-def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, checked=None, log=print) -> dict:
+def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, checked=None, features=None,
+        log=print) -> dict:
     """Check, then train into config.output_dir (which the caller has chosen); the final metrics.
 
     The data is listed and checked once, here (or by the caller: checked=check(config)), and the
-    checked sources are what training uses. Locally, or on Ray Train when config.uses_ray."""
+    checked sources are what training uses. Locally, or on Ray Train when config.uses_ray. features: the
+    backbone's features of those sources, computed already (jobs.tune), for a local run; Ray workers compute
+    their own."""
     checked, skipped = checked or check(config, log)  # before the run directory exists: a failed check leaves nothing
     config = prepare_run_dir(config, overwrite=overwrite, resume=resume)
     if resume:
@@ -92,4 +95,4 @@ def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, c
 
         train_on_ray(absolute_paths(config), sources=checked.sources(skipped).absolute())
         return json.loads((Path(config.output_dir) / METRICS_FILE).read_text())
-    return train(config, sources=checked.sources(skipped))
+    return train(config, sources=checked.sources(skipped), features=features)

@@ -31,6 +31,14 @@ def backbone_feature_batches(model: tf.keras.Model, dataset: tf.data.Dataset):
         yield extract(inputs).numpy(), labels.numpy()
 
 
+def backbone_features(model: tf.keras.Model, source, image_size: int, batch_size: int,
+                      description: str) -> tuple[np.ndarray, np.ndarray]:
+    """(features [N, D], labels [N]) of every image of a source, in its order: the frozen backbone run once."""
+    batches = track(make_dataset(source, image_size, batch_size), len(source), description, size=labelled_batch_size)
+    features, labels = zip(*backbone_feature_batches(model, batches))
+    return np.concatenate(features), np.concatenate(labels).astype(np.int32)
+
+
 def head_logits(model: tf.keras.Model, features: np.ndarray) -> np.ndarray:
     """The head on precomputed features, in inference mode; run eagerly on each worker alone (no collectives)."""
     return model.get_layer("head")(features, training=False).numpy()
@@ -39,15 +47,18 @@ def head_logits(model: tf.keras.Model, features: np.ndarray) -> np.ndarray:
 class Validation:
     """The validation images and the classifier's logits on them, in either phase."""
 
-    def __init__(self, classifier: tf.keras.Model, source, image_size: int, batch_size: int, frozen_backbone: bool):
-        """frozen_backbone: the backbone will not change (the head phase, BatchNorm layers not adapting)."""
+    def __init__(self, classifier: tf.keras.Model, source, image_size: int, batch_size: int, frozen_backbone: bool,
+                 features: np.ndarray | None = None):
+        """frozen_backbone: the backbone will not change (the head phase, BatchNorm layers not adapting).
+        features: the backbone's features of the source, when they were computed already (jobs.tune)."""
         self.classifier, self.source = classifier, source
         self.dataset = make_dataset(source, image_size, batch_size)
-        if frozen_backbone:
-            batches = track(self.dataset, len(source), "Validation features", size=labelled_batch_size)
-            self.features = np.concatenate([features for features, _ in backbone_feature_batches(classifier, batches)])
-        else:
+        if not frozen_backbone:
             self.features = None  # the whole model runs each time (fine-tuning, adapting BatchNorm)
+        elif features is not None:
+            self.features = features
+        else:
+            self.features = backbone_features(classifier, source, image_size, batch_size, "Validation features")[0]
 
     def logits(self, phase: str) -> np.ndarray:
         if phase == HEAD and self.features is not None:  # the backbone is unchanged: its features were computed once

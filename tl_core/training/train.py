@@ -35,7 +35,7 @@ from tl_core.run_dir import (CLASS_NAMES_FILE, CONFUSION_PLOT, FEATURES_DIR, FED
 from tl_core.serving.export import export_classifier, export_tflite, tflite_logits
 from tl_core.training.distribute import Worker, make_strategy
 from tl_core.training.epoch_progress import EpochProgress
-from tl_core.training.feature_cache import cache_feature_bank, cache_features, on_disk
+from tl_core.training.feature_cache import PrecomputedFeatures, cache_feature_bank, cache_features, on_disk
 from tl_core.training.models import HEAD, Models, phase_of
 from tl_core.training.recorder import EpochRecorder, LocalCheckpoints, Validation, backbone_feature_batches
 from tl_core.training.step import as_fed
@@ -112,13 +112,13 @@ def restore(models: Models, checkpoints, config: TrainConfig, log) -> list:
     history = json.loads((latest / HISTORY_JSON).read_text())
     if len(history) < config.epochs + config.fine_tune_epochs:
         models.trainer(phase_of(config, len(history)))  # in fine-tuning, its optimizer's state is in the checkpoint
-    models.state.read(str(latest / "state")).assert_existing_objects_matched()
+    models.read_state(str(latest / "state"))
     log(f"Resumed from {latest} after epoch {len(history)}", flush=True)
     return history
 
 
 def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker = Worker(), checkpoints=None,
-          callbacks=(), strategy: tf.distribute.Strategy | None = None) -> dict:
+          callbacks=(), strategy: tf.distribute.Strategy | None = None, features: PrecomputedFeatures | None = None) -> dict:
     """Train on config's data and write every artifact into config.output_dir; the final validation metrics.
 
     `sources`: the data as job.run checked it (listed here when not given). The same function runs
@@ -126,7 +126,8 @@ def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker
     training images this process trains on and whether it writes the artifacts; `checkpoints` keeps
     the last completed epoch (run_dir/checkpoints by default), and training continues from it when
     it holds one. `strategy` defaults to the one this process's devices and TF_CONFIG call for
-    (distribute.make_strategy); `callbacks` are extra Keras callbacks for fit().
+    (distribute.make_strategy); `callbacks` are extra Keras callbacks for fit(). `features`: the backbone's
+    features of these sources, computed already (jobs.tune; one worker): the backbone then does not run again.
     """
     strategy = strategy or make_strategy()  # before any other TF op
     check_backbone_options(config.backbone, fine_tune_epochs=config.fine_tune_epochs,
@@ -145,7 +146,7 @@ def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker
     checkpoints = checkpoints or LocalCheckpoints(run_dir)
     history = restore(models, checkpoints, config, log)
     board = open_board(config, data.shard, len(history)) if worker.is_chief else None  # TensorBoard
-    validation, features, feature_seconds = backbone_passes(config, models, data, worker, len(history), log)
+    validation, features, feature_seconds = backbone_passes(config, models, data, worker, len(history), log, features)
     images_per_epoch = len(data.shard) * worker.world_size
     recorder = EpochRecorder(history=history, validation=validation, state=models.state, checkpoints=checkpoints,
                              worker=worker, run_dir=run_dir, images_per_epoch=images_per_epoch,
@@ -187,14 +188,27 @@ def write_fed_batch(config: TrainConfig, shard, path: Path, limit: int = 32) -> 
                                        f"{augmentation}")
 
 
-def backbone_passes(config: TrainConfig, models: Models, data: RunData, worker: Worker, completed: int, log):
-    """(validation, cached training features or None, seconds): what the frozen backbone computes once."""
+def backbone_passes(config: TrainConfig, models: Models, data: RunData, worker: Worker, completed: int, log,
+                    precomputed: PrecomputedFeatures | None = None):
+    """(validation, cached training features or None, seconds): what the frozen backbone computes once (or what
+    was computed before the run, `precomputed`)."""
     started = time.perf_counter()
+    if precomputed is not None and not (config.uses_feature_cache and not config.uses_feature_bank and worker.world_size == 1
+                                        and np.array_equal(precomputed.train.labels, data.shard.labels)):
+        raise ValueError("precomputed features are for one worker training on the features of the images as they are, "
+                         "in the training source's order")
     validation = Validation(models.classifier, data.validation, config.image_size, config.batch_size,
-                            frozen_backbone=phase_of(config, completed) == HEAD and not config.adapt_batchnorm)
-    features = cached_training_features(config, models, data.shard, worker) if completed < config.epochs else None
+                            frozen_backbone=phase_of(config, completed) == HEAD and not config.adapt_batchnorm,
+                            features=precomputed.validation if precomputed else None)
+    if completed >= config.epochs:
+        features = None
+    else:
+        features = precomputed.train if precomputed else cached_training_features(config, models, data.shard, worker)
     seconds = time.perf_counter() - started
-    if validation.features is not None:
+    if precomputed is not None:
+        log(f"Backbone features of {len(data.validation)} validation and {len(data.shard)} training images: computed "
+            "before this run", flush=True)
+    elif validation.features is not None:
         training = f" and {len(data.shard)} training" if features else ""
         views = f" ({config.feature_views} views of each training image)" if features and config.uses_feature_bank else ""
         log(f"Backbone features of {len(data.validation)} validation{training} images computed once{views}: "

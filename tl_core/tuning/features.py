@@ -1,0 +1,115 @@
+"""What every trial of a search reads: the backbone's features of the training and validation images, computed
+once, and the tuning split carved from the training images.
+
+The feature pass runs as Ray tasks (`workers` of them, each on its own contiguous part of both splits; with
+GPUs when asked), so on a cluster the driver never runs the backbone. Each task writes its part as Parquet
+under <search>/features/, which an interrupted search reads back instead of computing again.
+"""
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+
+from tl_core import artifacts
+from tl_core.config import TrainConfig
+from tl_core.data.images import stratified_split
+from tl_core.training.feature_cache import InMemoryFeatures, PrecomputedFeatures, read_features
+
+SPLITS = ("train", "validation")
+DONE = "done.json"  # written last: the feature pass completed
+KFOLD_BELOW = 1000  # training images under which trials are scored by k-fold cross-validation
+
+
+def _features_of_parts(config: dict, parts: list) -> list[int]:
+    """Ray task: the backbone's features of each (source, description, path) part, written to its path; the row counts."""
+    import tl_core  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+    from tl_core.model.assets import cache_dir
+    from tl_core.model.backbones import resolve_backbone
+    from tl_core.model.classifier import build_classifier
+    from tl_core.training.feature_cache import cache_features
+    from tl_core.training.recorder import backbone_features
+
+    config = TrainConfig.from_dict(config)
+    classifier = build_classifier(resolve_backbone(config.backbone, cache_dir(config.cache_dir)),
+                                  len(parts[0][0].class_names), config.image_size)
+    rows = []
+    for source, description, path in parts:
+        features, labels = backbone_features(classifier, source, config.image_size, config.batch_size, description)
+        cache_features([(features, labels)], len(labels), features.shape[1], budget_bytes=0, path=Path(path))
+        rows.append(len(labels))
+    return rows
+
+
+def compute_features(config: TrainConfig, sources, directory: Path, *, workers: int, gpus: float) -> PrecomputedFeatures:
+    """The features of sources.train and sources.validation, computed once by `workers` Ray tasks, each on its own
+    part of both splits (read back from directory when an earlier pass completed)."""
+    import ray
+
+    directory = Path(directory)
+    if not (directory / DONE).exists():
+        task = ray.remote(_features_of_parts).options(num_cpus=config.cpus_per_worker, num_gpus=gpus)
+        pending = []
+        for index in range(workers):
+            parts = []
+            for split in SPLITS:
+                source = getattr(sources, split).part(index, workers)
+                description = f"{split.capitalize()} features" + (f", part {index + 1}/{workers}" if workers > 1 else "")
+                if len(source):
+                    parts.append((source, description, str(directory / split / f"part-{index:05d}.parquet")))
+            pending.append(task.remote(config.to_dict(), parts))
+        rows = ray.get(pending)
+        artifacts.write_json(directory / DONE, {"rows": rows, "backbone": config.backbone, "image_size": config.image_size})
+    train, validation = (_concatenate(sorted((directory / split).glob("part-*.parquet"))) for split in SPLITS)
+    for split, read in (("train", train), ("validation", validation)):
+        if not np.array_equal(read.labels, getattr(sources, split).labels):
+            raise ValueError(f"the features in {directory / split} are not of this data's {split} images: "
+                             "start the search again with --overwrite")
+    return PrecomputedFeatures(train, validation.features)
+
+
+def _concatenate(paths: list) -> InMemoryFeatures:
+    read = [read_features(path) for path in paths]
+    return InMemoryFeatures(np.concatenate([part.features for part in read]), np.concatenate([part.labels for part in read]))
+
+
+def tuning_folds(labels: np.ndarray, folds: int, fraction: float, seed: int) -> np.ndarray:
+    """The fold of each training image whose tuning part it is in: stratified and seeded. folds == 1: a holdout
+    of `fraction` of each class (fold 0; -1 for the rest, which every trial fits on); folds > 1: k-fold, every
+    image in the tuning part of exactly one fold."""
+    if folds == 1:
+        return np.where(stratified_split(labels, fraction, seed), 0, -1)
+    fold = np.empty(len(labels), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        fold[rows] = (np.arange(len(rows)) + rng.integers(folds)) % folds  # class sizes need not divide evenly
+    return fold
+
+
+def default_folds(train_images: int, fraction: float) -> int:
+    """k-fold (k = 1 / fraction) below KFOLD_BELOW training images, where a holdout would be too few images to
+    tell trials apart; a holdout above."""
+    return max(2, round(1 / fraction)) if train_images < KFOLD_BELOW else 1
+
+
+@dataclasses.dataclass
+class Fold:
+    """What one head of a trial fits on and is scored on (numpy arrays; read-only views of Ray's object store)."""
+
+    fit_features: np.ndarray
+    fit_labels: np.ndarray
+    tune_features: np.ndarray
+    tune_labels: np.ndarray
+
+
+@dataclasses.dataclass
+class TuningData:
+    folds: list
+    class_names: list
+
+    @classmethod
+    def split(cls, train: InMemoryFeatures, fold_of_row: np.ndarray, class_names: list) -> "TuningData":
+        count = int(fold_of_row.max()) + 1
+        folds = [Fold(train.features[fold_of_row != k], train.labels[fold_of_row != k],
+                      train.features[fold_of_row == k], train.labels[fold_of_row == k]) for k in range(count)]
+        return cls(folds, list(class_names))

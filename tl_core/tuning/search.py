@@ -1,0 +1,254 @@
+"""jobs.tune: a Ray Tune search over the head, on backbone features computed once, then one final run.
+
+  1. check the data (as every run does) and compute the backbone's features of the training and validation
+     images once (features.py: Ray tasks, Parquet under <search>/features/);
+  2. carve the tuning split from the training images (a seeded, stratified holdout, or k-fold for small sets):
+     trials never see the validation images;
+  3. run the trials (trial.py) on Ray Tune, ASHA stopping poor ones early; the trials' features are put in
+     Ray's object store once;
+  4. write trials.parquet, trials.png and best_config.json (the base configuration with the best trial's
+     settings: what `jobs.train --config` and `jobs.retrain --config` take);
+  5. train the best configuration once on all training images into <search>/final (a normal run directory,
+     reusing the features of step 1) and report its validation accuracy: the validation set's only use.
+
+An interrupted search continues with --resume: the features are read back, Ray Tune restores its trials
+(finished ones are kept, unfinished ones start again) and the final run resumes from its checkpoint.
+"""
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+from pathlib import Path
+
+from tl_core import WORKER_ENV, artifacts, progress
+from tl_core.config import TrainConfig, option
+from tl_core.run_dir import CONFIG_FILE, METRICS_FILE, RunDirectoryError
+from tl_core.tuning import features as tuning_features
+from tl_core.tuning.report import FAILED, STOPPED, best_trial, plot_trials, trial_number, trial_rows
+from tl_core.tuning.space import DEFAULT_SPACE, SEARCHABLE, check_space, max_epochs, read_space, to_tune
+from tl_core.tuning.trial import TUNING_ACCURACY, TUNING_LOSS, run_trial
+
+# Files of a search directory.
+SEARCH_FILE = "tune.json"  # the base configuration, these settings and the search space: what --resume continues
+FEATURES_DIR = "features"
+TUNING_SPLIT_FILE = "tuning_split.parquet"  # each training image's fold
+RAY_TUNE_DIR = "search"  # Ray Tune's experiment (trial results, its state for restoring)
+TRIALS_FILE = "trials.parquet"
+TRIALS_PLOT = "trials.png"
+BEST_CONFIG = "best_config.json"
+FINAL_RUN = "final"
+SUMMARY_FILE = "summary.json"
+SEARCH_FILES = (SEARCH_FILE, FEATURES_DIR, TUNING_SPLIT_FILE, RAY_TUNE_DIR, TRIALS_FILE, TRIALS_PLOT, BEST_CONFIG, FINAL_RUN,
+                SUMMARY_FILE)
+
+
+@dataclasses.dataclass
+class TuneSettings:
+    trials: int = option(32, "trials to run (each samples the search space once)")
+    max_concurrent: int = option(0, "trials at once (0: as many as the cluster's CPUs allow, --cpus-per-trial each)")
+    search_space: str | None = option(None, "JSON or YAML file replacing the default search space (see the README: "
+                                      "keys are head settings, values distributions such as {\"loguniform\": [1e-4, 1e-2]})")
+    tuning_split: float = option(0.2, "fraction of each class of the training images that scores the trials "
+                                 "(k-fold: 1/k of them per fold)")
+    folds: int = option(0, f"score each trial by k-fold cross-validation over the training images (1: one holdout; "
+                        f"0: k-fold with k = 1/--tuning-split below {tuning_features.KFOLD_BELOW} training images, else one "
+                        "holdout)")
+    grace_period: int = option(10, "epochs every trial runs before the early-stopping scheduler (ASHA) may stop it")
+    cpus_per_trial: int = option(1, "CPUs Ray reserves for each trial (its TensorFlow threads)")
+    gpus_per_trial: float = option(0.0, "GPUs (or a fraction) for each trial: a head on features is small, CPUs suffice")
+
+    def __post_init__(self):
+        for name in ("trials", "grace_period", "cpus_per_trial"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        for name in ("max_concurrent", "folds"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
+        if not 0 < self.tuning_split < 1:
+            raise ValueError(f"tuning_split must be between 0 and 1, got {self.tuning_split!r}")
+        if not self.gpus_per_trial >= 0:
+            raise ValueError(f"gpus_per_trial must be zero or positive, got {self.gpus_per_trial!r}")
+
+
+def check_searchable(config: TrainConfig) -> None:
+    """Trials train heads on features of the images as they are: a configuration that changes them every step
+    cannot be searched this way."""
+    if not config.uses_feature_cache or config.uses_feature_bank:
+        raise ValueError("jobs.tune trains every trial's head on backbone features computed once, of the images as they "
+                         "are: it cannot search with --augment, --no-cache-features or --adapt-batchnorm")
+
+
+def prepare_search_dir(directory: Path, *, overwrite: bool, resume: bool) -> None:
+    """Refuse to mix a new search into an existing one (with overwrite: remove the old one's files)."""
+    if resume:
+        if not (directory / SEARCH_FILE).exists():
+            raise RunDirectoryError(f"--resume: {directory} holds no search to continue (no {SEARCH_FILE})")
+    elif directory.exists() and any(directory.iterdir()):
+        if not overwrite:
+            raise RunDirectoryError(f"{directory} already holds files; pass --resume to continue that search, "
+                                    "--overwrite to replace it, or choose another --output-dir")
+        for name in SEARCH_FILES:
+            path = directory / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def saved_search(directory: Path) -> tuple[TrainConfig, TuneSettings, dict]:
+    saved = json.loads((directory / SEARCH_FILE).read_text())
+    return TrainConfig.from_dict(saved["config"]), TuneSettings(**saved["settings"]), saved["space"]
+
+
+def trial_log(total: int, searched: list):
+    """A Ray Tune callback printing a line per finished trial, on the driver (pickled with the Tuner: no closures)."""
+    from ray.tune import Callback
+
+    class TrialLines(Callback):
+        def __init__(self):
+            self.finished = 0
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.finished += 1
+            result, config = trial.last_result or {}, trial.config
+            ran, planned = result.get("epochs_run", 0), config.get("epochs")
+            how = f"stopped at epoch {ran}" if planned and ran < planned else f"{ran} epochs"
+            settings = "  ".join(f"{key} {config[key]:.3g}" if isinstance(config[key], float) else f"{key} {config[key]}"
+                                 for key in searched if key in config)
+            print(f"[{self.finished:>3}/{total}] trial {trial_number(trial.trial_id)} ({how}): tuning accuracy "
+                  f"{result.get(TUNING_ACCURACY, float('nan')):.4f}  loss {result.get(TUNING_LOSS, float('nan')):.4f}  "
+                  f"{settings}", flush=True)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.finished += 1
+            print(f"[{self.finished:>3}/{total}] trial {trial_number(trial.trial_id)} failed: see {trial.path}", flush=True)
+
+    return TrialLines()
+
+
+def make_tuner(config: TrainConfig, settings: TuneSettings, space: dict, data, directory: Path, *, resume: bool):
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0, no tables of Ray Tune's own: our lines only
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    base = {key: value for key, value in config.to_dict().items() if key != "global_batch_size"}
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, data=data, base=base, threads=settings.cpus_per_trial),
+        {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
+    storage = str(directory.resolve())
+    lines = trial_log(settings.trials, [key for key in SEARCHABLE if key in space])
+    if resume and tune.Tuner.can_restore(str(directory.resolve() / RAY_TUNE_DIR)):
+        return tune.Tuner.restore(str(directory.resolve() / RAY_TUNE_DIR), trainable, resume_unfinished=True,
+                                  param_space=to_tune(space))
+    horizon = max_epochs(space, config)
+    scheduler = ASHAScheduler(time_attr="training_iteration", max_t=horizon, grace_period=min(settings.grace_period, horizon),
+                              reduction_factor=3)
+    return tune.Tuner(
+        trainable, param_space=to_tune(space),
+        tune_config=tune.TuneConfig(metric=TUNING_ACCURACY, mode="max", num_samples=settings.trials, scheduler=scheduler,
+                                    search_alg=BasicVariantGenerator(random_state=config.seed),
+                                    max_concurrent_trials=settings.max_concurrent or None, reuse_actors=True),
+        run_config=tune.RunConfig(storage_path=storage, name=RAY_TUNE_DIR, verbose=0, callbacks=[lines]))
+
+
+def fit_gracefully(tuner):
+    """tuner.fit(), a SIGTERM taken as Ray Tune's own stop signal (SIGINT): it saves its state, then returns."""
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    try:
+        return tuner.fit()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def write_tuning_split(path: Path, source, fold_of_row) -> None:
+    rows = [{"path": image, "label": int(label), "fold": int(fold)}
+            for image, label, fold in zip(getattr(source, "paths", [None] * len(source)), source.labels, fold_of_row)]
+    artifacts.write_parquet(path, rows)
+
+
+def search(config: TrainConfig, settings: TuneSettings, space: dict | None = None, *, resume: bool = False,
+           overwrite: bool = False, log=print) -> dict:
+    """Run (or continue) a search into config.output_dir; the summary (also in summary.json)."""
+    import ray
+
+    from tl_core.training import job
+
+    started, directory = time.perf_counter(), Path(config.output_dir)
+    prepare_search_dir(directory, overwrite=overwrite, resume=resume)
+    if resume:
+        config, settings, space = saved_search(directory)
+        log(f"Continuing the search in {directory} ({SEARCH_FILE})", flush=True)
+    else:
+        check_searchable(config)
+        space = check_space(space or (read_space(settings.search_space) if settings.search_space else DEFAULT_SPACE), config)
+    checked, skipped = job.check(config, log)
+    sources = checked.sources(skipped)
+    if not resume:  # from here on, --resume continues the search
+        artifacts.write_json(directory / SEARCH_FILE, {"config": config.to_dict(), "settings": dataclasses.asdict(settings),
+                                                       "space": space})
+    if not progress.is_quiet():
+        log(f"Search directory {directory}\nBase configuration:\n{config.describe()}\nSearch space: {json.dumps(space)}",
+            flush=True)
+
+    if not ray.is_initialized():
+        ray.init(runtime_env={"env_vars": WORKER_ENV})  # the cluster of $RAY_ADDRESS / `ray job submit`, else a local one
+    checked_at = time.perf_counter()
+    gpus = config.gpus_per_worker if config.use_gpu else 0
+    features = tuning_features.compute_features(config, sources, directory / FEATURES_DIR, workers=config.num_workers,
+                                                gpus=gpus)
+    features_at = time.perf_counter()
+    log(f"Backbone features of {len(sources.train)} training and {len(sources.validation)} validation images: "
+        f"{features_at - checked_at:.1f}s", flush=True)
+
+    folds = settings.folds or tuning_features.default_folds(len(sources.train), settings.tuning_split)
+    fold_of_row = tuning_features.tuning_folds(features.train.labels, folds, settings.tuning_split, config.seed)
+    write_tuning_split(directory / TUNING_SPLIT_FILE, sources.train, fold_of_row)
+    data = tuning_features.TuningData.split(features.train, fold_of_row, sources.train.class_names)
+    scoring = (f"{folds}-fold cross-validation over the {len(sources.train)} training images" if folds > 1 else
+               f"a tuning split of {int((fold_of_row == 0).sum())} of the {len(sources.train)} training images")
+    log(f"Running {settings.trials} trials, scored by {scoring}; the validation images are kept for the final run",
+        flush=True)
+
+    results = fit_gracefully(make_tuner(config, settings, space, data, directory, resume=resume))
+    if results.num_terminated + results.num_errors < len(results):
+        raise KeyboardInterrupt  # Ray Tune stopped on a signal and saved its state
+    searched_at = time.perf_counter()
+    rows = trial_rows(results, dataclasses.asdict(config))
+    artifacts.write_parquet(directory / TRIALS_FILE, rows)
+    best = best_trial(rows)
+    plot_trials(rows, best, directory / TRIALS_PLOT)
+    best_config = dataclasses.replace(config, output_dir=None, **{key: best[key] for key in SEARCHABLE})
+    artifacts.write_json(directory / BEST_CONFIG, best_config.to_dict())
+    stopped = sum(row["status"] == STOPPED for row in rows)
+    log(f"Best of {len(rows)} trials ({stopped} stopped early): trial {best['trial']}, tuning accuracy "
+        f"{best[TUNING_ACCURACY]:.4f} ({', '.join(f'{key} {best[key]}' for key in SEARCHABLE if key in space)}); "
+        f"written to {directory / BEST_CONFIG}", flush=True)
+
+    metrics = final_run(dataclasses.replace(best_config, output_dir=str(directory / FINAL_RUN)), (checked, skipped),
+                        features, log)
+    finished = time.perf_counter()
+    summary = {"trials": len(rows), "stopped_early": stopped, "failed": sum(row["status"] == FAILED for row in rows),
+               "folds": folds, "best_trial": best["trial"], "best_tuning_accuracy": best[TUNING_ACCURACY],
+               "best_settings": {key: best[key] for key in SEARCHABLE},
+               "final_validation_accuracy": metrics["accuracy"], "final_validation_loss": metrics["loss"],
+               "seconds": {"check": checked_at - started, "features": features_at - checked_at,
+                           "trials": searched_at - features_at, "final_run": finished - searched_at,
+                           "total": finished - started}}
+    artifacts.write_json(directory / SUMMARY_FILE, summary)
+    return summary
+
+
+def final_run(config: TrainConfig, checked, features, log) -> dict:
+    """The best configuration trained once on all training images, reusing the search's features (locally); a
+    final run that was interrupted resumes from its checkpoint."""
+    from tl_core.training import job
+
+    run_dir = Path(config.output_dir)
+    if (run_dir / METRICS_FILE).exists():
+        return json.loads((run_dir / METRICS_FILE).read_text())
+    resume = (run_dir / CONFIG_FILE).exists()
+    log(f"Training the best configuration on all training images into {run_dir}", flush=True)
+    return job.run(config, resume=resume, checked=checked, features=None if config.uses_ray else features, log=log)

@@ -1,0 +1,71 @@
+"""One trial of a search: the head a configuration describes, trained on precomputed features as every run trains
+it (the head of classifier.make_head, compiled by models.compile_head: the same optimizer, schedule and loss; the
+epochs' batches drawn from (seed, epoch)), scored after each epoch on the tuning part of each fold.
+
+The trial reports to Ray Tune after every epoch (the mean over folds); the early-stopping scheduler may end it
+there. It runs in a Ray actor that Tune reuses from trial to trial, so TensorFlow is imported once per actor.
+"""
+import math
+import time
+
+from tl_core.config import TrainConfig
+
+TUNING_ACCURACY, TUNING_LOSS = "tuning_accuracy", "tuning_loss"
+
+
+def _use_threads(threads: int) -> None:
+    """TensorFlow's thread pools to the trial's CPUs (by default each process takes every core of the machine)."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+    except RuntimeError:  # a reused actor: set by its first trial
+        pass
+
+
+class FoldHead:
+    """A trial's head for one fold: fits on the fold's fitting part, scored on its tuning part."""
+
+    def __init__(self, config: TrainConfig, fold, class_names: list):
+        import tensorflow as tf
+
+        from tl_core.model.classifier import make_head
+        from tl_core.training.feature_cache import InMemoryFeatures
+        from tl_core.training.models import compile_head
+
+        self.config, self.fold, self.class_names = config, fold, class_names
+        self.features = InMemoryFeatures(fold.fit_features, fold.fit_labels)
+        tf.keras.utils.set_random_seed(config.seed)
+        head = make_head(len(class_names), config.head_hidden, config.head_dropout, config.seed, config.head_l2)
+        self.model = tf.keras.Sequential([tf.keras.Input((fold.fit_features.shape[1],)), head])
+        compile_head(self.model, config, steps_per_epoch=math.ceil(len(fold.fit_labels) / config.batch_size))
+
+    def train_epoch(self, epoch: int) -> dict:
+        """One epoch (0-based) of fitting; the metrics on the tuning part."""
+        from tl_core.metrics import classification_metrics
+
+        self.model.fit(self.features.dataset(self.config.batch_size, seed=self.config.seed, epoch=epoch),
+                       initial_epoch=epoch, epochs=epoch + 1, verbose=0)
+        logits = self.model(self.fold.tune_features, training=False).numpy()
+        return classification_metrics(self.fold.tune_labels, logits, self.class_names)
+
+
+def run_trial(params: dict, *, data, base: dict, threads: int) -> None:
+    """Ray Tune's function trainable: base (a TrainConfig dict) with the trial's params, trained on data
+    (features.TuningData) epoch by epoch."""
+    import tl_core  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+    from ray import tune
+
+    import tensorflow as tf
+
+    _use_threads(threads)
+    tf.get_logger().setLevel("ERROR")  # not a retracing warning for every fold's new model
+    config = TrainConfig.from_dict({**base, **params})
+    started = time.perf_counter()
+    heads = [FoldHead(config, fold, data.class_names) for fold in data.folds]
+    for epoch in range(config.epochs):
+        scores = [head.train_epoch(epoch) for head in heads]
+        tune.report({TUNING_ACCURACY: sum(score["accuracy"] for score in scores) / len(scores),
+                     TUNING_LOSS: sum(score["loss"] for score in scores) / len(scores),
+                     "epochs_run": epoch + 1, "seconds": time.perf_counter() - started})
