@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tl_core import artifacts
+from tl_core import WORKER_ENV, artifacts
 from tl_core.config import TrainConfig
 from tl_core.data.images import stratified_split
 from tl_core.training.feature_cache import InMemoryFeatures, PrecomputedFeatures, read_features
@@ -47,7 +47,8 @@ def compute_features(config: TrainConfig, sources, directory: Path, *, workers: 
 
     directory = Path(directory)
     if not (directory / DONE).exists():
-        task = ray.remote(_features_of_parts).options(num_cpus=config.cpus_per_worker, num_gpus=gpus)
+        task = ray.remote(_features_of_parts).options(num_cpus=config.cpus_per_worker, num_gpus=gpus,
+                                                      runtime_env={"env_vars": WORKER_ENV})
         pending = []
         for index in range(workers):
             parts = []

@@ -6,7 +6,7 @@ import numpy as np
 
 from tl_core import artifacts
 from tl_core.tuning.space import SEARCHABLE
-from tl_core.tuning.trial import TUNING_ACCURACY, TUNING_LOSS
+from tl_core.tuning.trial import TUNING_ACCURACY, TUNING_LOSS, TUNING_SCORE
 
 COMPLETED, STOPPED, FAILED = "completed", "stopped early", "failed"
 
@@ -31,6 +31,7 @@ def trial_rows(results, base: dict) -> list[dict]:
         trial_id = (result.metrics or {}).get("trial_id") or re.search(r"_(\w+_\d{5})(_|$)", Path(result.path).name).group(1)
         rows.append({"trial": trial_number(trial_id), "trial_id": trial_id, **params,
                      "status": status, "epochs_run": epochs_run,
+                     TUNING_SCORE: float(history[TUNING_SCORE].iloc[-1]) if epochs_run else None,
                      TUNING_ACCURACY: float(history[TUNING_ACCURACY].iloc[-1]) if epochs_run else None,
                      TUNING_LOSS: float(history[TUNING_LOSS].iloc[-1]) if epochs_run else None,
                      "seconds": float(history["seconds"].iloc[-1]) if epochs_run else None,
@@ -40,13 +41,13 @@ def trial_rows(results, base: dict) -> list[dict]:
 
 
 def best_trial(rows: list[dict]) -> dict:
-    """The completed trial with the highest tuning accuracy; ties go to the lower tuning loss, then the earlier trial.
-    Trials stopped early are not candidates: their settings name more epochs than they ran."""
+    """The completed trial with the highest tuning score (the tuning accuracy, ties broken by the tuning loss), then
+    the earlier trial. Trials stopped early are not candidates: their settings name more epochs than they ran."""
     completed = [row for row in rows if row["status"] == COMPLETED]
     if not completed:
         reasons = sorted({row["error"] for row in rows if row["error"]})
         raise RuntimeError("no trial completed" + (f": {reasons[0]}" if reasons else ""))
-    return min(completed, key=lambda row: (-row[TUNING_ACCURACY], row[TUNING_LOSS], row["trial"]))
+    return min(completed, key=lambda row: (-row[TUNING_SCORE], row["trial"]))
 
 
 def plot_trials(rows: list[dict], best: dict, path) -> None:

@@ -23,13 +23,13 @@ import signal
 import time
 from pathlib import Path
 
-from tl_core import WORKER_ENV, artifacts, progress
+from tl_core import artifacts, progress
 from tl_core.config import TrainConfig, option
 from tl_core.run_dir import CONFIG_FILE, METRICS_FILE, RunDirectoryError
 from tl_core.tuning import features as tuning_features
 from tl_core.tuning.report import FAILED, STOPPED, best_trial, plot_trials, trial_number, trial_rows
 from tl_core.tuning.space import DEFAULT_SPACE, SEARCHABLE, check_space, max_epochs, read_space, to_tune
-from tl_core.tuning.trial import TUNING_ACCURACY, TUNING_LOSS, run_trial
+from tl_core.tuning.trial import TUNING_ACCURACY, TUNING_LOSS, TUNING_SCORE, run_trial
 
 # Files of a search directory.
 SEARCH_FILE = "tune.json"  # the base configuration, these settings and the search space: what --resume continues
@@ -148,19 +148,30 @@ def make_tuner(config: TrainConfig, settings: TuneSettings, space: dict, data, d
                               reduction_factor=3)
     return tune.Tuner(
         trainable, param_space=to_tune(space),
-        tune_config=tune.TuneConfig(metric=TUNING_ACCURACY, mode="max", num_samples=settings.trials, scheduler=scheduler,
+        tune_config=tune.TuneConfig(metric=TUNING_SCORE, mode="max", num_samples=settings.trials, scheduler=scheduler,
                                     search_alg=BasicVariantGenerator(random_state=config.seed),
                                     max_concurrent_trials=settings.max_concurrent or None, reuse_actors=True),
         run_config=tune.RunConfig(storage_path=storage, name=RAY_TUNE_DIR, verbose=0, callbacks=[lines]))
 
 
 def fit_gracefully(tuner):
-    """tuner.fit(), a SIGTERM taken as Ray Tune's own stop signal (SIGINT): it saves its state, then returns."""
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    """(tuner.fit()'s results, whether it was interrupted). Ctrl-C or SIGTERM becomes Ray Tune's own stop signal
+    (SIGUSR1): it saves the search's state and fit() returns; a second one stops at once."""
+    interrupted = []
+
+    def stop(signum, frame):
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(signum)
+        signal.raise_signal(signal.SIGUSR1)
+
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # this handler instead of Ray Tune's, so that we know
+    previous = {number: signal.signal(number, stop) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return tuner.fit()
+        return tuner.fit(), bool(interrupted)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def write_tuning_split(path: Path, source, fold_of_row) -> None:
@@ -193,15 +204,15 @@ def search(config: TrainConfig, settings: TuneSettings, space: dict | None = Non
         log(f"Search directory {directory}\nBase configuration:\n{config.describe()}\nSearch space: {json.dumps(space)}",
             flush=True)
 
-    if not ray.is_initialized():
-        ray.init(runtime_env={"env_vars": WORKER_ENV})  # the cluster of $RAY_ADDRESS / `ray job submit`, else a local one
     checked_at = time.perf_counter()
+    if not ray.is_initialized():
+        ray.init()  # the cluster of $RAY_ADDRESS / `ray job submit`, else a local one
     gpus = config.gpus_per_worker if config.use_gpu else 0
     features = tuning_features.compute_features(config, sources, directory / FEATURES_DIR, workers=config.num_workers,
                                                 gpus=gpus)
     features_at = time.perf_counter()
-    log(f"Backbone features of {len(sources.train)} training and {len(sources.validation)} validation images: "
-        f"{features_at - checked_at:.1f}s", flush=True)
+    log(f"Backbone features of {len(sources.train)} training and {len(sources.validation)} validation images "
+        f"(Ray started): {features_at - checked_at:.1f}s", flush=True)
 
     folds = settings.folds or tuning_features.default_folds(len(sources.train), settings.tuning_split)
     fold_of_row = tuning_features.tuning_folds(features.train.labels, folds, settings.tuning_split, config.seed)
@@ -212,9 +223,9 @@ def search(config: TrainConfig, settings: TuneSettings, space: dict | None = Non
     log(f"Running {settings.trials} trials, scored by {scoring}; the validation images are kept for the final run",
         flush=True)
 
-    results = fit_gracefully(make_tuner(config, settings, space, data, directory, resume=resume))
-    if results.num_terminated + results.num_errors < len(results):
-        raise KeyboardInterrupt  # Ray Tune stopped on a signal and saved its state
+    results, interrupted = fit_gracefully(make_tuner(config, settings, space, data, directory, resume=resume))
+    if interrupted:
+        raise KeyboardInterrupt  # Ray Tune saved its state: --resume continues
     searched_at = time.perf_counter()
     rows = trial_rows(results, dataclasses.asdict(config))
     artifacts.write_parquet(directory / TRIALS_FILE, rows)
