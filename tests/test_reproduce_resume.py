@@ -95,3 +95,22 @@ def test_resume_removes_temporaries_at_every_depth(tiny_backbone, colour_dataset
     prepare_run_dir(config, resume=True)
     assert not [path for path in run.rglob("*") if path.name.startswith(".")]
     assert (run / "features" / "worker-0.parquet").exists()
+
+
+def test_a_checkpoint_of_the_whole_model_still_resumes_into_the_head_only_state(tiny_backbone, colour_dataset, tmp_path):
+    """Epoch checkpoints hold the head alone while the backbone is frozen; runs saved before that held the whole
+    classifier, and --resume must still read them."""
+    from tl_core.training.models import Models
+
+    config = tiny_config(tiny_backbone, colour_dataset, tmp_path)
+    saved = Models(config, tiny_backbone, 2, tf.distribute.get_strategy(), print, steps_per_epoch=3)
+    path = saved.full_state().write(str(tmp_path / "old" / "state"))
+    restored = Models(config, tiny_backbone, 2, tf.distribute.get_strategy(), print, steps_per_epoch=3)
+    head = restored.classifier.get_layer("head")
+    for weight in head.weights:
+        weight.assign(tf.zeros_like(weight))
+    restored.read_state(path)
+    for ours, theirs in zip(head.weights, saved.classifier.get_layer("head").weights):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+    assert {name.split("/")[0] for name, _ in tf.train.list_variables(saved.state.write(str(tmp_path / "new" / "state")))} \
+        == {"head", "optimizer", "_CHECKPOINTABLE_OBJECT_GRAPH"}
