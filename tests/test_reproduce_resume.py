@@ -114,3 +114,19 @@ def test_a_checkpoint_of_the_whole_model_still_resumes_into_the_head_only_state(
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
     assert {name.split("/")[0] for name, _ in tf.train.list_variables(saved.state.write(str(tmp_path / "new" / "state")))} \
         == {"head", "optimizer", "_CHECKPOINTABLE_OBJECT_GRAPH"}
+
+
+def test_a_head_only_checkpoint_resumes_into_a_run_that_adds_fine_tuning(tiny_backbone, colour_dataset, tmp_path):
+    """--resume --fine-tune-epochs N continues a run whose checkpoints held only the head (its backbone was frozen)."""
+    from tl_core.training.models import Models
+
+    strategy = tf.distribute.get_strategy()
+    saved = Models(tiny_config(tiny_backbone, colour_dataset, tmp_path), tiny_backbone, 2, strategy, print, steps_per_epoch=3)
+    path = saved.state.write(str(tmp_path / "head" / "state"))
+    longer = Models(tiny_config(tiny_backbone, colour_dataset, tmp_path, fine_tune_epochs=1, fine_tune_layers=0),
+                    tiny_backbone, 2, strategy, print, steps_per_epoch=3)
+    for weight in longer.classifier.get_layer("head").weights:
+        weight.assign(tf.zeros_like(weight))
+    longer.read_state(path)
+    for ours, theirs in zip(longer.classifier.get_layer("head").weights, saved.classifier.get_layer("head").weights):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())

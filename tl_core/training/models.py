@@ -79,9 +79,12 @@ class Models:
         # A frozen backbone never changes, and its SavedModel's thousands of objects made every epoch's checkpoint
         # cost 0.7 s of graph traversal alone: the checkpoint holds the head, unless the backbone trains.
         trains_backbone = bool(config.fine_tune_epochs or config.adapt_batchnorm)
-        self.state = self.full_state() if trains_backbone else tf.train.Checkpoint(
-            head=self.classifier.get_layer("head"), optimizer=self.optimizer)
+        self.state = self.full_state() if trains_backbone else self.head_state()
         self.fine_tuning = False
+
+    def head_state(self) -> tf.train.Checkpoint:
+        """The head and its optimizer: everything that changes while the backbone is frozen."""
+        return tf.train.Checkpoint(head=self.classifier.get_layer("head"), optimizer=self.optimizer)
 
     def full_state(self) -> tf.train.Checkpoint:
         """The whole classifier and both optimizers."""
@@ -89,9 +92,10 @@ class Models:
                                    fine_tune_optimizer=self.fine_tune_optimizer)
 
     def read_state(self, path: str) -> None:
-        """Restore a checkpoint of self.state, or of the full state (what runs before the head-only checkpoint wrote)."""
+        """Restore a checkpoint of either kind, whichever this run writes: a run resumed with --fine-tune-epochs reads
+        its head-only checkpoint, and runs saved before head-only checkpoints hold the whole model."""
         roots = {name.split("/")[0] for name, _ in tf.train.list_variables(path)}
-        state = self.state if "model" not in roots else self.full_state()
+        state = self.full_state() if "model" in roots else self.head_state()
         state.read(path).assert_existing_objects_matched()
 
     @property
