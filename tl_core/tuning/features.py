@@ -13,7 +13,11 @@ import numpy as np
 from tl_core import WORKER_ENV, artifacts
 from tl_core.config import TrainConfig
 from tl_core.data.images import stratified_split
-from tl_core.training.feature_cache import InMemoryFeatures, PrecomputedFeatures, read_features
+from tl_core.model.assets import cache_dir
+from tl_core.model.backbones import resolve_backbone
+from tl_core.model.classifier import build_classifier
+from tl_core.training.feature_cache import InMemoryFeatures, PrecomputedFeatures, cache_features, read_features
+from tl_core.training.recorder import backbone_features
 
 SPLITS = ("train", "validation")
 DONE = "done.json"  # written last: the feature pass completed
@@ -22,13 +26,6 @@ KFOLD_BELOW = 1000  # training images under which trials are scored by k-fold cr
 
 def _features_of_parts(config: dict, parts: list) -> list[int]:
     """Ray task: the backbone's features of each (source, description, path) part, written to its path; the row counts."""
-    import tl_core  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-    from tl_core.model.assets import cache_dir
-    from tl_core.model.backbones import resolve_backbone
-    from tl_core.model.classifier import build_classifier
-    from tl_core.training.feature_cache import cache_features
-    from tl_core.training.recorder import backbone_features
-
     config = TrainConfig.from_dict(config)
     classifier = build_classifier(resolve_backbone(config.backbone, cache_dir(config.cache_dir)),
                                   len(parts[0][0].class_names), config.image_size)

@@ -12,8 +12,8 @@ COMPLETED, STOPPED, FAILED = "completed", "stopped early", "failed"
 
 
 def trial_number(trial_id: str) -> int:
-    """Ray Tune's trial ids end in the trial's number: "3f2a1_00007" is trial 7."""
-    return int(trial_id.rsplit("_", 1)[-1])
+    """The trial's number in Ray Tune's id ("3f2a1_00007": 7) or directory name ("run_trial_3f2a1_00007_7_...")."""
+    return int(re.search(r"_(\d{5})(_|$)", trial_id).group(1))
 
 
 def trial_rows(results, base: dict) -> list[dict]:
@@ -28,7 +28,8 @@ def trial_rows(results, base: dict) -> list[dict]:
             status = FAILED
         else:
             status = COMPLETED if epochs_run >= params["epochs"] else STOPPED
-        trial_id = (result.metrics or {}).get("trial_id") or re.search(r"_(\w+_\d{5})(_|$)", Path(result.path).name).group(1)
+        # A trial that failed before its first report has no metrics; its directory name holds its number too.
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         rows.append({"trial": trial_number(trial_id), "trial_id": trial_id, **params,
                      "status": status, "epochs_run": epochs_run,
                      TUNING_SCORE: float(history[TUNING_SCORE].iloc[-1]) if epochs_run else None,

@@ -134,9 +134,8 @@ def make_tuner(config: TrainConfig, settings: TuneSettings, space: dict, data, d
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search import BasicVariantGenerator
 
-    base = {key: value for key, value in config.to_dict().items() if key != "global_batch_size"}
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, data=data, base=base, threads=settings.cpus_per_trial),
+        tune.with_parameters(run_trial, data=data, base=dataclasses.asdict(config), threads=settings.cpus_per_trial),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     storage = str(directory.resolve())
     lines = trial_log(settings.trials, [key for key in SEARCHABLE if key in space])
@@ -180,8 +179,8 @@ def write_tuning_split(path: Path, source, fold_of_row) -> None:
     artifacts.write_parquet(path, rows)
 
 
-def search(config: TrainConfig, settings: TuneSettings, space: dict | None = None, *, resume: bool = False,
-           overwrite: bool = False, log=print) -> dict:
+def search(config: TrainConfig, settings: TuneSettings, *, resume: bool = False, overwrite: bool = False,
+           log=print) -> dict:
     """Run (or continue) a search into config.output_dir; the summary (also in summary.json)."""
     import ray
 
@@ -194,7 +193,7 @@ def search(config: TrainConfig, settings: TuneSettings, space: dict | None = Non
         log(f"Continuing the search in {directory} ({SEARCH_FILE})", flush=True)
     else:
         check_searchable(config)
-        space = check_space(space or (read_space(settings.search_space) if settings.search_space else DEFAULT_SPACE), config)
+        space = check_space(read_space(settings.search_space) if settings.search_space else DEFAULT_SPACE, config)
     checked, skipped = job.check(config, log)
     sources = checked.sources(skipped)
     if not resume:  # from here on, --resume continues the search

@@ -6,9 +6,17 @@ The trial reports to Ray Tune after every epoch (the mean over folds); the early
 there. It runs in a Ray actor that Tune reuses from trial to trial, so TensorFlow is imported once per actor.
 """
 import math
+import os
 import time
 
+import tensorflow as tf
+from ray import tune
+
 from tl_core.config import TrainConfig
+from tl_core.metrics import classification_metrics
+from tl_core.model.classifier import make_head
+from tl_core.training.feature_cache import InMemoryFeatures
+from tl_core.training.models import compile_head
 
 TUNING_ACCURACY, TUNING_LOSS, TUNING_SCORE = "tuning_accuracy", "tuning_loss", "tuning_score"
 
@@ -21,8 +29,6 @@ def tuning_score(accuracy: float, loss: float) -> float:
 
 def _use_threads(threads: int) -> None:
     """TensorFlow's thread pools to the trial's CPUs (by default each process takes every core of the machine)."""
-    import tensorflow as tf
-
     try:
         tf.config.threading.set_intra_op_parallelism_threads(threads)
         tf.config.threading.set_inter_op_parallelism_threads(threads)
@@ -34,12 +40,6 @@ class FoldHead:
     """A trial's head for one fold: fits on the fold's fitting part, scored on its tuning part."""
 
     def __init__(self, config: TrainConfig, fold, class_names: list):
-        import tensorflow as tf
-
-        from tl_core.model.classifier import make_head
-        from tl_core.training.feature_cache import InMemoryFeatures
-        from tl_core.training.models import compile_head
-
         self.config, self.fold, self.class_names = config, fold, class_names
         self.features = InMemoryFeatures(fold.fit_features, fold.fit_labels)
         tf.keras.utils.set_random_seed(config.seed)
@@ -49,8 +49,6 @@ class FoldHead:
 
     def train_epoch(self, epoch: int) -> dict:
         """One epoch (0-based) of fitting; the metrics on the tuning part."""
-        from tl_core.metrics import classification_metrics
-
         self.model.fit(self.features.dataset(self.config.batch_size, seed=self.config.seed, epoch=epoch),
                        initial_epoch=epoch, epochs=epoch + 1, verbose=0)
         logits = self.model(self.fold.tune_features, training=False).numpy()
@@ -60,14 +58,7 @@ class FoldHead:
 def run_trial(params: dict, *, data, base: dict, threads: int) -> None:
     """Ray Tune's function trainable: base (a TrainConfig dict) with the trial's params, trained on data
     (features.TuningData) epoch by epoch."""
-    import os
-
-    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")  # trials may share a GPU (--gpus-per-trial 0.25)
-    import tl_core  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
-    from ray import tune
-
-    import tensorflow as tf
-
+    os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")  # read when the GPU is first used: trials may share one
     _use_threads(threads)
     tf.get_logger().setLevel("ERROR")  # not a retracing warning for every fold's new model
     config = TrainConfig.from_dict({**base, **params})
