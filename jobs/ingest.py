@@ -37,6 +37,12 @@ def main(argv=None) -> int:
     parser.add_argument("--image-size", type=int,
                         help="store each image decoded and resized to NxN (raw RGB pixels, lossless): training at "
                         "--image-size N then skips decoding and resizing (default: keep the files' encoded bytes)")
+    parser.add_argument("--min-image-side", type=int, default=TrainConfig.min_image_side,
+                        help=f"smaller images are bad files (default {TrainConfig.min_image_side} pixels)")
+    parser.add_argument("--max-image-megapixels", type=float, default=TrainConfig.max_image_megapixels,
+                        help="larger images are bad files, refused from their header before decoding "
+                        f"(default {TrainConfig.max_image_megapixels:g}); the limits are recorded in the shards, and "
+                        "training with limits no stricter does not decode the rows again")
     parser.add_argument("--rows-per-file", type=int, default=5000, help="images per Parquet file (default 5000)")
     parser.add_argument("--cache-dir", help="asset cache, for the built-in sample")
     add_quiet_argument(parser)
@@ -54,7 +60,8 @@ def main(argv=None) -> int:
             check_arguments(Path(args.output), image_size=args.image_size, rows_per_file=args.rows_per_file)
         # batch_size=1: a dataset of any size can be ingested; jobs.train checks its own batch size.
         config = TrainConfig(data_dir=args.data_dir, cache_dir=args.cache_dir, batch_size=1,
-                             validation_split=args.validation_split)
+                             validation_split=args.validation_split, min_image_side=args.min_image_side,
+                             max_image_megapixels=args.max_image_megapixels)
         check = check_dataset(config, cache_dir(config.cache_dir))
         print(describe_check(check), flush=True)
         if args.check:

@@ -293,6 +293,7 @@ def test_a_run_lists_and_checks_its_data_once(tiny_backbone, colour_dataset, tmp
     list_folder, find_bad = sources_module.list_image_folder, sources_module.find_bad_files
     monkeypatch.setattr(sources_module, "list_image_folder", lambda *a, **k: listed.append(a[0]) or list_folder(*a, **k))
     monkeypatch.setattr(sources_module, "find_bad_files", lambda *a, **k: checked.append(len(a[0])) or find_bad(*a, **k))
-    job.run(tiny_config(tiny_backbone, colour_dataset, tmp_path / "run", epochs=1), log=lambda *args, **kwargs: None)
+    job.run(tiny_config(tiny_backbone, colour_dataset, tmp_path / "run", epochs=1, cache_dir=str(tmp_path / "cache")),
+            log=lambda *args, **kwargs: None)  # a new cache: no file's verdict is remembered
     assert sorted(Path(path).name for path in listed) == ["train", "validation"]  # not again by train()
     assert sorted(checked) == [20, 48]

@@ -40,6 +40,8 @@ class TrainConfig:
     min_image_side: int = option(8, "smaller images (pixels) are bad files: they carry too little to classify")
     max_image_megapixels: float = option(100.0, "larger images are bad files, refused from their header before "
                                          "decoding (decompression bombs)")
+    recheck: bool = option(False, "decode every Parquet row before training even when jobs.ingest checked the rows "
+                           "(default: trust the check its shards record, with limits at least as strict)")
     backbone: str = option("mobilenet_v2", "TF Hub handle, Kaggle handle, local SavedModel directory, or "
                            "'mobilenet_v2' (the built-in offline ImageNet MobileNetV2)")
     image_size: int = option(224, "images are resized to this square size, the backbone's")

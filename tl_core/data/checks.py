@@ -106,7 +106,18 @@ def image_dimensions(file) -> tuple[int, int] | None:
     return header_dimensions(head)
 
 
-DEFAULT_LIMITS = dict(min_side=TrainConfig.min_image_side, max_pixels=int(TrainConfig.max_image_megapixels * 1e6))
+def limits_of(config: TrainConfig) -> dict:
+    """The check's limits of a configuration, as the find_* functions take them."""
+    return dict(min_side=config.min_image_side, max_pixels=int(config.max_image_megapixels * 1e6))
+
+
+DEFAULT_LIMITS = limits_of(TrainConfig())
+
+
+def checked_at_ingest(source: ParquetImages, *, min_side: int, max_pixels: int) -> bool:
+    """Every row of these shards passed checks at least this strict before jobs.ingest wrote it."""
+    checked = source.checked
+    return checked is not None and checked["min_side"] >= min_side and checked["max_pixels"] <= max_pixels
 
 
 def too_large(size, max_pixels: int, remedy: str = "downscale it, or raise --max-image-megapixels") -> str | None:
@@ -234,7 +245,7 @@ def without_bad_files(source):
     if isinstance(source, ImageFolder):
         bad = find_bad_files(source, **DEFAULT_LIMITS)
         return (source.without({item.path for item in bad}) if bad else source), bad
-    bad = find_bad_rows(source, **DEFAULT_LIMITS)
+    bad = [] if checked_at_ingest(source, **DEFAULT_LIMITS) else find_bad_rows(source, **DEFAULT_LIMITS)
     if bad:
         raise DatasetError(f"{len(bad)} Parquet row(s) cannot be used:\n{format_bad_files(bad)}")
     return source, bad

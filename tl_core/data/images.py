@@ -41,13 +41,16 @@ class ImageFolder:
     # Found while listing: (path, reason) for symbolic link loops, broken links, unreadable folders.
     problems: list[tuple[str, str]] = dataclasses.field(default_factory=list)
     ignored: list[str] = dataclasses.field(default_factory=list)  # OS metadata files, hidden folders
+    # (size, mtime_ns) of each file as listed (int64 [n, 2]): what the check's remembered verdicts are keyed by.
+    stats: np.ndarray | None = None
 
     def __len__(self):
         return len(self.paths)
 
     def select(self, rows) -> "ImageFolder":
         rows = np.asarray(rows, dtype=np.int64)
-        return ImageFolder([self.paths[i] for i in rows], self.labels[rows], self.class_names)
+        return ImageFolder([self.paths[i] for i in rows], self.labels[rows], self.class_names,
+                           stats=None if self.stats is None else self.stats[rows])
 
     def shard(self, index: int, count: int, seed: int) -> "ImageFolder":
         """Worker `index` of `count`: a disjoint, seeded random part, the same size on every worker.
@@ -99,9 +102,10 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarr
     return is_validation
 
 
-def list_files(directory: str, problems: list, ignored: list) -> list[str]:
-    """Regular files under directory, following symbolic links; loops and broken links become problems."""
-    files = []
+def list_files(directory: str, problems: list, ignored: list, stats: list | None = None) -> list[str]:
+    """Regular files under directory, sorted, following symbolic links; loops and broken links become problems.
+    stats: receives each file's (size, mtime_ns), in the same order."""
+    files = []  # (path, size, mtime_ns)
 
     def visit(folder: str, ancestors: dict) -> None:
         try:
@@ -128,13 +132,16 @@ def list_files(directory: str, problems: list, ignored: list) -> list[str]:
                 else:
                     visit(entry.path, {**ancestors, key: entry.path})
             elif stat.S_ISREG(status.st_mode):
-                files.append(entry.path)
+                files.append((entry.path, status.st_size, status.st_mtime_ns))
             else:
                 problems.append((entry.path, "not a regular file"))
 
     root = os.stat(directory)
     visit(directory, {(root.st_dev, root.st_ino): directory})
-    return sorted(files)
+    files.sort()
+    if stats is not None:
+        stats.extend((size, mtime) for _, size, mtime in files)
+    return [path for path, _, _ in files]
 
 
 def list_class_names(directory: Path) -> list[str]:
@@ -164,15 +171,16 @@ def list_image_folder(directory: str | Path, class_names: list[str] | None = Non
             f"{shown} has classes {found}, but training has {list(class_names)}: "
             "train and validation need the same class folders"
         )
-    paths, labels, problems, ignored = [], [], [], []
+    paths, labels, problems, ignored, stats = [], [], [], [], []
     for index, name in enumerate(found):
-        files = list_files(str(directory / name), problems, ignored)
+        files = list_files(str(directory / name), problems, ignored, stats)
         if not files:
             raise DatasetError(f"class folder {display_path(str(directory / name))} holds no files: "
                                "add its images or remove the folder")
         paths += files
         labels += [index] * len(files)
-    return ImageFolder(paths, np.asarray(labels, dtype=np.int32), found, problems, ignored)
+    return ImageFolder(paths, np.asarray(labels, dtype=np.int32), found, problems, ignored,
+                       np.asarray(stats, dtype=np.int64).reshape(-1, 2))
 
 
 def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:

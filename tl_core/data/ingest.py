@@ -35,7 +35,8 @@ def ingest(check: DatasetCheck, output: Path, *, skip_bad_files: bool, image_siz
         kept = source.without(skipped)
         log(f"{split}: writing {len(kept)} images{f' resized to {image_size}x{image_size}' if image_size else ''}",
             flush=True)
-        written = write_parquet_shards(kept, output / split, rows_per_file=rows_per_file, image_size=image_size)
+        written = write_parquet_shards(kept, output / split, rows_per_file=rows_per_file, image_size=image_size,
+                                       checked=check.limits)
         log(f"  {len(written)} file(s) in {output / split}: {size_report(kept.paths, written)}", flush=True)
 
 

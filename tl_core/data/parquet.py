@@ -26,6 +26,9 @@ from tl_core.progress import Progress
 SCHEMA = pa.schema([("image", pa.binary()), ("label", pa.int32()), ("class_name", pa.string()), ("path", pa.string())])
 CLASS_NAMES_KEY = b"tl_core.class_names"
 IMAGE_SIZE_KEY = b"tl_core.image_size"  # rows hold raw NxN RGB pixels (absent: encoded image files)
+# Every row was decoded and passed the checks with these limits ({"min_side": .., "max_pixels": ..}) before it was
+# written (jobs.ingest): training trusts it instead of decoding every row again (absent: rows from elsewhere).
+CHECKED_KEY = b"tl_core.checked"
 
 
 class ParquetDatasetError(ValueError):
@@ -43,21 +46,29 @@ def image_column(folder, image_size: int | None):
     return (pixels.tobytes() for pixels in ds.prefetch(AUTOTUNE).as_numpy_iterator())
 
 
-def write_parquet_shards(folder, output_dir: Path, *, rows_per_file: int = 5000, rows_per_group: int = 256,
-                         image_size: int | None = None) -> list[Path]:
-    """Write an ImageFolder's files as Parquet shards, streaming: one row group in memory at a time.
-
-    image_size: store each image decoded and resized to image_size x image_size (raw uint8 RGB)."""
-    metadata = {CLASS_NAMES_KEY: json.dumps(folder.class_names).encode()}
+def shard_schema(class_names: list[str], *, image_size: int | None = None, checked: dict | None = None) -> pa.Schema:
+    """SCHEMA with the metadata of a dataset's shards: its class names, stored image size and check limits."""
+    metadata = {CLASS_NAMES_KEY: json.dumps(class_names).encode()}
     if image_size is not None:
         metadata[IMAGE_SIZE_KEY] = str(image_size).encode()
-    schema = SCHEMA.with_metadata(metadata)
+    if checked is not None:
+        metadata[CHECKED_KEY] = json.dumps(checked, sort_keys=True).encode()
+    return SCHEMA.with_metadata(metadata)
+
+
+def write_parquet_shards(folder, output_dir: Path, *, rows_per_file: int = 5000, rows_per_group: int = 256,
+                         image_size: int | None = None, checked: dict | None = None, first_part: int = 0) -> list[Path]:
+    """Write an ImageFolder's files as Parquet shards part-<first_part>..., streaming: one row group in memory at a time.
+
+    image_size: store each image decoded and resized to image_size x image_size (raw uint8 RGB).
+    checked: the limits every file passed (checks.find_bad_files), recorded in the metadata."""
+    schema = shard_schema(folder.class_names, image_size=image_size, checked=checked)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
     images = image_column(folder, image_size)
-    with Progress(len(folder), f"Writing {display_path(str(output_dir))}") as progress:
+    with Progress(len(folder), f"Writing {display_path(str(output_dir))}") as bar:
         for start in range(0, len(folder), rows_per_file):
-            path = output_dir / f"part-{len(written):05d}.parquet"
+            path = output_dir / f"part-{first_part + len(written):05d}.parquet"
             stop = min(start + rows_per_file, len(folder))
             with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="lz4") as writer:
                 for group in range(start, stop, rows_per_group):
@@ -68,7 +79,7 @@ def write_parquet_shards(folder, output_dir: Path, *, rows_per_file: int = 5000,
                         "class_name": [folder.class_names[folder.labels[i]] for i in rows],
                         "path": [display_path(folder.paths[i]) for i in rows],
                     }, schema=schema))
-                    progress.update(rows.stop)
+                    bar.update(rows.stop)
             written.append(path)
     return written
 
@@ -82,6 +93,7 @@ class ParquetImages:
     labels: np.ndarray
     class_names: list[str]
     image_size: int | None = None  # rows hold raw image_size x image_size pixels (jobs.ingest --image-size)
+    checked: dict | None = None  # the limits every row passed before jobs.ingest wrote it (CHECKED_KEY)
 
     def __len__(self):
         return len(self.labels)
@@ -108,15 +120,15 @@ class ParquetImages:
                 segments.append((file, group, lo, hi))
                 labels.append(self.labels[offsets[i] + lo - begin:offsets[i] + hi - begin])
             position += end - begin
-        return ParquetImages(self.files, segments, np.concatenate(labels), self.class_names, self.image_size)
+        return dataclasses.replace(self, segments=segments, labels=np.concatenate(labels))
 
     def part(self, index: int, count: int) -> "ParquetImages":
         """Part `index` of `count` in reading order, whole segments, every row in exactly one part."""
         chosen = np.array_split(np.arange(len(self.segments)), count)[index]
         offsets = np.cumsum([0] + [end - begin for _, _, begin, end in self.segments])
         labels = [self.labels[offsets[i]:offsets[i + 1]] for i in chosen]
-        return ParquetImages(self.files, [self.segments[i] for i in chosen],
-                             np.concatenate(labels) if labels else self.labels[:0], self.class_names, self.image_size)
+        return dataclasses.replace(self, segments=[self.segments[i] for i in chosen],
+                                   labels=np.concatenate(labels) if labels else self.labels[:0])
 
     def _tables(self, segment_order):
         """(image column, labels) of each segment (part of a row group), in the given order."""
@@ -149,16 +161,30 @@ def is_parquet_split(directory: Path) -> bool:
     return directory.is_dir() and any(directory.glob("*.parquet"))
 
 
+def weakest_check(limits: list[dict | None]) -> dict | None:
+    """What every row of shards checked with these limits is known to pass (None: some rows were never checked)."""
+    if not limits or any(item is None for item in limits):
+        return None
+    return {"min_side": min(item["min_side"] for item in limits), "max_pixels": max(item["max_pixels"] for item in limits)}
+
+
 def list_parquet_split(directory: Path, class_names: list[str] | None = None) -> ParquetImages:
+    """The shards of a split, from their metadata and label columns only (no image is read)."""
     files = sorted(str(p) for p in Path(directory).glob("*.parquet"))
     if not files:
         raise ParquetDatasetError(f"{directory} holds no .parquet files")
-    segments, labels, found, sizes = [], [], None, set()
+    segments, labels, found, sizes, checks = [], [], None, set(), []
+    expected = [(field.name, field.type) for field in SCHEMA]
     for index, file in enumerate(files):
         reader = pq.ParquetFile(file)
         metadata = reader.schema_arrow.metadata or {}
         if CLASS_NAMES_KEY not in metadata:
             raise ParquetDatasetError(f"{file} was not written by `python -m jobs.ingest` (no class names)")
+        columns = [(field.name, field.type) for field in reader.schema_arrow]
+        if columns != expected:
+            raise ParquetDatasetError(f"{file} has columns {', '.join(f'{n} {t}' for n, t in columns)}; expected "
+                                      f"{', '.join(f'{n} {t}' for n, t in expected)}: re-ingest it with `python -m jobs.ingest`")
+        checks.append(json.loads(metadata[CHECKED_KEY]) if CHECKED_KEY in metadata else None)
         names = json.loads(metadata[CLASS_NAMES_KEY])
         if found is not None and names != found:
             raise ParquetDatasetError(f"{file} has classes {names}, other shards have {found}")
@@ -173,4 +199,5 @@ def list_parquet_split(directory: Path, class_names: list[str] | None = None) ->
         labels.append(reader.read(columns=["label"]).column("label").to_numpy())
     if class_names is not None and found != list(class_names):
         raise ParquetDatasetError(f"{directory} has classes {found}, but training has {list(class_names)}")
-    return ParquetImages(files, segments, np.concatenate(labels).astype(np.int32), found, sizes.pop())
+    return ParquetImages(files, segments, np.concatenate(labels).astype(np.int32), found, sizes.pop(),
+                         weakest_check(checks))

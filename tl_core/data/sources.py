@@ -9,7 +9,8 @@ import os
 from pathlib import Path
 
 from tl_core.config import TrainConfig
-from tl_core.data.checks import BadFile, find_bad_files, find_bad_rows, format_bad_files
+from tl_core.data.checks import BadFile, checked_at_ingest, find_bad_files, find_bad_rows, format_bad_files, limits_of
+from tl_core.data.verdicts import Verdicts
 from tl_core.run_dir import SKIPPED_FILES
 from tl_core.data.images import DatasetError, ImageFolder, check_stored_size, display_path, list_image_folder
 from tl_core.data.parquet import ParquetImages, is_parquet_split, list_parquet_split
@@ -41,6 +42,10 @@ class DatasetCheck:
     validation: ImageFolder | ParquetImages
     data_dir: Path
     bad_files: list[BadFile]
+    decoded: int = 0  # files and rows this check decoded
+    remembered: int = 0  # files not decoded again: unchanged since a check with the same limits (data.verdicts)
+    trusted: int = 0  # Parquet rows not decoded: checked by jobs.ingest
+    limits: dict | None = None  # what the check refused: {"min_side": .., "max_pixels": ..}
 
     @property
     def ignored(self) -> list[str]:
@@ -112,19 +117,30 @@ def check_batch_size(config: TrainConfig, train_images: int) -> None:
 
 
 def check_dataset(config: TrainConfig, cache: Path) -> DatasetCheck:
-    """The config's dataset and every bad file or row in it (nothing is skipped here)."""
+    """The config's dataset and every bad file or row in it (nothing is skipped here).
+
+    Image folders: only files new or changed since the last check with the same limits are decoded (their
+    verdicts are remembered in the cache). Parquet: rows that jobs.ingest checked are trusted, unless
+    config.recheck."""
     train, validation, data_dir = load_splits(config, cache, check_batch=False)
-    limits = dict(min_side=config.min_image_side, max_pixels=int(config.max_image_megapixels * 1e6))
-    bad = []
+    limits = limits_of(config)
+    verdicts = Verdicts.load(cache, data_dir, limits)
+    bad, decoded, trusted = [], 0, 0
     for split, source in (("train", train), ("validation", validation)):
+        description = f"Checking {split}"
         if isinstance(source, ImageFolder):
-            bad += find_bad_files(source, **limits, description=f"Checking {split}")
+            bad += verdicts.check(source, lambda folder: find_bad_files(folder, **limits, description=description))
+        elif checked_at_ingest(source, **limits) and not config.recheck:
+            trusted += len(source)
         else:
-            bad += find_bad_rows(source, **limits, description=f"Checking {split}")
+            bad += find_bad_rows(source, **limits, description=description)
+            decoded += len(source)
+    verdicts.save()
     if not bad or config.bad_files == "skip":  # with bad files to fix, those come first
         bad_in_train = {item.path for item in bad} & set(getattr(train, "paths", []))
         check_batch_size(config, len(train) - len(bad_in_train))
-    return DatasetCheck(train, validation, data_dir, bad)
+    return DatasetCheck(train, validation, data_dir, bad, decoded + verdicts.decoded, verdicts.remembered, trusted,
+                        limits)
 
 
 def describe_check(check: DatasetCheck) -> str:
@@ -137,6 +153,12 @@ def describe_check(check: DatasetCheck) -> str:
     if check.ignored:
         lines.append(f"  ignored {len(check.ignored)} operating-system file(s) and hidden folder(s), "
                      f"e.g. {display_path(check.ignored[0])}")
+    checked = [f"{check.decoded} decoded"]
+    if check.remembered:
+        checked.append(f"{check.remembered} unchanged since their last check, not decoded again")
+    if check.trusted:
+        checked.append(f"{check.trusted} Parquet rows checked by jobs.ingest, not decoded again (--recheck decodes them)")
+    lines.append(f"  checked: {'; '.join(checked)}")
     lines.append(f"  {len(check.bad_files)} bad file(s)" if check.bad_files else "  every file decodes")
     return "\n".join(lines)
 
