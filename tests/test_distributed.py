@@ -149,3 +149,26 @@ def test_a_one_worker_ray_run_resumes_on_ray_from_its_checkpoint(ray_instance, t
     assert [row["epoch"] for row in history] == [1, 2, 3]
     assert history[:2] == before  # epochs 1 and 2 came from the checkpoint, not from training again
     assert json.loads((run_dir / "config.json").read_text())["ray"] is True
+
+
+@pytest.mark.parametrize("fine_tune_epochs", [0, 1], ids=["head_features", "fine_tune_logits"])
+def test_two_workers_share_the_validation_and_report_single_process_metrics(
+        ray_instance, tiny_backbone, real_cache, colour_dataset, tmp_path, fine_tune_epochs):
+    """Each worker runs the backbone (head phase) or the whole model (fine-tuning the built-in backbone's top)
+    on half of the validation images; the gathered metrics are those of the same model evaluated in one process."""
+    from tl_core.data.sources import list_split
+    from tl_core.serving.evaluate import evaluate_run
+    from tl_core.training.ray_train import train_on_ray
+
+    fine_tune = dict(backbone="mobilenet_v2", cache_dir=str(real_cache), fine_tune_epochs=1, fine_tune_layers=10,
+                     fine_tune_learning_rate=1e-3) if fine_tune_epochs else {}
+    config = distributed_config(tiny_backbone, colour_dataset, tmp_path / "run", epochs=2, **fine_tune)
+    train_on_ray(config)
+    metrics = json.loads((Path(config.output_dir) / "metrics.json").read_text())
+    assert metrics["run"]["validation_images"] == 20 and metrics["run"]["validation_images_per_worker"] == 10
+    local = evaluate_run(Path(config.output_dir), list_split(colour_dataset / "validation"))
+    assert metrics["accuracy"] == local["accuracy"] and metrics["confusion_matrix"] == local["confusion_matrix"]
+    np.testing.assert_allclose(metrics["loss"], local["loss"], rtol=1e-5)
+    history = json.loads((Path(config.output_dir) / "history.json").read_text())
+    assert [row["phase"] for row in history] == ["head"] * 2 + ["fine_tune"] * fine_tune_epochs
+    assert history[-1]["val_loss"] == pytest.approx(metrics["loss"], rel=1e-6)

@@ -56,6 +56,19 @@ def test_parquet_shards_are_equal_disjoint_and_complete(parquet_dataset):
     assert len(seen) == len(set(seen)) == 3 * (len(source) // 3)
 
 
+@pytest.mark.parametrize("count", [3, 7])
+def test_parts_cut_the_rows_in_order_with_array_split_sizes(colour_dataset, parquet_dataset, count):
+    """Validation shared across workers: worker i computes part(i, count) and the parts are gathered by these sizes."""
+    sizes = [len(rows) for rows in np.array_split(np.arange(48), count)]
+    for source in (list_split(parquet_dataset / "train"), list_image_folder(colour_dataset / "train")):
+        parts = [source.part(index, count) for index in range(count)]
+        assert [len(part) for part in parts] == sizes
+        np.testing.assert_array_equal(np.concatenate([part.labels for part in parts]), source.labels)
+        whole = np.concatenate([x.numpy() for x, _ in make_dataset(source, TINY_IMAGE_SIZE, 5)])
+        pieces = np.concatenate([x.numpy() for part in parts for x, _ in make_dataset(part, TINY_IMAGE_SIZE, 5)])
+        np.testing.assert_array_equal(pieces, whole)
+
+
 def test_training_on_parquet(tiny_backbone, parquet_dataset, tmp_path):
     config = prepare_run_dir(tiny_config(tiny_backbone, parquet_dataset, tmp_path / "run"))
     assert train(config)["accuracy"] >= 0.9

@@ -123,12 +123,18 @@ class ParquetImages:
         return dataclasses.replace(self, segments=segments, labels=np.concatenate(labels))
 
     def part(self, index: int, count: int) -> "ParquetImages":
-        """Part `index` of `count` in reading order, whole segments, every row in exactly one part."""
-        chosen = np.array_split(np.arange(len(self.segments)), count)[index]
-        offsets = np.cumsum([0] + [end - begin for _, _, begin, end in self.segments])
-        labels = [self.labels[offsets[i]:offsets[i + 1]] for i in chosen]
-        return dataclasses.replace(self, segments=[self.segments[i] for i in chosen],
-                                   labels=np.concatenate(labels) if labels else self.labels[:0])
+        """Part `index` of `count` in reading order: np.array_split's row counts (a segment may be cut), every row in
+        exactly one part."""
+        sizes = [len(rows) for rows in np.array_split(np.arange(len(self)), count)]
+        first = sum(sizes[:index])
+        last = first + sizes[index]
+        segments, position = [], 0
+        for file, group, begin, end in self.segments:
+            lo, hi = max(begin, begin + first - position), min(end, begin + last - position)
+            if lo < hi:
+                segments.append((file, group, lo, hi))
+            position += end - begin
+        return dataclasses.replace(self, segments=segments, labels=self.labels[first:last])
 
     def _tables(self, segment_order):
         """(image column, labels) of each segment (part of a row group), in the given order."""

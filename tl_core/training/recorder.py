@@ -1,8 +1,10 @@
 """What happens at the end of every epoch, as one Keras callback: validate, record, log, checkpoint.
 
 The validation set is never augmented and, in the head phase, the backbone is frozen: its features
-are computed once and each epoch's validation runs the head alone, in numpy (the same on every
-worker, no collectives). Fine-tuning changes the backbone, so its validation runs the whole model.
+are computed once and each epoch's validation runs the head alone (on every worker: no collectives).
+Fine-tuning changes the backbone, so its validation runs the whole model. With several workers, each
+runs the backbone (or the whole model) on its own part of the validation images only, and the parts
+are all-gathered: every worker holds every image's features or logits, in the source's order.
 """
 import json
 import time
@@ -44,27 +46,62 @@ def head_logits(model: tf.keras.Model, features: np.ndarray) -> np.ndarray:
     return model.get_layer("head")(features, training=False).numpy()
 
 
+def part_count(strategy: tf.distribute.Strategy, source) -> int:
+    """How many parts the replicas compute source in: one each, or a single part that every replica computes
+    when there are fewer images than replicas."""
+    count = strategy.num_replicas_in_sync
+    return count if len(source) >= count else 1
+
+
+def gather_parts(strategy: tf.distribute.Strategy, source, rows_of) -> np.ndarray:
+    """rows_of(part) -> numpy rows of that part of source, run by each replica on its own part
+    (source.part(replica, replicas)); all the parts, all-gathered, on every worker, in the source's order."""
+    count = part_count(strategy, source)
+    if count == 1:
+        return rows_of(source)
+    sizes = [len(rows) for rows in np.array_split(np.arange(len(source)), count)]  # the sizes of source.part(i, count)
+    longest = max(sizes)
+
+    local = []  # the replicas of this worker, asked first: the model must run outside the replica context
+    strategy.experimental_distribute_values_from_function(lambda context: local.append(
+        context.replica_id_in_sync_group) or tf.constant(0))
+    rows = {}
+    for replica in local:
+        part = rows_of(source.part(replica, count))
+        rows[replica] = np.concatenate([part, np.zeros((longest - len(part), *part.shape[1:]), part.dtype)])
+    # Equal shapes on every replica; the padding is cut off after the gather.
+    value = strategy.experimental_distribute_values_from_function(
+        lambda context: tf.constant(rows[context.replica_id_in_sync_group]))
+    gathered = strategy.gather(value, axis=0).numpy()
+    return np.concatenate([gathered[i * longest:i * longest + size] for i, size in enumerate(sizes)])
+
+
 class Validation:
     """The validation images and the classifier's logits on them, in either phase."""
 
     def __init__(self, classifier: tf.keras.Model, source, image_size: int, batch_size: int, frozen_backbone: bool,
-                 features: np.ndarray | None = None):
+                 features: np.ndarray | None = None, strategy: tf.distribute.Strategy | None = None):
         """frozen_backbone: the backbone will not change (the head phase, BatchNorm layers not adapting).
-        features: the backbone's features of the source, when they were computed already (jobs.tune)."""
-        self.classifier, self.source = classifier, source
+        features: the backbone's features of the source, when they were computed already (jobs.tune).
+        strategy: the workers' (MultiWorkerMirroredStrategy): each replica computes its part; default: one process."""
+        self.classifier, self.source, self.image_size, self.batch_size = classifier, source, image_size, batch_size
+        self.strategy = strategy or tf.distribute.get_strategy()
         self.dataset = make_dataset(source, image_size, batch_size)
+        self.images_per_worker = len(source.part(0, part_count(self.strategy, source)))  # the most any replica computes
         if not frozen_backbone:
             self.features = None  # the whole model runs each time (fine-tuning, adapting BatchNorm)
         elif features is not None:
             self.features = features
         else:
-            self.features = backbone_features(classifier, source, image_size, batch_size, "Validation features")[0]
+            self.features = gather_parts(self.strategy, source, lambda part: backbone_features(
+                classifier, part, image_size, batch_size, "Validation features")[0])
 
     def logits(self, phase: str) -> np.ndarray:
         if phase == HEAD and self.features is not None:  # the backbone is unchanged: its features were computed once
             return head_logits(self.classifier, self.features)
-        return np.concatenate([self.classifier(to_unit_range(images), training=False).numpy()
-                               for images, _ in self.dataset])
+        return gather_parts(self.strategy, self.source, lambda part: np.concatenate([
+            self.classifier(to_unit_range(images), training=False).numpy()
+            for images, _ in make_dataset(part, self.image_size, self.batch_size)]))
 
     def metrics(self, phase: str) -> dict:
         return classification_metrics(self.source.labels, self.logits(phase), self.source.class_names)

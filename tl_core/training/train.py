@@ -161,7 +161,7 @@ def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker
 
     run = {"backbone_handle": handle, **data.summary(worker), "global_batch_size": config.batch_size * worker.world_size,
            "cached_features": config.uses_feature_cache, "features_on_disk": on_disk(features),
-           "feature_seconds": feature_seconds}
+           "feature_seconds": feature_seconds, "validation_images_per_worker": validation.images_per_worker}
     return write_outputs(config, models.classifier, validation, history, run, worker, started, board)
 
 
@@ -199,7 +199,8 @@ def backbone_passes(config: TrainConfig, models: Models, data: RunData, worker: 
                          "in the training source's order")
     validation = Validation(models.classifier, data.validation, config.image_size, config.batch_size,
                             frozen_backbone=phase_of(config, completed) == HEAD and not config.adapt_batchnorm,
-                            features=precomputed.validation if precomputed else None)
+                            features=precomputed.validation if precomputed else None,
+                            strategy=models.strategy if worker.world_size > 1 else None)
     if completed >= config.epochs:
         features = None
     else:
@@ -209,9 +210,10 @@ def backbone_passes(config: TrainConfig, models: Models, data: RunData, worker: 
         log(f"Backbone features of {len(data.validation)} validation and {len(data.shard)} training images: computed "
             "before this run", flush=True)
     elif validation.features is not None:
+        shared = f" ({validation.images_per_worker} on each worker)" if worker.world_size > 1 else ""
         training = f" and {len(data.shard)} training" if features else ""
         views = f" ({config.feature_views} views of each training image)" if features and config.uses_feature_bank else ""
-        log(f"Backbone features of {len(data.validation)} validation{training} images computed once{views}: "
+        log(f"Backbone features of {len(data.validation)} validation{shared}{training} images computed once{views}: "
             f"{seconds:.1f}s", flush=True)
     return validation, features, seconds
 
