@@ -1,7 +1,7 @@
 """What every command does alike: SIGTERM taken as Ctrl-C, and one exit status per kind of failure.
 
   0    done
-  1    distributed training failed (Ray gave up after its restarts), or a check found bad files
+  1    distributed training (or an ingest on Ray) failed: Ray gave up after its restarts; or a check found bad files
   2    bad input, configuration or file system: one line, `error: ...`, no stack trace
   3    the model registry is busy (another retrain holds its lock)
   130  interrupted (Ctrl-C or SIGTERM)
@@ -39,11 +39,11 @@ def add_quiet_argument(parser) -> None:
 
 
 def run_command(body: Callable[[], int | None], *, note: Callable[[BaseException], str | None] = lambda error: None,
-                quiet: bool = False) -> int:
+                quiet: bool = False, ray_work: str = "distributed training") -> int:
     """Run a command's body; map what it raises to an exit status and a message on stderr.
 
     note(error) may add a line after the message (how to resume, what state things were left in).
-    quiet: the command's --quiet (tl_core/progress.py)."""
+    quiet: the command's --quiet (tl_core/progress.py). ray_work: what failed when Ray gives up, in its message."""
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
     from tl_core import progress
 
@@ -68,5 +68,5 @@ def run_command(body: Callable[[], int | None], *, note: Callable[[BaseException
         if isinstance(error, (ValueError, AssetError, OSError)):  # the project's input errors are ValueErrors
             return fail(BAD_INPUT, f"error: {error}", error)
         if is_ray_failure(error):
-            return fail(DISTRIBUTED_FAILURE, f"error: distributed training failed: {first_line(error)}", error)
+            return fail(DISTRIBUTED_FAILURE, f"error: {ray_work} failed: {first_line(error)}", error)
         raise

@@ -11,6 +11,12 @@ then trains on them, locally or on Ray, reading a few large files instead of man
 
 decodes every image once and stores it already resized to 224x224 (raw RGB pixels, lossless): the
 training hosts then only read pixels, with no decode and no resize per image and epoch.
+
+  python -m jobs.ingest --ray --data-dir /mnt/shared/data/ --output /mnt/shared/data-parquet/
+
+does the same across a Ray cluster's CPUs (Ray Data tasks check chunks of files and write the shards in
+parallel; the files are those the local ingest writes). Under `ray job submit` it uses that cluster;
+otherwise it starts Ray on this machine. On a cluster, --data-dir and --output must be shared storage.
 """
 import argparse
 import sys
@@ -44,7 +50,10 @@ def main(argv=None) -> int:
                         f"(default {TrainConfig.max_image_megapixels:g}); the limits are recorded in the shards, and "
                         "training with limits no stricter does not decode the rows again")
     parser.add_argument("--rows-per-file", type=int, default=5000, help="images per Parquet file (default 5000)")
-    parser.add_argument("--cache-dir", help="asset cache, for the built-in sample")
+    parser.add_argument("--ray", action="store_true",
+                        help="check and write on a Ray cluster's CPUs (the cluster of `ray job submit` or $RAY_ADDRESS, "
+                        "else Ray on this machine); default: in this process")
+    parser.add_argument("--cache-dir", help="asset cache: the built-in sample, and the verdicts of earlier checks")
     add_quiet_argument(parser)
     args = parser.parse_args(argv)
     if not args.check and not args.output:
@@ -62,7 +71,12 @@ def main(argv=None) -> int:
         config = TrainConfig(data_dir=args.data_dir, cache_dir=args.cache_dir, batch_size=1,
                              validation_split=args.validation_split, min_image_side=args.min_image_side,
                              max_image_megapixels=args.max_image_megapixels)
-        check = check_dataset(config, cache_dir(config.cache_dir))
+        if args.ray:
+            from tl_core.data.ingest_ray import find_bad_files_on_ray as find_bad, write_parquet_shards_on_ray as write
+        else:
+            from tl_core.data.checks import find_bad_files as find_bad
+            from tl_core.data.parquet import write_parquet_shards as write
+        check = check_dataset(config, cache_dir(config.cache_dir), find_bad)
         print(describe_check(check), flush=True)
         if args.check:
             if check.bad_files:
@@ -72,13 +86,13 @@ def main(argv=None) -> int:
             print("Check passed: every file is a usable image.")
             return 0
         ingest(check, Path(args.output), skip_bad_files=args.skip_bad_files, image_size=args.image_size,
-               rows_per_file=args.rows_per_file)
+               rows_per_file=args.rows_per_file, write=write)
         size_flag = f" --image-size {args.image_size}" if args.image_size else ""
         print(f"Parquet dataset written to {args.output}; train with: python -m jobs.train --data-dir {args.output}"
               f"{size_flag}")
         return 0
 
-    return run_command(body, quiet=args.quiet)
+    return run_command(body, quiet=args.quiet, ray_work="the ingest on Ray")
 
 
 if __name__ == "__main__":

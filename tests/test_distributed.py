@@ -172,3 +172,46 @@ def test_two_workers_share_the_validation_and_report_single_process_metrics(
     history = json.loads((Path(config.output_dir) / "history.json").read_text())
     assert [row["phase"] for row in history] == ["head"] * 2 + ["fine_tune"] * fine_tune_epochs
     assert history[-1]["val_loss"] == pytest.approx(metrics["loss"], rel=1e-6)
+
+
+def test_ingest_on_ray_writes_the_local_ingests_files_and_reports_the_same_bad_files(
+        ray_instance, colour_dataset, tmp_path, capsys):
+    """jobs.ingest --ray: Ray Data tasks check chunks of files and write one part each; the result is the local
+    ingest's, file for file (rows, row groups, schema metadata), with the same bad files and reasons."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from conftest import colour_image, encode
+    from jobs.ingest import main as ingest
+
+    data = tmp_path / "data"
+    shutil.copytree(colour_dataset, data)
+    (data / "train" / "red" / "red_broken.jpg").write_bytes(b"\xff\xd8 not a JPEG")
+    (data / "validation" / "blue" / "blue_tiny.png").write_bytes(encode(colour_image(np.random.default_rng(0), 2, 4, 4), "PNG"))
+
+    def run(*flags, cache):
+        code = ingest(["--data-dir", str(data), "--rows-per-file", "7", "--quiet", "--cache-dir", str(tmp_path / cache), *flags])
+        return code, capsys.readouterr()
+
+    code, refused = run("--ray", "--output", str(tmp_path / "refused"), cache="ray_cache")
+    assert code == 2 and not (tmp_path / "refused").exists()
+    assert "2 file(s) cannot be used" in refused.err and "red_broken.jpg" in refused.err and "blue_tiny.png" in refused.err
+
+    outputs = {}
+    for name, flags in (("local", ()), ("ray", ("--ray",))):
+        code, printed = run(*flags, "--output", str(tmp_path / name), "--skip-bad-files", "--image-size", "32",
+                            cache=f"{name}_cache_2")  # a new cache each: every file decoded, by this ingest
+        assert code == 0
+        outputs[name] = printed.out.split("Leaving out")[1].split("train: writing")[0]
+    assert outputs["ray"] == outputs["local"] and "red_broken.jpg" in outputs["ray"] and "blue_tiny.png" in outputs["ray"]
+    for split, rows in (("train", 48), ("validation", 19)):
+        local, on_ray = (sorted(p.name for p in (tmp_path / name / split).iterdir()) for name in ("local", "ray"))
+        assert on_ray == local == [f"part-{i:05d}.parquet" for i in range(-(-rows // 7))]
+        for file in local:
+            a, b = pq.ParquetFile(tmp_path / "local" / split / file), pq.ParquetFile(tmp_path / "ray" / split / file)
+            assert b.schema_arrow.metadata == a.schema_arrow.metadata and b.num_row_groups == a.num_row_groups
+            assert b.read().equals(a.read())
+
+    code, again = run("--ray", "--check", cache="ray_cache")  # the refused run's verdicts: nothing decoded again
+    assert code == 1 and f"0 decoded; {48 + 1 + 20 + 1} unchanged since their last check" in again.out

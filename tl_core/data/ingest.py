@@ -23,8 +23,9 @@ def check_arguments(output: Path, *, image_size: int | None, rows_per_file: int)
 
 
 def ingest(check: DatasetCheck, output: Path, *, skip_bad_files: bool, image_size: int | None = None,
-           rows_per_file: int = 5000, log=print) -> None:
-    """Write a checked dataset's train/ and validation/ as Parquet shards under output."""
+           rows_per_file: int = 5000, write=write_parquet_shards, log=print) -> None:
+    """Write a checked dataset's train/ and validation/ as Parquet shards under output, with `write`
+    (parquet.write_parquet_shards here, or ingest_ray.write_parquet_shards_on_ray across a cluster)."""
     check_arguments(output, image_size=image_size, rows_per_file=rows_per_file)
     skipped = {item.path for item in enforce_policy(check, "skip" if skip_bad_files else "fail")}
     if skipped:
@@ -35,8 +36,7 @@ def ingest(check: DatasetCheck, output: Path, *, skip_bad_files: bool, image_siz
         kept = source.without(skipped)
         log(f"{split}: writing {len(kept)} images{f' resized to {image_size}x{image_size}' if image_size else ''}",
             flush=True)
-        written = write_parquet_shards(kept, output / split, rows_per_file=rows_per_file, image_size=image_size,
-                                       checked=check.limits)
+        written = write(kept, output / split, rows_per_file=rows_per_file, image_size=image_size, checked=check.limits)
         log(f"  {len(written)} file(s) in {output / split}: {size_report(kept.paths, written)}", flush=True)
 
 

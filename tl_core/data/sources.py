@@ -116,12 +116,12 @@ def check_batch_size(config: TrainConfig, train_images: int) -> None:
             f"{' per worker' if config.num_workers > 1 else ''}: use --batch-size {max(per_worker, 1)} or less")
 
 
-def check_dataset(config: TrainConfig, cache: Path) -> DatasetCheck:
+def check_dataset(config: TrainConfig, cache: Path, find_bad=find_bad_files) -> DatasetCheck:
     """The config's dataset and every bad file or row in it (nothing is skipped here).
 
     Image folders: only files new or changed since the last check with the same limits are decoded (their
-    verdicts are remembered in the cache). Parquet: rows that jobs.ingest checked are trusted, unless
-    config.recheck."""
+    verdicts are remembered in the cache), by find_bad (checks.find_bad_files, or ingest_ray.find_bad_files_on_ray).
+    Parquet: rows that jobs.ingest checked are trusted, unless config.recheck."""
     train, validation, data_dir = load_splits(config, cache, check_batch=False)
     limits = limits_of(config)
     verdicts = Verdicts.load(cache, data_dir, limits)
@@ -129,7 +129,7 @@ def check_dataset(config: TrainConfig, cache: Path) -> DatasetCheck:
     for split, source in (("train", train), ("validation", validation)):
         description = f"Checking {split}"
         if isinstance(source, ImageFolder):
-            bad += verdicts.check(source, lambda folder: find_bad_files(folder, **limits, description=description))
+            bad += verdicts.check(source, lambda folder: find_bad(folder, **limits, description=description))
         elif checked_at_ingest(source, **limits) and not config.recheck:
             trusted += len(source)
         else:

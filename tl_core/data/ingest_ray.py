@@ -1,0 +1,103 @@
+"""jobs.ingest --ray: the local ingest's check and shards, the work spread over a Ray cluster's CPUs with Ray Data.
+
+The driver lists the folders (as the local ingest does). Ray Data then runs the per-file work in parallel tasks:
+- the check: chunks of files, each checked by checks.find_bad_files (the same checks, the same reasons);
+- the shards: one task per part-NNNNN.parquet, each writing its rows with parquet.write_parquet_shards, so the
+  files are those the local ingest writes (same rows, row groups, schema and metadata).
+Every node reads the image folders and writes the output directory: on a cluster both must be shared storage.
+"""
+import os
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from tl_core import WORKER_ENV
+from tl_core.data.checks import BadFile
+from tl_core.data.images import ImageFolder
+from tl_core.progress import track
+
+CHECK_CHUNK = 500  # files per check task: long enough to hide a task's start, short enough to balance the CPUs
+
+
+def _connect() -> None:
+    if not ray.is_initialized():
+        ray.init()  # the cluster of $RAY_ADDRESS / `ray job submit`, else a new local one
+
+
+def _blocks(folder: ImageFolder, parts: list[np.ndarray]) -> list[pa.Table]:
+    """One Ray Data block per part: the files' paths (as bytes: names need not be UTF-8), labels and part index."""
+    return [pa.table({"path": pa.array([os.fsencode(folder.paths[i]) for i in rows], pa.binary()),
+                      "label": pa.array(folder.labels[rows], pa.int32()),
+                      "part": pa.array(np.full(len(rows), index, np.int64))})
+            for index, rows in enumerate(parts) if len(rows)]
+
+
+def _folder_of(batch: pa.Table, class_names: list[str]) -> ImageFolder:
+    return ImageFolder([os.fsdecode(path) for path in batch.column("path").to_pylist()],
+                       batch.column("label").to_numpy().astype(np.int32), class_names)
+
+
+def _check_task(batch: pa.Table, *, min_side: int, max_pixels: int) -> pa.Table:
+    """In a Ray task: the bad files of a chunk, as one row (files checked, their paths, their reasons)."""
+    from tl_core import progress
+    from tl_core.data.checks import find_bad_files
+
+    progress.set_quiet(True)  # the driver shows the progress
+    bad = find_bad_files(_folder_of(batch, [""]), min_side=min_side, max_pixels=max_pixels)
+    return pa.table({"files": [len(batch)], "paths": [[os.fsencode(item.path) for item in bad]],
+                     "reasons": [[item.reason for item in bad]]},
+                    schema=pa.schema([("files", pa.int64()), ("paths", pa.list_(pa.binary())), ("reasons", pa.list_(pa.string()))]))
+
+
+def find_bad_files_on_ray(folder: ImageFolder, *, min_side: int, max_pixels: int, description: str = "Checking",
+                          chunk: int = CHECK_CHUNK) -> list[BadFile]:
+    """checks.find_bad_files, run by Ray Data tasks on chunks of `chunk` files across the cluster."""
+    _connect()
+    bad = [BadFile(path, reason) for path, reason in folder.problems]
+    parts = [np.arange(start, min(start + chunk, len(folder))) for start in range(0, len(folder), chunk)]
+    if parts:
+        results = ray.data.from_arrow(_blocks(folder, parts)).map_batches(
+            _check_task, fn_kwargs={"min_side": min_side, "max_pixels": max_pixels}, batch_size=None,
+            batch_format="pyarrow", runtime_env={"env_vars": WORKER_ENV})
+        for row in track(results.iter_rows(), len(folder), f"{description} on Ray", size=lambda row: row["files"],
+                         unit="files"):
+            bad += [BadFile(os.fsdecode(path), reason) for path, reason in zip(row["paths"], row["reasons"])]
+    return sorted(bad, key=lambda item: item.path)
+
+
+def _write_task(batch: pa.Table, *, class_names: list[str], output_dir: str, rows_per_file: int,
+                image_size: int | None, checked: dict | None) -> pa.Table:
+    """In a Ray task: write the part files of the rows in batch (whole parts), each as the local ingest writes it."""
+    from tl_core import progress
+    from tl_core.data.parquet import write_parquet_shards
+
+    progress.set_quiet(True)
+    folder, part = _folder_of(batch, class_names), batch.column("part").to_numpy()
+    written, rows = [], []
+    for index in np.unique(part):
+        selected = folder.select(np.flatnonzero(part == index))
+        written += [str(path) for path in write_parquet_shards(selected, Path(output_dir), rows_per_file=rows_per_file,
+                                                               image_size=image_size, checked=checked, first_part=index)]
+        rows.append(len(selected))
+    return pa.table({"file": written, "rows": pa.array(rows, pa.int64())})
+
+
+def write_parquet_shards_on_ray(folder: ImageFolder, output_dir: Path, *, rows_per_file: int = 5000,
+                                image_size: int | None = None, checked: dict | None = None) -> list[Path]:
+    """parquet.write_parquet_shards across the cluster: part k (rows k*rows_per_file ...) written by its own task."""
+    _connect()
+    output_dir.mkdir(parents=True, exist_ok=True)
+    parts = [np.arange(start, min(start + rows_per_file, len(folder))) for start in range(0, len(folder), rows_per_file)]
+    results = ray.data.from_arrow(_blocks(folder, parts)).map_batches(
+        _write_task, batch_size=None, batch_format="pyarrow", runtime_env={"env_vars": WORKER_ENV},
+        fn_kwargs={"class_names": folder.class_names, "output_dir": str(output_dir.resolve()),
+                   "rows_per_file": rows_per_file, "image_size": image_size, "checked": checked})
+    written = {row["file"]: row["rows"] for row in track(results.iter_rows(), len(folder), f"Writing {output_dir} on Ray",
+                                                          size=lambda row: row["rows"])}
+    expected = {str(output_dir.resolve() / f"part-{index:05d}.parquet"): len(rows) for index, rows in enumerate(parts)}
+    if written != expected:  # a part cut over two tasks, or one lost: never hand such a dataset to training
+        raise RuntimeError(f"the Ray ingest of {output_dir} wrote {sorted(written.items())}, expected "
+                           f"{sorted(expected.items())}: delete the directory and ingest again")
+    return sorted(Path(path) for path in written)
