@@ -151,7 +151,8 @@ def test_a_one_worker_ray_run_resumes_on_ray_from_its_checkpoint(ray_instance, t
     assert json.loads((run_dir / "config.json").read_text())["ray"] is True
 
 
-@pytest.mark.parametrize("fine_tune_epochs", [0, 1], ids=["head_features", "fine_tune_logits"])
+@pytest.mark.parametrize("fine_tune_epochs", [0, pytest.param(1, marks=pytest.mark.slow)],
+                         ids=["head_features", "fine_tune_logits"])  # fine-tuning MobileNetV2 on 2 workers: 2 minutes
 def test_two_workers_share_the_validation_and_report_single_process_metrics(
         ray_instance, tiny_backbone, real_cache, colour_dataset, tmp_path, fine_tune_epochs):
     """Each worker runs the backbone (head phase) or the whole model (fine-tuning the built-in backbone's top)

@@ -6,6 +6,7 @@ The driver lists the folders (as the local ingest does). Ray Data then runs the 
   files are those the local ingest writes (same rows, row groups, schema and metadata).
 Every node reads the image folders and writes the output directory: on a cluster both must be shared storage.
 """
+import logging
 import os
 from pathlib import Path
 
@@ -24,6 +25,10 @@ CHECK_CHUNK = 500  # files per check task: long enough to hide a task's start, s
 def _connect() -> None:
     if not ray.is_initialized():
         ray.init()  # the cluster of $RAY_ADDRESS / `ray job submit`, else a new local one
+    # The driver shows this project's progress lines (tl_core.progress); Ray Data's own bars and its INFO
+    # records about each dataset's execution would repeat them in another form.
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
 def _blocks(folder: ImageFolder, parts: list[np.ndarray]) -> list[pa.Table]:

@@ -1,0 +1,196 @@
+"""How the large-data path grows with the number of images: `python -m benchmarks.large_data`.
+
+For each size (default 10k, 100k and 1M files) it builds a dataset of small image files: hard links to the
+built-in sample's 2000 PNGs (28x28 silhouettes, about 0.3 KiB each), 500 of them in validation/ and the rest in
+train/, two classes. Every figure is for the whole dataset (train/ and validation/) at that size:
+  listing        list_image_folder over both splits, in a fresh process: seconds, and the peak memory it adds
+                 (VmHWM reset before, minus VmRSS before), per file: the paths, labels and (size, mtime) it keeps
+  first check    check_dataset with an empty cache: listing, then every file read and decoded (the header check
+                 and the decode), verdicts saved; files per second
+  second check   check_dataset again, nothing changed: listing and the remembered verdicts, nothing decoded
+  local ingest   jobs.ingest's work in this process with an empty cache (check, then the Parquet shards with
+                 the files' bytes): images per second, the check and write split
+  Ray ingest     the same as jobs.ingest --ray, on a Ray instance of 2 CPUs started here (the check in tasks of 500
+                 files, one task per part file); Ray's start is not counted, its workers' start is
+  first step     on the local ingest's Parquet, the seed recipe (no feature cache) with the built-in backbone:
+                 seconds from the check to the end of the first training step (the 500 validation images'
+                 backbone features are computed before it, the same work at every size); with --recheck too, up to
+                 --recheck-up-to files (it decodes every row)
+Hard links make every file's bytes come from the page cache: the check and ingest figures are CPU figures
+(decode, Parquet, Python), not disk figures. One run; compare figures as ratios. Writes JSON (--output).
+"""
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import tl_core  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from tl_core import progress
+from tl_core.config import SEED_RECIPE, TrainConfig
+from tl_core.data.images import list_image_folder
+from tl_core.data.ingest import ingest
+from tl_core.data.sample import prepare_cats_vs_dogs
+from tl_core.data.sources import check_dataset
+from tl_core.model import assets
+
+VALIDATION_FILES = 500
+
+LISTING = """
+import json, sys, time
+from pathlib import Path
+from tl_core.data.images import list_image_folder
+
+def status(field):
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024  # kB
+root = Path(sys.argv[1])
+with open("/proc/self/clear_refs", "w") as file:
+    file.write("5")  # resets VmHWM (the peak) to the current resident size
+before, started = status("VmRSS"), time.perf_counter()
+train = list_image_folder(root / "train")
+validation = list_image_folder(root / "validation", train.class_names)
+seconds = time.perf_counter() - started
+print(json.dumps({"files": len(train) + len(validation), "seconds": seconds, "added_bytes": status("VmHWM") - before}))
+"""
+
+
+def build_dataset(root: Path, files: int, sources: dict) -> Path:
+    """root/{train,validation}/{cat,dog}/: `files` hard links in all, VALIDATION_FILES of them in validation/."""
+    names = sorted(sources)
+    for split, count in (("validation", VALIDATION_FILES), ("train", files - VALIDATION_FILES)):
+        for index in range(count):
+            name = names[index % len(names)]
+            pool = sources[name]
+            folder = root / split / name
+            if index < len(names):
+                folder.mkdir(parents=True)
+            os.link(pool[(index // len(names)) % len(pool)], folder / f"{name}_{index:07d}.png")
+    return root
+
+
+def listing(root: Path) -> dict:
+    done = subprocess.run([sys.executable, "-c", LISTING, str(root)], capture_output=True, text=True, check=True)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    return {**report, "bytes_per_file": report["added_bytes"] / report["files"]}
+
+
+def timed(function):
+    started = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - started
+
+
+def checks(root: Path, cache: Path) -> dict:
+    config = TrainConfig(data_dir=str(root), batch_size=1)
+    first, first_seconds = timed(lambda: check_dataset(config, cache))
+    second, second_seconds = timed(lambda: check_dataset(config, cache))
+    assert first.decoded == len(first.train) + len(first.validation) and second.decoded == 0 and not first.bad_files
+    return {"first_seconds": first_seconds, "first_files_per_second": first.decoded / first_seconds,
+            "second_seconds": second_seconds, "second_over_first": second_seconds / first_seconds}
+
+
+def ingest_once(root: Path, work: Path, name: str, find_bad, write) -> dict:
+    config = TrainConfig(data_dir=str(root), batch_size=1)
+    check, check_seconds = timed(lambda: check_dataset(config, work / f"{name}_cache", find_bad))
+    _, write_seconds = timed(lambda: ingest(check, work / name, skip_bad_files=False, write=write, log=lambda *a, **k: None))
+    images = len(check.train) + len(check.validation)
+    return {"check_seconds": check_seconds, "write_seconds": write_seconds,
+            "images_per_second": images / (check_seconds + write_seconds)}
+
+
+def first_step(parquet: Path, work: Path, *, recheck: bool) -> float:
+    """Seconds from the check to the end of the first training step of a seed-recipe run on parquet."""
+    import tf_keras
+
+    from tl_core.run_dir import prepare_run_dir
+    from tl_core.training import job
+    from tl_core.training.train import train
+
+    class Stop(tf_keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            self.seconds = time.perf_counter() - started
+            self.model.stop_training = True
+
+    stop = Stop()
+    output = work / f"run_{parquet.name}_{recheck}"
+    config = TrainConfig(**{**SEED_RECIPE, "data_dir": str(parquet), "output_dir": str(output), "epochs": 1,
+                            "recheck": recheck})
+    started = time.perf_counter()
+    checked, skipped = job.check(config, log=lambda *a, **k: None)
+    train(prepare_run_dir(config), sources=checked.sources(skipped), callbacks=[stop])
+    shutil.rmtree(output)
+    return stop.seconds
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.large_data", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
+    parser.add_argument("--recheck-up-to", type=int, default=100_000, help="largest size timed with --recheck too")
+    parser.add_argument("--no-ray", action="store_true", help="leave out the Ray ingest")
+    parser.add_argument("--work-dir", help="where the datasets go (default: a temporary directory; 1M files take 1 GB)")
+    parser.add_argument("--output", default="benchmarks/results/large_data.json")
+    args = parser.parse_args(argv)
+    progress.set_quiet(True)
+    sample = prepare_cats_vs_dogs(assets.cache_dir())
+    sources = {name: sorted(str(path) for split in ("train", "validation") for path in (sample / split / name).iterdir())
+               for name in list_image_folder(sample / "train").class_names}
+    results = {"machine": {"cpus": os.cpu_count()}, "validation_files": VALIDATION_FILES, "sizes": {}}
+    if not args.no_ray:
+        import ray
+
+        _, results["ray_init_seconds"] = timed(lambda: ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False))
+        from tl_core.data.ingest_ray import find_bad_files_on_ray, write_parquet_shards_on_ray
+    from tl_core.data.checks import find_bad_files
+    from tl_core.data.parquet import write_parquet_shards
+
+    with tempfile.TemporaryDirectory(dir=args.work_dir) as tmp:
+        for size in args.sizes:
+            work = Path(tmp) / str(size)
+            print(f"{size} files: building ...", flush=True)
+            _, build_seconds = timed(lambda: build_dataset(work / "data", size, sources))
+            row = {"build_seconds": build_seconds}
+            print(f"{size} files: listing, checks ...", flush=True)
+            row["listing"] = listing(work / "data")
+            row["checks"] = checks(work / "data", work / "cache")
+            print(f"{size} files: local ingest ...", flush=True)
+            row["local_ingest"] = ingest_once(work / "data", work, "local", find_bad_files, write_parquet_shards)
+            if not args.no_ray:
+                print(f"{size} files: Ray ingest ...", flush=True)
+                row["ray_ingest"] = ingest_once(work / "data", work, "ray", find_bad_files_on_ray, write_parquet_shards_on_ray)
+                shutil.rmtree(work / "ray")
+            print(f"{size} files: time to first step ...", flush=True)
+            row["first_step_seconds"] = first_step(work / "local", work, recheck=False)
+            if size <= args.recheck_up_to:
+                row["first_step_recheck_seconds"] = first_step(work / "local", work, recheck=True)
+            results["sizes"][str(size)] = row
+            print(json.dumps(row, indent=1), flush=True)
+            shutil.rmtree(work)
+            Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+    print(table(results))
+    return 0
+
+
+def table(results: dict) -> str:
+    lines = ["| files | listing s | listing bytes/file | first check files/s | second check s (of first) | "
+             "local ingest img/s | Ray ingest img/s | first step s | first step s, --recheck |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for size, row in results["sizes"].items():
+        ray_rate = f"{row['ray_ingest']['images_per_second']:.0f}" if "ray_ingest" in row else "-"
+        recheck = f"{row['first_step_recheck_seconds']:.1f}" if "first_step_recheck_seconds" in row else "-"
+        lines.append(f"| {int(size):,} | {row['listing']['seconds']:.2f} | {row['listing']['bytes_per_file']:.0f} | "
+                     f"{row['checks']['first_files_per_second']:.0f} | {row['checks']['second_seconds']:.2f} "
+                     f"({100 * row['checks']['second_over_first']:.1f} %) | {row['local_ingest']['images_per_second']:.0f} | "
+                     f"{ray_rate} | {row['first_step_seconds']:.1f} | {recheck} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
