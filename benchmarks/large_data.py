@@ -16,6 +16,10 @@ train/, two classes. Every figure is for the whole dataset (train/ and validatio
                  seconds from the check to the end of the first training step (the 500 validation images'
                  backbone features are computed before it, the same work at every size); with --recheck too, up to
                  --recheck-up-to files (it decodes every row)
+  photo checks   the first and second check again at --photo-files files (default 100k), hard links to 100 photos of
+                 500x375 pixels (benchmarks/photos.py: the size and compression of the classic recipe's images),
+                 whose decode costs what real photos cost (the 28x28 PNGs decode almost for free, so their first
+                 check is mostly listing and file opening, which the second check does too)
 Hard links make every file's bytes come from the page cache: the check and ingest figures are CPU figures
 (decode, Parquet, Python), not disk figures. One run; compare figures as ratios. Writes JSON (--output).
 """
@@ -70,7 +74,8 @@ def build_dataset(root: Path, files: int, sources: dict) -> Path:
             folder = root / split / name
             if index < len(names):
                 folder.mkdir(parents=True)
-            os.link(pool[(index // len(names)) % len(pool)], folder / f"{name}_{index:07d}.png")
+            source = pool[(index // len(names)) % len(pool)]
+            os.link(source, folder / f"{name}_{index:07d}{Path(source).suffix}")
     return root
 
 
@@ -134,6 +139,7 @@ def main(argv=None) -> int:
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--recheck-up-to", type=int, default=100_000, help="largest size timed with --recheck too")
     parser.add_argument("--no-ray", action="store_true", help="leave out the Ray ingest")
+    parser.add_argument("--photo-files", type=int, default=100_000, help="files of the photo checks (0: none)")
     parser.add_argument("--work-dir", help="where the datasets go (default: a temporary directory; 1M files take 1 GB)")
     parser.add_argument("--output", default="benchmarks/results/large_data.json")
     args = parser.parse_args(argv)
@@ -174,6 +180,17 @@ def main(argv=None) -> int:
             shutil.rmtree(work)
             Path(args.output).parent.mkdir(parents=True, exist_ok=True)
             Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
+        if args.photo_files:
+            print(f"{args.photo_files} photo files: building, checks ...", flush=True)
+            from benchmarks.photos import write_photo_dataset
+
+            photos = write_photo_dataset(Path(tmp) / "photos", {"all": 50}, classes=("chelsea", "coffee")) / "all"
+            pools = {name: sorted(str(path) for path in (photos / name).iterdir()) for name in ("chelsea", "coffee")}
+            data = build_dataset(Path(tmp) / "photo_data", args.photo_files, pools)
+            results["photos"] = {"files": args.photo_files, "listing": listing(data),
+                                 "checks": checks(data, Path(tmp) / "photo_cache")}
+            print(json.dumps(results["photos"], indent=1), flush=True)
+            Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     return 0
 
@@ -189,6 +206,11 @@ def table(results: dict) -> str:
                      f"{row['checks']['first_files_per_second']:.0f} | {row['checks']['second_seconds']:.2f} "
                      f"({100 * row['checks']['second_over_first']:.1f} %) | {row['local_ingest']['images_per_second']:.0f} | "
                      f"{ray_rate} | {row['first_step_seconds']:.1f} | {recheck} |")
+    if "photos" in results:
+        photos = results["photos"]
+        lines.append(f"\nphotos, {photos['files']:,} files: first check {photos['checks']['first_files_per_second']:.0f} files/s "
+                     f"({photos['checks']['first_seconds']:.1f} s), second check {photos['checks']['second_seconds']:.2f} s "
+                     f"({100 * photos['checks']['second_over_first']:.1f} % of the first)")
     return "\n".join(lines)
 
 

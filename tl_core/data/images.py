@@ -10,6 +10,7 @@ or not the run was interrupted before it.
 """
 import dataclasses
 import errno
+import itertools
 import os
 import stat
 from pathlib import Path
@@ -106,39 +107,45 @@ def list_files(directory: str, problems: list, ignored: list, stats: list | None
     """Regular files under directory, sorted, following symbolic links; loops and broken links become problems.
     stats: receives each file's (size, mtime_ns), in the same order."""
     files = []  # (path, size, mtime_ns)
+    first_problem, first_ignored = len(problems), len(ignored)
 
     def visit(folder: str, ancestors: dict) -> None:
         try:
-            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+            entries = os.scandir(folder)  # iterated as read: a folder of a million files is never held as entries
         except OSError as error:
             problems.append((folder, f"cannot list this folder: {error.strerror}"))
             return
-        for entry in entries:
-            if entry.name in OS_METADATA_FILES or entry.name.startswith("._"):
+        with entries:
+            for entry in entries:
+                visit_entry(entry, ancestors)
+
+    def visit_entry(entry: os.DirEntry, ancestors: dict) -> None:
+        if entry.name in OS_METADATA_FILES or entry.name.startswith("._"):
+            ignored.append(entry.path)
+            return
+        try:
+            status = entry.stat()  # follows symbolic links
+        except OSError as error:
+            broken = entry.is_symlink() and error.errno == errno.ENOENT
+            problems.append((entry.path, "broken symbolic link" if broken else error.strerror))
+            return
+        if stat.S_ISDIR(status.st_mode):
+            key = (status.st_dev, status.st_ino)
+            if entry.name.startswith("."):
                 ignored.append(entry.path)
-                continue
-            try:
-                status = entry.stat()  # follows symbolic links
-            except OSError as error:
-                broken = entry.is_symlink() and error.errno == errno.ENOENT
-                problems.append((entry.path, "broken symbolic link" if broken else error.strerror))
-                continue
-            if stat.S_ISDIR(status.st_mode):
-                key = (status.st_dev, status.st_ino)
-                if entry.name.startswith("."):
-                    ignored.append(entry.path)
-                elif key in ancestors:
-                    problems.append((entry.path, f"symbolic link loop: leads back to {display_path(ancestors[key])}"))
-                else:
-                    visit(entry.path, {**ancestors, key: entry.path})
-            elif stat.S_ISREG(status.st_mode):
-                files.append((entry.path, status.st_size, status.st_mtime_ns))
+            elif key in ancestors:
+                problems.append((entry.path, f"symbolic link loop: leads back to {display_path(ancestors[key])}"))
             else:
-                problems.append((entry.path, "not a regular file"))
+                visit(entry.path, {**ancestors, key: entry.path})
+        elif stat.S_ISREG(status.st_mode):
+            files.append((entry.path, status.st_size, status.st_mtime_ns))
+        else:
+            problems.append((entry.path, "not a regular file"))
 
     root = os.stat(directory)
     visit(directory, {(root.st_dev, root.st_ino): directory})
     files.sort()
+    problems[first_problem:], ignored[first_ignored:] = sorted(problems[first_problem:]), sorted(ignored[first_ignored:])
     if stats is not None:
         stats.extend((size, mtime) for _, size, mtime in files)
     return [path for path, _, _ in files]
@@ -180,7 +187,7 @@ def list_image_folder(directory: str | Path, class_names: list[str] | None = Non
         paths += files
         labels += [index] * len(files)
     return ImageFolder(paths, np.asarray(labels, dtype=np.int32), found, problems, ignored,
-                       np.asarray(stats, dtype=np.int64).reshape(-1, 2))
+                       np.fromiter(itertools.chain.from_iterable(stats), np.int64, 2 * len(stats)).reshape(-1, 2))
 
 
 def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:

@@ -27,8 +27,12 @@ def verdicts_path(cache: Path, data_dir: Path, limits: dict) -> Path:
     return Path(cache) / CHECKS_DIR / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.parquet"
 
 
+UNKNOWN = object()  # no verdict remembered for a file
+
+
 def _text(path: str) -> str:
-    """Paths that are not valid UTF-8 (kept as surrogates by os) stored losslessly in a string column."""
+    """A path for the string column: names that are not valid UTF-8 (kept as surrogates by os) are stored escaped,
+    so they never match when read back, and such files are checked again each time (correct, only slower)."""
     return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
@@ -57,18 +61,22 @@ class Verdicts:
         if folder.stats is None:  # not listed from disk: nothing to compare with
             self.decoded += len(folder)
             return find(folder)
-        keys = list(zip(map(_text, folder.paths), folder.stats[:, 0].tolist(), folder.stats[:, 1].tolist()))
-        unknown = [i for i, key in enumerate(keys) if key not in self.known]
-        found = {item.path: item.reason for item in find(folder.select(unknown))} if unknown else {}
+        keys = list(zip(folder.paths, folder.stats[:, 0].tolist(), folder.stats[:, 1].tolist()))
+        reasons = [self.known.get(key, UNKNOWN) for key in keys]
+        unknown = [i for i, reason in enumerate(reasons) if reason is UNKNOWN]
+        if unknown:
+            found = {item.path: item.reason for item in find(folder.select(unknown))}
+            for i in unknown:
+                reasons[i] = found.get(folder.paths[i])
         self.decoded += len(unknown)
         self.remembered += len(keys) - len(unknown)
+        self.seen.update(zip(keys, reasons))
         bad = [BadFile(path, reason) for path, reason in folder.problems]
-        for path, key in zip(folder.paths, keys):
-            reason = self.known[key] if key in self.known else found.get(path)
-            if not (reason or "").startswith("cannot read"):
-                self.seen[key] = reason
+        for key, reason in zip(keys, reasons):
             if reason:
-                bad.append(BadFile(path, reason))
+                bad.append(BadFile(key[0], reason))
+                if reason.startswith("cannot read"):
+                    del self.seen[key]
         return sorted(bad, key=lambda item: item.path)
 
     def save(self) -> None:
@@ -76,7 +84,7 @@ class Verdicts:
         if self.seen == self.known:
             return
         paths, sizes, mtimes = zip(*self.seen) if self.seen else ((), (), ())
-        table = pa.table({"path": list(paths), "size": list(sizes), "mtime_ns": list(mtimes),
+        table = pa.table({"path": [_text(path) for path in paths], "size": list(sizes), "mtime_ns": list(mtimes),
                           "reason": list(self.seen.values())}, schema=SCHEMA)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
