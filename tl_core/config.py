@@ -85,8 +85,8 @@ class TrainConfig:
                         "float32; for GPUs, see benchmarks/gpu.py)")
     export_tflite: bool = option(False, "also write model.tflite (float32), model_dynamic_range.tflite and labels.txt")
     output_dir: str | None = option(None, "the run directory (default runs/<UTC timestamp>)")
-    cache_dir: str | None = option(None, "asset cache for weights, SavedModels and the sample data "
-                                   "(default $TL_CACHE_DIR or ~/.cache/tl_core)")
+    cache_dir: str | None = option(None, "asset cache for weights, SavedModels, the sample data and the folder "
+                                   "check's remembered verdicts (default $TL_CACHE_DIR or ~/.cache/tl_core)")
     ray: bool = option(False, "run on Ray Train even with one worker (implied by any flag of this group); connects to "
                        "$RAY_ADDRESS or the cluster of `ray job submit`, else starts Ray locally", group=RAY_GROUP)
     num_workers: int = option(1, "data-parallel workers, one per GPU; more than 1 runs on Ray Train", group=RAY_GROUP)
