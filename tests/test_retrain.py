@@ -60,8 +60,11 @@ def test_first_run_promotes_unchanged_data_skips_new_data_retrains(data, tiny_ba
     assert not (root / "models" / second["run_id"]).exists()
 
     add_images(data)
-    third = retrain(config, root, log=quiet)
+    lines = []
+    third = retrain(config, root, log=lambda *args, **kwargs: lines.extend(map(str, args)))
     assert third["data_fingerprint"] != first["data_fingerprint"]
+    # The check remembered the first run's verdicts: only the 4 new files were decoded.
+    assert any("checked: 4 decoded; 68 unchanged since their last check" in line for line in lines), lines
     assert third["champion_accuracy"] == pytest.approx(first["challenger_accuracy"])  # same held-out split
     # Both classify the separable held-out split perfectly: no gain of min_improvement, so no promotion.
     assert third["challenger_accuracy"] == third["champion_accuracy"] == 1.0
