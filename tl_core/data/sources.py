@@ -116,12 +116,13 @@ def check_batch_size(config: TrainConfig, train_images: int) -> None:
             f"{' per worker' if config.num_workers > 1 else ''}: use --batch-size {max(per_worker, 1)} or less")
 
 
-def check_dataset(config: TrainConfig, cache: Path, find_bad=find_bad_files) -> DatasetCheck:
+def check_dataset(config: TrainConfig, cache: Path, find_bad=None) -> DatasetCheck:
     """The config's dataset and every bad file or row in it (nothing is skipped here).
 
     Image folders: only files new or changed since the last check with the same limits are decoded (their
-    verdicts are remembered in the cache), by find_bad (checks.find_bad_files, or ingest_ray.find_bad_files_on_ray).
-    Parquet: rows that jobs.ingest checked are trusted, unless config.recheck."""
+    verdicts are remembered in the cache), by find_bad (default checks.find_bad_files; ingest_ray.find_bad_files_on_ray
+    on a cluster). Parquet: rows that jobs.ingest checked are trusted, unless config.recheck."""
+    find_bad = find_bad or find_bad_files
     train, validation, data_dir = load_splits(config, cache, check_batch=False)
     limits = limits_of(config)
     verdicts = Verdicts.load(cache, data_dir, limits)
