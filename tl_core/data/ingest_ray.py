@@ -35,6 +35,11 @@ def _connect() -> None:
     logging.getLogger("ray.data").setLevel(logging.WARNING)
 
 
+def _chunks(count: int, size: int) -> list[np.ndarray]:
+    """Rows 0..count-1 in consecutive chunks of `size` (the last one shorter)."""
+    return [np.arange(start, min(start + size, count)) for start in range(0, count, size)]
+
+
 def _blocks(folder: ImageFolder, parts: list[np.ndarray]) -> list[pa.Table]:
     """One Ray Data block per part: the files' paths (as bytes: names need not be UTF-8), labels and part index."""
     return [pa.table({"path": pa.array([os.fsencode(folder.paths[i]) for i in rows], pa.binary()),
@@ -65,7 +70,7 @@ def find_bad_files_on_ray(folder: ImageFolder, *, min_side: int, max_pixels: int
     """checks.find_bad_files, run by Ray Data tasks on chunks of `chunk` files across the cluster."""
     _connect()
     bad = [BadFile(path, reason) for path, reason in folder.problems]
-    parts = [np.arange(start, min(start + chunk, len(folder))) for start in range(0, len(folder), chunk)]
+    parts = _chunks(len(folder), chunk)
     if parts:
         results = ray.data.from_arrow(_blocks(folder, parts)).map_batches(
             _check_task, fn_kwargs={"min_side": min_side, "max_pixels": max_pixels}, batch_size=None,
@@ -98,7 +103,7 @@ def write_parquet_shards_on_ray(folder: ImageFolder, output_dir: Path, *, rows_p
     """parquet.write_parquet_shards across the cluster: part k (rows k*rows_per_file ...) written by its own task."""
     _connect()
     output_dir.mkdir(parents=True, exist_ok=True)
-    parts = [np.arange(start, min(start + rows_per_file, len(folder))) for start in range(0, len(folder), rows_per_file)]
+    parts = _chunks(len(folder), rows_per_file)
     results = ray.data.from_arrow(_blocks(folder, parts)).map_batches(
         _write_task, batch_size=None, batch_format="pyarrow",
         fn_kwargs={"class_names": folder.class_names, "output_dir": str(output_dir.resolve()),

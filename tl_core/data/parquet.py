@@ -110,31 +110,27 @@ class ParquetImages:
         if per_worker == 0:
             raise ParquetDatasetError(f"{len(self)} training images cannot be split over {count} workers")
         order = np.random.default_rng(seed).permutation(len(self.segments))
-        first, last = index * per_worker, (index + 1) * per_worker
-        segments, labels, position = [], [], 0
-        offsets = np.cumsum([0] + [s[3] - s[2] for s in self.segments])
-        for i in order:
-            file, group, begin, end = self.segments[i]
-            lo, hi = max(begin, begin + first - position), min(end, begin + last - position)
-            if lo < hi:
-                segments.append((file, group, lo, hi))
-                labels.append(self.labels[offsets[i] + lo - begin:offsets[i] + hi - begin])
-            position += end - begin
-        return dataclasses.replace(self, segments=segments, labels=np.concatenate(labels))
+        return self._rows(order, index * per_worker, (index + 1) * per_worker)
 
     def part(self, index: int, count: int) -> "ParquetImages":
         """Part `index` of `count` in reading order: np.array_split's row counts (a segment may be cut), every row in
         exactly one part."""
         sizes = [len(rows) for rows in np.array_split(np.arange(len(self)), count)]
         first = sum(sizes[:index])
-        last = first + sizes[index]
-        segments, position = [], 0
-        for file, group, begin, end in self.segments:
+        return self._rows(range(len(self.segments)), first, first + sizes[index])
+
+    def _rows(self, segment_order, first: int, last: int) -> "ParquetImages":
+        """Rows first..last-1 of the row sequence the segments make in segment_order (segments cut where needed)."""
+        segments, labels, position = [], [], 0
+        offsets = np.cumsum([0] + [end - begin for _, _, begin, end in self.segments])
+        for i in segment_order:
+            file, group, begin, end = self.segments[i]
             lo, hi = max(begin, begin + first - position), min(end, begin + last - position)
             if lo < hi:
                 segments.append((file, group, lo, hi))
+                labels.append(self.labels[offsets[i] + lo - begin:offsets[i] + hi - begin])
             position += end - begin
-        return dataclasses.replace(self, segments=segments, labels=self.labels[first:last])
+        return dataclasses.replace(self, segments=segments, labels=np.concatenate(labels) if labels else self.labels[:0])
 
     def _tables(self, segment_order):
         """(image column, labels) of each segment (part of a row group), in the given order."""
