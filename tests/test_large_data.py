@@ -48,6 +48,38 @@ def test_a_second_check_decodes_only_new_or_changed_files(tmp_path):
     assert stricter.decoded == total + 1 and len(stricter.bad_files) > 2
 
 
+def test_unchanged_folders_leave_the_verdict_file_as_it_is(tmp_path):
+    root = write_colour_dataset(tmp_path / "data", {"train": 3, "validation": 2})
+    _check(root, tmp_path / "cache")
+    (verdict_file,) = (tmp_path / "cache" / "checks").glob("*.parquet")
+    written = verdict_file.stat().st_mtime_ns
+    assert _check(root, tmp_path / "cache").decoded == 0
+    assert verdict_file.stat().st_mtime_ns == written  # nothing to save
+    (root / "validation" / "red" / "red_000.jpg").unlink()  # only a file gone: nothing decoded, but forgotten
+    assert _check(root, tmp_path / "cache").decoded == 0
+    assert len(pq.read_table(verdict_file)) == 9
+
+
+def test_files_that_cannot_be_read_are_read_again_each_time(tmp_path, monkeypatch):
+    root = write_colour_dataset(tmp_path / "data", {"train": 2, "validation": 1})
+    locked = root / "train" / "blue" / "blue_001.png"
+    real_open = open
+
+    def deny(path, *args, **kwargs):
+        if str(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", deny)
+    for decoded in (6, 1):  # the verdict is not remembered: the permission may come back without a new mtime
+        check = _check(root, tmp_path / "cache")
+        assert check.decoded == decoded and [(item.path, item.reason) for item in check.bad_files] == [
+            (str(locked), "cannot read: Permission denied")]
+    monkeypatch.setattr("builtins.open", real_open)
+    check = _check(root, tmp_path / "cache")
+    assert (check.decoded, check.remembered, check.bad_files) == (1, 5, [])
+
+
 def test_a_corrupt_verdict_file_means_checking_everything_again(tmp_path):
     root = write_colour_dataset(tmp_path / "data", {"train": 2, "validation": 1})
     _check(root, tmp_path / "cache")

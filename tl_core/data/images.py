@@ -10,7 +10,6 @@ or not the run was interrupted before it.
 """
 import dataclasses
 import errno
-import itertools
 import os
 import stat
 from pathlib import Path
@@ -105,8 +104,8 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarr
 
 def list_files(directory: str, problems: list, ignored: list, stats: list | None = None) -> list[str]:
     """Regular files under directory, sorted, following symbolic links; loops and broken links become problems.
-    stats: receives each file's (size, mtime_ns), in the same order."""
-    files = []  # (path, size, mtime_ns)
+    stats: receives an int64 array [n, 2] of each file's (size, mtime_ns), in the same order."""
+    paths, sizes, mtimes = [], [], []
     first_problem, first_ignored = len(problems), len(ignored)
 
     def visit(folder: str, ancestors: dict) -> None:
@@ -116,39 +115,42 @@ def list_files(directory: str, problems: list, ignored: list, stats: list | None
             problems.append((folder, f"cannot list this folder: {error.strerror}"))
             return
         with entries:
-            for entry in entries:
-                visit_entry(entry, ancestors)
+            for entry in entries:  # once per file: kept lean, a regular file costs one stat and three appends
+                name = entry.name
+                if name in OS_METADATA_FILES or name.startswith("._"):
+                    ignored.append(entry.path)
+                    continue
+                try:
+                    status = entry.stat()  # follows symbolic links
+                except OSError as error:
+                    broken = entry.is_symlink() and error.errno == errno.ENOENT
+                    problems.append((entry.path, "broken symbolic link" if broken else error.strerror))
+                    continue
+                if stat.S_ISREG(status.st_mode):
+                    paths.append(entry.path)
+                    sizes.append(status.st_size)
+                    mtimes.append(status.st_mtime_ns)
+                elif stat.S_ISDIR(status.st_mode):
+                    visit_folder(entry, status, ancestors)
+                else:
+                    problems.append((entry.path, "not a regular file"))
 
-    def visit_entry(entry: os.DirEntry, ancestors: dict) -> None:
-        if entry.name in OS_METADATA_FILES or entry.name.startswith("._"):
+    def visit_folder(entry: os.DirEntry, status: os.stat_result, ancestors: dict) -> None:
+        key = (status.st_dev, status.st_ino)
+        if entry.name.startswith("."):
             ignored.append(entry.path)
-            return
-        try:
-            status = entry.stat()  # follows symbolic links
-        except OSError as error:
-            broken = entry.is_symlink() and error.errno == errno.ENOENT
-            problems.append((entry.path, "broken symbolic link" if broken else error.strerror))
-            return
-        if stat.S_ISDIR(status.st_mode):
-            key = (status.st_dev, status.st_ino)
-            if entry.name.startswith("."):
-                ignored.append(entry.path)
-            elif key in ancestors:
-                problems.append((entry.path, f"symbolic link loop: leads back to {display_path(ancestors[key])}"))
-            else:
-                visit(entry.path, {**ancestors, key: entry.path})
-        elif stat.S_ISREG(status.st_mode):
-            files.append((entry.path, status.st_size, status.st_mtime_ns))
+        elif key in ancestors:
+            problems.append((entry.path, f"symbolic link loop: leads back to {display_path(ancestors[key])}"))
         else:
-            problems.append((entry.path, "not a regular file"))
+            visit(entry.path, {**ancestors, key: entry.path})
 
     root = os.stat(directory)
     visit(directory, {(root.st_dev, root.st_ino): directory})
-    files.sort()
+    order = sorted(range(len(paths)), key=paths.__getitem__)
     problems[first_problem:], ignored[first_ignored:] = sorted(problems[first_problem:]), sorted(ignored[first_ignored:])
     if stats is not None:
-        stats.extend((size, mtime) for _, size, mtime in files)
-    return [path for path, _, _ in files]
+        stats.append(np.array([sizes, mtimes], dtype=np.int64).reshape(2, -1).T[order])
+    return [paths[i] for i in order]
 
 
 def list_class_names(directory: Path) -> list[str]:
@@ -186,8 +188,7 @@ def list_image_folder(directory: str | Path, class_names: list[str] | None = Non
                                "add its images or remove the folder")
         paths += files
         labels += [index] * len(files)
-    return ImageFolder(paths, np.asarray(labels, dtype=np.int32), found, problems, ignored,
-                       np.fromiter(itertools.chain.from_iterable(stats), np.int64, 2 * len(stats)).reshape(-1, 2))
+    return ImageFolder(paths, np.asarray(labels, dtype=np.int32), found, problems, ignored, np.concatenate(stats))
 
 
 def decode_and_resize(encoded: tf.Tensor, image_size: int) -> tf.Tensor:

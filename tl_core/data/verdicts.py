@@ -7,10 +7,12 @@ missing or unreadable verdict file only means that every file is checked again.
 """
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -27,9 +29,6 @@ def verdicts_path(cache: Path, data_dir: Path, limits: dict) -> Path:
     return Path(cache) / CHECKS_DIR / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.parquet"
 
 
-UNKNOWN = object()  # no verdict remembered for a file
-
-
 def _text(path: str) -> str:
     """A path for the string column: names that are not valid UTF-8 (kept as surrogates by os) are stored escaped,
     so they never match when read back, and such files are checked again each time (correct, only slower)."""
@@ -39,53 +38,68 @@ def _text(path: str) -> str:
 @dataclasses.dataclass
 class Verdicts:
     path: Path
-    known: dict  # (path, size, mtime_ns) -> reason, or None for a usable file
-    seen: dict = dataclasses.field(default_factory=dict)  # the verdicts of this check's files, saved back
+    paths: list[str]  # what the last check saw, in the order it saw it
+    stats: np.ndarray  # int64 [n, 2]: (size, mtime_ns) of each remembered file
+    reasons: np.ndarray  # object [n]: None for a usable file, else why it cannot be used
+    checked: list = dataclasses.field(default_factory=list)  # (paths, stats, reasons) of this check's folders
     decoded: int = 0  # files this check read and decoded
     remembered: int = 0  # files whose verdict was remembered
+    row_of_path: dict | None = None  # built only when a folder's files are not where the last check saw them
 
     @classmethod
     def load(cls, cache: Path, data_dir: Path, limits: dict) -> "Verdicts":
         path = verdicts_path(cache, data_dir, limits)
         try:
-            table = pq.read_table(path, schema=SCHEMA) if path.exists() else None
+            table = pq.read_table(path, schema=SCHEMA) if path.exists() else SCHEMA.empty_table()
         except (OSError, pa.ArrowException):
-            table = None
-        if table is None:
-            return cls(path, {})
-        keys = zip(table.column("path").to_pylist(), table.column("size").to_pylist(), table.column("mtime_ns").to_pylist())
-        return cls(path, dict(zip(keys, table.column("reason").to_pylist())))
+            table = SCHEMA.empty_table()
+        paths = table.column("path").to_pylist()
+        stats = np.stack([table.column("size").to_numpy(), table.column("mtime_ns").to_numpy()], axis=1)
+        return cls(path, paths, stats.astype(np.int64),
+                   np.array(table.column("reason").to_pylist(), dtype=object))
 
     def check(self, folder: ImageFolder, find) -> list[BadFile]:
         """Every bad file of folder, sorted by path; find(folder) -> bad files runs on the new or changed files only."""
         if folder.stats is None:  # not listed from disk: nothing to compare with
             self.decoded += len(folder)
             return find(folder)
-        keys = list(zip(folder.paths, folder.stats[:, 0].tolist(), folder.stats[:, 1].tolist()))
-        reasons = [self.known.get(key, UNKNOWN) for key in keys]
-        unknown = [i for i, reason in enumerate(reasons) if reason is UNKNOWN]
-        if unknown:
-            found = {item.path: item.reason for item in find(folder.select(unknown))}
-            for i in unknown:
-                reasons[i] = found.get(folder.paths[i])
-        self.decoded += len(unknown)
-        self.remembered += len(keys) - len(unknown)
-        self.seen.update(zip(keys, reasons))
+        rows = self.rows_of(folder.paths)
+        same = rows >= 0
+        same[same] = (self.stats[rows[same]] == folder.stats[same]).all(axis=1)
+        reasons = np.full(len(folder), None)
+        reasons[same] = self.reasons[rows[same]]
+        changed = np.flatnonzero(~same)
+        if len(changed):
+            found = {item.path: item.reason for item in find(folder.select(changed))}
+            reasons[changed] = [found.get(folder.paths[i]) for i in changed]
+        self.decoded += len(changed)
+        self.remembered += len(folder) - len(changed)
+        self.checked.append((folder.paths, folder.stats, reasons))
         bad = [BadFile(path, reason) for path, reason in folder.problems]
-        for key, reason in zip(keys, reasons):
-            if reason:
-                bad.append(BadFile(key[0], reason))
-                if reason.startswith("cannot read"):
-                    del self.seen[key]
+        bad += [BadFile(path, reason) for path, reason in zip(folder.paths, reasons) if reason]
         return sorted(bad, key=lambda item: item.path)
 
+    def rows_of(self, paths: list[str]) -> np.ndarray:
+        """Each path's row in the remembered verdicts, -1 for none. An unchanged folder's files are found where the
+        last check saved them (one list comparison, no hashing: the common case of a repeated check)."""
+        start = sum(len(folder_paths) for folder_paths, _, _ in self.checked)
+        if self.paths[start:start + len(paths)] == paths:
+            return np.arange(start, start + len(paths))
+        if self.row_of_path is None:
+            self.row_of_path = dict(zip(self.paths, range(len(self.paths))))
+        return np.fromiter(map(self.row_of_path.get, paths, itertools.repeat(-1)), np.int64, len(paths))
+
     def save(self) -> None:
-        """Write this check's verdicts (files gone since are forgotten); a cache that cannot be written is skipped."""
-        if self.seen == self.known:
+        """Write this check's verdicts (files gone since are forgotten); a cache that cannot be written is skipped.
+        "Cannot read" verdicts are left out: those files are read again next time."""
+        if self.decoded == 0 and self.remembered == len(self.paths):  # every remembered file, each unchanged
             return
-        paths, sizes, mtimes = zip(*self.seen) if self.seen else ((), (), ())
-        table = pa.table({"path": [_text(path) for path in paths], "size": list(sizes), "mtime_ns": list(mtimes),
-                          "reason": list(self.seen.values())}, schema=SCHEMA)
+        paths = [path for folder_paths, _, _ in self.checked for path in folder_paths]
+        stats = np.concatenate([stats for _, stats, _ in self.checked]) if self.checked else np.zeros((0, 2), np.int64)
+        reasons = np.concatenate([reasons for _, _, reasons in self.checked]) if self.checked else np.array([], object)
+        kept = np.array([not (reason or "").startswith("cannot read") for reason in reasons], dtype=bool)
+        table = pa.table({"path": [_text(path) for path, keep in zip(paths, kept) if keep], "size": stats[kept, 0],
+                          "mtime_ns": stats[kept, 1], "reason": reasons[kept].tolist()}, schema=SCHEMA)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             with artifacts.atomic_path(self.path) as tmp:
