@@ -9,6 +9,8 @@ train/, two classes. Every figure is for the whole dataset (train/ and validatio
                  and the decode), verdicts saved; files per second
   second check   check_dataset again, nothing changed: listing and the remembered verdicts, nothing decoded (the
                  median of 3)
+  stat alone     a bare os.scandir loop calling DirEntry.stat() on every file, nothing kept (the median of 3, taken
+                 between the second checks): the least that any check noticing changed files does, a stat per file
   local ingest   jobs.ingest's work in this process with an empty cache (check, then the Parquet shards with
                  the files' bytes): images per second, the check and write split
   Ray ingest     the same as jobs.ingest --ray, on a Ray instance of 2 CPUs started here (the check in tasks of 500
@@ -93,21 +95,38 @@ def timed(function):
     return result, time.perf_counter() - started
 
 
+def stat_every_file(root: Path) -> int:
+    """One stat per file of the dataset (root/<split>/<class>/<file>), nothing else: how many files."""
+    count = 0
+    for split in ("train", "validation"):
+        for folder in os.scandir(root / split):
+            with os.scandir(folder.path) as entries:
+                for entry in entries:
+                    entry.stat()
+                    count += 1
+    return count
+
+
 def checks(root: Path, cache: Path, repeats: int = 3) -> dict:
-    """The first check (once: it fills the cache) and the second (the median of `repeats`)."""
+    """The first check (once: it fills the cache), the second and the stat alone (the medians of `repeats`)."""
     config = TrainConfig(data_dir=str(root), batch_size=1)
     first, first_seconds = timed(lambda: check_dataset(config, cache))
     files = len(first.train) + len(first.validation)
     assert first.decoded == files and not first.bad_files
     del first  # not held while the second check runs
-    seconds = []
+    seconds, stat_seconds = [], []
     for _ in range(repeats):
         second, elapsed = timed(lambda: check_dataset(config, cache))
         assert second.decoded == 0
         seconds.append(elapsed)
+        stated, elapsed = timed(lambda: stat_every_file(root))
+        assert stated == files
+        stat_seconds.append(elapsed)
     second_seconds = statistics.median(seconds)
     return {"first_seconds": first_seconds, "first_files_per_second": files / first_seconds,
-            "second_seconds": second_seconds, "second_seconds_each": seconds, "second_over_first": second_seconds / first_seconds}
+            "second_seconds": second_seconds, "second_seconds_each": seconds, "second_over_first": second_seconds / first_seconds,
+            "stat_seconds": statistics.median(stat_seconds), "stat_seconds_each": stat_seconds,
+            "stat_over_first": statistics.median(stat_seconds) / first_seconds}
 
 
 def ingest_once(root: Path, work: Path, name: str, find_bad, write) -> dict:
@@ -207,22 +226,27 @@ def main(argv=None) -> int:
 
 def table(results: dict) -> str:
     lines = ["| files | listing s | listing bytes/file | first check files/s | second check s (of first) | "
-             "local ingest img/s | Ray ingest img/s | first step s | first step s, --recheck |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "stat alone s (of first) | local ingest img/s | Ray ingest img/s | first step s | first step s, --recheck |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for size, row in results["sizes"].items():
         ray_rate = f"{row['ray_ingest']['images_per_second']:.0f}" if "ray_ingest" in row else "-"
         recheck = f"{row['first_step_recheck_seconds']:.1f}" if "first_step_recheck_seconds" in row else "-"
         lines.append(f"| {int(size):,} | {row['listing']['seconds']:.2f} | {row['listing']['bytes_per_file']:.0f} | "
-                     f"{row['checks']['first_files_per_second']:.0f} | {row['checks']['second_seconds']:.2f} "
-                     f"({100 * row['checks']['second_over_first']:.1f} %) | {row['local_ingest']['images_per_second']:.0f} | "
-                     f"{ray_rate} | {row['first_step_seconds']:.1f} | {recheck} |")
+                     f"{row['checks']['first_files_per_second']:.0f} | {second_check(row['checks'])} | "
+                     f"{row['local_ingest']['images_per_second']:.0f} | {ray_rate} | {row['first_step_seconds']:.1f} | "
+                     f"{recheck} |")
     if "photos" in results:
-        photos = results["photos"]
-        lines.append(f"\nphotos, {photos['files']:,} files: first check {photos['checks']['first_files_per_second']:.0f} files/s "
-                     f"({photos['checks']['first_seconds']:.1f} s), second check {photos['checks']['second_seconds']:.2f} s "
-                     f"({100 * photos['checks']['second_over_first']:.1f} % of the first)")
+        checks = results["photos"]["checks"]
+        lines.append(f"\nphotos, {results['photos']['files']:,} files: first check {checks['first_files_per_second']:.0f} "
+                     f"files/s ({checks['first_seconds']:.1f} s), second check {checks['second_seconds']:.2f} s "
+                     f"({100 * checks['second_over_first']:.1f} % of the first), stat alone {checks['stat_seconds']:.2f} s "
+                     f"({100 * checks['stat_over_first']:.1f} %)")
     return "\n".join(lines)
 
+
+def second_check(checks: dict) -> str:
+    return (f"{checks['second_seconds']:.2f} ({100 * checks['second_over_first']:.1f} %) | "
+            f"{checks['stat_seconds']:.2f} ({100 * checks['stat_over_first']:.1f} %)")
 
 if __name__ == "__main__":
     sys.exit(main())
