@@ -6,6 +6,7 @@ Fine-tuning changes the backbone, so its validation runs the whole model. With s
 runs the backbone (or the whole model) on its own part of the validation images only, and the parts
 are all-gathered: every worker holds every image's features or logits, in the source's order.
 """
+import functools
 import json
 import time
 from pathlib import Path
@@ -44,6 +45,17 @@ def backbone_features(model: tf.keras.Model, source, image_size: int, batch_size
 def head_logits(model: tf.keras.Model, features: np.ndarray) -> np.ndarray:
     """The head on precomputed features, in inference mode; run eagerly on each worker alone (no collectives)."""
     return model.get_layer("head")(features, training=False).numpy()
+
+
+def replica_predictor(model: tf.keras.Model):
+    """images -> numpy outputs of the model in inference mode, called in a replica context of the strategy it was
+    built under. A TF Hub SavedModel that fit() has trained under a Mirrored or MultiWorkerMirrored strategy fails
+    when called in that strategy's cross-replica context, where Keras runs callbacks (tensorflow/hub#649). Each local
+    replica computes the whole batch (a Ray worker with one device has one); the first one's result is taken."""
+    strategy = model.distribute_strategy
+    run = tf.function(lambda images: strategy.run(lambda x: model(x, training=False), args=(images,)),
+                      reduce_retracing=True)
+    return lambda images: strategy.experimental_local_results(run(images))[0].numpy()
 
 
 def part_count(strategy: tf.distribute.Strategy, source) -> int:
@@ -100,8 +112,13 @@ class Validation:
         if phase == HEAD and self.features is not None:  # the backbone is unchanged: its features were computed once
             return head_logits(self.classifier, self.features)
         return gather_parts(self.strategy, self.source, lambda part: np.concatenate([
-            self.classifier(to_unit_range(images), training=False).numpy()
-            for images, _ in make_dataset(part, self.image_size, self.batch_size)]))
+            self.predict(to_unit_range(images)) for images, _ in make_dataset(part, self.image_size, self.batch_size)]))
+
+    @functools.cached_property
+    def predict(self):
+        """The whole classifier, traced once: first used when the backbone can change (which layers train does not
+        change its outputs in inference mode)."""
+        return replica_predictor(self.classifier)
 
     def metrics(self, phase: str) -> dict:
         return classification_metrics(self.source.labels, self.logits(phase), self.source.class_names)
