@@ -232,7 +232,7 @@ def table(results: dict) -> str:
         ray_rate = f"{row['ray_ingest']['images_per_second']:.0f}" if "ray_ingest" in row else "-"
         recheck = f"{row['first_step_recheck_seconds']:.1f}" if "first_step_recheck_seconds" in row else "-"
         lines.append(f"| {int(size):,} | {row['listing']['seconds']:.2f} | {row['listing']['bytes_per_file']:.0f} | "
-                     f"{row['checks']['first_files_per_second']:.0f} | {second_check(row['checks'])} | "
+                     f"{row['checks']['first_files_per_second']:.0f} | {second_check_cells(row['checks'])} | "
                      f"{row['local_ingest']['images_per_second']:.0f} | {ray_rate} | {row['first_step_seconds']:.1f} | "
                      f"{recheck} |")
     if "photos" in results:
@@ -244,9 +244,11 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
-def second_check(checks: dict) -> str:
+def second_check_cells(checks: dict) -> str:
+    """The table's two cells: the second check and the stat alone, each in seconds and as a share of the first."""
     return (f"{checks['second_seconds']:.2f} ({100 * checks['second_over_first']:.1f} %) | "
             f"{checks['stat_seconds']:.2f} ({100 * checks['stat_over_first']:.1f} %)")
+
 
 if __name__ == "__main__":
     sys.exit(main())

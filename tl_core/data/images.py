@@ -149,7 +149,7 @@ def list_files(directory: str, problems: list, ignored: list, stats: list | None
     order = sorted(range(len(paths)), key=paths.__getitem__)
     problems[first_problem:], ignored[first_ignored:] = sorted(problems[first_problem:]), sorted(ignored[first_ignored:])
     if stats is not None:
-        stats.append(np.array([sizes, mtimes], dtype=np.int64).reshape(2, -1).T[order])
+        stats.append(np.array([sizes, mtimes], dtype=np.int64).T[order])
     return [paths[i] for i in order]
 
 

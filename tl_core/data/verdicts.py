@@ -55,8 +55,7 @@ class Verdicts:
             table = SCHEMA.empty_table()
         paths = table.column("path").to_pylist()
         stats = np.stack([table.column("size").to_numpy(), table.column("mtime_ns").to_numpy()], axis=1)
-        return cls(path, paths, stats.astype(np.int64),
-                   np.array(table.column("reason").to_pylist(), dtype=object))
+        return cls(path, paths, stats, np.array(table.column("reason").to_pylist(), dtype=object))
 
     def check(self, folder: ImageFolder, find) -> list[BadFile]:
         """Every bad file of folder, sorted by path; find(folder) -> bad files runs on the new or changed files only."""
