@@ -1,8 +1,9 @@
 """What every command does alike: SIGTERM taken as Ctrl-C, and one exit status per kind of failure.
 
   0    done
-  1    distributed training (or an ingest on Ray) failed: Ray gave up after its restarts; or a check found bad files
-  2    bad input, configuration or file system: one line, `error: ...`, no stack trace
+  1    distributed training (or an ingest on Ray) failed: Ray gave up after its restarts; or `--check` found bad files
+       (jobs.train, jobs.ingest)
+  2    bad input, configuration or file system: one line, `error: ...`, no stack trace (a run that stops on bad files)
   3    the model registry is busy (another retrain holds its lock)
   130  interrupted (Ctrl-C or SIGTERM)
 """
@@ -11,6 +12,7 @@ import sys
 from typing import Callable
 
 DISTRIBUTED_FAILURE, BAD_INPUT, BUSY, INTERRUPTED = 1, 2, 3, 130
+CHECK_FOUND_BAD_FILES = 1
 
 
 def _stop_on_sigterm(signum, frame):

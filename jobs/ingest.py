@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from jobs.cli import add_quiet_argument, run_command
+from jobs.cli import CHECK_FOUND_BAD_FILES, add_quiet_argument, run_command
 from tl_core.config import TrainConfig
 
 
@@ -82,7 +82,7 @@ def main(argv=None) -> int:
             if check.bad_files:
                 print(f"{len(check.bad_files)} file(s) cannot be used for training:\n"
                       f"{format_bad_files(check.bad_files, limit=len(check.bad_files))}")
-                return 1
+                return CHECK_FOUND_BAD_FILES
             print("Check passed: every file is a usable image.")
             return 0
         ingest(check, Path(args.output), skip_bad_files=args.skip_bad_files, image_size=args.image_size,

@@ -12,7 +12,7 @@ from pathlib import Path
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from tl_core.config import RAY_GROUP, SEED_RECIPE, TrainConfig
 
-from jobs.cli import add_quiet_argument, run_command
+from jobs.cli import CHECK_FOUND_BAD_FILES, add_quiet_argument, run_command
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, exclude=()) -> None:
@@ -32,7 +32,7 @@ def add_field_arguments(parser: argparse.ArgumentParser, settings_class, exclude
     an unset flag is None (the default, or --config's value, applies)."""
     groups = {}
     for field in dataclasses.fields(settings_class):
-        if field.name in exclude:
+        if field.name in exclude or field.metadata.get("command_line") is False:
             continue
         meta, name = field.metadata, field.name.replace("_", "-")
         group = parser if "group" not in meta else groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
@@ -84,21 +84,21 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                  if getattr(args, field.name, None) is not None}
     if any(getattr(args, name, None) is not None for name in RAY_FLAGS):
         overrides["ray"] = True
-    if getattr(args, "recipe", "default") == "seed":
-        overrides = {**SEED_RECIPE, **overrides}
-    from_file = TrainConfig.from_json(args.config) if args.config else None
+    recipe = SEED_RECIPE if getattr(args, "recipe", "default") == "seed" else {}
+    # A saved config.json is that run's configuration; a file written by hand adds its values to the recipe's.
+    from_file = TrainConfig.from_json(args.config, base=recipe) if args.config else None
     if getattr(args, "resume", False):
         from tl_core.run_dir import resume_config
 
         run_dir = args.output_dir or (from_file.output_dir if from_file else None)
         if not run_dir:
             raise ValueError("--resume needs the run directory: --output-dir runs/X")
-        # A --config other than the run's own counts as flags: settings that differ are refused.
-        given = {**(dataclasses.asdict(from_file) if from_file else {}), **overrides}
+        # A --config other than the run's own, and --recipe, count as flags: settings that differ are refused.
+        given = {**(dataclasses.asdict(from_file) if from_file else {}), **recipe, **overrides}
         return resume_config(run_dir, given)
     if from_file and "output_dir" not in overrides:
         from_file = dataclasses.replace(from_file, output_dir=None)  # reproduce into a new run directory
-    return dataclasses.replace(from_file or TrainConfig(), **overrides)
+    return dataclasses.replace(from_file or TrainConfig(**recipe), **overrides)
 
 
 def resume_hint(config) -> str:
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     config = None
 
-    def body() -> None:
+    def body() -> int | None:
         nonlocal config
         from tl_core.run_dir import default_output_dir
         from tl_core.training import job
@@ -123,7 +123,13 @@ def main(argv=None) -> int:
                   "its class name. Nothing was trained.")
             return
         if args.check:
-            _, skipped = job.check(config)
+            from tl_core.data.sources import BadFilesError
+
+            try:
+                _, skipped = job.check(config)
+            except BadFilesError as error:
+                print(f"error: {error}", file=sys.stderr)
+                return CHECK_FOUND_BAD_FILES
             print(f"Check passed: the data and the configuration are ready to train"
                   f"{f' ({len(skipped)} file(s) would be skipped)' if skipped else ''}.")
             return
@@ -137,17 +143,13 @@ def main(argv=None) -> int:
 
         if config is None or isinstance(error, RunDirectoryError):
             return None
-        if _has_checkpoint(config):
+        from tl_core.training.job import has_checkpoint
+
+        if has_checkpoint(config):
             return resume_hint(config)  # e.g. the disk filled up, or Ctrl-C
         return "No epoch was completed." if isinstance(error, KeyboardInterrupt) else None
 
     return run_command(body, note=note, quiet=args.quiet)
-
-
-def _has_checkpoint(config) -> bool:
-    from tl_core.run_dir import CHECKPOINT_DIR, RAY_DIR
-
-    return (Path(config.output_dir) / CHECKPOINT_DIR).exists() or (Path(config.output_dir) / RAY_DIR).exists()
 
 
 if __name__ == "__main__":

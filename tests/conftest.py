@@ -53,13 +53,15 @@ def build_tiny_backbone() -> tf.keras.Model:
     return tf.keras.Model(inputs, features)
 
 
-def tiny_config(tiny_backbone: str, data_dir, output_dir=None, **overrides):
-    """The tests' training configuration: the seed's recipe (augmentation in every epoch's step) on the tiny
-    backbone at 32x32, batch 8, 4 epochs, seeded."""
+def tiny_config(tiny_backbone: str, data_dir, output_dir=None, recipe: str = "seed", **overrides):
+    """The tests' training configuration: the seed's recipe (augmentation in every epoch's step; or, with
+    recipe="default", the default one: cached features, a hidden layer, one-cycle) on the tiny backbone at 32x32,
+    batch 8, 4 epochs, learning rate 0.05, seeded."""
     from tl_core.config import SEED_RECIPE, TrainConfig
 
-    values = dict(SEED_RECIPE, data_dir=str(data_dir), backbone=tiny_backbone, image_size=TINY_IMAGE_SIZE, batch_size=8,
-                  epochs=4, learning_rate=0.05, seed=3, output_dir=str(output_dir) if output_dir else None)
+    values = dict(SEED_RECIPE if recipe == "seed" else {}, data_dir=str(data_dir), backbone=tiny_backbone,
+                  image_size=TINY_IMAGE_SIZE, batch_size=8, epochs=4, learning_rate=0.05, seed=3,
+                  output_dir=str(output_dir) if output_dir else None)
     return TrainConfig(**{**values, **overrides})
 
 

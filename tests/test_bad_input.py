@@ -381,6 +381,12 @@ def test_check_mode_validates_data_and_backbone_and_writes_nothing(dataset_with_
     assert "Check passed" in capsys.readouterr().out
     assert train_job.main([*_args(clean, "/nonexistent/backbone", tmp_path / "run"), "--check"]) == 2
     assert "could not load backbone '/nonexistent/backbone'" in capsys.readouterr().err
+    # Bad files found by --check: status 1, as jobs.ingest --check (jobs/cli.py); the same files stop a run with 2.
+    assert train_job.main([*_args(dataset_with_bad_files, backbone, tmp_path / "run"), "--check"]) == 1
+    err = capsys.readouterr().err
+    assert "error: 2 file(s) cannot be used for training:" in err and "corrupt.jpg" in err and "tiny.png" in err
+    assert train_job.main([*_args(dataset_with_bad_files, backbone, tmp_path / "run"), "--check", "--skip-bad-files"]) == 0
+    assert "(2 file(s) would be skipped)" in capsys.readouterr().out
     assert not (tmp_path / "run").exists()
 
 

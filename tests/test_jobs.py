@@ -91,8 +91,33 @@ def test_every_configuration_field_is_a_documented_flag():
     add_training_arguments(parser)
     flags = {action.dest: action for action in parser._actions}
     for field in dataclasses.fields(TrainConfig):
+        if field.metadata.get("command_line") is False:  # set by the job (head_cycle_ends), documented in config.json
+            assert field.name not in flags
+            continue
         assert field.name in flags and field.metadata["help"] in flags[field.name].help, field.name
     config = config_from_args(parse_args(["--validation-split", "0.3", "--skip-bad-files", "--max-image-megapixels",
                                           "50", "--no-augment", "--no-cache-features", "--bf16", "--seed", "7"]))
     assert (config.validation_split, config.bad_files, config.max_image_megapixels, config.augment,
             config.cache_features, config.bf16, config.seed) == (0.3, "skip", 50.0, False, False, True, 7)
+
+
+def test_a_ray_run_stopped_before_its_first_epoch_offers_no_resume(tiny_backbone, colour_dataset, tmp_path, monkeypatch,
+                                                                  capsys):
+    """Ray Train creates <run>/ray/ when it starts; only a checkpoint in it is something --resume continues from."""
+    from jobs.train import main as train_job
+    from tl_core.training import ray_train
+
+    def starts_then_stops(config, sources):
+        (tmp_path / "run" / "ray" / "ray-train-run").mkdir(parents=True, exist_ok=True)  # Ray writes it before any epoch
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ray_train, "train_on_ray", starts_then_stops)
+    args = ["--data-dir", str(colour_dataset), "--backbone", tiny_backbone, "--image-size", "32", "--batch-size", "8",
+            "--ray", "--output-dir", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache")]
+    assert train_job(args) == 130
+    err = capsys.readouterr().err
+    assert "No epoch was completed." in err and "--resume" not in err
+    (tmp_path / "run" / "ray" / "checkpoint_000000").mkdir()  # after an epoch
+    assert train_job([*args[:-4], "--resume", "--output-dir", str(tmp_path / "run"), "--cache-dir",
+                      str(tmp_path / "cache")]) == 130
+    assert "python -m jobs.train --resume --output-dir" in capsys.readouterr().err

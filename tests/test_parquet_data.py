@@ -1,4 +1,8 @@
 """Class folders -> Parquet shards (jobs.ingest) -> the same images, labels and training."""
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -155,3 +159,31 @@ def test_predict_refuses_presized_parquet_with_what_to_do(presized_dataset):
 
     with pytest.raises(ValueError, match="jobs.evaluate"):
         list_inputs(presized_dataset / "validation")
+
+
+@pytest.mark.parametrize("train_format, validation_format", [("folders", "folders"), ("folders", "parquet"),
+                                                              ("parquet", "folders"), ("parquet", "parquet")])
+@pytest.mark.parametrize("skip", [False, True])
+def test_mixed_split_formats_with_a_bad_file(tiny_backbone, colour_dataset, parquet_dataset, tmp_path, capsys,
+                                             train_format, validation_format, skip):
+    """train/ and validation/ each as class folders (holding a bad file) or Parquet shards, with and without
+    --skip-bad-files: a bad file stops the run in one line, or is skipped; never a stack trace."""
+    from jobs.train import main as train_job
+
+    data = tmp_path / "data"
+    for split, fmt in (("train", train_format), ("validation", validation_format)):
+        shutil.copytree((colour_dataset if fmt == "folders" else parquet_dataset) / split, data / split)
+        if fmt == "folders":
+            (data / split / "red" / "broken.png").write_bytes(b"not an image")
+    folders = [split for split, fmt in (("train", train_format), ("validation", validation_format)) if fmt == "folders"]
+    status = train_job(["--data-dir", str(data), "--backbone", tiny_backbone, "--image-size", str(TINY_IMAGE_SIZE),
+                        "--batch-size", "8", "--epochs", "1", "--output-dir", str(tmp_path / "run"),
+                        "--cache-dir", str(tmp_path / "cache"), *(["--skip-bad-files"] if skip else [])])
+    err = capsys.readouterr().err
+    if folders and not skip:
+        assert status == 2 and f"{len(folders)} file(s) cannot be used for training" in err, err
+        assert not (tmp_path / "run").exists()
+    else:
+        assert status == 0, err
+        skipped = json.loads((tmp_path / "run" / "skipped_files.json").read_text()) if folders else []
+        assert sorted(Path(item["path"]).parent.parent.name for item in skipped) == folders

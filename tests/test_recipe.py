@@ -1,4 +1,5 @@
 """The default recipe (augmented feature bank, head schedule) and the seed's recipe, one switch away."""
+import dataclasses
 import json
 
 import numpy as np
@@ -7,7 +8,7 @@ import tensorflow as tf
 
 from conftest import tiny_config
 from jobs.train import config_from_args, parse_args
-from tl_core.config import SEED_RECIPE, TrainConfig
+from tl_core.config import ADDED_FIELDS, CONFIG_VERSION, SEED_RECIPE, VERSION_KEY, TrainConfig
 from tl_core.data.images import list_image_folder, make_dataset
 from tl_core.model.classifier import build_classifier
 from tl_core.run_dir import prepare_run_dir
@@ -122,11 +123,33 @@ def test_resume_is_exact_with_the_bank_the_schedule_and_a_deeper_head(tiny_backb
 
 
 def test_one_cycle_warms_up_then_decays_to_zero():
-    schedule = OneCycle(1e-3, total_steps=100)
+    schedule = OneCycle(1e-3, [100])
     rates = [float(schedule(step)) for step in range(101)]
     assert rates[0] == pytest.approx(1e-3 / 25) and max(rates) == pytest.approx(1e-3) and rates[25] == pytest.approx(1e-3)
     assert all(a <= b for a, b in zip(rates[:25], rates[1:26])) and all(a >= b for a, b in zip(rates[25:], rates[26:]))
     assert rates[100] == pytest.approx(0, abs=1e-12)
+
+
+def test_a_second_cycle_repeats_the_shape_over_the_added_steps():
+    one, two = OneCycle(1e-3, [100]), OneCycle(1e-3, [100, 140])
+    assert [float(two(step)) for step in range(100)] == [float(one(step)) for step in range(100)]  # the first unchanged
+    rates = [float(two(step)) for step in range(100, 141)]
+    assert rates[0] == pytest.approx(1e-3 / 25) and rates[10] == pytest.approx(1e-3)  # warm-up: a quarter of 40 steps
+    assert rates[40] == pytest.approx(0, abs=1e-12)
+
+
+@pytest.mark.parametrize("first, epochs, ends, later, later_ends", [
+    (60, 120, [60, 120], 180, [60, 120, 180]),  # trained longer, twice: a cycle per extension
+    (60, 40, [60], 60, None),  # stopped early within the planned cycle, then resumed to its end: that one cycle
+    (60, 60, None, 60, None),  # an interrupted run resumed as it was asked for
+])
+def test_training_longer_adds_a_cycle_and_training_less_keeps_it(first, epochs, ends, later, later_ends):
+    config = TrainConfig(epochs=first).trained_longer(epochs)
+    assert (config.epochs, config.head_cycle_ends) == (epochs, ends)
+    assert TrainConfig.from_dict(config.to_dict()) == config  # saved in config.json
+    assert config.trained_longer(later).head_cycle_ends == later_ends
+    seed = TrainConfig(**SEED_RECIPE).trained_longer(12)  # a constant rate has no cycles
+    assert (seed.epochs, seed.head_cycle_ends) == (12, None)
 
 
 def test_a_deeper_head_exports_and_serves(tiny_backbone):
@@ -157,9 +180,41 @@ def test_the_head_options_train_and_round_trip_through_the_saved_config(tiny_bac
     assert TrainConfig.from_json(tmp_path / "run" / "config.json") == config
 
 
+def saved_before_versions(config: TrainConfig) -> dict:
+    """config.json as the job wrote it before the schema version and the head options existed."""
+    return {key: value for key, value in config.to_dict().items() if key not in (*ADDED_FIELDS, VERSION_KEY, "head_cycle_ends")}
+
+
 def test_a_config_saved_before_the_head_options_keeps_the_head_it_trained(tmp_path):
-    saved = {key: value for key, value in TrainConfig(**SEED_RECIPE).to_dict().items()
-             if key not in ("feature_views", "head_schedule", "head_hidden", "head_dropout", "head_l2", "label_smoothing",
-                            "adapt_batchnorm")}
-    (tmp_path / "config.json").write_text(json.dumps(saved))
+    (tmp_path / "config.json").write_text(json.dumps(saved_before_versions(TrainConfig(**SEED_RECIPE))))
     assert TrainConfig.from_json(tmp_path / "config.json") == TrainConfig(**SEED_RECIPE)
+
+
+def test_a_hand_written_config_means_the_chosen_recipe_plus_its_values(tmp_path):
+    (tmp_path / "hand.json").write_text('{"epochs": 10}')
+    assert config_from_args(parse_args(["--config", str(tmp_path / "hand.json")])) == TrainConfig(epochs=10)
+    seed = config_from_args(parse_args(["--config", str(tmp_path / "hand.json"), "--recipe", "seed"]))
+    assert seed == TrainConfig(**{**SEED_RECIPE, "epochs": 10})
+    saved = TrainConfig(head_hidden=0, epochs=3).to_dict()  # what a run writes: every field, and the version
+    assert saved[VERSION_KEY] == CONFIG_VERSION and TrainConfig.from_dict(saved) == TrainConfig(head_hidden=0, epochs=3)
+    (tmp_path / "newer.json").write_text(json.dumps({**saved, VERSION_KEY: CONFIG_VERSION + 1}))
+    with pytest.raises(ValueError, match="written by a newer release"):
+        config_from_args(parse_args(["--config", str(tmp_path / "newer.json")]))
+    (tmp_path / "broken.json").write_text('{"epochs": ')
+    with pytest.raises(ValueError, match="broken.json is not valid JSON"):
+        TrainConfig.from_json(tmp_path / "broken.json")
+
+
+def test_a_run_saved_before_versions_resumes_and_reproduces_as_before(tiny_backbone, colour_dataset, tmp_path):
+    straight = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "straight", augment=False, epochs=3))
+    train(straight)
+    old = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "old", augment=False, epochs=2))
+    train(old)
+    (tmp_path / "old" / "config.json").write_text(json.dumps(saved_before_versions(old)))
+    resumed = config_from_args(parse_args(["--resume", "--output-dir", str(tmp_path / "old"), "--epochs", "3"]))
+    train(prepare_run_dir(resumed, resume=True))
+    expected, got = (tf.saved_model.load(str(tmp_path / name / "model")).model.variables for name in ("straight", "old"))
+    for want, have in zip(expected, got):
+        np.testing.assert_allclose(have.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+    reproduced = config_from_args(parse_args(["--config", str(tmp_path / "old" / "config.json")]))
+    assert reproduced == dataclasses.replace(straight, output_dir=None)  # the seed recipe's head, not today's default

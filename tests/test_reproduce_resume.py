@@ -11,6 +11,7 @@ import tensorflow as tf
 from conftest import TINY_IMAGE_SIZE, tiny_config
 from jobs.train import config_from_args, main as train_job, parse_args
 from tl_core.run_dir import prepare_run_dir
+from tl_core.training.models import OneCycle
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -58,6 +59,13 @@ def test_the_readme_resume_commands_need_only_the_run_directory(first_run, capsy
         assert train_job(command) == 0, capsys.readouterr().err
     history = json.loads((first_run / "history.json").read_text())
     assert [row["epoch"] for row in history] == list(range(1, 11))  # the second command asks for 10 epochs
+    # Trained longer, the added epochs run a one-cycle of their own: the rate rises again after epoch 2, then decays to 0.
+    assert json.loads((first_run / "config.json").read_text())["head_cycle_ends"] == [2, 10]
+    steps = 6  # 48 training images, batch 8
+    # history's rate: the one of each epoch's last step
+    expected = [float(OneCycle(0.05, [2 * steps, 10 * steps])(epoch * steps - 1)) for epoch in range(1, 11)]
+    np.testing.assert_allclose([row["learning_rate"] for row in history], expected, rtol=1e-6, atol=1e-9)
+    assert history[2]["learning_rate"] > history[1]["learning_rate"] and history[-1]["learning_rate"] < 0.05 / 100
     assert "Resumed from" in capsys.readouterr().out
 
 

@@ -110,19 +110,39 @@ def test_tflite_exports_agree_with_the_saved_model(finished_run):
 
 
 def _head_weights(run_dir):
+    """The exported model's weights, the frozen backbone's excepted (the tiny one's conv2d), by position: Keras numbers the
+    names of layers built in one process (dense, dense_1, ...)."""
     model = tf.saved_model.load(f"{run_dir}/model")
-    return {v.name: v.numpy() for v in model.model.variables if "head" in v.name}
+    return dict(enumerate(v.numpy() for v in model.model.variables if not v.name.startswith("conv2d")))
 
 
-def test_resume_continues_to_the_same_result(tiny_backbone, colour_dataset, tmp_path):
-    straight = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "straight", epochs=3))
+class StopAfterEpoch(tf.keras.callbacks.Callback):
+    """Ctrl-C at the end of an epoch (after its checkpoint: the run's own callback comes first)."""
+
+    def __init__(self, epoch: int):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("recipe", ["seed", "default"])
+def test_an_interrupted_run_resumed_ends_with_the_weights_of_an_uninterrupted_one(tiny_backbone, colour_dataset, tmp_path,
+                                                                                   recipe):
+    straight = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "straight", recipe, epochs=3))
     train(straight)
-    partial = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "resumed", epochs=2))
-    train(partial)
-    resumed = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "resumed", epochs=3), resume=True)
+    interrupted = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "resumed", recipe, epochs=3))
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, callbacks=[StopAfterEpoch(2)])
+    assert len(json.loads((tmp_path / "resumed" / "history.json").read_text())) == 2
+    resumed = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "resumed", recipe, epochs=3), resume=True)
     train(resumed)
     history = json.loads((tmp_path / "resumed" / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3]
+    straight_history = json.loads((tmp_path / "straight" / "history.json").read_text())
+    assert [row["learning_rate"] for row in history] == [row["learning_rate"] for row in straight_history]
     expected, got = _head_weights(tmp_path / "straight"), _head_weights(tmp_path / "resumed")
     assert expected.keys() == got.keys() and expected
     for name in expected:

@@ -12,7 +12,7 @@ from pathlib import Path
 def option(default, help: str, **flag):
     """A configuration field and its documentation. flag: how its command-line flag differs from the
     plain --field-name: flag="--skip-bad-files" with const=...; negative=True (only --no-name);
-    negatable=True (--name and --no-name); group=... (an argument group)."""
+    negatable=True (--name and --no-name); group=... (an argument group); command_line=False (no flag: the job sets it)."""
     return dataclasses.field(default=default, metadata={"help": help, **flag})
 
 
@@ -23,8 +23,15 @@ RAY_GROUP = "distributed training on Ray Train"
 SEED_RECIPE = {"augment": True, "epochs": 6, "head_hidden": 0, "feature_views": 0, "head_schedule": "constant",
                "head_dropout": 0.0, "learning_rate": 1e-3}
 
-# Fields added after runs were saved, with the value such a run trained with: a config.json without them
-# reproduces and resumes that run, not today's default.
+# config.json's schema. Every file the job writes carries it (to_dict); a file without it is either a run saved before
+# it existed (it names every field of the first release, FIRST_FIELDS, as every saved config.json did) or written
+# by hand. Version 2: the first with the key; head_cycle_ends added.
+CONFIG_VERSION = 2
+VERSION_KEY = "config_version"
+FIRST_FIELDS = {"data_dir", "backbone", "image_size", "batch_size", "epochs", "learning_rate", "augment", "seed",
+                "output_dir", "cache_dir"}
+# Fields added before the version existed, with the value a run saved without them trained with: such a
+# config.json reproduces and resumes that run, not today's default.
 ADDED_FIELDS = {"feature_views": 0, "head_schedule": "constant", "head_hidden": 0, "head_dropout": 0.0, "head_l2": 0.0,
                 "label_smoothing": 0.0, "adapt_batchnorm": False}
 
@@ -59,6 +66,10 @@ class TrainConfig:
                                 "unused with --no-augment)")
     head_schedule: str = option("one_cycle", "the head's learning rate: 'constant', or 'one_cycle' (warm-up to "
                                 "--learning-rate over the first quarter of the steps, then cosine decay to zero)")
+    head_cycle_ends: list[int] | None = option(None, "the epochs at which each one-cycle of the head's learning rate "
+                                               "ends (None: one cycle over --epochs). Set by `--resume --epochs N` past "
+                                               "the last end: the added epochs run a one-cycle of their own",
+                                               command_line=False)
     head_hidden: int = option(256, "units of a hidden ReLU layer in the head (0: the seed recipe's single Dense layer)")
     head_dropout: float = option(0.0, "dropout in front of each Dense layer of the head, while training")
     head_l2: float = option(0.0, "L2 penalty on the kernels of the head's Dense layers (0: none)")
@@ -108,6 +119,20 @@ class TrainConfig:
         return self.cache_features if self.cache_features is not None else (not self.augment or self.uses_feature_bank)
 
     @property
+    def head_cycles(self) -> list[int]:
+        """The epochs at which each one-cycle of the head's learning rate ends."""
+        return self.head_cycle_ends or [self.epochs]
+
+    def trained_longer(self, epochs: int) -> "TrainConfig":
+        """This run with `epochs` head epochs (`--resume --epochs`): epochs past the last cycle's end run a one-cycle of
+        their own, as calling fastai's fit_one_cycle again does; fewer epochs stop within the cycle planned, so that
+        resuming it with its first epoch count later continues that cycle exactly."""
+        if self.head_schedule != "one_cycle":
+            return dataclasses.replace(self, epochs=epochs)
+        ends = self.head_cycles + ([epochs] if epochs > self.head_cycles[-1] else [])
+        return dataclasses.replace(self, epochs=epochs, head_cycle_ends=None if ends == [epochs] else ends)
+
+    @property
     def uses_ray(self) -> bool:
         return self.ray or self.num_workers > 1
 
@@ -154,25 +179,48 @@ class TrainConfig:
                 raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)!r}")
         if not self.head_l2 >= 0:
             raise ValueError(f"head_l2 must be zero or positive, got {self.head_l2!r}")
+        ends = self.head_cycle_ends
+        if ends is not None and not (isinstance(ends, list) and ends and all(
+                isinstance(end, int) and not isinstance(end, bool) and end > 0 for end in ends)
+                and ends == sorted(set(ends)) and ends[-1] >= self.epochs):
+            raise ValueError(f"head_cycle_ends must be increasing positive epoch numbers, the last at least epochs "
+                             f"({self.epochs}), got {ends!r}")
         if not isinstance(self.max_failures, int) or self.max_failures < 0:
             raise ValueError(f"max_failures must be a non-negative integer, got {self.max_failures!r}")
 
     def to_dict(self) -> dict:
-        """The fields, plus the derived global batch size (stated for the reader, ignored on load)."""
-        return {**dataclasses.asdict(self), "global_batch_size": self.global_batch_size}
+        """The fields, the schema version, and the derived global batch size (stated for the reader, ignored on load)."""
+        return {VERSION_KEY: CONFIG_VERSION, **dataclasses.asdict(self), "global_batch_size": self.global_batch_size}
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
-        values = {**ADDED_FIELDS, **{key: value for key, value in values.items() if key != "global_batch_size"}}
+    def from_dict(cls, values: dict, base: dict | None = None) -> "TrainConfig":
+        """The configuration values describe. A run saved before the schema version existed gets the settings it
+        trained with (ADDED_FIELDS) for the fields it lacks; any other dict (saved since, or written by hand)
+        means `base` (default: today's defaults; e.g. SEED_RECIPE) plus its values."""
+        values = dict(values)
+        version = values.pop(VERSION_KEY, None)
+        values.pop("global_batch_size", None)
+        if version is not None and (not isinstance(version, int) or version > CONFIG_VERSION):
+            raise ValueError(f"{VERSION_KEY} {version!r} is not one this version of the job reads (it reads up to "
+                             f"{CONFIG_VERSION}): the configuration was written by a newer release")
         known = {field.name for field in dataclasses.fields(cls)}
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown configuration keys {sorted(unknown)}; known keys: {sorted(known)}")
-        return cls(**values)
+        saved_before_versions = version is None and FIRST_FIELDS <= set(values)
+        return cls(**{**(ADDED_FIELDS if saved_before_versions else base or {}), **values})
 
     @classmethod
-    def from_json(cls, path: str | Path) -> "TrainConfig":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+    def from_json(cls, path: str | Path, base: dict | None = None) -> "TrainConfig":
+        try:
+            values = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON ({error.msg}, line {error.lineno}): a configuration file is a "
+                             "JSON object of settings, e.g. {\"epochs\": 10}") from None
+        if not isinstance(values, dict):
+            raise ValueError(f"{path} holds a JSON {type(values).__name__}, not an object of settings such as "
+                             "{\"epochs\": 10}")
+        return cls.from_dict(values, base)
 
     def describe(self) -> str:
         values = self.to_dict()

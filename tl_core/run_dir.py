@@ -62,7 +62,7 @@ def default_output_dir() -> str:
     return str(path)
 
 
-RESUME_MAY_CHANGE = ("epochs", "fine_tune_epochs")  # a resumed run may train longer; nothing else may differ
+RESUME_MAY_CHANGE = ("epochs", "fine_tune_epochs", "head_cycle_ends")  # a resumed run may train longer (its cycles follow)
 PATH_FIELDS = ("data_dir", "output_dir", "cache_dir")
 
 
@@ -102,7 +102,7 @@ def prepare_run_dir(config: TrainConfig, *, overwrite: bool = False, resume: boo
             raise RunDirectoryError(
                 f"--resume: {', '.join(changed)}: a run resumes with its saved configuration ({saved}); "
                 f"only --epochs and --fine-tune-epochs may change. To train with other settings, start a new run")
-        config = dataclasses.replace(previous, epochs=config.epochs, fine_tune_epochs=config.fine_tune_epochs)
+        config = dataclasses.replace(previous.trained_longer(config.epochs), fine_tune_epochs=config.fine_tune_epochs)
     elif run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise RunDirectoryError(

@@ -119,6 +119,11 @@ class ParquetImages:
         first = sum(sizes[:index])
         return self._rows(range(len(self.segments)), first, first + sizes[index])
 
+    def without(self, paths) -> "ParquetImages":
+        """The same rows: the files a run skips are image files of a folder split, and Parquet rows are never skipped
+        (sources.enforce_policy refuses bad rows)."""
+        return self
+
     def _rows(self, segment_order, first: int, last: int) -> "ParquetImages":
         """Rows first..last-1 of the row sequence the segments make in segment_order (segments cut where needed)."""
         segments, labels, position = [], [], 0

@@ -164,6 +164,10 @@ def describe_check(check: DatasetCheck) -> str:
     return "\n".join(lines)
 
 
+class BadFilesError(DatasetError):
+    """The check found files that cannot be used, and the run does not skip them."""
+
+
 def enforce_policy(check: DatasetCheck, policy: str) -> list[BadFile]:
     """Raise listing every bad file (policy "fail"), or return the files to skip (policy "skip")."""
     if not check.bad_files:
@@ -175,7 +179,7 @@ def enforce_policy(check: DatasetCheck, policy: str) -> list[BadFile]:
                                f"{format_bad_files(rows)}\nre-run `python -m jobs.ingest --skip-bad-files` "
                                "on the image folders")
         return check.bad_files
-    raise DatasetError(f"{len(check.bad_files)} file(s) cannot be used for training:\n"
+    raise BadFilesError(f"{len(check.bad_files)} file(s) cannot be used for training:\n"
                        f"{format_bad_files(check.bad_files)}\n"
                        "fix or remove them, or pass --skip-bad-files to train without them "
                        f"(they are then listed in the run directory's {SKIPPED_FILES})")

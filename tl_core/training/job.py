@@ -45,17 +45,27 @@ def show_batch(config: TrainConfig, path: Path, log=print) -> None:
     write_fed_batch(config, train_images.shard(0, config.num_workers, seed=config.seed), path)
 
 
+def checkpoint_location(config: TrainConfig) -> str:
+    run_dir = Path(config.output_dir)
+    return f"{run_dir / RAY_DIR} (Ray Train's checkpoints)" if config.uses_ray else str(run_dir / CHECKPOINT_DIR)
+
+
+def has_checkpoint(config: TrainConfig) -> bool:
+    """Whether the run directory holds a completed epoch's checkpoint that --resume continues from (Ray Train's, in a
+    Ray run: its ray/ directory exists from the start, checkpoints appear in it after each epoch)."""
+    run_dir = Path(config.output_dir)
+    if config.uses_ray:
+        return (run_dir / RAY_DIR).is_dir() and any(path.name.startswith("checkpoint_")
+                                                    for path in (run_dir / RAY_DIR).iterdir())
+    return (run_dir / CHECKPOINT_DIR / HISTORY_JSON).exists()
+
+
 def check_resume_point(config: TrainConfig, log=print) -> None:
     """A resumed run continues from a checkpoint of its last completed epoch, or says why it cannot."""
     run_dir = Path(config.output_dir)
     history = run_dir / HISTORY_JSON
     completed = len(json.loads(history.read_text())) if history.exists() else 0
-    if config.uses_ray:
-        found = (run_dir / RAY_DIR).is_dir() and any(path.name.startswith("checkpoint_") for path in (run_dir / RAY_DIR).iterdir())
-        where = f"{run_dir / RAY_DIR} (Ray Train's checkpoints)"
-    else:
-        found = (run_dir / CHECKPOINT_DIR / HISTORY_JSON).exists()
-        where = str(run_dir / CHECKPOINT_DIR)
+    found, where = has_checkpoint(config), checkpoint_location(config)
     if completed and not found:
         raise RunDirectoryError(f"--resume: {run_dir} completed {completed} epoch(s) but {where} holds no checkpoint "
                                 "to continue from; start again with --overwrite")

@@ -19,28 +19,34 @@ HEAD, FINE_TUNE = "head", "fine_tune"
 
 
 class OneCycle(tf_keras.optimizers.schedules.LearningRateSchedule):
-    """fastai's fit_one_cycle shape: a cosine warm-up from peak / 25 to peak over the first quarter of the
-    steps, then a cosine decay to zero. A function of the optimizer's step count: resuming is exact."""
+    """fastai's fit_one_cycle shape, once per cycle: a cosine warm-up from peak / 25 to peak over the first quarter of
+    the cycle's steps, then a cosine decay to zero. cycle_ends: the step at which each cycle ends ([total steps] for one
+    cycle; a run trained longer adds one). A function of the optimizer's step count: resuming is exact."""
 
-    def __init__(self, peak: float, total_steps: int, warmup: float = 0.25):
-        self.peak, self.total_steps, self.warmup = peak, max(int(total_steps), 2), warmup
+    def __init__(self, peak: float, cycle_ends: list[int], warmup: float = 0.25):
+        self.peak, self.cycle_ends, self.warmup = peak, [int(end) for end in cycle_ends], warmup
+        self.starts = [0, *self.cycle_ends[:-1]]
+        self.lengths = [max(end - start, 2) for start, end in zip(self.starts, self.cycle_ends)]
 
     def __call__(self, step):
         step = tf.cast(step, tf.float32)
-        warm = float(max(1, round(self.total_steps * self.warmup)))
+        cycle = tf.reduce_sum(tf.cast(step >= tf.constant(self.cycle_ends[:-1], tf.float32), tf.int32))  # the last runs on
+        step = step - tf.gather(tf.constant(self.starts, tf.float32), cycle)
+        total = tf.gather(tf.constant(self.lengths, tf.float32), cycle)
+        warm = tf.gather(tf.constant([float(max(1, round(length * self.warmup))) for length in self.lengths]), cycle)
         start = self.peak / 25
         rising = start + (self.peak - start) * (1 - tf.cos(math.pi * tf.minimum(step / warm, 1.0))) / 2
-        falling = self.peak * (1 + tf.cos(math.pi * tf.clip_by_value((step - warm) / (self.total_steps - warm), 0.0, 1.0))) / 2
+        falling = self.peak * (1 + tf.cos(math.pi * tf.clip_by_value((step - warm) / (total - warm), 0.0, 1.0))) / 2
         return tf.where(step < warm, rising, falling)
 
     def get_config(self) -> dict:
-        return {"peak": self.peak, "total_steps": self.total_steps, "warmup": self.warmup}
+        return {"peak": self.peak, "cycle_ends": self.cycle_ends, "warmup": self.warmup}
 
 
 def head_learning_rate(config: TrainConfig, steps_per_epoch: int):
-    """The head's learning rate: config.learning_rate throughout, or its one-cycle schedule over the head's epochs."""
+    """The head's learning rate: config.learning_rate throughout, or its one-cycle schedule over each of the head's cycles."""
     if config.head_schedule == "one_cycle":
-        return OneCycle(config.learning_rate, config.epochs * steps_per_epoch)
+        return OneCycle(config.learning_rate, [end * steps_per_epoch for end in config.head_cycles])
     return config.learning_rate
 
 
