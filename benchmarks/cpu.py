@@ -100,7 +100,7 @@ def run_image_data_generator(data_dir: Path, handle: str) -> dict:
     validation_generator = ImageDataGenerator(rescale=1.0 / 255).flow_from_directory(
         data_dir / "validation", target_size=(224, 224), batch_size=BATCH, class_mode="sparse")
     model = build_classifier(handle, train_generator.num_classes, 224)
-    compile_classifier(model, 1e-3)
+    compile_classifier(model, tf.keras.optimizers.Adam(1e-3))
 
     class EpochTimer(tf.keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):

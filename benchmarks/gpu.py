@@ -55,7 +55,7 @@ def images_per_second(forward, batch, repetitions: int) -> float:
 def training_step_rate(classifier, batch_size: int, steps: int, jit: bool) -> float:
     """images/s of fit() on one uint8 batch (with its transforms) repeated: the step alone, data already on the device."""
     trainer = training_model(classifier, 224, augment=True)
-    compile_classifier(trainer, 1e-3, jit_compile=jit)
+    compile_classifier(trainer, tf.keras.optimizers.Adam(1e-3), jit_compile=jit)
     images = tf.random.uniform([batch_size, 224, 224, 3], maxval=256, dtype=tf.int32, seed=0)
     features = {"images": tf.cast(images, tf.uint8),
                 "transforms": augment.random_transforms(batch_size, tf.constant([0, 0], tf.int64), 224, 224)}

@@ -24,40 +24,36 @@ from pathlib import Path
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from jobs.cli import CHECK_FOUND_BAD_FILES, add_quiet_argument, run_command
+from jobs.train import add_field_arguments, given_fields
 from tl_core.config import TrainConfig
 
+INGEST_FIELDS = ("data_dir", "validation_split", "seed", "bad_files", "min_image_side", "max_image_megapixels", "cache_dir")
 
-def main(argv=None) -> int:
+
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m jobs.ingest", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", help="directory with train/ and validation/ class folders, or class folders "
-                        "to split (default: the built-in cats-vs-dogs sample)")
+    # The settings a training run shares, declared once (tl_core/config.py): the data and how it is checked.
+    add_field_arguments(parser, TrainConfig, only=INGEST_FIELDS)
     parser.add_argument("--output", help="directory for the Parquet dataset (new, or empty)")
     parser.add_argument("--check", action="store_true",
                         help="only check the data: list every file that cannot be used, write nothing")
-    parser.add_argument("--skip-bad-files", action="store_true",
-                        help="leave files that cannot be used out of the Parquet dataset (default: stop and list them)")
-    parser.add_argument("--validation-split", type=float, default=TrainConfig.validation_split,
-                        help="fraction of each class held out when --data-dir has no train/ and validation/ "
-                        f"(default {TrainConfig.validation_split})")
     parser.add_argument("--image-size", type=int,
                         help="store each image decoded and resized to NxN (raw RGB pixels, lossless): training at "
                         "--image-size N then skips decoding and resizing (default: keep the files' encoded bytes)")
-    parser.add_argument("--min-image-side", type=int, default=TrainConfig.min_image_side,
-                        help=f"smaller images are bad files (default {TrainConfig.min_image_side} pixels)")
-    parser.add_argument("--max-image-megapixels", type=float, default=TrainConfig.max_image_megapixels,
-                        help="larger images are bad files, refused from their header before decoding "
-                        f"(default {TrainConfig.max_image_megapixels:g}); the limits are recorded in the shards, and "
-                        "training with limits no stricter does not decode the rows again")
     parser.add_argument("--rows-per-file", type=int, default=5000, help="images per Parquet file (default 5000)")
     parser.add_argument("--ray", action="store_true",
                         help="check and write on a Ray cluster's CPUs (the cluster of `ray job submit` or $RAY_ADDRESS, "
                         "else Ray on this machine); default: in this process")
-    parser.add_argument("--cache-dir", help="asset cache: the built-in sample, and the verdicts of earlier checks")
     add_quiet_argument(parser)
     args = parser.parse_args(argv)
     if not args.check and not args.output:
         parser.error("--output is required (or pass --check)")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
 
     def body() -> int:
         from tl_core.data.checks import format_bad_files
@@ -67,10 +63,9 @@ def main(argv=None) -> int:
 
         if not args.check:
             check_arguments(Path(args.output), image_size=args.image_size, rows_per_file=args.rows_per_file)
-        # batch_size=1: a dataset of any size can be ingested; jobs.train checks its own batch size.
-        config = TrainConfig(data_dir=args.data_dir, cache_dir=args.cache_dir, batch_size=1,
-                             validation_split=args.validation_split, min_image_side=args.min_image_side,
-                             max_image_megapixels=args.max_image_megapixels)
+        # batch_size=1: a dataset of any size can be ingested; jobs.train checks its own batch size. The check's
+        # limits are recorded in the shards: training with limits no stricter does not decode the rows again.
+        config = TrainConfig(**given_fields(args, TrainConfig), batch_size=1)
         if args.ray:
             from tl_core.data.ingest_ray import find_bad_files_on_ray as find_bad, write_parquet_shards_on_ray as write
         else:
@@ -85,7 +80,7 @@ def main(argv=None) -> int:
                 return CHECK_FOUND_BAD_FILES
             print("Check passed: every file is a usable image.")
             return 0
-        ingest(check, Path(args.output), skip_bad_files=args.skip_bad_files, image_size=args.image_size,
+        ingest(check, Path(args.output), skip_bad_files=config.bad_files == "skip", image_size=args.image_size,
                rows_per_file=args.rows_per_file, write=write)
         size_flag = f" --image-size {args.image_size}" if args.image_size else ""
         print(f"Parquet dataset written to {args.output}; train with: python -m jobs.train --data-dir {args.output}"

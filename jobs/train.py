@@ -27,12 +27,12 @@ def add_training_arguments(parser: argparse.ArgumentParser, exclude=()) -> None:
     add_field_arguments(parser, TrainConfig, exclude)
 
 
-def add_field_arguments(parser: argparse.ArgumentParser, settings_class, exclude=()) -> None:
-    """A flag per field of a settings dataclass (declared with config.option), made from the field's documentation;
-    an unset flag is None (the default, or --config's value, applies)."""
+def add_field_arguments(parser: argparse.ArgumentParser, settings_class, exclude=(), only=None) -> None:
+    """A flag per field of a settings dataclass (declared with config.option; or per field named in `only`), made
+    from the field's documentation; an unset flag is None (the default, or --config's value, applies)."""
     groups = {}
     for field in dataclasses.fields(settings_class):
-        if field.name in exclude or field.metadata.get("command_line") is False:
+        if field.name in exclude or field.metadata.get("command_line") is False or (only and field.name not in only):
             continue
         meta, name = field.metadata, field.name.replace("_", "-")
         group = parser if "group" not in meta else groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
@@ -72,6 +72,12 @@ def parse_args(argv=None) -> argparse.Namespace:
 RAY_FLAGS = tuple(field.name for field in dataclasses.fields(TrainConfig) if field.metadata.get("group") == RAY_GROUP)
 
 
+def given_fields(args: argparse.Namespace, settings_class) -> dict:
+    """The settings whose flags were given."""
+    return {field.name: getattr(args, field.name) for field in dataclasses.fields(settings_class)
+            if getattr(args, field.name, None) is not None}
+
+
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The configuration the flags ask for.
 
@@ -80,8 +86,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     in the run directory (--output-dir, or --config's); flags given must agree with it, except --epochs.
     A Ray option (--num-workers, --use-gpu, ...) runs the job on Ray Train: none is ignored.
     """
-    overrides = {field.name: getattr(args, field.name) for field in dataclasses.fields(TrainConfig)
-                 if getattr(args, field.name, None) is not None}
+    overrides = given_fields(args, TrainConfig)
     if any(getattr(args, name, None) is not None for name in RAY_FLAGS):
         overrides["ray"] = True
     recipe = SEED_RECIPE if getattr(args, "recipe", "default") == "seed" else {}

@@ -3,6 +3,7 @@ import dataclasses
 import json
 import os
 import secrets
+import time
 from pathlib import Path
 
 import numpy as np
@@ -97,12 +98,35 @@ def test_two_workers_train_like_a_local_run(ray_instance, tiny_backbone, colour_
     assert not set(shards[0]) & set(shards[1])
 
 
+def kill_worker_once(rank: int, epoch: int, marker: Path):
+    """Worker callbacks (train_on_ray's callbacks=): on its first attempt, worker `rank` dies mid-epoch `epoch`
+    (1-based), as if its node failed. A closure: pickled by value, so the Ray workers need not import this module."""
+    def callbacks(worker) -> list:
+        import tf_keras
+
+        class Kill(tf_keras.callbacks.Callback):
+            def on_epoch_begin(self, begun, logs=None):
+                self.epoch = begun + 1
+
+            def on_train_batch_end(self, batch, logs=None):
+                if worker.rank == rank and self.epoch == epoch and batch == 1 and not marker.exists():
+                    # Ray's controller collects reports when it polls workers (every 2 s): a worker
+                    # dying sooner than that after a report loses it. Real epochs are longer.
+                    time.sleep(5)
+                    marker.write_text("killed\n")
+                    os._exit(1)
+
+        return [Kill()]
+
+    return callbacks
+
+
 def test_a_killed_worker_resumes_from_the_last_checkpoint(ray_instance, tiny_backbone, colour_dataset, tmp_path):
-    from tl_core.training.ray_train import KillWorkerOnce, train_on_ray
+    from tl_core.training.ray_train import train_on_ray
 
     config = distributed_config(tiny_backbone, colour_dataset, tmp_path / "ray_fault", epochs=5)
     marker = tmp_path / "killed"
-    train_on_ray(config, fault=KillWorkerOnce(rank=1, epoch=3, marker=marker))
+    train_on_ray(config, callbacks=kill_worker_once(rank=1, epoch=3, marker=marker))
     assert marker.exists()  # the fault really fired
     history = json.loads((Path(config.output_dir) / "history.json").read_text())
     assert [row["epoch"] for row in history] == [1, 2, 3, 4, 5]  # no epoch twice, none missing

@@ -121,3 +121,15 @@ def test_a_ray_run_stopped_before_its_first_epoch_offers_no_resume(tiny_backbone
     assert train_job([*args[:-4], "--resume", "--output-dir", str(tmp_path / "run"), "--cache-dir",
                       str(tmp_path / "cache")]) == 130
     assert "python -m jobs.train --resume --output-dir" in capsys.readouterr().err
+
+
+def test_ingest_declares_the_settings_it_shares_with_training_once():
+    from jobs.ingest import INGEST_FIELDS, parse_args as ingest_args
+
+    parser_help = subprocess.run([sys.executable, "-m", "jobs.ingest", "--help"], capture_output=True, text=True,
+                                 timeout=120).stdout
+    for name in INGEST_FIELDS:
+        field = TrainConfig.__dataclass_fields__[name]
+        assert " ".join(field.metadata["help"].split()[:6]) in " ".join(parser_help.split()), name  # the config's text
+    args = ingest_args(["--check", "--seed", "4", "--skip-bad-files", "--min-image-side", "16"])
+    assert (args.seed, args.bad_files, args.min_image_side, args.max_image_megapixels) == (4, "skip", 16, None)

@@ -128,6 +128,19 @@ class StopAfterEpoch(tf.keras.callbacks.Callback):
             raise KeyboardInterrupt
 
 
+def test_keras_callbacks_see_the_validation_metrics(tiny_backbone, colour_dataset, tmp_path):
+    seen = []
+
+    class Record(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            seen.append((epoch + 1, logs["val_loss"], logs["val_accuracy"], logs["loss"]))
+
+    train(prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "run", "default", epochs=3)),
+          callbacks=[Record()])
+    history = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert seen == [(row["epoch"], row["val_loss"], row["val_accuracy"], row["loss"]) for row in history]
+
+
 @pytest.mark.parametrize("recipe", ["seed", "default"])
 def test_an_interrupted_run_resumed_ends_with_the_weights_of_an_uninterrupted_one(tiny_backbone, colour_dataset, tmp_path,
                                                                                    recipe):

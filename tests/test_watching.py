@@ -121,6 +121,29 @@ def test_epochs_logged_past_a_lost_checkpoint_are_replaced(tmp_path):
     assert [(step, float(value)) for step, value in losses] == [(1, 1.0), (2, 1.0), (3, 2.0), (4, 2.0)]
 
 
+def test_each_start_writes_tensorboards_restart_marker_through_one_private_function(tmp_path):
+    """TensorBoard drops what the files hold from a SessionLog.START's step on. tf.summary cannot write that event:
+    tensorboard_log.write_event uses TensorFlow's private import_event, imported there alone; this test fails loudly
+    if an upgrade removes it."""
+    import ast
+
+    import tensorflow as tf
+
+    from tl_core.training import tensorboard_log
+
+    rows = [{"epoch": epoch, "phase": "head", "loss": 1.0, "accuracy": 0.5, "learning_rate": 1e-3, "images_per_second": 1.0,
+             "val_loss": 1.0, "val_accuracy": 0.5} for epoch in (1, 2)]
+    TensorBoardLog(tmp_path, completed_epochs=0).write_epochs(rows)
+    TensorBoardLog(tmp_path, completed_epochs=2)  # the run resumed after epoch 2
+    starts = [event.step for path in sorted((tmp_path / "tensorboard" / "train").glob("events.out.tfevents.*"))
+              for event in tf.compat.v1.train.summary_iterator(str(path))
+              if event.HasField("session_log") and event.session_log.status == tf.compat.v1.SessionLog.START]
+    assert starts == [1, 3]
+    module = ast.parse(Path(tensorboard_log.__file__).read_text())
+    top_level = [node.module for node in module.body if isinstance(node, ast.ImportFrom)]
+    assert not [name for name in top_level if name.startswith("tensorflow.python")]  # a TF upgrade cannot break the import
+
+
 def test_an_epoch_logged_in_part_is_logged_again_whole(tmp_path):
     import tensorflow as tf
 

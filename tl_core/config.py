@@ -42,8 +42,9 @@ class TrainConfig:
                                   "folder per class (default: the built-in cats-vs-dogs sample, prepared on first use)")
     validation_split: float = option(0.2, "fraction of each class held out when --data-dir has class folders but no "
                                      "train/ and validation/ (seeded by --seed)")
-    bad_files: str = option("fail", "train without files that cannot be used, listing them in the run's "
-                            "skipped_files.json (default: stop and list them)", flag="--skip-bad-files", const="skip")
+    bad_files: str = option("fail", "leave out files that cannot be used (a run lists them in its skipped_files.json; "
+                            "jobs.ingest leaves them out of the Parquet dataset); default: stop and list them",
+                            flag="--skip-bad-files", const="skip")
     min_image_side: int = option(8, "smaller images (pixels) are bad files: they carry too little to classify")
     max_image_megapixels: float = option(100.0, "larger images are bad files, refused from their header before "
                                          "decoding (decompression bombs)")

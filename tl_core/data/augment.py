@@ -107,11 +107,6 @@ def apply_transforms(images: tf.Tensor, transforms: tf.Tensor) -> tf.Tensor:
     )
 
 
-def apply_affine(images: tf.Tensor, matrices: tf.Tensor) -> tf.Tensor:
-    """Warp a batch [B, H, W, C] with (row, col) output-to-input matrices [B, 3, 3]."""
-    return apply_transforms(images, projective_transforms(matrices))
-
-
 def random_transform(images: tf.Tensor, seed, config: AugmentConfig = RECIPE) -> tf.Tensor:
     """Augment a batch [B, H, W, C] of float images in one call, reproducibly for a given seed."""
     shape = tf.shape(images)

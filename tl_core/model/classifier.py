@@ -128,11 +128,10 @@ def cross_entropy(label_smoothing: float = 0.0):
     return smoothed_cross_entropy
 
 
-def compile_classifier(model: keras.Model, learning_rate: float, jit_compile: bool = False, optimizer=None,
-                       label_smoothing: float = 0.0) -> None:
-    """Adam(learning_rate), or the given optimizer (e.g. one a checkpoint tracks), on logits."""
+def compile_classifier(model: keras.Model, optimizer, jit_compile: bool = False, label_smoothing: float = 0.0) -> None:
+    """The run's loss on logits and accuracy, with the given optimizer (one the run's checkpoint tracks)."""
     model.compile(
-        optimizer=optimizer or keras.optimizers.Adam(learning_rate),
+        optimizer=optimizer,
         loss=cross_entropy(label_smoothing),
         metrics=["accuracy"],
         jit_compile=jit_compile,

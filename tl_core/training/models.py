@@ -53,8 +53,7 @@ def head_learning_rate(config: TrainConfig, steps_per_epoch: int):
 def compile_head(model: tf.keras.Model, config: TrainConfig, steps_per_epoch: int):
     """Compile the model that trains the head as every run does (Adam on head_learning_rate, the run's loss); its optimizer."""
     optimizer = tf_keras.optimizers.Adam(head_learning_rate(config, steps_per_epoch))
-    compile_classifier(model, config.learning_rate, config.jit_compile, optimizer=optimizer,
-                       label_smoothing=config.label_smoothing)
+    compile_classifier(model, optimizer, config.jit_compile, label_smoothing=config.label_smoothing)
     return optimizer
 
 
@@ -115,8 +114,8 @@ class Models:
         if not self.fine_tuning:
             with self.strategy.scope():
                 unfrozen = unfreeze_top_layers(self.classifier, self.config.fine_tune_layers)
-                compile_classifier(self.on_images, self.config.fine_tune_learning_rate, self.config.jit_compile,
-                                   optimizer=self.fine_tune_optimizer, label_smoothing=self.config.label_smoothing)
+                compile_classifier(self.on_images, self.fine_tune_optimizer, self.config.jit_compile,
+                                   label_smoothing=self.config.label_smoothing)
             self.fine_tuning = True
             self.log(f"Fine-tuning {len(unfrozen)} backbone layers ({unfrozen[0]} ... {unfrozen[-1]}) and the head at "
                      f"learning rate {self.config.fine_tune_learning_rate:g}", flush=True)

@@ -7,9 +7,7 @@ reported epoch. The chief (rank 0) writes the run's artifacts into config.output
 layout as a local run, with Ray's own checkpoints under <output_dir>/ray.
 """
 import logging
-import os
 import tempfile
-import time
 from pathlib import Path
 
 import ray
@@ -46,33 +44,6 @@ class RayCheckpoints:
             ray.train.report(metrics, checkpoint=checkpoint)
 
 
-class KillWorkerOnce:
-    """Test fault: on its first attempt, worker `rank` dies mid-epoch `epoch` (1-based), as if its node failed."""
-
-    def __init__(self, rank: int, epoch: int, marker: Path):
-        self.rank, self.epoch, self.marker = rank, epoch, marker
-
-    def callbacks(self, worker: Worker) -> list:
-        import tf_keras
-
-        fault = self
-
-        class Kill(tf_keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                self.epoch = epoch + 1
-
-            def on_train_batch_end(self, batch, logs=None):
-                if worker.rank == fault.rank and self.epoch == fault.epoch and batch == 1 \
-                        and not fault.marker.exists():
-                    # Ray's controller collects reports when it polls workers (every 2 s): a worker
-                    # dying sooner than that after a report loses it. Real epochs are longer.
-                    time.sleep(5)
-                    fault.marker.write_text("killed\n")
-                    os._exit(1)
-
-        return [Kill()]
-
-
 def train_loop_per_worker(loop_config: dict) -> None:
     context = ray.train.get_context()
     worker = Worker(context.get_world_rank(), context.get_world_size())
@@ -81,16 +52,16 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # worker and epoch, with the whole metrics dict), which LoggingConfig does not cover.
     progress.set_quiet(loop_config.get("quiet", False) or not worker.is_chief)
     logging.getLogger().setLevel(logging.WARNING)
-    fault = loop_config.get("fault")
-    callbacks = fault.callbacks(worker) if fault else ()
+    callbacks = loop_config["callbacks"](worker) if loop_config.get("callbacks") else ()
     train(TrainConfig.from_dict(loop_config["config"]), sources=loop_config.get("sources"), worker=worker,
           checkpoints=RayCheckpoints(), callbacks=callbacks)
 
 
-def train_on_ray(config: TrainConfig, *, sources=None, fault: KillWorkerOnce | None = None):
+def train_on_ray(config: TrainConfig, *, sources=None, callbacks=None):
     """Run the job on config.num_workers Ray Train workers; connects to a running cluster if there is one.
 
-    sources: the checked data (data.sources.Sources, absolute paths), handed to every worker."""
+    sources: the checked data (data.sources.Sources, absolute paths), handed to every worker. callbacks: a picklable
+    function of the worker (training.distribute.Worker) -> extra Keras callbacks for its fit(), as train() takes them."""
     if not ray.is_initialized():
         ray.init()  # the cluster of $RAY_ADDRESS / `ray job submit`, else a new local one
     run_dir = Path(config.output_dir)
@@ -99,7 +70,8 @@ def train_on_ray(config: TrainConfig, *, sources=None, fault: KillWorkerOnce | N
         resources["GPU"] = config.gpus_per_worker
     trainer = TensorflowTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config.to_dict(), "sources": sources, "fault": fault, "quiet": progress.is_quiet()},
+        train_loop_config={"config": config.to_dict(), "sources": sources, "callbacks": callbacks,
+                           "quiet": progress.is_quiet()},
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(

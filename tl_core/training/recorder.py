@@ -169,6 +169,8 @@ class EpochRecorder(tf.keras.callbacks.Callback):
                "learning_rate": float(tf.keras.backend.get_value(self.model.optimizer.learning_rate)), "seconds": seconds,
                "images_per_second": self.images_per_epoch / seconds, "finished_at": time.time()}
         self.history.append(row)
+        if logs is not None:  # the callbacks after this one (train(callbacks=...): EarlyStopping, a tracker) see them
+            logs.update(val_loss=row["val_loss"], val_accuracy=row["val_accuracy"])
         self.log(format_epoch(row, self.total_epochs), flush=True)
         self.checkpoints.save(self.write_checkpoint, row, self.worker)
         if self.worker.is_chief:

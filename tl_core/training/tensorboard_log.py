@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import tensorflow as tf
-from tensorflow.python.ops.summary_ops_v2 import import_event  # writes a raw Event (tf.summary has no restart marker)
 
 from tl_core.run_dir import TENSORBOARD_DIR
 from tl_core.training.models import FINE_TUNE, HEAD
@@ -27,6 +26,16 @@ PHASE_NUMBERS = {HEAD: 0, FINE_TUNE: 1}
 TRAIN_SCALARS = {"epoch_loss": "loss", "epoch_accuracy": "accuracy", "epoch_learning_rate": "learning_rate",
                  "epoch_images_per_second": "images_per_second"}
 VALIDATION_SCALARS = {"epoch_loss": "val_loss", "epoch_accuracy": "val_accuracy"}
+
+
+def write_event(writer, event: tf.compat.v1.Event) -> None:
+    """A raw Event into a tf.summary writer's file. tf.summary's public API writes summaries only, not the SessionLog
+    restart marker; TensorFlow's private import_event does (tests/test_watching.py fails loudly if an upgrade removes
+    it)."""
+    from tensorflow.python.ops.summary_ops_v2 import import_event
+
+    with writer.as_default():
+        import_event(tf.constant(event.SerializeToString()))
 
 
 def logged_steps(directory: Path) -> dict[str, int]:
@@ -59,8 +68,7 @@ class TensorBoardLog:
         restart = tf.compat.v1.Event(step=step, wall_time=time.time(),
                                      session_log=tf.compat.v1.SessionLog(status=tf.compat.v1.SessionLog.START))
         for name, writer in self.writers.items():
-            with writer.as_default():
-                import_event(tf.constant(restart.SerializeToString()))
+            write_event(writer, restart)
             self.logged[name] = {tag: last for tag, last in self.logged[name].items() if last < step}
         self.flush()
 
