@@ -124,8 +124,8 @@ def main(argv=None) -> int:
         config = dataclasses.replace(config, output_dir=config.output_dir or default_output_dir())
         if args.show_batch:
             job.show_batch(config, Path(args.show_batch))
-            print(f"Wrote {args.show_batch}: the first training batch as the model would receive it, each image with "
-                  "its class name. Nothing was trained.")
+            print(f"Wrote {args.show_batch}: training images as the model would receive them (with --feature-views, the "
+                  "feature bank's views), each with its class name. Nothing was trained.")
             return
         if args.check:
             from tl_core.data.sources import BadFilesError

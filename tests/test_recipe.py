@@ -130,6 +130,22 @@ def test_one_cycle_warms_up_then_decays_to_zero():
     assert rates[100] == pytest.approx(0, abs=1e-12)
 
 
+def test_the_feature_bank_picture_shows_the_views_the_bank_holds(tiny_backbone, colour_dataset, tmp_path):
+    from tl_core.training.train import fed_batch
+
+    config = tiny_config(tiny_backbone, colour_dataset, tmp_path, feature_views=3)
+    shard = list_image_folder(colour_dataset / "train")
+    images, captions, title = fed_batch(config, shard, limit=8)
+    assert len(images) == 8 and "view 0 (as they are) and view 1 (augmented), of 3 views" in title
+    for view in (0, 1):  # the bank's own views of the first 4 images, in its order
+        batch, labels = next(iter(make_dataset(shard, config.image_size, config.batch_size, augment_images=view > 0,
+                                               seed=config.seed, epoch=view)))
+        np.testing.assert_array_equal(np.stack(images[view::2]), as_fed(batch).numpy()[:4])
+        assert captions[view::2] == [f"{shard.class_names[label]}, view {view}" for label in labels.numpy()[:4]]
+    with pytest.raises(ValueError, match="feature_views 1 holds only view 0"):
+        TrainConfig(augment=True, feature_views=1)
+
+
 def test_a_second_cycle_repeats_the_shape_over_the_added_steps():
     one, two = OneCycle(1e-3, [100]), OneCycle(1e-3, [100, 140])
     assert [float(two(step)) for step in range(100)] == [float(one(step)) for step in range(100)]  # the first unchanged

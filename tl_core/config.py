@@ -165,6 +165,9 @@ class TrainConfig:
             raise ValueError("cache_features needs augment off or --feature-views: augmented images differ every "
                              "epoch, so their features cannot be computed once (pass --no-augment, or --feature-views K "
                              "to compute K augmented views once)")
+        if self.augment and self.feature_views == 1:
+            raise ValueError("feature_views 1 holds only view 0, the images as they are: the head would train on no "
+                             "augmentation. Pass --feature-views 2 or more (view v > 0 is augmented), or --no-augment")
         if self.uses_feature_bank and self.cache_features is False:
             raise ValueError("the feature bank (--feature-views) trains the head on cached features: pass --feature-views 0 "
                              "with --no-cache-features")

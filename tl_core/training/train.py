@@ -177,15 +177,37 @@ def open_board(config: TrainConfig, shard, completed: int) -> TensorBoardLog:
 
 
 def write_fed_batch(config: TrainConfig, shard, path: Path, limit: int = 32) -> None:
-    """A picture of the first training batch (epoch 0) exactly as the model receives it: decoded, resized
-    and augmented, each image with its class name (the first `limit` images of the batch)."""
-    inputs, labels = next(iter(epoch_dataset(config, shard, None, HEAD, 0)))
-    images, labels = as_fed(inputs).numpy()[:limit], labels.numpy()[:limit]
+    """A picture of what the model is fed (fed_batch), each image with its caption."""
+    images, captions, title = fed_batch(config, shard, limit)
+    artifacts.plot_contact_sheet(images, captions, path, columns=8, title=title)
+
+
+def fed_batch(config: TrainConfig, shard, limit: int) -> tuple[list, list[str], str]:
+    """(images, captions, title): at most `limit` training images exactly as the model receives them, decoded,
+    resized and augmented. The first batch of epoch 0; with the feature bank, what the bank holds: the first images
+    in view 0 (as they are) beside view 1 (augmented as the seed's recipe does in epoch 1)."""
+    def first(dataset, count):
+        inputs, labels = next(iter(dataset))
+        return as_fed(inputs).numpy()[:count], labels.numpy()[:count]
+
+    size = f"{config.image_size}x{config.image_size}"
+    if config.uses_feature_bank:
+        (plain, labels), (augmented, _) = (first(bank_view_dataset(config, shard, view), limit // 2) for view in (0, 1))
+        images = [image for pair in zip(plain, augmented) for image in pair]
+        captions = [f"{shard.class_names[label]}, view {view}" for label in labels for view in (0, 1)]
+        return images, captions, (f"The feature bank: the first {len(plain)} training images in view 0 (as they are) "
+                                  f"and view 1 (augmented), of {config.feature_views} views, {size}")
+    images, labels = first(epoch_dataset(config, shard, None, HEAD, 0), limit)
     augmentation = "augmented as in training" if config.augment else "augmentation off"
-    artifacts.plot_contact_sheet(list(images), [shard.class_names[label] for label in labels], path, columns=8,
-                                 title=f"The first training batch as the model receives it: {len(images)} of "
-                                       f"{config.batch_size} images, {config.image_size}x{config.image_size}, "
-                                       f"{augmentation}")
+    return list(images), [shard.class_names[label] for label in labels], (
+        f"The first training batch as the model receives it: {len(images)} of {config.batch_size} images, {size}, "
+        f"{augmentation}")
+
+
+def bank_view_dataset(config: TrainConfig, shard, view: int) -> tf.data.Dataset:
+    """The images of one view of the feature bank, in the source's order: view 0 as they are, view v > 0 augmented as
+    the seed's recipe augments them in epoch v."""
+    return make_dataset(shard, config.image_size, config.batch_size, augment_images=view > 0, seed=config.seed, epoch=view)
 
 
 def backbone_passes(config: TrainConfig, models: Models, data: RunData, worker: Worker, completed: int, log,
@@ -234,9 +256,7 @@ def cached_training_features(config: TrainConfig, models: Models, shard, worker:
     budget, directory = config.feature_cache_memory_mb * 2**20, Path(config.output_dir) / FEATURES_DIR
 
     def batches(view: int, description: str):
-        # View 0 is the image as it is; view v > 0 is augmented as the seed's recipe augments it in epoch v.
-        images = make_dataset(shard, config.image_size, config.batch_size, augment_images=view > 0, seed=config.seed,
-                              epoch=view)
+        images = bank_view_dataset(config, shard, view)
         return backbone_feature_batches(models.classifier, track(images, len(shard), description, size=labelled_batch_size))
 
     if config.uses_feature_bank:
