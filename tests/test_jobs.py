@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -133,3 +134,33 @@ def test_ingest_declares_the_settings_it_shares_with_training_once():
         assert " ".join(field.metadata["help"].split()[:6]) in " ".join(parser_help.split()), name  # the config's text
     args = ingest_args(["--check", "--seed", "4", "--skip-bad-files", "--min-image-side", "16"])
     assert (args.seed, args.bad_files, args.min_image_side, args.max_image_megapixels) == (4, "skip", 16, None)
+
+
+def test_an_exit_signal_landing_in_a_callback_is_dropped_quietly_in_a_ray_worker():
+    """Ray stops a worker with SIGTERM, which its handler turns into SystemExit; landing in a weakref callback it
+    cannot be raised, and Python would print it with a stack trace (seen after an interrupted search)."""
+    script = textwrap.dedent("""
+        import gc, weakref
+        from tl_core.ray_session import quiet_exit_signals_in_callbacks
+
+        class Thing:
+            pass
+
+        def callback_raising(error):
+            def callback(ref):
+                raise error
+            return callback
+
+        quiet_exit_signals_in_callbacks()
+        quiet_exit_signals_in_callbacks()  # idempotent
+        for error in (SystemExit(1), KeyboardInterrupt(), ValueError("a real problem")):
+            thing = Thing()
+            ref = weakref.ref(thing, callback_raising(error))
+            del thing
+            gc.collect()
+        print("still running")
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "still running" in done.stdout
+    assert "SystemExit" not in done.stderr and "KeyboardInterrupt" not in done.stderr
+    assert "ValueError: a real problem" in done.stderr  # other unraisable exceptions are still reported

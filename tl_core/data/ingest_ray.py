@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from tl_core import ray_session
 from tl_core.data.checks import BadFile
 from tl_core.data.images import ImageFolder
 from tl_core.progress import track
@@ -27,8 +28,7 @@ CHECK_CHUNK = 5000
 
 
 def _connect() -> None:
-    if not ray.is_initialized():
-        ray.init()  # the cluster of $RAY_ADDRESS / `ray job submit`, else a new local one
+    ray_session.connect()
     # The driver shows this project's progress lines (tl_core.progress); Ray Data's own bars and its INFO
     # records about each dataset's execution would repeat them in another form.
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -56,6 +56,8 @@ def _folder_of(batch: pa.Table, class_names: list[str]) -> ImageFolder:
 def _check_task(batch: pa.Table, *, min_side: int, max_pixels: int) -> pa.Table:
     """In a Ray task: the bad files of a chunk, as one row (files checked, their paths, their reasons)."""
     from tl_core import progress
+
+    ray_session.quiet_exit_signals_in_callbacks()
     from tl_core.data.checks import find_bad_files
 
     progress.set_quiet(True)  # the driver shows the progress
@@ -85,6 +87,8 @@ def _write_task(batch: pa.Table, *, class_names: list[str], output_dir: str, row
                 image_size: int | None, checked: dict | None) -> pa.Table:
     """In a Ray task: write the part files of the rows in batch (whole parts), each as the local ingest writes it."""
     from tl_core import progress
+
+    ray_session.quiet_exit_signals_in_callbacks()
     from tl_core.data.parquet import write_parquet_shards
 
     progress.set_quiet(True)

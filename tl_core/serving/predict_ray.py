@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from tl_core import WORKER_ENV
+from tl_core import WORKER_ENV, ray_session
 
 
 class Predictor:
@@ -14,6 +14,7 @@ class Predictor:
         import tl_core  # noqa: F401  (before TensorFlow)
         from tl_core.serving.evaluate import ExportedModel
 
+        ray_session.quiet_exit_signals_in_callbacks()
         self.model = ExportedModel(model_path)
         self.batch_size = batch_size
 
@@ -32,8 +33,7 @@ class Predictor:
 def predict_on_ray(model_path: Path, inputs: list, output: Path, *, batch_size: int = 64, chunk_size: int = 1024,
                    concurrency: int = 2, use_gpu: bool = False) -> dict:
     """Predict every input on the cluster; Ray writes output/*.parquet. Returns counts of rows and errors."""
-    if not ray.is_initialized():
-        ray.init()  # the cluster of $RAY_ADDRESS / `ray job submit`, or local
+    ray_session.connect()
     if inputs and isinstance(inputs[0], Path):
         dataset = ray.data.read_parquet([str(path) for path in inputs])
         if "path" not in dataset.columns():

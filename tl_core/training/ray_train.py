@@ -15,7 +15,7 @@ import ray.train
 from ray.train import Checkpoint, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.tensorflow import TensorflowTrainer
 
-from tl_core import WORKER_ENV, progress
+from tl_core import WORKER_ENV, progress, ray_session
 from tl_core.config import TrainConfig
 from tl_core.training.distribute import Worker
 from tl_core.training.train import train
@@ -45,6 +45,7 @@ class RayCheckpoints:
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
+    ray_session.quiet_exit_signals_in_callbacks()
     context = ray.train.get_context()
     worker = Worker(context.get_world_rank(), context.get_world_size())
     # One line per event, from the chief: no progress from the other workers, and none of the INFO
@@ -62,8 +63,7 @@ def train_on_ray(config: TrainConfig, *, sources=None, callbacks=None):
 
     sources: the checked data (data.sources.Sources, absolute paths), handed to every worker. callbacks: a picklable
     function of the worker (training.distribute.Worker) -> extra Keras callbacks for its fit(), as train() takes them."""
-    if not ray.is_initialized():
-        ray.init()  # the cluster of $RAY_ADDRESS / `ray job submit`, else a new local one
+    ray_session.connect()
     run_dir = Path(config.output_dir)
     resources = {"CPU": config.cpus_per_worker}
     if config.use_gpu:

@@ -148,8 +148,10 @@ def make_tuner(config: TrainConfig, settings: TuneSettings, space: dict, data, d
     return tune.Tuner(
         trainable, param_space=to_tune(space),
         tune_config=tune.TuneConfig(metric=TUNING_SCORE, mode="max", num_samples=settings.trials, scheduler=scheduler,
-                                    search_alg=BasicVariantGenerator(random_state=config.seed),
-                                    max_concurrent_trials=settings.max_concurrent or None, reuse_actors=True),
+                                    # The generator's own limit: TuneConfig's max_concurrent_trials is ignored beside it.
+                                    search_alg=BasicVariantGenerator(random_state=config.seed,
+                                                                     max_concurrent=settings.max_concurrent),
+                                    reuse_actors=True),
         run_config=tune.RunConfig(storage_path=storage, name=RAY_TUNE_DIR, verbose=0, callbacks=[lines]))
 
 
@@ -162,6 +164,9 @@ def fit_gracefully(tuner):
         if interrupted:
             raise KeyboardInterrupt
         interrupted.append(signum)
+        # Ray Tune's lines about stopping (its own resume advice, Tuner.restore, and trials without results) would
+        # stand beside the command's: "Interrupted." and `jobs.tune --resume`.
+        logging.getLogger("ray.tune").setLevel(logging.ERROR)
         signal.raise_signal(signal.SIGUSR1)
 
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # this handler instead of Ray Tune's, so that we know
@@ -182,8 +187,7 @@ def write_tuning_split(path: Path, source, fold_of_row) -> None:
 def search(config: TrainConfig, settings: TuneSettings, *, resume: bool = False, overwrite: bool = False,
            log=print) -> dict:
     """Run (or continue) a search into config.output_dir; the summary (also in summary.json)."""
-    import ray
-
+    from tl_core import ray_session
     from tl_core.training import job
 
     started, directory = time.perf_counter(), Path(config.output_dir)
@@ -204,8 +208,7 @@ def search(config: TrainConfig, settings: TuneSettings, *, resume: bool = False,
             flush=True)
 
     checked_at = time.perf_counter()
-    if not ray.is_initialized():
-        ray.init()  # the cluster of $RAY_ADDRESS / `ray job submit`, else a local one
+    ray_session.connect()
     gpus = config.gpus_per_worker if config.use_gpu else 0
     features = tuning_features.compute_features(config, sources, directory / FEATURES_DIR, workers=config.num_workers,
                                                 gpus=gpus)
