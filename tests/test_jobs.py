@@ -164,3 +164,26 @@ def test_an_exit_signal_landing_in_a_callback_is_dropped_quietly_in_a_ray_worker
     assert done.returncode == 0 and "still running" in done.stdout
     assert "SystemExit" not in done.stderr and "KeyboardInterrupt" not in done.stderr
     assert "ValueError: a real problem" in done.stderr  # other unraisable exceptions are still reported
+
+
+def test_every_line_tensorflow_prints_at_start_up_is_explained_in_the_readme():
+    """The troubleshooting section quotes TensorFlow's start-up lines (which no supported setting removes) and says
+    why they are harmless; a TensorFlow upgrade that prints something new fails here until it is explained."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = readme.split("<!-- tensorflow start-up lines -->")[1].split("<!-- end -->")[0]
+    quoted = [line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith("```")]
+    absl_prefix = re.compile(r"^[IWEF]\d{4} \S+ +\d+ ")  # I0000 00:00:1796355529.852841   25224
+
+    def message(line: str) -> str:
+        return absl_prefix.sub("", line.replace("I0000 00:00:... ", "").replace("E0000 00:00:... ", "")
+                               .replace("W0000 00:00:... ", ""))
+
+    explained = [message(line) for line in quoted]
+    done = subprocess.run([sys.executable, "-c", "import tl_core, tensorflow as tf; print(float(tf.constant(1.0) + 1))"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "2.0", done.stderr
+    unexplained = [line for line in done.stderr.splitlines() if line.strip() and message(line) not in explained]
+    assert not unexplained, unexplained

@@ -218,3 +218,30 @@ def test_a_failed_distributed_retrain_is_one_line_and_exit_status_1(monkeypatch,
     error = capsys.readouterr().err.splitlines()
     assert error[0] == "error: distributed training failed: Training failed: worker 1 died"
     assert "Traceback" not in "\n".join(error) and "champion is unchanged" in error[1]
+
+
+def test_sigterm_stops_a_retrain_and_the_next_one_continues_it(data, tiny_backbone, tmp_path):
+    import json
+    import signal
+    import time
+
+    root = tmp_path / "registry"
+    command = [sys.executable, "-m", "jobs.retrain", "--registry", str(root), "--data-dir", str(data), "--backbone",
+               tiny_backbone, "--image-size", str(TINY_IMAGE_SIZE), "--batch-size", "8", "--learning-rate", "0.05",
+               "--recipe", "seed", "--epochs", "30"]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and process.poll() is None:
+        histories = list((root / "models").glob("*/history.json")) if (root / "models").exists() else []
+        if histories and len(json.loads(histories[0].read_text())) >= 2:
+            process.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.05)
+    _, errors = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in errors, errors
+    assert errors.strip().splitlines()[-2:] == ["Interrupted.", "The champion is unchanged; the next retrain continues this one."]
+    assert Registry(root).champion() is None
+    resumed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Recovering run" in resumed.stdout and "Resumed from" in resumed.stdout
+    assert Registry(root).champion() is not None
