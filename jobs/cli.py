@@ -47,7 +47,9 @@ def run_command(body: Callable[[], int | None], *, note: Callable[[BaseException
     note(error) may add a line after the message (how to resume, what state things were left in).
     quiet: the command's --quiet (tl_core/progress.py). ray_work: what failed when Ray gives up, in its message."""
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
-    from tl_core import progress
+    from tl_core import interrupts, progress
+
+    interrupts.redeliver_interrupts()  # never lost in a callback (tl_core/interrupts.py)
 
     progress.set_quiet(quiet)
     from tl_core.model.assets import AssetError

@@ -141,7 +141,7 @@ def test_an_exit_signal_landing_in_a_callback_is_dropped_quietly_in_a_ray_worker
     cannot be raised, and Python would print it with a stack trace (seen after an interrupted search)."""
     script = textwrap.dedent("""
         import gc, weakref
-        from tl_core.ray_session import quiet_exit_signals_in_callbacks
+        from tl_core.interrupts import drop_exit_signals_in_callbacks
 
         class Thing:
             pass
@@ -151,8 +151,8 @@ def test_an_exit_signal_landing_in_a_callback_is_dropped_quietly_in_a_ray_worker
                 raise error
             return callback
 
-        quiet_exit_signals_in_callbacks()
-        quiet_exit_signals_in_callbacks()  # idempotent
+        drop_exit_signals_in_callbacks()
+        drop_exit_signals_in_callbacks()  # idempotent
         for error in (SystemExit(1), KeyboardInterrupt(), ValueError("a real problem")):
             thing = Thing()
             ref = weakref.ref(thing, callback_raising(error))
@@ -187,3 +187,34 @@ def test_every_line_tensorflow_prints_at_start_up_is_explained_in_the_readme():
     assert done.returncode == 0 and done.stdout.strip() == "2.0", done.stderr
     unexplained = [line for line in done.stderr.splitlines() if line.strip() and message(line) not in explained]
     assert not unexplained, unexplained
+
+
+def test_a_sigterm_landing_in_a_callback_still_stops_the_command():
+    """The command's SIGTERM handler raises KeyboardInterrupt; raised inside a weakref callback (TensorFlow runs many)
+    Python cannot propagate it and would print it and carry on: the interrupt is delivered again instead."""
+    script = textwrap.dedent("""
+        import gc, os, signal, sys, time, weakref
+        from jobs.cli import run_command
+
+        class Thing:
+            pass
+
+        def callback(ref):
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs at the next step: inside this callback
+            for _ in range(1000):
+                pass
+
+        def body():
+            thing = Thing()
+            ref = weakref.ref(thing, callback)
+            del thing
+            gc.collect()
+            for _ in range(300):
+                time.sleep(0.01)
+            print("not interrupted")
+
+        sys.exit(run_command(body))
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130 and "not interrupted" not in done.stdout, done.stderr
+    assert done.stderr.strip() == "Interrupted.", done.stderr

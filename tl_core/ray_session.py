@@ -5,7 +5,6 @@ end on a scheduler's SIGTERM with status 15, without its resume hint. connect() 
 (jobs/cli.py: SIGTERM is taken as Ctrl-C), also while ray.init() itself runs.
 """
 import signal
-import sys
 
 import ray
 
@@ -24,20 +23,3 @@ def connect() -> None:
     finally:
         signal.signal(signal.SIGTERM, handler)
 
-
-def quiet_exit_signals_in_callbacks() -> None:
-    """Call first in code that runs in a Ray worker. Ray stops a worker with SIGTERM, whose handler raises SystemExit
-    in the worker's main thread. When it lands in a weakref callback or a __del__ (seen: WeakSet._remove, after Ray Tune
-    stopped an interrupted search's trials), Python cannot raise it there and prints it, stack trace and all, as
-    "Exception ignored in ...": the driver shows that as the worker's output. Such an exit signal is dropped quietly;
-    every other unraisable exception is reported as before."""
-    if getattr(sys.unraisablehook, "quiet_exit_signals", False):
-        return
-    report = sys.unraisablehook
-
-    def hook(unraisable):
-        if not isinstance(unraisable.exc_value, (SystemExit, KeyboardInterrupt)):
-            report(unraisable)
-
-    hook.quiet_exit_signals = True
-    sys.unraisablehook = hook

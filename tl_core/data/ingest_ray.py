@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from tl_core import ray_session
+from tl_core import interrupts, ray_session
 from tl_core.data.checks import BadFile
 from tl_core.data.images import ImageFolder
 from tl_core.progress import track
@@ -57,7 +57,7 @@ def _check_task(batch: pa.Table, *, min_side: int, max_pixels: int) -> pa.Table:
     """In a Ray task: the bad files of a chunk, as one row (files checked, their paths, their reasons)."""
     from tl_core import progress
 
-    ray_session.quiet_exit_signals_in_callbacks()
+    interrupts.drop_exit_signals_in_callbacks()
     from tl_core.data.checks import find_bad_files
 
     progress.set_quiet(True)  # the driver shows the progress
@@ -88,7 +88,7 @@ def _write_task(batch: pa.Table, *, class_names: list[str], output_dir: str, row
     """In a Ray task: write the part files of the rows in batch (whole parts), each as the local ingest writes it."""
     from tl_core import progress
 
-    ray_session.quiet_exit_signals_in_callbacks()
+    interrupts.drop_exit_signals_in_callbacks()
     from tl_core.data.parquet import write_parquet_shards
 
     progress.set_quiet(True)

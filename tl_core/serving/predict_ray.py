@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from tl_core import WORKER_ENV, ray_session
+from tl_core import WORKER_ENV, interrupts, ray_session
 
 
 class Predictor:
@@ -14,7 +14,7 @@ class Predictor:
         import tl_core  # noqa: F401  (before TensorFlow)
         from tl_core.serving.evaluate import ExportedModel
 
-        ray_session.quiet_exit_signals_in_callbacks()
+        interrupts.drop_exit_signals_in_callbacks()
         self.model = ExportedModel(model_path)
         self.batch_size = batch_size
 

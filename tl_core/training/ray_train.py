@@ -15,7 +15,7 @@ import ray.train
 from ray.train import Checkpoint, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.tensorflow import TensorflowTrainer
 
-from tl_core import WORKER_ENV, progress, ray_session
+from tl_core import WORKER_ENV, interrupts, progress, ray_session
 from tl_core.config import TrainConfig
 from tl_core.training.distribute import Worker
 from tl_core.training.train import train
@@ -45,7 +45,7 @@ class RayCheckpoints:
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    ray_session.quiet_exit_signals_in_callbacks()
+    interrupts.drop_exit_signals_in_callbacks()
     context = ray.train.get_context()
     worker = Worker(context.get_world_rank(), context.get_world_size())
     # One line per event, from the chief: no progress from the other workers, and none of the INFO

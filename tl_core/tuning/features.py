@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tl_core import WORKER_ENV, artifacts, ray_session
+from tl_core import WORKER_ENV, artifacts, interrupts
 from tl_core.config import TrainConfig
 from tl_core.data.images import stratified_split
 from tl_core.model.assets import cache_dir
@@ -26,7 +26,7 @@ KFOLD_BELOW = 1000  # training images under which trials are scored by k-fold cr
 
 def _features_of_parts(config: dict, parts: list) -> list[int]:
     """Ray task: the backbone's features of each (source, description, path) part, written to its path; the row counts."""
-    ray_session.quiet_exit_signals_in_callbacks()
+    interrupts.drop_exit_signals_in_callbacks()
     config = TrainConfig.from_dict(config)
     classifier = build_classifier(resolve_backbone(config.backbone, cache_dir(config.cache_dir)),
                                   len(parts[0][0].class_names), config.image_size)

@@ -12,7 +12,7 @@ import time
 import tensorflow as tf
 from ray import tune
 
-from tl_core import ray_session
+from tl_core import interrupts
 from tl_core.config import TrainConfig
 from tl_core.metrics import classification_metrics
 from tl_core.model.classifier import make_head
@@ -59,7 +59,7 @@ class FoldHead:
 def run_trial(params: dict, *, data, base: dict, threads: int) -> None:
     """Ray Tune's function trainable: base (a TrainConfig dict) with the trial's params, trained on data
     (features.TuningData) epoch by epoch."""
-    ray_session.quiet_exit_signals_in_callbacks()
+    interrupts.drop_exit_signals_in_callbacks()
     os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")  # read when the GPU is first used: trials may share one
     _use_threads(threads)
     tf.get_logger().setLevel("ERROR")  # not a retracing warning for every fold's new model
