@@ -14,7 +14,7 @@ from pathlib import Path
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from jobs.cli import add_quiet_argument, run_command
-from jobs.train import add_field_arguments, add_training_arguments, config_from_args
+from jobs.train import add_field_arguments, add_training_arguments, config_from_args, given_fields
 from tl_core.tuning.search import TuneSettings
 
 
@@ -32,9 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def settings_from_args(args: argparse.Namespace) -> TuneSettings:
-    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(TuneSettings)
-             if getattr(args, field.name) is not None}
-    return TuneSettings(**given)
+    return TuneSettings(**given_fields(args, TuneSettings))
 
 
 def main(argv=None) -> int:
