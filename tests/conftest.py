@@ -65,6 +65,19 @@ def tiny_config(tiny_backbone: str, data_dir, output_dir=None, recipe: str = "se
     return TrainConfig(**{**values, **overrides})
 
 
+class StopAfter(tf.keras.callbacks.Callback):
+    """Interrupt the run (as Ctrl-C does) once epoch `epochs` is recorded: train()'s own callback, which checkpoints
+    the epoch, runs before the callbacks it is given."""
+
+    def __init__(self, epochs: int):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epochs:
+            raise KeyboardInterrupt
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone(tmp_path_factory) -> str:
     """A tiny SavedModel feature extractor, loaded through hub.KerasLayer like any TF Hub handle."""

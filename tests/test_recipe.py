@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import tiny_config
+from conftest import StopAfter, tiny_config
 from jobs.train import config_from_args, parse_args
 from tl_core.config import ADDED_FIELDS, CONFIG_VERSION, SEED_RECIPE, VERSION_KEY, TrainConfig
 from tl_core.data.images import list_image_folder, make_dataset
@@ -86,18 +86,6 @@ def test_a_spilled_bank_streams_one_view_per_epoch(tiny_backbone, colour_dataset
     assert metrics["run"]["features_on_disk"] and metrics["accuracy"] >= 0.9
     assert sorted(p.name for p in (tmp_path / "run" / "features" / "worker-0").iterdir()) == ["view-0.parquet",
                                                                                               "view-1.parquet"]
-
-
-class StopAfter(tf.keras.callbacks.Callback):
-    """Interrupt the run once epoch `epochs` is recorded (it runs after the recorder's checkpoint)."""
-
-    def __init__(self, epochs: int):
-        super().__init__()
-        self.epochs = epochs
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.epochs:
-            raise KeyboardInterrupt
 
 
 def _weights(run_dir) -> list:

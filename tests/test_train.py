@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_IMAGE_SIZE, assert_tensorboard_matches_history, tiny_config
+from conftest import TINY_IMAGE_SIZE, StopAfter, assert_tensorboard_matches_history, tiny_config
 from tl_core.config import SEED_RECIPE, TrainConfig
 from tl_core.data.images import list_image_folder, make_dataset, to_unit_range
 from tl_core.training.train import train
@@ -116,18 +116,6 @@ def _head_weights(run_dir):
     return dict(enumerate(v.numpy() for v in model.model.variables if not v.name.startswith("conv2d")))
 
 
-class StopAfterEpoch(tf.keras.callbacks.Callback):
-    """Ctrl-C at the end of an epoch (after its checkpoint: the run's own callback comes first)."""
-
-    def __init__(self, epoch: int):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch + 1 == self.epoch:
-            raise KeyboardInterrupt
-
-
 def test_keras_callbacks_see_the_validation_metrics(tiny_backbone, colour_dataset, tmp_path):
     seen = []
 
@@ -148,7 +136,7 @@ def test_an_interrupted_run_resumed_ends_with_the_weights_of_an_uninterrupted_on
     train(straight)
     interrupted = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "resumed", recipe, epochs=3))
     with pytest.raises(KeyboardInterrupt):
-        train(interrupted, callbacks=[StopAfterEpoch(2)])
+        train(interrupted, callbacks=[StopAfter(2)])
     assert len(json.loads((tmp_path / "resumed" / "history.json").read_text())) == 2
     resumed = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "resumed", recipe, epochs=3), resume=True)
     train(resumed)
