@@ -140,12 +140,9 @@ def test_best_config_trains_with_jobs_train_and_jobs_retrain(small_search, tmp_p
     assert (tmp_path / "registry" / "champion" / "model").is_dir()
 
 
-def interrupted_search(tiny_backbone, tmp_path, at: str):
-    """jobs.tune stopped by SIGTERM as soon as it prints a line starting with `at`: (lines printed, stderr)."""
-    data_dir = write_colour_dataset(tmp_path / "data", {"train": 20, "validation": 8}, seed=6)
-    (tmp_path / "space.json").write_text(json.dumps({**SMALL_SPACE, "learning_rate": {"loguniform": [1e-3, 0.1]}}))
-    command = tune_command(tiny_backbone, data_dir, tmp_path / "search", tmp_path / "space.json", "--trials", "6",
-                           "--max-concurrent", "1")
+def stopped_at(command: list[str], at: str, search: Path) -> list[str]:
+    """Run jobs.tune, send SIGTERM as soon as it prints a line starting with `at`; the lines it printed. It must end
+    with status 130 and the resume command, and no stack trace from any process (the driver, a Ray worker)."""
     process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines = []
     for line in process.stdout:
@@ -154,37 +151,41 @@ def interrupted_search(tiny_backbone, tmp_path, at: str):
             process.send_signal(signal.SIGTERM)
             break
     output, errors = process.communicate(timeout=300)
-    # The whole of stderr on failure: a stack trace from any process (the driver, a Ray worker) is a defect.
-    assert process.returncode == 130 and "Traceback" not in errors, errors
-    assert errors.strip().splitlines()[-2:] == ["Continue the search with:", "  python -m jobs.tune --resume --output-dir "
-                                                f"{tmp_path / 'search'}"], errors
-    return lines + output.splitlines(keepends=True), errors
-
-
-@pytest.mark.parametrize("phase, line", [("starting Ray and the feature tasks", "Search space:"),
-                                         ("the final run", "Training the best configuration")])
-def test_a_search_interrupted_in_any_phase_ends_with_the_resume_command(tiny_backbone, tmp_path, phase, line):
-    lines, errors = interrupted_search(tiny_backbone, tmp_path, at=line)
+    assert process.returncode == 130 and "Traceback" not in errors, errors  # all of stderr: the cause is in there
+    resume = f"  python -m jobs.tune --resume --output-dir {search}"
+    assert errors.strip().splitlines()[-2:] == ["Continue the search with:", resume], errors
     assert "Stop signal received" not in errors and "Tuner.restore" not in errors  # only the command's own advice
-    if phase == "the final run":
-        resumed = run([sys.executable, "-m", "jobs.tune", "--resume", "--output-dir", str(tmp_path / "search")])
-        assert resumed.returncode == 0, resumed.stderr
-        assert not [line for line in resumed.stdout.splitlines() if line.startswith("[")]  # no trial ran again
-        assert (tmp_path / "search" / "final" / "metrics.json").exists()
+    return lines + output.splitlines(keepends=True)
+
+
+def search_command(tiny_backbone, tmp_path) -> list[str]:
+    data_dir = write_colour_dataset(tmp_path / "data", {"train": 20, "validation": 8}, seed=6)
+    (tmp_path / "space.json").write_text(json.dumps({**SMALL_SPACE, "learning_rate": {"loguniform": [1e-3, 0.1]}}))
+    return tune_command(tiny_backbone, data_dir, tmp_path / "search", tmp_path / "space.json", "--trials", "6",
+                        "--max-concurrent", "1")
+
+
+def test_a_search_interrupted_while_ray_and_the_feature_tasks_start_says_how_to_resume(tiny_backbone, tmp_path):
+    stopped_at(search_command(tiny_backbone, tmp_path), "Search space:", tmp_path / "search")  # ray.init comes next
 
 
 def test_an_interrupted_search_continues_where_it_stopped(tiny_backbone, tmp_path):
-    lines, _ = interrupted_search(tiny_backbone, tmp_path, at="[  2/6]")  # once two trials have finished
+    search = tmp_path / "search"
+    lines = stopped_at(search_command(tiny_backbone, tmp_path), "[  2/6]", search)  # once two trials have finished
     finished_before = sum(line.startswith("[") for line in lines)
-    assert 2 <= finished_before < 6 and not (tmp_path / "search" / "trials.parquet").exists()
+    assert 2 <= finished_before < 6 and not (search / "trials.parquet").exists()
 
-    resumed = run([sys.executable, "-m", "jobs.tune", "--resume", "--output-dir", str(tmp_path / "search")])
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Continuing the search" in resumed.stdout
-    trials = pq.read_table(tmp_path / "search" / "trials.parquet").to_pylist()
+    resume = [sys.executable, "-m", "jobs.tune", "--resume", "--output-dir", str(search)]
+    lines = stopped_at(resume, "Training the best configuration", search)  # the final run, interrupted in turn
+    assert "Continuing the search" in "".join(lines)
+    assert sum(line.startswith("[") for line in lines) <= 6 - 2  # finished trials did not run again
+    trials = pq.read_table(search / "trials.parquet").to_pylist()
     assert sorted(row["trial"] for row in trials) == list(range(6))
-    assert sum(line.startswith("[") for line in resumed.stdout.splitlines()) <= 6 - 2  # finished trials did not run again
-    assert (tmp_path / "search" / "final" / "metrics.json").exists()
+
+    resumed = run(resume)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not [line for line in resumed.stdout.splitlines() if line.startswith("[")]  # no trial ran again
+    assert (search / "final" / "metrics.json").exists()
 
 
 def test_the_command_refuses_bad_input_in_one_line(tmp_path):
