@@ -15,12 +15,6 @@ DISTRIBUTED_FAILURE, BAD_INPUT, BUSY, INTERRUPTED = 1, 2, 3, 130
 CHECK_FOUND_BAD_FILES = 1
 
 
-def _stop_on_sigterm(signum, frame):
-    # A scheduler's SIGTERM takes the same path as Ctrl-C: the epoch in progress is dropped and the
-    # last completed epoch's checkpoint (written atomically) is what --resume continues from.
-    raise KeyboardInterrupt
-
-
 def is_ray_failure(error: BaseException) -> bool:
     """Ray wraps a worker's failure in its own exceptions (TrainingFailedError and friends)."""
     return type(error).__module__.split(".")[0] == "ray"
@@ -46,10 +40,14 @@ def run_command(body: Callable[[], int | None], *, note: Callable[[BaseException
 
     note(error) may add a line after the message (how to resume, what state things were left in).
     quiet: the command's --quiet (tl_core/progress.py). ray_work: what failed when Ray gives up, in its message."""
-    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     from tl_core import interrupts, progress
 
-    interrupts.redeliver_interrupts()  # never lost in a callback (tl_core/interrupts.py)
+    # Ctrl-C and a scheduler's SIGTERM alike: the epoch in progress is dropped, and the last completed epoch's
+    # checkpoint (written atomically) is what --resume continues from. Never lost (tl_core/interrupts.py).
+    interrupts.requested.clear()
+    for number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(number, interrupts.stop)
+    interrupts.redeliver_interrupts()
 
     progress.set_quiet(quiet)
     from tl_core.model.assets import AssetError

@@ -129,6 +129,25 @@ def test_keras_callbacks_see_the_validation_metrics(tiny_backbone, colour_datase
     assert seen == [(row["epoch"], row["val_loss"], row["val_accuracy"], row["loss"]) for row in history]
 
 
+def test_a_stop_that_tensorflow_swallowed_is_honoured_before_the_next_epoch(tiny_backbone, colour_dataset, tmp_path):
+    """The signal handler records the stop, then raises KeyboardInterrupt; raised inside TensorFlow's C++ code calling
+    back into Python, it can be printed and cleared there (seen: a search's final run went on to finish, exit 0)."""
+    from tl_core import interrupts
+
+    class SwallowedStop(tf.keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch + 1 == 2:
+                interrupts.requested.set()  # the handler ran, its KeyboardInterrupt lost
+
+    config = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "run", "default", epochs=4))
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(config, callbacks=[SwallowedStop()])
+    finally:
+        interrupts.requested.clear()
+    assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 2 and not (tmp_path / "run" / "model").exists()
+
+
 @pytest.mark.parametrize("recipe", ["seed", "default"])
 def test_an_interrupted_run_resumed_ends_with_the_weights_of_an_uninterrupted_one(tiny_backbone, colour_dataset, tmp_path,
                                                                                    recipe):

@@ -1,14 +1,31 @@
-"""Exit signals that land where Python cannot raise them.
+"""Ctrl-C and SIGTERM in the commands, and exit signals that land where Python cannot raise them.
 
-A signal handler runs between two bytecodes of the main thread, wherever it is. When that is inside a weakref
-callback or a __del__ (TensorFlow and Keras run many: WeakSet._remove, finalizers), the exception the handler raises
-cannot propagate: Python prints it, stack trace and all, as "Exception ignored in ..." and carries on as if no signal
-had come. Seen in both places this module covers: a search's Ray Tune trial printing SystemExit from Ray's SIGTERM
-handler, and (the same mechanism) a command's Ctrl-C or SIGTERM being lost.
+A signal handler runs between two bytecodes of the main thread, wherever it is, and the KeyboardInterrupt it raises
+can be lost on the way: inside a weakref callback or a __del__ (TensorFlow and Keras run many: WeakSet._remove,
+finalizers) Python prints it as "Exception ignored in ..." and carries on; inside a Python call that TensorFlow's C++
+code makes (e.g. nest's Flatten importing a module), TensorFlow prints "SystemError: ... returned a result with an
+exception set" and clears it. Both seen here: a run went on to finish and exit 0 after its SIGTERM. So a stop is
+also recorded (`requested`), and long work checks it at its safe points (check(): before each epoch and before the
+run's outputs). Work that finished before a lost stop could be honoured stays finished: its command exits 0.
 """
 import _thread
 import sys
 import threading
+
+requested = threading.Event()  # a Ctrl-C or SIGTERM came since the command started
+
+
+def stop(signum, frame) -> None:
+    """The commands' handler of SIGINT and SIGTERM (a scheduler's SIGTERM takes the same path as Ctrl-C): record the
+    request and raise KeyboardInterrupt where the main thread is."""
+    requested.set()
+    raise KeyboardInterrupt
+
+
+def check() -> None:
+    """At a safe point of long work: raise KeyboardInterrupt if a stop was requested and has been lost since."""
+    if requested.is_set():
+        raise KeyboardInterrupt
 
 
 def _install(handle) -> None:

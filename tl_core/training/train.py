@@ -20,7 +20,7 @@ import tensorflow as tf
 import tensorflow_hub as hub
 import tf_keras
 
-from tl_core import artifacts
+from tl_core import artifacts, interrupts
 from tl_core.config import TrainConfig
 from tl_core.data.checks import read_skipped
 from tl_core.data.images import make_dataset
@@ -154,10 +154,12 @@ def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker
     progress = [EpochProgress(images_per_epoch=images_per_epoch, global_batch=config.batch_size * worker.world_size,
                               epochs=config.epochs, fine_tune_epochs=config.fine_tune_epochs)] if worker.is_chief else []
     for epoch in range(len(history), config.epochs + config.fine_tune_epochs):
+        interrupts.check()  # a Ctrl-C or SIGTERM that TensorFlow swallowed during the last epoch
         recorder.phase = phase_of(config, epoch)  # the head's epochs, then fine-tuning's
         models.trainer(recorder.phase).fit(epoch_dataset(config, data.shard, features, recorder.phase, epoch),
                                            initial_epoch=epoch, epochs=epoch + 1, verbose=0,
                                            callbacks=[*progress, recorder, *callbacks])
+    interrupts.check()
 
     run = {"backbone_handle": handle, **data.summary(worker), "global_batch_size": config.batch_size * worker.world_size,
            "cached_features": config.uses_feature_cache, "features_on_disk": on_disk(features),

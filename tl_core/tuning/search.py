@@ -23,7 +23,7 @@ import signal
 import time
 from pathlib import Path
 
-from tl_core import artifacts, progress
+from tl_core import artifacts, interrupts, progress
 from tl_core.config import TrainConfig, option
 from tl_core.run_dir import CONFIG_FILE, METRICS_FILE, RunDirectoryError
 from tl_core.tuning import features as tuning_features
@@ -162,8 +162,9 @@ def fit_gracefully(tuner):
 
     def stop(signum, frame):
         if interrupted:
-            raise KeyboardInterrupt
+            interrupts.stop(signum, frame)
         interrupted.append(signum)
+        interrupts.requested.set()
         # Ray Tune's lines about stopping (its own resume advice, Tuner.restore, and trials without results) would
         # stand beside the command's: "Interrupted." and `jobs.tune --resume`.
         logging.getLogger("ray.tune").setLevel(logging.ERROR)
