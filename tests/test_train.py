@@ -14,6 +14,7 @@ import tensorflow as tf
 from conftest import TINY_IMAGE_SIZE, StopAfter, assert_tensorboard_matches_history, tiny_config
 from tl_core.config import SEED_RECIPE, TrainConfig
 from tl_core.data.images import list_image_folder, make_dataset, to_unit_range
+from tl_core.training.recorder import LocalCheckpoints
 from tl_core.training.train import train
 from tl_core.run_dir import RunDirectoryError, prepare_run_dir
 
@@ -278,7 +279,7 @@ def test_sigterm_stops_and_resume_reaches_the_uninterrupted_result(tiny_backbone
     assert "--resume" in stderr
     # What --resume continues from is the checkpoint. The run directory's history.json is written just after it, so a
     # SIGTERM between the two leaves it one epoch behind (an epoch of the default recipe takes about 50 ms here).
-    done = len(json.loads((run_dir / "checkpoints" / "history.json").read_text()))
+    done = len(json.loads((LocalCheckpoints(run_dir).latest() / "history.json").read_text()))
     assert len(json.loads((run_dir / "history.json").read_text())) in (done - 1, done)
     assert 2 <= done < 30 and not (run_dir / "model").exists()
 
@@ -341,3 +342,83 @@ def test_a_run_lists_and_checks_its_data_once(tiny_backbone, colour_dataset, tmp
             log=lambda *args, **kwargs: None)  # a new cache: no file's verdict is remembered
     assert sorted(Path(path).name for path in listed) == ["train", "validation"]  # not again by train()
     assert sorted(checked) == [20, 48]
+
+
+def test_a_stop_at_any_step_of_saving_a_checkpoint_leaves_a_complete_one(tmp_path, monkeypatch):
+    """KeyboardInterrupt (Ctrl-C, SIGTERM) before or after each file-system step of an epoch's checkpoint save: the run
+    directory still holds a complete checkpoint, the new epoch's or the one before (seen before: none)."""
+    import os
+    import shutil
+
+    from tl_core.training.distribute import Worker
+    from tl_core.training.recorder import LocalCheckpoints
+
+    def writer(epoch: int):
+        def write(directory: Path) -> None:
+            (directory / "state").write_text(str(epoch))
+            (directory / "history.json").write_text(json.dumps(list(range(epoch))))
+        return write
+
+    steps, stop_at = [], [None]
+
+    def step(real, when):
+        def run(*args, **kwargs):
+            steps.append(real)
+            if len(steps) == stop_at[0] and when == "before":
+                raise KeyboardInterrupt
+            result = real(*args, **kwargs)
+            if len(steps) == stop_at[0] and when == "after":
+                raise KeyboardInterrupt
+            return result
+        return run
+
+    def save_third_epoch(run_dir: Path, at: int | None, when: str = "before") -> None:
+        steps.clear()
+        stop_at[0] = at
+        with monkeypatch.context() as patch:
+            for owner, name in ((os, "replace"), (shutil, "rmtree"), (Path, "unlink"), (Path, "write_text")):
+                patch.setattr(owner, name, step(getattr(owner, name), when))
+            try:
+                LocalCheckpoints(run_dir).save(writer(3), {"epoch": 3}, Worker())
+            except KeyboardInterrupt:
+                pass
+
+    def two_epochs(name: str) -> Path:
+        run_dir = tmp_path / name
+        for epoch in (1, 2):
+            LocalCheckpoints(run_dir).save(writer(epoch), {"epoch": epoch}, Worker())
+        return run_dir
+
+    save_third_epoch(two_epochs("count"), None)
+    total = len(steps)
+    assert total >= 4
+    for at in range(1, total + 1):
+        for when in ("before", "after"):
+            run_dir = two_epochs(f"stop-{at}-{when}")
+            save_third_epoch(run_dir, at, when)
+            latest = LocalCheckpoints(run_dir).latest()
+            assert latest is not None, (at, when)
+            epochs = len(json.loads((latest / "history.json").read_text()))
+            assert epochs in (2, 3) and (latest / "state").read_text() == str(epochs), (at, when)
+
+
+def test_a_checkpoint_saved_before_the_pointer_still_resumes(tiny_backbone, colour_dataset, tmp_path):
+    """Runs checkpointed before latest.json kept the epoch's files in checkpoints/ itself."""
+    import shutil
+
+    straight = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "straight", "default", epochs=3))
+    train(straight)
+    interrupted = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "old", "default", epochs=3))
+    with pytest.raises(KeyboardInterrupt):
+        train(interrupted, callbacks=[StopAfter(2)])
+    checkpoints = tmp_path / "old" / "checkpoints"
+    for path in (checkpoints / "epoch-00002").iterdir():  # the layout before the pointer
+        path.rename(checkpoints / path.name)
+    shutil.rmtree(checkpoints / "epoch-00002")
+    (checkpoints / "latest.json").unlink()
+    assert LocalCheckpoints(tmp_path / "old").latest() == checkpoints
+    train(prepare_run_dir(interrupted, resume=True))
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["epoch-00003", "latest.json"]  # the old files gone
+    expected, got = _head_weights(tmp_path / "straight"), _head_weights(tmp_path / "old")
+    for name in expected:
+        np.testing.assert_allclose(got[name], expected[name], rtol=1e-5, atol=1e-6)

@@ -15,6 +15,7 @@ from tl_core.model.backbones import check_backbone_options
 from tl_core.run_dir import (CHECKPOINT_DIR, CONFIG_FILE, HISTORY_JSON, METRICS_FILE, RAY_DIR, SKIPPED_FILES, RunDirectoryError,
                              prepare_run_dir)
 from tl_core.training.distribute import driver_without_gpus
+from tl_core.training.recorder import LocalCheckpoints
 from tl_core.training.train import check_backbone, train, write_fed_batch
 
 
@@ -57,7 +58,7 @@ def has_checkpoint(config: TrainConfig) -> bool:
     if config.uses_ray:
         return (run_dir / RAY_DIR).is_dir() and any(path.name.startswith("checkpoint_")
                                                     for path in (run_dir / RAY_DIR).iterdir())
-    return (run_dir / CHECKPOINT_DIR / HISTORY_JSON).exists()
+    return LocalCheckpoints(run_dir).latest() is not None
 
 
 def check_resume_point(config: TrainConfig, log=print) -> None:

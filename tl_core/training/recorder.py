@@ -8,6 +8,7 @@ are all-gathered: every worker holds every image's features or logits, in the so
 """
 import functools
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from tl_core import artifacts
 from tl_core.data.images import make_dataset, to_unit_range
 from tl_core.metrics import classification_metrics
 from tl_core.progress import labelled_batch_size, track
-from tl_core.run_dir import CHECKPOINT_DIR, HISTORY_JSON, HISTORY_PARQUET
+from tl_core.run_dir import CHECKPOINT_DIR, HISTORY_JSON, HISTORY_PARQUET, TEMPORARY
 from tl_core.training.distribute import Worker
 from tl_core.training.models import HEAD
 from tl_core.training.step import as_fed
@@ -125,17 +126,31 @@ class Validation:
 
 
 class LocalCheckpoints:
-    """The last completed epoch (model, optimizer, history) in run_dir/checkpoints, replaced atomically."""
+    """The last completed epoch (model, optimizer, history): run_dir/checkpoints/epoch-NNNNN, named by
+    checkpoints/latest.json. An epoch's directory is complete before the pointer names it (one rename), and the one
+    before is removed only after: whenever the process is stopped (Ctrl-C, SIGTERM, SIGKILL), the pointer names a
+    complete checkpoint. (Replacing one directory in place would need two steps, and a stop between them lost the
+    checkpoint: seen.)"""
+
+    POINTER = "latest.json"
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / CHECKPOINT_DIR
 
     def latest(self) -> Path | None:
-        return self.path if (self.path / HISTORY_JSON).exists() else None
+        pointer = self.path / self.POINTER
+        if pointer.exists():
+            return self.path / json.loads(pointer.read_text())["directory"]
+        return self.path if (self.path / HISTORY_JSON).exists() else None  # saved before the pointer existed
 
     def save(self, write, metrics: dict, worker: Worker) -> None:
-        with artifacts.atomic_directory(self.path) as tmp:
+        name = f"epoch-{metrics['epoch']:05d}"
+        with artifacts.atomic_directory(self.path / name) as tmp:
             write(tmp)
+        artifacts.write_json(self.path / self.POINTER, {"directory": name, "epoch": metrics["epoch"]})
+        for entry in self.path.iterdir():  # the epoch before, and the files of the layout before the pointer
+            if entry.name not in (name, self.POINTER) and not TEMPORARY.match(entry.name):
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
 def format_epoch(row: dict, epochs: int) -> str:
