@@ -4,8 +4,8 @@ A signal handler runs between two bytecodes of the main thread, wherever it is, 
 can be lost on the way: inside a weakref callback or a __del__ (TensorFlow and Keras run many: WeakSet._remove,
 finalizers) Python prints it as "Exception ignored in ..." and carries on; inside a Python call that TensorFlow's C++
 code makes (e.g. nest's Flatten importing a module), TensorFlow prints "SystemError: ... returned a result with an
-exception set" and clears it. Both seen here: a run went on to finish and exit 0 after its SIGTERM. So a stop is
-also recorded (`requested`), and long work checks it at its safe points (check(): before each epoch and before the
+exception set" and clears it (seen: the first in a Ray trial worker, the second in a search's final run, which went
+on to finish and exit 0 after its SIGTERM). So a stop is also recorded (`requested`), and long work checks it at its safe points (check(): before each epoch and before the
 run's outputs). Work that finished before a lost stop could be honoured stays finished: its command exits 0.
 """
 import _thread
