@@ -5,27 +5,45 @@ can be lost on the way: inside a weakref callback or a __del__ (TensorFlow and K
 finalizers) Python prints it as "Exception ignored in ..." and carries on; inside a Python call that TensorFlow's C++
 code makes (e.g. nest's Flatten importing a module), TensorFlow prints "SystemError: ... returned a result with an
 exception set" and clears it (seen: the first in a Ray trial worker, the second in a search's final run, which went
-on to finish and exit 0 after its SIGTERM). So a stop is also recorded (`requested`), and long work checks it at its safe points (check(): before each epoch and before the
-run's outputs). Work that finished before a lost stop could be honoured stays finished: its command exits 0.
+on to finish and exit 0 after its SIGTERM); where that C++ code does not look, the process crashed (seen: SIGSEGV,
+exit -11, after a SIGTERM in the default recipe's epochs). So a stop is always recorded (`requested`); inside
+training (at_safe_points) it is only recorded, and raised at the safe points: before each epoch and after each batch,
+in every tracked loop (progress.track: feature passes, validation), and at the end of training.
 """
 import _thread
+import contextlib
 import sys
 import threading
 
 requested = threading.Event()  # a Ctrl-C or SIGTERM came since the command started
+_deferred = threading.Event()  # inside at_safe_points()
 
 
 def stop(signum, frame) -> None:
     """The commands' handler of SIGINT and SIGTERM (a scheduler's SIGTERM takes the same path as Ctrl-C): record the
-    request and raise KeyboardInterrupt where the main thread is."""
+    request and, outside at_safe_points(), raise KeyboardInterrupt where the main thread is."""
     requested.set()
-    raise KeyboardInterrupt
+    if not _deferred.is_set():
+        raise KeyboardInterrupt
 
 
 def check() -> None:
-    """At a safe point of long work: raise KeyboardInterrupt if a stop was requested and has been lost since."""
+    """A safe point: raise KeyboardInterrupt if a stop was requested."""
     if requested.is_set():
         raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def at_safe_points():
+    """Run TensorFlow-heavy work whose stops are raised only at check(), and once more when it ends."""
+    outer = _deferred.is_set()
+    _deferred.set()
+    try:
+        yield
+    finally:
+        if not outer:
+            _deferred.clear()
+    check()
 
 
 def _install(handle) -> None:

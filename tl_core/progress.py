@@ -11,6 +11,8 @@ commands' --quiet) turns both off; the lines a command prints when work ends sta
 import sys
 import time
 
+from tl_core import interrupts
+
 LOG_INTERVAL = 15.0  # seconds between two progress lines in a log
 BAR_INTERVAL = 0.2  # seconds between two redraws of the bar
 BAR_WIDTH = 20
@@ -120,5 +122,6 @@ def track(elements, total: int, description: str, size=lambda element: 1, **opti
     element (one by default; labelled_batch_size for the pipeline's batches)."""
     with Progress(total, description, **options) as progress:
         for element in elements:
+            interrupts.check()  # a safe point for a Ctrl-C or SIGTERM (tl_core/interrupts.py)
             yield element
             progress.advance(size(element))

@@ -117,6 +117,14 @@ def restore(models: Models, checkpoints, config: TrainConfig, log) -> list:
     return history
 
 
+class SafePoint(tf.keras.callbacks.Callback):
+    """After every training step: where a Ctrl-C or SIGTERM that came during it stops the run (tl_core/interrupts.py)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        interrupts.check()
+
+
+@interrupts.at_safe_points()  # a stop raised inside TensorFlow's own code could be lost, or crash the process
 def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker = Worker(), checkpoints=None,
           callbacks=(), strategy: tf.distribute.Strategy | None = None, features: PrecomputedFeatures | None = None) -> dict:
     """Train on config's data and write every artifact into config.output_dir; the final validation metrics.
@@ -154,11 +162,11 @@ def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker
     progress = [EpochProgress(images_per_epoch=images_per_epoch, global_batch=config.batch_size * worker.world_size,
                               epochs=config.epochs, fine_tune_epochs=config.fine_tune_epochs)] if worker.is_chief else []
     for epoch in range(len(history), config.epochs + config.fine_tune_epochs):
-        interrupts.check()  # a Ctrl-C or SIGTERM that TensorFlow swallowed during the last epoch
+        interrupts.check()
         recorder.phase = phase_of(config, epoch)  # the head's epochs, then fine-tuning's
         models.trainer(recorder.phase).fit(epoch_dataset(config, data.shard, features, recorder.phase, epoch),
                                            initial_epoch=epoch, epochs=epoch + 1, verbose=0,
-                                           callbacks=[*progress, recorder, *callbacks])
+                                           callbacks=[*progress, recorder, *callbacks, SafePoint()])
     interrupts.check()
 
     run = {"backbone_handle": handle, **data.summary(worker), "global_batch_size": config.batch_size * worker.world_size,
