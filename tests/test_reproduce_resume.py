@@ -138,3 +138,23 @@ def test_a_head_only_checkpoint_resumes_into_a_run_that_adds_fine_tuning(tiny_ba
     longer.read_state(path)
     for ours, theirs in zip(longer.classifier.get_layer("head").weights, saved.classifier.get_layer("head").weights):
         np.testing.assert_array_equal(ours.numpy(), theirs.numpy())
+
+
+def test_a_directory_left_by_a_start_stopped_before_its_first_file_is_no_run(tiny_backbone, colour_dataset, tmp_path):
+    """Stopped while writing config.json (seen: a search's final run, interrupted as it started), a run directory
+    holds only a temporary file: starting again is a new run, not a refusal to mix runs."""
+    from tl_core.run_dir import RunDirectoryError
+    from tl_core.tuning.search import prepare_search_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".config.json.ab12cd34.tmp").write_text("{")
+    prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, run))
+    assert sorted(path.name for path in run.iterdir()) == ["config.json"]
+    (tmp_path / "search").mkdir()
+    (tmp_path / "search" / ".tune.json.x1y2z3w4.tmp").write_text("{")
+    prepare_search_dir(tmp_path / "search", overwrite=False, resume=False)
+    assert not list((tmp_path / "search").iterdir())
+    (tmp_path / "search" / "notes.txt").write_text("a file of the user's")
+    with pytest.raises(RunDirectoryError, match="already holds files"):
+        prepare_search_dir(tmp_path / "search", overwrite=False, resume=False)

@@ -103,7 +103,7 @@ def prepare_run_dir(config: TrainConfig, *, overwrite: bool = False, resume: boo
                 f"--resume: {', '.join(changed)}: a run resumes with its saved configuration ({saved}); "
                 f"only --epochs and --fine-tune-epochs may change. To train with other settings, start a new run")
         config = dataclasses.replace(previous.trained_longer(config.epochs), fine_tune_epochs=config.fine_tune_epochs)
-    elif run_dir.exists() and any(run_dir.iterdir()):
+    elif holds_files(run_dir):
         if not overwrite:
             raise RunDirectoryError(
                 f"{run_dir} already holds files; pass --resume to continue that run, "
@@ -123,6 +123,12 @@ def prepare_run_dir(config: TrainConfig, *, overwrite: bool = False, resume: boo
 
 # The names artifacts.atomic_path and atomic_directory write under: "." + name + "." + 8 random characters.
 TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}(\.tmp)?$")
+
+
+def holds_files(directory: Path) -> bool:
+    """Whether directory holds anything but the temporary files of a start that was stopped before it wrote its first
+    file (those are removed by remove_temporaries)."""
+    return directory.is_dir() and any(not TEMPORARY.match(entry.name) for entry in directory.iterdir())
 
 
 def remove_temporaries(run_dir: Path) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from tl_core import artifacts, interrupts, progress
 from tl_core.config import TrainConfig, option
-from tl_core.run_dir import CONFIG_FILE, METRICS_FILE, RunDirectoryError
+from tl_core.run_dir import CONFIG_FILE, METRICS_FILE, RunDirectoryError, holds_files, remove_temporaries
 from tl_core.tuning import features as tuning_features
 from tl_core.tuning.report import FAILED, STOPPED, best_trial, plot_trials, trial_number, trial_rows
 from tl_core.tuning.space import DEFAULT_SPACE, SEARCHABLE, check_space, max_epochs, read_space, to_tune
@@ -87,13 +87,15 @@ def prepare_search_dir(directory: Path, *, overwrite: bool, resume: bool) -> Non
     if resume:
         if not (directory / SEARCH_FILE).exists():
             raise RunDirectoryError(f"--resume: {directory} holds no search to continue (no {SEARCH_FILE})")
-    elif directory.exists() and any(directory.iterdir()):
+    elif holds_files(directory):
         if not overwrite:
             raise RunDirectoryError(f"{directory} already holds files; pass --resume to continue that search, "
                                     "--overwrite to replace it, or choose another --output-dir")
         for name in SEARCH_FILES:
             path = directory / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    if not resume and directory.exists():
+        remove_temporaries(directory)  # what a search stopped before its first file left
 
 
 def saved_search(directory: Path) -> tuple[TrainConfig, TuneSettings, dict]:
