@@ -5,8 +5,8 @@ data check, backbone passes, training, export), on:
   - sample: the built-in cats-vs-dogs silhouettes (1400 / 600);
   - digits: scikit-learn's handwritten digits, 10 classes (1258 / 539; benchmarks/digits.py, needs `.[bench]`).
 Times are relative to the seed's recipe in the same run (the common yardstick: fastai's figures
-below were measured next to it, at 2.0x its time). Prints a Markdown table and writes JSON (--output,
-default benchmarks/results/accuracy.json).
+below were measured next to it, at 2.0x its time). Writes JSON (--output, default
+benchmarks/results/accuracy.json) and prints the docs' table of it (benchmarks/report.py).
 """
 import argparse
 import json
@@ -15,6 +15,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from benchmarks import report
+from benchmarks.provenance import provenance
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,30 +67,10 @@ def main(argv=None) -> int:
                 results[dataset][name] = run_recipe(RECIPES[name], data_dir, runs)
                 print(f"{dataset:7} {name:50} accuracy {results[dataset][name]['accuracy']:.4f}  "
                       f"{results[dataset][name]['seconds']:.0f}s", flush=True)
-    print(table(results))
-    Path(args.output).write_text(json.dumps({"results": results, "fastai_sample": FASTAI_SAMPLE}, indent=2) + "\n")
+    saved = {**provenance(), "results": results, "fastai_sample": FASTAI_SAMPLE}
+    Path(args.output).write_text(json.dumps(saved, indent=2) + "\n")
+    print(report.render("accuracy", saved))
     return 0
-
-
-def table(results: dict) -> str:
-    datasets = list(results)
-    yardstick = "seed recipe (`--recipe seed`)"
-    lines = ["| recipe | " + " | ".join(f"{d}: accuracy | {d}: time vs seed recipe" for d in datasets) + " |",
-             "| --- |" + " --- | --- |" * len(datasets)]
-    for name in results[datasets[0]]:
-        cells = []
-        for dataset in datasets:
-            row, base = results[dataset][name], results[dataset].get(yardstick)
-            relative = f"{row['seconds'] / base['seconds']:.2f}x" if base else "-"
-            cells += [f"{row['accuracy']:.3f}", f"{relative} ({row['seconds']:.0f} s)"]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    if "sample" in results:
-        cells = []
-        for dataset in datasets:
-            cells += ([f"{FASTAI_SAMPLE['accuracy']:.3f}", f"{FASTAI_SAMPLE['relative_time']:.1f}x (from the issue)"]
-                      if dataset == "sample" else ["-", "-"])
-        lines.append("| fastai `vision_learner` + `fit_one_cycle(6)` (reference, not run here) | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Prints a table and writes it as JSON (--output, default benchmarks/results/cpu.j
 """
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,8 @@ import time
 from pathlib import Path
 
 import tl_core  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from benchmarks import report
+from benchmarks.provenance import provenance
 import numpy as np
 import tensorflow as tf
 
@@ -182,7 +183,7 @@ def main(argv=None) -> int:
     cache = assets.cache_dir()
     data_dir = prepare_cats_vs_dogs(cache)
     handle = resolve_backbone("mobilenet_v2", cache)
-    results = {"machine": {"cpus": os.cpu_count(), "tensorflow": tf.__version__}}
+    results = provenance()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         validation = list_image_folder(data_dir / "validation")
@@ -227,38 +228,9 @@ def main(argv=None) -> int:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
-    print(format_table(results))
+    print(report.render("cpu", results))
     print(f"\nwritten to {output}")
     return 0
-
-
-def format_table(r: dict) -> str:
-    ours, idg = r["project_augmented"], r["image_data_generator"]
-    cached, long = r["project_cached"], r["project_cached_60"]
-    ratios = r["ratios"]
-    rows = [
-        ("backbone alone, forward (ceiling)", f"{r['backbone_images_per_second']:.0f} img/s", ""),
-        ("input pipeline alone (host side: decode, resize)", f"{r['pipeline_images_per_second']:.0f} img/s", ""),
-        ("this project, training epoch (augmented)", f"{ours['train_images_per_second_median']:.0f} img/s",
-         f"{ratios['training_epoch_vs_backbone_ceiling']:.2f}x ceiling"),
-        ("ImageDataGenerator recipe, epoch", f"{idg['train_images_per_second_median']:.0f} train img/s "
-         f"({idg['images_per_second_median']:.0f} incl. validation)", ""),
-        ("6-epoch recipe, augmented: this project", f"{ours['wall_seconds']:.0f} s, val acc {ours['val_accuracy']:.3f}",
-         f"{ratios['augmented_6_epoch_wall_vs_image_data_generator']:.2f}x baseline time"),
-        ("6-epoch recipe, augmented: ImageDataGenerator", f"{idg['wall_seconds']:.0f} s, val acc {idg['val_accuracy']:.3f}", ""),
-        ("6 epochs, no augmentation, cached features", f"{cached['wall_seconds']:.0f} s, val acc {cached['val_accuracy']:.3f}",
-         f"{ratios['image_data_generator_wall_vs_cached_6_epoch_wall']:.1f}x faster than baseline"),
-        ("  cached: later epoch vs first (incl. features)", f"{statistics.median(cached['epoch_seconds'][1:]):.2f} s vs "
-         f"{cached['feature_seconds'] + cached['epoch_seconds'][0]:.1f} s", f"{ratios['cached_later_epoch_vs_first_epoch']:.3f}"),
-        ("60 head epochs on cached features", f"{long['wall_seconds']:.0f} s, val acc {long['val_accuracy']:.3f}", ""),
-        ("peak RSS, 1 epoch, 2000 / 8000 images", f"{r['peak_rss_mib']['2000_images']:.0f} / "
-         f"{r['peak_rss_mib']['8000_images']:.0f} MiB", f"{ratios['peak_rss_8000_vs_2000']:.2f}x for 4x data"),
-        ("peak RSS, 1 epoch, 8000 images, cached features spilled", f"{r['peak_rss_mib']['8000_images_cached_spill']:.0f} MiB", ""),
-        ("  method control: 512 MiB touched", f"{r['peak_rss_control']['measured_mib']:.0f} MiB "
-         f"(python alone {r['peak_rss_control']['python_alone_mib']:.0f})", ""),
-    ]
-    width = max(len(row[0]) for row in rows)
-    return "\n".join(f"{name:<{width}}  {value:<40} {note}" for name, value, note in rows)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ import tensorflow as tf
 
 from benchmarks.host_input import per_core_rate
 from benchmarks.photos import write_photo_dataset
+from benchmarks.provenance import provenance
 from tl_core.model import assets
 from tl_core.data import augment
 from tl_core.model.backbones import MOBILENET_V2, keras_backbone, resolve_backbone
@@ -112,8 +113,7 @@ def main(argv=None) -> int:
     cache = assets.cache_dir()
     handle = resolve_backbone(MOBILENET_V2, cache)
     batch = tf.random.uniform([args.batch_size, 224, 224, 3], seed=0)
-    results = {"device": [tf.config.experimental.get_device_details(g).get("device_name", g.name) for g in gpus] or ["cpu"],
-               "batch_size": args.batch_size, "host_cpus": os.cpu_count()}
+    results = {**provenance(), "batch_size": args.batch_size}  # provenance: the GPUs, the host's CPUs
 
     def report(key, value, unit="img/s per GPU"):
         results[key] = value

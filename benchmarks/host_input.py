@@ -31,7 +31,9 @@ import tl_core  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
 import pyarrow as pa
 import tensorflow as tf
 
+from benchmarks import report
 from benchmarks.photos import write_photo_dataset
+from benchmarks.provenance import provenance
 from tl_core.model import assets
 from tl_core.data import augment
 from tl_core.data.images import encoded_images, epoch_seed, list_image_folder, make_dataset
@@ -120,29 +122,6 @@ def measure(name: str, data_dir: Path, work: Path, repeats: int) -> dict:
     return result
 
 
-def format_table(results: dict, backbone_rate: float) -> str:
-    lines = [f"{'host pipeline':<22}" + "".join(f"{name:>30}" for name in results["datasets"]),
-             f"{'':<22}" + "".join(f"{'img/s per core   cores/GPU':>30}" for _ in results["datasets"])]
-    for pipeline in next(iter(results["datasets"].values()))["rates"]:
-        cells = []
-        for dataset in results["datasets"].values():
-            rate = dataset["rates"][pipeline]["per_cpu_second"]
-            cells.append(f"{rate:>16.0f} {backbone_rate / rate:>12.1f}")
-        lines.append(f"{pipeline:<22}" + "".join(f"{cell:>30}" for cell in cells))
-    lines.append("")
-    lines.append(f"cores/GPU: host cores needed to feed one GPU whose backbone runs at {backbone_rate:.0f} img/s")
-    for name, dataset in results["datasets"].items():
-        size = dataset["bytes_per_image"]
-        lines.append(f"{name}: bytes per image on disk: source files {size['source_files'] / 1024:.1f} KiB, Parquet "
-                     f"{size['parquet'] / 1024:.1f} KiB, pre-sized Parquet {size['presized_parquet'] / 1024:.1f} KiB "
-                     f"({size['presized_parquet'] / size['source_files']:.1f}x the source)")
-        rates = {key: value["per_cpu_second"] for key, value in dataset["rates"].items()}
-        lines.append(f"{name}: pre-sized Parquet vs before: {rates['pre-sized + augment'] / rates['before']:.1f}x "
-                     f"cheaper per image; augmentation on vs off: folder {rates['+ augment'] / rates['+ resize']:.2f}, "
-                     f"pre-sized {rates['pre-sized + augment'] / rates['pre-sized']:.2f}")
-    return "\n".join(lines)
-
-
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.host_input", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -154,7 +133,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
-    results = {"machine": {"cpus": os.cpu_count(), "tensorflow": tf.__version__}, "image_size": SIZE,
+    results = {**provenance(), "image_size": SIZE,
                "backbone_rate": args.backbone_rate, "datasets": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -166,7 +145,7 @@ def main(argv=None) -> int:
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(results, indent=2) + "\n")
     print()
-    print(format_table(results, args.backbone_rate))
+    print(report.render("host_input", results))
     print(f"\nwritten to {output}")
     return 0
 

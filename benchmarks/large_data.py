@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 
 import tl_core  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+from benchmarks import report
+from benchmarks.provenance import provenance
 from tl_core import progress
 from tl_core.config import SEED_RECIPE, TrainConfig
 from tl_core.data.images import list_image_folder
@@ -176,7 +178,7 @@ def main(argv=None) -> int:
     sample = prepare_cats_vs_dogs(assets.cache_dir())
     sources = {name: sorted(str(path) for split in ("train", "validation") for path in (sample / split / name).iterdir())
                for name in list_image_folder(sample / "train").class_names}
-    results = {"machine": {"cpus": os.cpu_count()}, "validation_files": VALIDATION_FILES, "sizes": {}}
+    results = {**provenance(), "validation_files": VALIDATION_FILES, "sizes": {}}
     if not args.no_ray:
         import ray
 
@@ -220,34 +222,8 @@ def main(argv=None) -> int:
                                  "checks": checks(data, Path(tmp) / "photo_cache")}
             print(json.dumps(results["photos"], indent=1), flush=True)
             Path(args.output).write_text(json.dumps(results, indent=2) + "\n")
-    print(table(results))
+    print(report.render("large_data", results))
     return 0
-
-
-def table(results: dict) -> str:
-    lines = ["| files | listing s | listing bytes/file | first check files/s | second check s (of first) | "
-             "stat alone s (of first) | local ingest img/s | Ray ingest img/s | first step s | first step s, --recheck |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for size, row in results["sizes"].items():
-        ray_rate = f"{row['ray_ingest']['images_per_second']:.0f}" if "ray_ingest" in row else "-"
-        recheck = f"{row['first_step_recheck_seconds']:.1f}" if "first_step_recheck_seconds" in row else "-"
-        lines.append(f"| {int(size):,} | {row['listing']['seconds']:.2f} | {row['listing']['bytes_per_file']:.0f} | "
-                     f"{row['checks']['first_files_per_second']:.0f} | {second_check_cells(row['checks'])} | "
-                     f"{row['local_ingest']['images_per_second']:.0f} | {ray_rate} | {row['first_step_seconds']:.1f} | "
-                     f"{recheck} |")
-    if "photos" in results:
-        checks = results["photos"]["checks"]
-        lines.append(f"\nphotos, {results['photos']['files']:,} files: first check {checks['first_files_per_second']:.0f} "
-                     f"files/s ({checks['first_seconds']:.1f} s), second check {checks['second_seconds']:.2f} s "
-                     f"({100 * checks['second_over_first']:.1f} % of the first), stat alone {checks['stat_seconds']:.2f} s "
-                     f"({100 * checks['stat_over_first']:.1f} %)")
-    return "\n".join(lines)
-
-
-def second_check_cells(checks: dict) -> str:
-    """The table's two cells: the second check and the stat alone, each in seconds and as a share of the first."""
-    return (f"{checks['second_seconds']:.2f} ({100 * checks['second_over_first']:.1f} %) | "
-            f"{checks['stat_seconds']:.2f} ({100 * checks['stat_over_first']:.1f} %)")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import report
 from benchmarks.accuracy import REPO, run_recipe
+from benchmarks.provenance import provenance
 
 SINGLE_RUNS = {  # name -> flags of `python -m jobs.train`
     "seed recipe (`--recipe seed`)": ["--recipe", "seed"],
@@ -52,24 +54,10 @@ def main(argv=None) -> int:
             print(f"{name:75} accuracy {results[name]['accuracy']:.4f}  {results[name]['seconds']:.0f}s", flush=True)
         search = run_search(args.trials, work)
         print(f"jobs.tune --trials {args.trials}: accuracy {search['accuracy']:.4f}  {search['seconds']:.0f}s", flush=True)
-    print(table(results, search, args.trials))
-    Path(args.output).write_text(json.dumps({"single_runs": results, "search": search, "trials": args.trials},
-                                            indent=2) + "\n")
+    saved = {**provenance(), "single_runs": results, "search": search, "trials": args.trials}
+    Path(args.output).write_text(json.dumps(saved, indent=2) + "\n")
+    print(report.render("tune", saved))
     return 0
-
-
-def table(results: dict, search: dict, trials: int) -> str:
-    base = results["seed recipe (`--recipe seed`)"]["seconds"]
-    lines = ["| command | validation accuracy | wall time vs the seed recipe |", "| --- | --- | --- |"]
-    for name, row in results.items():
-        lines.append(f"| {name} | {row['accuracy']:.3f} | {row['seconds'] / base:.2f}x ({row['seconds']:.0f} s) |")
-    summary = search["summary"]
-    lines.append(f"| `jobs.tune --trials {trials}` without its final run (start-up, data check, Ray, features, trials) | - | "
-                 f"{search['search_seconds'] / base:.2f}x ({search['search_seconds']:.0f} s) |")
-    lines.append(f"| `jobs.tune --trials {trials}` in all, with the final run (best of {summary['trials']}, "
-                 f"{summary['stopped_early']} stopped early) | {search['accuracy']:.3f} | "
-                 f"{search['seconds'] / base:.2f}x ({search['seconds']:.0f} s) |")
-    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -11,11 +11,15 @@ import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imp
 from jobs.cli import run_command
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m jobs.assets", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache-dir", help="asset cache (default $TL_CACHE_DIR or ~/.cache/tl_core)")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
 
     def body() -> None:
         from tl_core.data.sample import prepare_cats_vs_dogs

@@ -17,7 +17,7 @@ import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imp
 from jobs.cli import add_quiet_argument, run_command
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="run directory or SavedModel directory")
@@ -28,7 +28,11 @@ def main(argv=None) -> int:
     parser.add_argument("--worst", type=int, default=16, help="mistakes shown in most_confident_errors.png (default 16)")
     parser.add_argument("--cache-dir", help="asset cache, for the built-in sample")
     add_quiet_argument(parser)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
     output = Path(args.output_dir or f"runs/evaluate-{stamp}")
 

@@ -17,7 +17,7 @@ import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imp
 from jobs.cli import add_quiet_argument, run_command
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m jobs.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="run directory or SavedModel directory")
@@ -29,7 +29,11 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", type=int, default=2, help="with --ray: model replicas (default 2)")
     parser.add_argument("--use-gpu", action="store_true", help="with --ray: one GPU per replica")
     add_quiet_argument(parser)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     output = Path(args.output)
 
     def body() -> None:

@@ -9,7 +9,7 @@ import sys
 from jobs.cli import run_command
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m jobs.registry", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -18,7 +18,11 @@ def main(argv=None) -> int:
     rollback = commands.add_parser("rollback", help="make an earlier run's model the champion")
     rollback.add_argument("run_id")
     rollback.add_argument("--registry", required=True)
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
 
     def body() -> None:
         from tl_core.registry.retrain import restore

@@ -1,0 +1,253 @@
+"""The docs' tables of measured figures, made from benchmarks/results/*.json: `python -m benchmarks.report`.
+
+A page holds a table as a marked block,
+
+    <!-- results: NAME -->
+    ...
+    <!-- end results -->
+
+and this script rewrites every block of README.md and docs/*.md from its results file (TABLES below
+says which), with a caption giving the date and machine the file records. `--check` rewrites
+nothing: it exits 1 and names each block that differs from its results file (a test runs it).
+The benchmarks print the same tables when they finish.
+"""
+import argparse
+import json
+import re
+import statistics
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(r"(<!-- results: (?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- end results -->)", re.DOTALL)
+SEED = "seed recipe (`--recipe seed`)"
+
+
+def caption(results: dict, benchmark: str) -> str:
+    machine = results["machine"]
+    described = [f"{machine['cpus']} CPUs" + (f" ({machine['cpu']})" if machine.get("cpu") else "")]
+    if machine.get("memory_gib"):
+        described.append(f"{machine['memory_gib']:.0f} GiB of memory")
+    described.append(", ".join(machine["gpus"]) if machine.get("gpus") else "no GPU")
+    text = (f"_Measured on {results['date']} by `python -m benchmarks.{benchmark}` on a machine with "
+            f"{' and '.join(described)}, TensorFlow {machine['tensorflow']}._")
+    return text + (f" _{results['note']}_" if results.get("note") else "")
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def times(seconds: float, base: float) -> str:
+    return f"{seconds / base:.2f}x"
+
+
+def headline(results: dict) -> str:
+    sample, digits, fastai = results["results"]["sample"], results["results"]["digits"], results["fastai_sample"]
+    rows = [["**default** (`python -m jobs.train`)", f"**{sample['default']['accuracy']:.3f}**",
+             f"**{times(sample['default']['seconds'], sample[SEED]['seconds'])}**", f"**{digits['default']['accuracy']:.3f}**"],
+            ["the classic recipe (`--recipe seed`)", f"{sample[SEED]['accuracy']:.3f}", "1.00x", f"{digits[SEED]['accuracy']:.3f}"],
+            ["fastai `vision_learner` + `fit_one_cycle(6)` (a reference measurement; not run here)",
+             f"{fastai['accuracy']:.3f}", f"{fastai['relative_time']:.1f}x", "-"]]
+    return markdown(["recipe", "cats vs dogs sample: accuracy", "time vs the classic recipe", "digits (10 classes): accuracy"],
+                    rows)
+
+
+def accuracy(results: dict) -> str:
+    datasets = results["results"]
+    header = ["recipe", "flags of `python -m jobs.train`"]
+    header += [cell for name in datasets for cell in (f"{name}: accuracy", f"{name}: time")]
+    rows = []
+    for recipe in next(iter(datasets.values())):
+        flags = " ".join(next(iter(datasets.values()))[recipe]["flags"])
+        row = [recipe, f"`{flags}`" if flags else "(none)"]
+        for runs in datasets.values():
+            run = runs[recipe]
+            relative = run.get("relative_time", run["seconds"] / runs[SEED]["seconds"])
+            mark = "*" if "relative_time" in run else ""
+            row += [f"{run['accuracy']:.3f}", f"{relative:.2f}x{mark} ({run['seconds']:.0f} s)"]
+        rows.append(row)
+    fastai = results["fastai_sample"]
+    rows.append(["fastai `vision_learner` + `fit_one_cycle(6)` (a reference measurement; not run here)", "-"]
+                + [cell for name in datasets for cell in
+                   ((f"{fastai['accuracy']:.3f}", f"{fastai['relative_time']:.1f}x") if name == "sample" else ("-", "-"))])
+    starred = next((run["measured_in"] for runs in datasets.values() for run in runs.values() if "measured_in" in run), None)
+    return markdown(header, rows) + (f"\n\n\\* {starred}." if starred else "")
+
+
+def tune(results: dict) -> str:
+    runs, search = results["single_runs"], results["search"]
+    base = runs[SEED]["seconds"]
+    rows = [[name, f"{run['accuracy']:.3f}", f"{times(run['seconds'], base)} ({run['seconds']:.0f} s)"] for name, run in runs.items()]
+    summary, trials = search["summary"], results["trials"]
+    rows.append([f"`jobs.tune --trials {trials}` without its final run (start-up, data check, Ray, features, trials)", "-",
+                 f"{times(search['search_seconds'], base)} ({search['search_seconds']:.0f} s)"])
+    rows.append([f"`jobs.tune --trials {trials}` in all, with the final run (best of {summary['trials']}, "
+                 f"{summary['stopped_early']} stopped early)", f"{search['accuracy']:.3f}",
+                 f"{times(search['seconds'], base)} ({search['seconds']:.0f} s)"])
+    phases = summary["seconds"]
+    return (markdown(["command", "validation accuracy", "wall time vs the seed recipe"], rows)
+            + f"\n\nThe search's own {phases['total']:.0f} s: data check {phases['check']:.0f} s, Ray start and features "
+            f"{phases['features']:.0f} s, trials {phases['trials']:.0f} s, final run {phases['final_run']:.0f} s. "
+            f"Best trial's tuning accuracy {summary['best_tuning_accuracy']:.3f}.")
+
+
+def cpu(r: dict) -> str:
+    ours, idg = r["project_augmented"], r["image_data_generator"]
+    cached, long, rss, control, ratios = (r["project_cached"], r["project_cached_60"], r["peak_rss_mib"],
+                                          r["peak_rss_control"], r["ratios"])
+    rows = [
+        ["backbone alone, forward (the ceiling)", f"{r['backbone_images_per_second']:.0f} img/s", ""],
+        ["input pipeline alone (host side: decode, resize; no model)", f"{r['pipeline_images_per_second']:,.0f} img/s", ""],
+        ["`--recipe seed`, training epoch with augmentation", f"{ours['train_images_per_second_median']:.0f} img/s",
+         f"{ratios['training_epoch_vs_backbone_ceiling']:.2f}x the ceiling"],
+        ["ImageDataGenerator recipe, epoch", f"{idg['train_images_per_second_median']:.0f} training img/s "
+         f"({idg['images_per_second_median']:.0f} counting validation)", ""],
+        ["6 epochs with augmentation, this project", f"{ours['wall_seconds']:.0f} s, val acc {ours['val_accuracy']:.3f}",
+         f"{ratios['augmented_6_epoch_wall_vs_image_data_generator']:.2f}x the baseline's time"],
+        ["6 epochs with augmentation, ImageDataGenerator (the baseline)",
+         f"{idg['wall_seconds']:.0f} s, val acc {idg['val_accuracy']:.3f}", ""],
+        ["6 epochs without augmentation, cached features", f"{cached['wall_seconds']:.0f} s, val acc {cached['val_accuracy']:.3f}",
+         f"{ratios['image_data_generator_wall_vs_cached_6_epoch_wall']:.1f}x faster than the baseline"],
+        ["cached: an epoch after the first vs the first (with the feature pass)",
+         f"{statistics.median(cached['epoch_seconds'][1:]):.2f} s vs {cached['feature_seconds'] + cached['epoch_seconds'][0]:.1f} s",
+         f"{ratios['cached_later_epoch_vs_first_epoch']:.3f}"],
+        ["60 head epochs on cached features", f"{long['wall_seconds']:.0f} s, val acc {long['val_accuracy']:.3f}", ""],
+        ["peak RSS of a 1-epoch run, 2000 / 8000 images", f"{rss['2000_images']:,.0f} / {rss['8000_images']:,.0f} MiB",
+         f"{ratios['peak_rss_8000_vs_2000']:.2f}x for 4x the data"],
+        ["peak RSS of a 1-epoch run, 8000 images, cached features spilled to Parquet",
+         f"{rss['8000_images_cached_spill']:,.0f} MiB", ""],
+        [f"the memory method's control: a process touching {control['allocated_mib']} MiB",
+         f"{control['measured_mib']:.0f} MiB (Python alone: {control['python_alone_mib']:.0f} MiB)", ""],
+    ]
+    return markdown(["measurement", "result", "ratio"], rows)
+
+
+HOST_PIPELINES = {
+    "before": "host-side augmentation: decode to float32, resize, warp on the host",
+    "decode": "read + decode",
+    "+ resize": "+ resize to 224x224 (folder input, augmentation off)",
+    "+ augment": "+ augmentation on (folder input; the warp runs in the training step)",
+    "Parquet + augment": "Parquet of the files' bytes (`jobs.ingest`), augmentation on",
+    "pre-sized": "pre-sized Parquet (`jobs.ingest --image-size 224`), augmentation off",
+    "pre-sized + augment": "pre-sized Parquet, augmentation on",
+}
+
+
+def host_input(results: dict) -> str:
+    datasets, gpu_rate = results["datasets"], results["backbone_rate"]
+    header = ["host work per training image, per core"] + [
+        cell for name in datasets for cell in (f"{name}: img/s per core", f"cores per GPU at {gpu_rate:,.0f} img/s")]
+    rows = []
+    for pipeline, label in HOST_PIPELINES.items():
+        rates = [dataset["rates"][pipeline]["per_cpu_second"] for dataset in datasets.values()]
+        rows.append([label] + [cell for rate in rates for cell in (f"{rate:,.0f}", f"{gpu_rate / rate:.1f}")])
+    lines = []
+    for name, dataset in datasets.items():
+        rate = {key: value["per_cpu_second"] for key, value in dataset["rates"].items()}
+        size = dataset["bytes_per_image"]
+        lines.append(f"- {name}, {dataset['images']} images: pre-sized Parquet costs the host "
+                     f"{rate['pre-sized + augment'] / rate['before']:.1f}x less per image than host-side augmentation, "
+                     f"folder input {rate['+ augment'] / rate['before']:.1f}x less; augmentation on vs off: "
+                     f"{rate['+ augment'] / rate['+ resize']:.2f} (folders), "
+                     f"{rate['pre-sized + augment'] / rate['pre-sized']:.2f} (pre-sized Parquet). Bytes per image on "
+                     f"disk: source files {size['source_files'] / 1024:.1f} KiB, Parquet {size['parquet'] / 1024:.1f} KiB, "
+                     f"pre-sized Parquet {size['presized_parquet'] / 1024:.1f} KiB "
+                     f"({size['presized_parquet'] / size['source_files']:.1f}x the source files).")
+    return markdown(header, rows) + "\n\n" + "\n".join(lines)
+
+
+def large_data(results: dict) -> str:
+    rows = []
+    sizes = results["sizes"]
+    for size, row in sizes.items():
+        checks = row["checks"]
+        rows.append([f"{int(size):,}", f"{row['listing']['seconds']:.2f}", f"{row['listing']['bytes_per_file']:.0f}",
+                     f"{checks['first_files_per_second']:.0f}",
+                     f"{checks['second_seconds']:.2f} ({100 * checks['second_over_first']:.1f} %)",
+                     f"{checks['stat_seconds']:.2f} ({100 * checks['stat_over_first']:.1f} %)",
+                     f"{row['local_ingest']['images_per_second']:.0f}",
+                     f"{row['ray_ingest']['images_per_second']:.0f}" if "ray_ingest" in row else "-",
+                     f"{row['first_step_seconds']:.1f}",
+                     f"{row['first_step_recheck_seconds']:.1f}" if "first_step_recheck_seconds" in row else "-"])
+    table = markdown(["files", "listing s", "listing bytes/file", "first check files/s", "second check s (of first)",
+                      "stat alone s (of first)", "local ingest img/s", "Ray ingest img/s", "first step s",
+                      "first step s, --recheck"], rows)
+    smallest, first = next(iter(sizes)), sizes[next(iter(sizes))]["first_step_seconds"]
+    lines = ["- time to the first step on checked Parquet, against " + f"{int(smallest):,} files: " + ", ".join(
+        f"{row['first_step_seconds'] / first:.2f}x at {int(size):,}" for size, row in sizes.items() if size != smallest)]
+    ray = [f"{row['ray_ingest']['images_per_second'] / row['local_ingest']['images_per_second']:.2f}x at {int(size):,}"
+           for size, row in sizes.items() if "ray_ingest" in row]
+    if ray:
+        lines.append("- Ray ingest's rate against the local ingest's, on this one machine: " + ", ".join(ray))
+    if "photos" in results:
+        checks = results["photos"]["checks"]
+        lines.append(f"- photos (500x375 JPEG), {results['photos']['files']:,} files: first check "
+                     f"{checks['first_files_per_second']:.0f} files/s ({checks['first_seconds']:.1f} s), second check "
+                     f"{checks['second_seconds']:.2f} s ({100 * checks['second_over_first']:.1f} % of the first), stat alone "
+                     f"{checks['stat_seconds']:.2f} s ({100 * checks['stat_over_first']:.1f} %)")
+    return table + "\n\n" + "\n".join(lines)
+
+
+# table name -> (benchmark and results file, what makes the table)
+TABLES = {
+    "headline": ("accuracy", headline),
+    "accuracy": ("accuracy", accuracy),
+    "tune": ("tune", tune),
+    "cpu": ("cpu", cpu),
+    "host_input": ("host_input", host_input),
+    "large_data": ("large_data", large_data),
+}
+
+
+def render(name: str, results: dict) -> str:
+    """A block's text: the caption, then the table and what is derived from it."""
+    benchmark, make = TABLES[name]
+    return f"{caption(results, benchmark)}\n\n{make(results)}\n"
+
+
+def pages(root: Path) -> list[Path]:
+    return [root / "README.md", *sorted((root / "docs").glob("*.md"))]
+
+
+def update(root: Path = REPO, *, write: bool) -> list[str]:
+    """Every block that differs from its results file, as "page: block (from file)"; write: rewrite them."""
+    stale = []
+    for page in pages(root):
+        text = page.read_text()
+
+        def expected(match: re.Match) -> str:
+            name, where = match["name"], page.relative_to(root)
+            if name not in TABLES:
+                raise SystemExit(f"error: {where}: no table named {name!r} (known: {', '.join(TABLES)})")
+            results_file = root / "benchmarks" / "results" / f"{TABLES[name][0]}.json"
+            if not results_file.exists():
+                raise SystemExit(f"error: {where}: table {name!r} needs {results_file}, which is missing")
+            body = render(name, json.loads(results_file.read_text()))
+            if body != match["body"]:
+                stale.append(f"{where}: {name} (from {results_file.relative_to(root)})")
+            return match[1] + body + match[4]
+
+        new = BLOCK.sub(expected, text)
+        if write and new != text:
+            page.write_text(new)
+    return stale
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true", help="change nothing; exit 1 if a table differs from its results")
+    parser.add_argument("--root", type=Path, default=REPO, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    stale = update(args.root, write=not args.check)
+    for block in stale:
+        print(f"{'out of date' if args.check else 'rewritten'}: {block}", file=sys.stderr if args.check else sys.stdout)
+    if args.check and stale:
+        print("run `python -m benchmarks.report` to rewrite them from the results files", file=sys.stderr)
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
