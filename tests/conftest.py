@@ -11,6 +11,16 @@ from PIL import Image  # noqa: E402
 from tl_core.model.backbones import export_feature_extractor  # noqa: E402
 
 TINY_IMAGE_SIZE = 32
+REPO = Path(__file__).resolve().parents[1]
+
+
+def manual_pages() -> list[Path]:
+    """The user's manual: README.md and the guides in docs/."""
+    return [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+
+
+def manual_text() -> str:
+    return "\n".join(page.read_text() for page in manual_pages())
 
 
 def encode(array: np.ndarray, fmt: str, **options) -> bytes:

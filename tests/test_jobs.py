@@ -166,14 +166,14 @@ def test_an_exit_signal_landing_in_a_callback_is_dropped_quietly_in_a_ray_worker
     assert "ValueError: a real problem" in done.stderr  # other unraisable exceptions are still reported
 
 
-def test_every_line_tensorflow_prints_at_start_up_is_explained_in_the_readme():
+def test_every_line_tensorflow_prints_at_start_up_is_explained_in_the_manual():
     """The troubleshooting section quotes TensorFlow's start-up lines (which no supported setting removes) and says
     why they are harmless; a TensorFlow upgrade that prints something new fails here until it is explained."""
     import re
-    from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    block = readme.split("<!-- tensorflow start-up lines -->")[1].split("<!-- end -->")[0]
+    from conftest import manual_text
+
+    block = manual_text().split("<!-- tensorflow start-up lines -->")[1].split("<!-- end -->")[0]
     quoted = [line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith("```")]
     absl_prefix = re.compile(r"^[IWEF]\d{4} \S+ +\d+ ")  # I0000 00:00:1796355529.852841   25224
 

@@ -1,4 +1,4 @@
-"""Reproducing and resuming runs from the command line, exactly as the README says."""
+"""Reproducing and resuming runs from the command line, exactly as the manual (README.md, docs/) says."""
 import json
 import re
 import shlex
@@ -8,13 +8,10 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_IMAGE_SIZE, tiny_config
+from conftest import TINY_IMAGE_SIZE, manual_text, tiny_config
 from jobs.train import config_from_args, main as train_job, parse_args
 from tl_core.run_dir import prepare_run_dir
 from tl_core.training.models import OneCycle
-
-README = Path(__file__).resolve().parents[1] / "README.md"
-
 
 def head_weights(run_dir: Path) -> np.ndarray:
     """Every weight of the exported model, in order (the frozen backbone's too: equal in every run anyway)."""
@@ -35,8 +32,8 @@ def first_run(tiny_backbone, colour_dataset, tmp_path, monkeypatch):
 
 
 def readme_commands(flag: str) -> list[list[str]]:
-    """The README's `python -m jobs.train ...` example lines that use flag, as argument lists."""
-    lines = re.findall(r"^python -m jobs\.train (.*?)(?:\s+#.*)?$", README.read_text(), flags=re.MULTILINE)
+    """The manual's `python -m jobs.train ...` example lines that use flag on runs/X, as argument lists."""
+    lines = re.findall(r"^python -m jobs\.train (.*?)(?:\s+#.*)?$", manual_text(), flags=re.MULTILINE)
     return [shlex.split(line) for line in lines if flag in line and "runs/X" in line]
 
 

@@ -49,7 +49,7 @@ SEARCH_FILES = (SEARCH_FILE, FEATURES_DIR, TUNING_SPLIT_FILE, RAY_TUNE_DIR, TRIA
 class TuneSettings:
     trials: int = option(32, "trials to run (each samples the search space once)")
     max_concurrent: int = option(0, "trials at once (0: as many as the cluster's CPUs allow, --cpus-per-trial each)")
-    search_space: str | None = option(None, "JSON or YAML file replacing the default search space (see the README: "
+    search_space: str | None = option(None, "JSON or YAML file replacing the default search space (see docs/tuning.md: "
                                       "keys are head settings, values distributions such as {\"loguniform\": [1e-4, 1e-2]})")
     tuning_split: float = option(0.2, "fraction of each class of the training images that scores the trials "
                                  "(k-fold: 1/k of them per fold)")
