@@ -38,17 +38,17 @@ def main(argv=None) -> int:
 
     def body() -> None:
         from tl_core.serving.evaluate import ExportedModel
-        from tl_core.serving.predict import list_inputs, predict_to_parquet
+        from tl_core.serving.predict import ParquetFiles, list_inputs, predict_to_parquet
 
         if min(args.batch_size, args.chunk_size, args.concurrency) <= 0:
             raise ValueError("--batch-size, --chunk-size and --concurrency must be positive")
         if output.exists() and any(output.iterdir()):
             raise ValueError(f"{output} already holds files: choose a new --output directory")
         model = ExportedModel(args.model)
-        inputs = list_inputs(Path(args.input))
+        inputs = list_inputs(args.input)
         if not inputs:
             raise ValueError(f"{args.input} holds no files to predict")
-        print(f"Predicting {len(inputs)} {'Parquet file(s)' if isinstance(inputs[0], Path) else 'image(s)'} "
+        print(f"Predicting {len(inputs)} {'Parquet file(s)' if isinstance(inputs, ParquetFiles) else 'image(s)'} "
               f"with {model.path} (classes {model.class_names})", flush=True)
         if args.ray:
             from tl_core.serving.predict_ray import predict_on_ray

@@ -20,7 +20,7 @@ import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 import tensorflow as tf
 
-from tl_core import artifacts
+from tl_core import artifacts, storage
 from tl_core.config import TrainConfig
 from tl_core.data.images import DatasetError, ImageFolder, display_path
 from tl_core.data.parquet import ParquetImages
@@ -134,7 +134,7 @@ def _too_small(height: int, width: int, min_side: int) -> str | None:
 
 def _problem_before_decoding(path: str, max_pixels: int) -> str | None:
     try:
-        with open(path, "rb") as file:
+        with storage.open_input(path) as file:
             return too_large(image_dimensions(file), max_pixels)
     except OSError as error:
         return f"cannot read: {error.strerror}"
@@ -181,13 +181,14 @@ def find_bad_files(folder: ImageFolder, *, min_side: int, max_pixels: int, descr
     bad += [BadFile(path, reason) for path, reason in zip(folder.paths, early) if reason]
     candidates = [path for path, reason in zip(folder.paths, early) if not reason]
     names = tf.data.Dataset.from_tensor_slices(tf.constant([os.fsencode(path) for path in candidates], tf.string))
-    sizes = _decoded_sizes(names.map(lambda name: (name, tf.io.read_file(name)), num_parallel_calls=tf.data.AUTOTUNE),
+    read_file = storage.tf_read_file(candidates[0] if candidates else "")
+    sizes = _decoded_sizes(names.map(lambda name: (name, read_file(name)), num_parallel_calls=tf.data.AUTOTUNE),
                            len(candidates), f"{description}: decoding")
     for path in candidates:
         size = sizes.get(os.fsencode(path))
         if size is None:
             try:
-                reason = decode_error(Path(path).read_bytes())
+                reason = decode_error(storage.read_bytes(path))
             except OSError as error:
                 reason = f"cannot read: {error.strerror}"
         else:
@@ -237,7 +238,7 @@ def find_bad_pixel_rows(source: ParquetImages) -> list[BadFile]:
     expected = source.image_size * source.image_size * 3
     bad = []
     for path in source.files:
-        reader, first_row = pq.ParquetFile(path), 0
+        reader, first_row = pq.ParquetFile(storage.parquet_source(path)), 0
         for group in range(reader.num_row_groups):  # one row group in memory at a time
             column = reader.read_row_group(group, columns=["image"]).column("image")
             lengths = pa.compute.binary_length(column).to_numpy(zero_copy_only=False)

@@ -9,14 +9,13 @@ pipeline adds each image's 8-number transform, drawn for the whole epoch at once
 or not the run was interrupted before it.
 """
 import dataclasses
-import errno
 import os
-import stat
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from tl_core import storage
 from tl_core.data import augment
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -28,9 +27,7 @@ class DatasetError(ValueError):
     """A problem with the user's image folders, with the path and what to do about it."""
 
 
-def display_path(path: str) -> str:
-    """A path that prints on any terminal: undecodable bytes of non-UTF-8 names shown as \\xNN."""
-    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+display_path = storage.display  # a path or URI that prints on any terminal
 
 
 @dataclasses.dataclass
@@ -102,77 +99,32 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarr
     return is_validation
 
 
-def list_files(directory: str, problems: list, ignored: list, stats: list | None = None) -> list[str]:
-    """Regular files under directory, sorted, following symbolic links; loops and broken links become problems.
-    stats: receives an int64 array [n, 2] of each file's (size, mtime_ns), in the same order."""
-    paths, sizes, mtimes = [], [], []
-    first_problem, first_ignored = len(problems), len(ignored)
-
-    def visit(folder: str, ancestors: dict) -> None:
-        try:
-            entries = os.scandir(folder)  # iterated as read: a folder of a million files is never held as entries
-        except OSError as error:
-            problems.append((folder, f"cannot list this folder: {error.strerror}"))
-            return
-        with entries:
-            for entry in entries:  # once per file: kept lean, a regular file costs one stat and three appends
-                name = entry.name
-                if name in OS_METADATA_FILES or name.startswith("._"):
-                    ignored.append(entry.path)
-                    continue
-                try:
-                    status = entry.stat()  # follows symbolic links
-                except OSError as error:
-                    broken = entry.is_symlink() and error.errno == errno.ENOENT
-                    problems.append((entry.path, "broken symbolic link" if broken else error.strerror))
-                    continue
-                if stat.S_ISREG(status.st_mode):
-                    paths.append(entry.path)
-                    sizes.append(status.st_size)
-                    mtimes.append(status.st_mtime_ns)
-                elif stat.S_ISDIR(status.st_mode):
-                    visit_folder(entry, status, ancestors)
-                else:
-                    problems.append((entry.path, "not a regular file"))
-
-    def visit_folder(entry: os.DirEntry, status: os.stat_result, ancestors: dict) -> None:
-        key = (status.st_dev, status.st_ino)
-        if entry.name.startswith("."):
-            ignored.append(entry.path)
-        elif key in ancestors:
-            problems.append((entry.path, f"symbolic link loop: leads back to {display_path(ancestors[key])}"))
-        else:
-            visit(entry.path, {**ancestors, key: entry.path})
-
-    root = os.stat(directory)
-    visit(directory, {(root.st_dev, root.st_ino): directory})
-    order = sorted(range(len(paths)), key=paths.__getitem__)
-    problems[first_problem:], ignored[first_ignored:] = sorted(problems[first_problem:]), sorted(ignored[first_ignored:])
-    if stats is not None:
-        stats.append(np.array([sizes, mtimes], dtype=np.int64).T[order])
-    return [paths[i] for i in order]
+def is_os_metadata(name: str) -> bool:
+    return name in OS_METADATA_FILES or name.startswith("._")
 
 
-def list_class_names(directory: Path) -> list[str]:
-    """Sub-folders of directory (symbolic links followed), sorted, hidden ones left out."""
-    try:
-        return sorted(entry.name for entry in os.scandir(directory)
-                      if entry.is_dir() and not entry.name.startswith("."))
-    except OSError as error:
-        raise DatasetError(f"cannot list {display_path(str(directory))}: {error.strerror}") from None
+def list_files(directory: str) -> storage.Listing:
+    """Regular files under directory (a path or URI), sorted, OS metadata files and hidden folders ignored."""
+    return storage.walk(directory, is_os_metadata)
 
 
 def list_image_folder(directory: str | Path, class_names: list[str] | None = None) -> ImageFolder:
     """Every file under directory/<class>/ (recursively), classes in sorted folder-name order.
 
-    Which files are images is decided by decoding them (checks.find_bad_files), not by extension.
-    With class_names given (e.g. validation after train), the folders must be exactly those classes.
+    directory: a local path or a URI (tl_core/storage.py). Which files are images is decided by
+    decoding them (checks.find_bad_files), not by extension. With class_names given (e.g. validation
+    after train), the folders must be exactly those classes.
     """
-    directory = Path(directory)
-    shown = display_path(str(directory))
-    if not directory.is_dir():
+    directory = str(directory)
+    shown = display_path(directory)
+    if not storage.is_dir(directory):
         raise DatasetError(f"{shown} is not a directory: expected one sub-folder of images per class")
-    found = list_class_names(directory)
+    try:
+        found = storage.list_dirs(directory)
+    except storage.StorageError:
+        raise
+    except OSError as error:
+        raise DatasetError(f"cannot list {shown}: {error.strerror}") from None
     if not found:
         raise DatasetError(f"{shown} has no class sub-folders: put each class's images in {shown}/<class name>/")
     if class_names is not None and found != list(class_names):
@@ -182,12 +134,15 @@ def list_image_folder(directory: str | Path, class_names: list[str] | None = Non
         )
     paths, labels, problems, ignored, stats = [], [], [], [], []
     for index, name in enumerate(found):
-        files = list_files(str(directory / name), problems, ignored, stats)
-        if not files:
-            raise DatasetError(f"class folder {display_path(str(directory / name))} holds no files: "
+        listing = list_files(storage.join(directory, name))
+        if not listing.paths:
+            raise DatasetError(f"class folder {display_path(storage.join(directory, name))} holds no files: "
                                "add its images or remove the folder")
-        paths += files
-        labels += [index] * len(files)
+        paths += listing.paths
+        labels += [index] * len(listing.paths)
+        problems += listing.problems
+        ignored += listing.ignored
+        stats.append(listing.stats)
     return ImageFolder(paths, np.asarray(labels, dtype=np.int32), found, problems, ignored, np.concatenate(stats))
 
 
@@ -220,7 +175,8 @@ def encoded_images(source, *, shuffle: bool, seed: int, epoch: int) -> tf.data.D
         ds = tf.data.Dataset.from_tensor_slices(([os.fsencode(path) for path in source.paths], source.labels))
         if shuffle:
             ds = ds.shuffle(len(source), seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
-        return ds.map(lambda path, label: (tf.io.read_file(path), label),
+        read_file = storage.tf_read_file(source.paths[0] if source.paths else "")
+        return ds.map(lambda path, label: (read_file(path), label),
                       num_parallel_calls=AUTOTUNE, deterministic=True)
     return parquet_rows(source, source.iter_segments, tf.TensorSpec([None], tf.string),
                         shuffle=shuffle, seed=seed, epoch=epoch)
@@ -255,7 +211,7 @@ def check_stored_size(source, image_size: int) -> None:
     stored = getattr(source, "image_size", None)
     if stored is not None and stored != image_size:
         raise DatasetError(
-            f"{display_path(str(Path(source.files[0]).parent))} holds images stored at {stored}x{stored}, but "
+            f"{display_path(storage.parent(source.files[0]))} holds images stored at {stored}x{stored}, but "
             f"--image-size is {image_size}: train with --image-size {stored}, or re-ingest the image folders "
             f"with `python -m jobs.ingest --data-dir <folders> --output <new dir> --image-size {image_size}`")
 

@@ -6,6 +6,7 @@ Shards hold the files' encoded bytes, or, with an image size, the images decoded
 import os
 from pathlib import Path
 
+from tl_core import storage
 from tl_core.data.checks import format_bad_files
 from tl_core.data.images import DatasetError, ImageFolder
 from tl_core.data.parquet import write_parquet_shards
@@ -32,18 +33,18 @@ def ingest(check: DatasetCheck, output: Path, *, skip_bad_files: bool, image_siz
         log(f"Leaving out {len(skipped)} bad file(s):\n{format_bad_files(check.bad_files)}")
     for split, source in (("train", check.train), ("validation", check.validation)):
         if not isinstance(source, ImageFolder):
-            raise DatasetError(f"{check.data_dir / split} is already Parquet")
+            raise DatasetError(f"{storage.display(storage.join(check.data_dir, split))} is already Parquet")
         kept = source.without(skipped)
         log(f"{split}: writing {len(kept)} images{f' resized to {image_size}x{image_size}' if image_size else ''}",
             flush=True)
         written = write(kept, output / split, rows_per_file=rows_per_file, image_size=image_size, checked=check.limits)
-        log(f"  {len(written)} file(s) in {output / split}: {size_report(kept.paths, written)}", flush=True)
+        log(f"  {len(written)} file(s) in {output / split}: {size_report(kept, written)}", flush=True)
 
 
-def size_report(sources: list[str], written: list[Path]) -> str:
-    """Bytes per image on disk: the Parquet shards against the source files."""
-    source_bytes = sum(os.path.getsize(path) for path in sources)
+def size_report(folder: ImageFolder, written: list[Path]) -> str:
+    """Bytes per image on disk: the Parquet shards against the source files (their sizes as listed)."""
+    source_bytes = int(folder.stats[:, 0].sum()) if folder.stats is not None else sum(map(os.path.getsize, folder.paths))
     parquet_bytes = sum(path.stat().st_size for path in written)
-    count = max(len(sources), 1)
+    count = max(len(folder), 1)
     return (f"{parquet_bytes / count / 1024:.1f} KiB per image in Parquet, {source_bytes / count / 1024:.1f} KiB "
             f"per source file ({parquet_bytes / max(source_bytes, 1):.2f}x)")

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorflow as tf
 
+from tl_core import storage
 from tl_core.artifacts import atomic_path
 from tl_core.data.images import AUTOTUNE, decode_and_resize, display_path
 from tl_core.progress import Progress
@@ -38,10 +39,11 @@ class ParquetDatasetError(ValueError):
 def image_column(folder, image_size: int | None):
     """Each file's `image` value, in folder order: its bytes, or its resized raw pixels."""
     if image_size is None:
-        return (Path(path).read_bytes() for path in folder.paths)
+        return (storage.read_bytes(path) for path in folder.paths)
     # Decoded and resized exactly as training decodes folders (data.decode_and_resize), in parallel.
     ds = tf.data.Dataset.from_tensor_slices([os.fsencode(path) for path in folder.paths])
-    ds = ds.map(lambda path: decode_and_resize(tf.io.read_file(path), image_size),
+    read_file = storage.tf_read_file(folder.paths[0] if folder.paths else "")
+    ds = ds.map(lambda path: decode_and_resize(read_file(path), image_size),
                 num_parallel_calls=AUTOTUNE, deterministic=True)
     return (pixels.tobytes() for pixels in ds.prefetch(AUTOTUNE).as_numpy_iterator())
 
@@ -142,7 +144,9 @@ class ParquetImages:
         readers = {}
         for i in segment_order:
             file, group, begin, end = self.segments[i]
-            reader = readers.setdefault(file, pq.ParquetFile(self.files[file]))
+            if file not in readers:
+                readers[file] = pq.ParquetFile(storage.parquet_source(self.files[file]))
+            reader = readers[file]
             table = reader.read_row_group(group, columns=["image", "label"]).slice(begin, end - begin)
             yield table.column("image").combine_chunks(), table.column("label").to_numpy().astype(np.int32)
 
@@ -164,8 +168,9 @@ class ParquetImages:
             yield values[offsets[0]:offsets[-1]].reshape(-1, size, size, 3), labels
 
 
-def is_parquet_split(directory: Path) -> bool:
-    return directory.is_dir() and any(directory.glob("*.parquet"))
+def is_parquet_split(directory) -> bool:
+    """A directory (path or URI) that holds .parquet files."""
+    return bool(storage.files_in(directory, ".parquet"))
 
 
 def weakest_check(limits: list[dict | None]) -> dict | None:
@@ -175,15 +180,15 @@ def weakest_check(limits: list[dict | None]) -> dict | None:
     return {"min_side": min(item["min_side"] for item in limits), "max_pixels": max(item["max_pixels"] for item in limits)}
 
 
-def list_parquet_split(directory: Path, class_names: list[str] | None = None) -> ParquetImages:
-    """The shards of a split, from their metadata and label columns only (no image is read)."""
-    files = sorted(str(p) for p in Path(directory).glob("*.parquet"))
+def list_parquet_split(directory, class_names: list[str] | None = None) -> ParquetImages:
+    """The shards of a split (a path or URI), from their metadata and label columns only (no image is read)."""
+    files = storage.files_in(directory, ".parquet")
     if not files:
-        raise ParquetDatasetError(f"{directory} holds no .parquet files")
+        raise ParquetDatasetError(f"{display_path(str(directory))} holds no .parquet files")
     segments, labels, found, sizes, checks = [], [], None, set(), []
     expected = [(field.name, field.type) for field in SCHEMA]
     for index, file in enumerate(files):
-        reader = pq.ParquetFile(file)
+        reader = pq.ParquetFile(storage.parquet_source(file))
         metadata = reader.schema_arrow.metadata or {}
         if CLASS_NAMES_KEY not in metadata:
             raise ParquetDatasetError(f"{file} was not written by `python -m jobs.ingest` (no class names)")

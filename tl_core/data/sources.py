@@ -5,9 +5,9 @@ which are then split per class. The check lists every bad file at once; the run 
 default) or skips them.
 """
 import dataclasses
-import os
 from pathlib import Path
 
+from tl_core import storage
 from tl_core.config import TrainConfig
 from tl_core.data.checks import BadFile, checked_at_ingest, find_bad_files, find_bad_rows, format_bad_files, limits_of
 from tl_core.data.verdicts import Verdicts
@@ -22,25 +22,25 @@ class Sources:
 
     train: ImageFolder | ParquetImages
     validation: ImageFolder | ParquetImages
-    data_dir: Path
+    data_dir: str  # a path or URI
     skipped: int = 0  # bad files left out
 
     def absolute(self) -> "Sources":
         """The same sources with absolute paths, for Ray workers (they do not share this working directory)."""
         def absolute(source):
             if isinstance(source, ImageFolder):
-                return dataclasses.replace(source, paths=[os.path.abspath(path) for path in source.paths])
-            return dataclasses.replace(source, files=[os.path.abspath(path) for path in source.files])
+                return dataclasses.replace(source, paths=[storage.absolute(path) for path in source.paths])
+            return dataclasses.replace(source, files=[storage.absolute(path) for path in source.files])
 
         return dataclasses.replace(self, train=absolute(self.train), validation=absolute(self.validation),
-                                   data_dir=Path(os.path.abspath(self.data_dir)))
+                                   data_dir=storage.absolute(self.data_dir))
 
 
 @dataclasses.dataclass
 class DatasetCheck:
     train: ImageFolder | ParquetImages
     validation: ImageFolder | ParquetImages
-    data_dir: Path
+    data_dir: str  # a path or URI
     bad_files: list[BadFile]
     decoded: int = 0  # files and rows this check decoded
     remembered: int = 0  # files not decoded again: unchanged since a check with the same limits (data.verdicts)
@@ -60,19 +60,19 @@ class DatasetCheck:
 
 
 def list_split(directory: str | Path, class_names: list[str] | None = None):
-    """A split directory as class folders (ImageFolder) or Parquet shards (ParquetImages)."""
-    if is_parquet_split(Path(directory)):
-        return list_parquet_split(Path(directory), class_names)
+    """A split directory (a path or URI) as class folders (ImageFolder) or Parquet shards (ParquetImages)."""
+    if is_parquet_split(str(directory)):
+        return list_parquet_split(str(directory), class_names)
     return list_image_folder(directory, class_names)
 
 
-def data_directory(data_dir: str | None, cache: Path) -> Path:
-    """The data directory asked for, or the built-in cats-vs-dogs sample (prepared in the cache once)."""
+def data_directory(data_dir: str | None, cache: Path) -> str:
+    """The data directory (a path or URI) asked for, or the built-in cats-vs-dogs sample (prepared in the cache once)."""
     if data_dir:
-        return Path(data_dir)
+        return str(data_dir)
     from tl_core.data.sample import prepare_cats_vs_dogs
 
-    return prepare_cats_vs_dogs(cache)
+    return str(prepare_cats_vs_dogs(cache))
 
 
 def load_splits(config: TrainConfig, cache: Path, skip=(), check_batch: bool = True):
@@ -82,13 +82,13 @@ def load_splits(config: TrainConfig, cache: Path, skip=(), check_batch: bool = T
     which are then split with config.validation_split and config.seed. Files in `skip` are left out.
     """
     data_dir = data_directory(config.data_dir, cache)
-    shown = display_path(str(data_dir))
-    if not data_dir.is_dir():
+    shown = display_path(data_dir)
+    if not storage.is_dir(data_dir):
         raise DatasetError(f"{shown} is not a directory: expected train/ and validation/ folders, "
                            "or one sub-folder of images per class")
-    if (data_dir / "train").is_dir() or (data_dir / "validation").is_dir():
-        train = list_split(data_dir / "train")
-        validation = list_split(data_dir / "validation", train.class_names)
+    if storage.is_dir(storage.join(data_dir, "train")) or storage.is_dir(storage.join(data_dir, "validation")):
+        train = list_split(storage.join(data_dir, "train"))
+        validation = list_split(storage.join(data_dir, "validation"), train.class_names)
     elif is_parquet_split(data_dir):
         raise DatasetError(f"{shown} holds Parquet files directly: expected {shown}/train/ and {shown}/validation/")
     else:
@@ -149,7 +149,7 @@ def describe_check(check: DatasetCheck) -> str:
     def counts(source):
         return ", ".join(f"{name} {int((source.labels == label).sum())}" for label, name in enumerate(source.class_names))
 
-    lines = [f"Data {display_path(str(check.data_dir))}: {len(check.train)} training images ({counts(check.train)}), "
+    lines = [f"Data {display_path(check.data_dir)}: {len(check.train)} training images ({counts(check.train)}), "
              f"{len(check.validation)} validation images ({counts(check.validation)})"]
     if check.ignored:
         lines.append(f"  ignored {len(check.ignored)} operating-system file(s) and hidden folder(s), "
@@ -185,9 +185,9 @@ def enforce_policy(check: DatasetCheck, policy: str) -> list[BadFile]:
                        f"(they are then listed in the run directory's {SKIPPED_FILES})")
 
 
-def labelled_split(directory: Path, split: str = "validation"):
+def labelled_split(directory, split: str = "validation"):
     """directory/<split> when it exists (a dataset with train/ and validation/), else directory itself."""
-    directory = Path(directory)
-    return list_split(directory / split if (directory / split).is_dir() else directory)
+    named = storage.join(directory, split)
+    return list_split(named if storage.is_dir(named) else str(directory))
 
 

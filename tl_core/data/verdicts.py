@@ -1,5 +1,6 @@
-"""Remembered verdicts of the folder check: a file listed with the same path, size and modification time as at a
-check with the same limits is not read or decoded again; only new or changed files are.
+"""Remembered verdicts of the folder check: a file listed with the same path, size and modification time (on object
+storage: key, size and last-modified time) as at a check with the same limits is not read or decoded again; only new
+or changed files are.
 
 One Parquet file per (data directory, limits) in <cache>/checks/: path, size, mtime_ns, reason (null: usable).
 "Cannot read" verdicts are not remembered (permissions change without touching the modification time). A
@@ -16,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tl_core import artifacts
+from tl_core import artifacts, storage
 from tl_core.data.checks import BadFile
 from tl_core.data.images import ImageFolder
 
@@ -25,7 +26,8 @@ CHECKS_DIR = "checks"
 
 
 def verdicts_path(cache: Path, data_dir: Path, limits: dict) -> Path:
-    key = json.dumps({"data_dir": os.path.realpath(data_dir), **limits}, sort_keys=True)
+    where = storage.absolute(data_dir) if storage.is_uri(data_dir) else os.path.realpath(data_dir)
+    key = json.dumps({"data_dir": where, **limits}, sort_keys=True)
     return Path(cache) / CHECKS_DIR / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.parquet"
 
 

@@ -4,13 +4,12 @@ A file's hash is reused from the previous manifest when its path, size and modif
 unchanged, so fingerprinting a large, mostly unchanged dataset reads only the new files.
 """
 import hashlib
-import os
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tl_core import artifacts
+from tl_core import artifacts, storage
 from tl_core.data.images import list_files
 from tl_core.progress import track
 
@@ -19,25 +18,25 @@ SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa
 
 def file_sha256(path: str) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as file:
+    with storage.open_input(path) as file:
         for block in iter(lambda: file.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
 
 
 def build_manifest(data_dir: Path, previous: pa.Table | None = None) -> pa.Table:
-    """Every file under data_dir (relative paths, sorted), with size, mtime and SHA-256."""
+    """Every file under data_dir (a path or URI; relative paths, sorted), with size, mtime (an object's
+    last-modified time) and SHA-256."""
     known = {}
     if previous is not None:
         known = {(row["path"], row["size"], row["mtime_ns"]): row["sha256"] for row in previous.to_pylist()}
     rows = []
-    paths = list_files(str(data_dir), problems=[], ignored=[])
-    for path in track(paths, len(paths), f"Fingerprinting {data_dir}", unit="files"):
-        status = os.stat(path)
-        relative = os.path.relpath(path, data_dir).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
-        key = (relative, status.st_size, status.st_mtime_ns)
-        rows.append({"path": relative, "size": status.st_size, "mtime_ns": status.st_mtime_ns,
-                     "sha256": known.get(key) or file_sha256(path)})
+    listing = list_files(str(data_dir))
+    for path, (size, mtime_ns) in track(zip(listing.paths, listing.stats.tolist()), len(listing.paths),
+                                        f"Fingerprinting {storage.display(data_dir)}", unit="files"):
+        relative = storage.relative(path, data_dir).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+        rows.append({"path": relative, "size": size, "mtime_ns": mtime_ns,
+                     "sha256": known.get((relative, size, mtime_ns)) or file_sha256(path)})
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 

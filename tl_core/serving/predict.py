@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorflow as tf
 
+from tl_core import storage
 from tl_core.artifacts import atomic_path
 from tl_core.data.images import decode_and_resize, display_path, list_files, to_unit_range
 from tl_core.serving.evaluate import ExportedModel
@@ -27,7 +28,7 @@ def output_schema(class_names: list[str]) -> pa.Schema:
 
 def read_file(path: str) -> tuple[bytes | None, str | None]:
     try:
-        return Path(path).read_bytes(), None
+        return storage.read_bytes(path), None
     except OSError as error:
         return None, f"cannot read: {error.strerror}"
 
@@ -61,24 +62,31 @@ def predict_encoded(model: ExportedModel, names: list[str], encoded: list, error
     return columns
 
 
-def list_inputs(source: Path) -> list[str] | list[Path]:
-    """Image paths of a folder (recursively) or a .txt list (one path per line); Parquet files of a dataset."""
-    source = Path(source)
-    if source.is_file() and source.suffix == ".parquet":
-        return refuse_stored_pixels([source])
-    if source.is_dir() and is_parquet_split(source):
-        return refuse_stored_pixels(sorted(source.glob("*.parquet")))
-    if source.is_dir():
-        return list_files(str(source), problems=[], ignored=[])
-    if source.is_file():
-        return [line.strip() for line in source.read_text().splitlines() if line.strip() and not line.startswith("#")]
-    raise FileNotFoundError(f"{source} does not exist: give a folder of images, a .txt list of paths, or Parquet")
+class ParquetFiles(list):
+    """Parquet files (paths or URIs) whose image column is predicted; any other list of inputs holds image files."""
 
 
-def refuse_stored_pixels(files: list[Path]) -> list[Path]:
+def list_inputs(source) -> list[str] | ParquetFiles:
+    """Image paths of a folder (recursively) or a .txt list (one path per line); Parquet files of a dataset.
+    source: a local path or a URI (tl_core/storage.py)."""
+    source = str(source)
+    if source.endswith(".parquet") and storage.is_file(source):
+        return refuse_stored_pixels(ParquetFiles([source]))
+    if is_parquet_split(source):
+        return refuse_stored_pixels(ParquetFiles(storage.files_in(source, ".parquet")))
+    if storage.is_dir(source):
+        return list_files(source).paths
+    if storage.is_file(source):
+        lines = storage.read_bytes(source).decode("utf-8", "surrogateescape").splitlines()
+        return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+    raise FileNotFoundError(f"{display_path(source)} does not exist: give a folder of images, a .txt list of paths, "
+                            "or Parquet")
+
+
+def refuse_stored_pixels(files: ParquetFiles) -> ParquetFiles:
     """Prediction takes encoded images; Parquet from `jobs.ingest --image-size` holds raw pixels instead."""
     for file in files:
-        if IMAGE_SIZE_KEY in (pq.read_schema(file).metadata or {}):
+        if IMAGE_SIZE_KEY in (pq.read_schema(storage.parquet_source(file)).metadata or {}):
             raise ValueError(f"{file} holds images stored as resized pixels (jobs.ingest --image-size), not image "
                              "files: predict on the source folders, or measure the model on it with jobs.evaluate")
     return files
@@ -86,9 +94,9 @@ def refuse_stored_pixels(files: list[Path]) -> list[Path]:
 
 def chunks(inputs, chunk_size: int):
     """(names, encoded, errors) chunks: files read in threads, or Parquet row groups as they are stored."""
-    if inputs and isinstance(inputs[0], Path):  # Parquet files with an "image" column
+    if isinstance(inputs, ParquetFiles):  # Parquet files with an "image" column
         for file in inputs:
-            reader = pq.ParquetFile(file)
+            reader = pq.ParquetFile(storage.parquet_source(file))
             for group in range(reader.num_row_groups):
                 table = reader.read_row_group(group)
                 count = table.num_rows
@@ -110,8 +118,8 @@ def predict_to_parquet(model: ExportedModel, inputs, output: Path, *, batch_size
     schema = output_schema(model.class_names)
     rows = errors = 0
     path = Path(output) / "part-00000.parquet"
-    parquet = bool(inputs) and isinstance(inputs[0], Path)
-    total = sum(pq.ParquetFile(file).metadata.num_rows for file in inputs) if parquet else len(inputs)
+    parquet = isinstance(inputs, ParquetFiles)
+    total = sum(pq.ParquetFile(storage.parquet_source(file)).metadata.num_rows for file in inputs) if parquet else len(inputs)
     with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema) as writer, Progress(total, "Predicting") as progress:
         for names, encoded, read_errors in chunks(inputs, chunk_size):
             columns = predict_encoded(model, names, encoded, read_errors, batch_size)

@@ -34,8 +34,10 @@ def predict_on_ray(model_path: Path, inputs: list, output: Path, *, batch_size: 
                    concurrency: int = 2, use_gpu: bool = False) -> dict:
     """Predict every input on the cluster; Ray writes output/*.parquet. Returns counts of rows and errors."""
     ray_session.connect()
-    if inputs and isinstance(inputs[0], Path):
-        dataset = ray.data.read_parquet([str(path) for path in inputs])
+    from tl_core.serving.predict import ParquetFiles
+
+    if isinstance(inputs, ParquetFiles):
+        dataset = ray.data.read_parquet(list(inputs))
         if "path" not in dataset.columns():
             raise ValueError("Parquet input for --ray needs a path column (as jobs.ingest writes)")
     else:

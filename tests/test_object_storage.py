@@ -1,0 +1,187 @@
+"""Data on S3: every reader takes s3:// URIs, against a real S3-compatible server (moto_server) on 127.0.0.1."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import S3Server, TINY_IMAGE_SIZE, upload
+from jobs import evaluate as evaluate_job
+from jobs import ingest as ingest_job
+from jobs import predict as predict_job
+from jobs import train as train_job
+from tl_core import storage
+from tl_core.data.images import list_image_folder, make_dataset
+from tl_core.data.sources import list_split
+
+SECRET = S3Server.ENVIRONMENT["AWS_SECRET_ACCESS_KEY"]
+
+
+@pytest.fixture(scope="module")
+def s3_data(s3_server, colour_dataset, tmp_path_factory) -> dict:
+    """The colour dataset on S3 as class folders and as Parquet shards, with their local twins."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in s3_server.environment().items():
+            patch.setenv(name, value)
+        bucket = s3_server.new_bucket()
+        parquet = tmp_path_factory.mktemp("parquet") / "data"
+        assert ingest_job.main(["--data-dir", str(colour_dataset), "--output", str(parquet), "--rows-per-file", "20",
+                                "--quiet"]) == 0
+        return {"folders": upload(colour_dataset, f"s3://{bucket}/folders"), "local_folders": colour_dataset,
+                "parquet": upload(parquet, f"s3://{bucket}/parquet"), "local_parquet": parquet, "bucket": bucket}
+
+
+def test_locations_are_joined_and_named_alike_and_credentials_in_a_uri_are_refused():
+    assert storage.is_uri("s3://bucket/a") and not storage.is_uri("data/a") and not storage.is_uri("C:\\data")
+    assert storage.join("s3://bucket/a/", "train", "red") == "s3://bucket/a/train/red"
+    assert storage.join("data", "train") == str(Path("data") / "train")
+    assert storage.relative("s3://bucket/a/train/x.png", "s3://bucket/a/") == "train/x.png"
+    assert (storage.name("s3://bucket/a/x.png"), storage.parent("s3://bucket/a/x.png")) == ("x.png", "s3://bucket/a")
+    with pytest.raises(storage.StorageError, match="credentials do not belong in a URI") as raised:
+        storage.is_dir(f"s3://AKIAEXAMPLE:{SECRET}@bucket/data")
+    assert SECRET not in str(raised.value) and "AKIAEXAMPLE" not in str(raised.value)
+    with pytest.raises(storage.StorageError, match="no bucket"):
+        storage.is_dir("s3:///data")
+
+
+def test_a_listing_on_s3_is_the_local_listing(s3, colour_dataset, tmp_path):
+    local = Path(shutil.copytree(colour_dataset / "train", tmp_path / "train"))
+    (local / "red" / ".DS_Store").write_bytes(b"\0")  # ignored, and said so, on both
+    (local / "blue" / ".thumbnails").mkdir()
+    (local / "blue" / ".thumbnails" / "t.png").write_bytes(b"x")
+    (local / "blue" / "deeper").mkdir()
+    shutil.copy(local / "blue" / "blue_000.jpg", local / "blue" / "deeper" / "copy.jpg")
+    uri = upload(local, f"s3://{s3.new_bucket()}/train")
+    on_disk, on_s3 = list_image_folder(local), list_image_folder(uri)
+    assert on_s3.class_names == on_disk.class_names == ["blue", "red"]
+    assert [storage.relative(p, uri) for p in on_s3.paths] == [storage.relative(p, local) for p in on_disk.paths]
+    assert [storage.relative(p, uri) for p in on_s3.ignored] == [storage.relative(p, local) for p in on_disk.ignored] \
+        == ["blue/.thumbnails", "red/.DS_Store"]
+    np.testing.assert_array_equal(on_s3.labels, on_disk.labels)
+    np.testing.assert_array_equal(on_s3.stats[:, 0], on_disk.stats[:, 0])  # sizes; times are the upload's
+    assert storage.read_bytes(on_s3.paths[3]) == Path(on_disk.paths[3]).read_bytes()
+
+
+def test_folders_and_parquet_on_s3_give_the_batches_they_give_on_disk(s3, s3_data):
+    for remote, local in (("folders", "local_folders"), ("parquet", "local_parquet")):
+        for split in ("train", "validation"):
+            on_s3 = list_split(storage.join(s3_data[remote], split))
+            on_disk = list_split(Path(s3_data[local]) / split)
+            assert type(on_s3) is type(on_disk) and len(on_s3) == len(on_disk)
+            for shuffle in (False, True):
+                batches = [[(x.numpy(), y.numpy()) for x, y in make_dataset(source, TINY_IMAGE_SIZE, 8, shuffle=shuffle,
+                                                                           seed=2, epoch=1)] for source in (on_s3, on_disk)]
+                for (x_s3, y_s3), (x_disk, y_disk) in zip(*batches, strict=True):
+                    np.testing.assert_array_equal(x_s3, x_disk)
+                    np.testing.assert_array_equal(y_s3, y_disk)
+
+
+def run_files_text(run_dir: Path) -> str:
+    return "\n".join(path.read_bytes().decode("utf-8", "replace") for path in Path(run_dir).rglob("*") if path.is_file())
+
+
+@pytest.mark.parametrize("layout", ["folders", "parquet"])
+def test_train_on_s3_data_and_no_credential_is_written_or_printed(s3, s3_data, tiny_backbone, tmp_path, capsys, layout):
+    run_dir = tmp_path / "run"
+    flags = ["--data-dir", s3_data[layout], "--backbone", tiny_backbone, "--image-size", str(TINY_IMAGE_SIZE),
+             "--batch-size", "8", "--epochs", "3", "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert train_job.main([*flags, "--output-dir", str(run_dir)]) == 0
+    printed = capsys.readouterr()
+    config = json.loads((run_dir / "config.json").read_text())
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert config["data_dir"] == s3_data[layout] and metrics["run"]["data_dir"] == s3_data[layout]
+    assert metrics["accuracy"] >= 0.9
+    for text in (printed.out, printed.err, run_files_text(run_dir), run_files_text(tmp_path / "cache")):
+        assert SECRET not in text and S3Server.ENVIRONMENT["AWS_ACCESS_KEY_ID"] not in text
+
+
+def test_the_check_of_s3_folders_remembers_unchanged_objects_and_names_bad_ones(s3, colour_dataset, tiny_backbone,
+                                                                              tmp_path, capsys):
+    local = Path(shutil.copytree(colour_dataset, tmp_path / "data"))
+    uri = upload(local, f"s3://{s3.new_bucket()}/data")
+    flags = ["--data-dir", uri, "--cache-dir", str(tmp_path / "cache"), "--backbone", tiny_backbone, "--image-size",
+             str(TINY_IMAGE_SIZE), "--batch-size", "8", "--check", "--quiet"]
+    assert train_job.main(flags) == 0
+    assert "68 decoded" in capsys.readouterr().out
+    assert train_job.main(flags) == 0
+    assert "0 decoded; 68 unchanged since their last check" in capsys.readouterr().out
+    storage.resolve(uri)[0].open_output_stream(storage.resolve(f"{uri}/train/red/broken.png")[1]).close()  # 0 bytes
+    assert train_job.main(flags) == 1
+    printed = capsys.readouterr()
+    assert "1 decoded; 68 unchanged" in printed.out
+    assert f"{uri}/train/red/broken.png: empty file (0 bytes)" in printed.out + printed.err
+
+
+def test_evaluate_predict_and_ingest_read_s3(s3, s3_data, tiny_backbone, tmp_path):
+    run_dir = tmp_path / "run"
+    assert train_job.main(["--data-dir", s3_data["folders"], "--backbone", tiny_backbone, "--image-size",
+                           str(TINY_IMAGE_SIZE), "--batch-size", "8", "--epochs", "2", "--output-dir", str(run_dir),
+                           "--cache-dir", str(tmp_path / "cache"), "--quiet"]) == 0
+    for data in (s3_data["folders"], str(s3_data["local_folders"])):
+        output = tmp_path / ("evaluation_s3" if storage.is_uri(data) else "evaluation_disk")
+        assert evaluate_job.main(["--model", str(run_dir / "model"), "--data-dir", data, "--output", str(output),
+                                  "--quiet"]) == 0
+    on_s3, on_disk = (json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("evaluation_s3",
+                                                                                              "evaluation_disk"))
+    assert on_s3["confusion_matrix"] == on_disk["confusion_matrix"] and on_s3["loss"] == pytest.approx(on_disk["loss"])
+    assert on_s3["data_dir"] == s3_data["folders"]
+
+    for layout, local in (("folders", s3_data["local_folders"]), ("parquet", s3_data["local_parquet"])):
+        for data in (storage.join(s3_data[layout], "validation"), str(Path(local) / "validation")):
+            assert predict_job.main(["--model", str(run_dir / "model"), "--input", data, "--quiet", "--output",
+                                     str(tmp_path / f"{layout}_{'s3' if storage.is_uri(data) else 'disk'}")]) == 0
+        on_s3, on_disk = (pq.read_table(tmp_path / f"{layout}_{where}").to_pylist() for where in ("s3", "disk"))
+        assert [row["predicted_class"] for row in on_s3] == [row["predicted_class"] for row in on_disk]
+        assert len(on_s3) == 20 and all(row["error"] is None for row in on_s3)
+        if layout == "folders":
+            relative = [storage.relative(row["path"], local / "validation") for row in on_disk]
+            assert [row["path"] for row in on_s3] == [f"{s3_data['folders']}/validation/{name}" for name in relative]
+
+    output = tmp_path / "ingested"
+    assert ingest_job.main(["--data-dir", s3_data["folders"], "--output", str(output), "--rows-per-file", "20",
+                            "--quiet"]) == 0
+    for split in ("train", "validation"):
+        rows = [pq.read_table(path).drop(["path"]) for path in sorted((output / split).glob("*.parquet"))]
+        local = [pq.read_table(path).drop(["path"]) for path in sorted((s3_data["local_parquet"] / split).glob("*.parquet"))]
+        assert [table.to_pylist() for table in rows] == [table.to_pylist() for table in local]
+
+
+@pytest.mark.parametrize("fault", ["missing bucket", "unreachable endpoint", "credentials in the URI"])
+def test_a_bad_store_is_one_line_and_exit_2_before_anything_is_written(s3, tmp_path, capsys, monkeypatch, fault):
+    data = {"missing bucket": "s3://no-such-bucket/data", "unreachable endpoint": f"s3://{s3.new_bucket()}/data",
+            "credentials in the URI": f"s3://AKIAEXAMPLE:{SECRET}@bucket/data"}[fault]
+    if fault == "unreachable endpoint":
+        monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
+    status = train_job.main(["--data-dir", data, "--output-dir", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    expected = {"missing bucket": "the bucket 'no-such-bucket' does not exist",
+                "unreachable endpoint": "cannot connect to http://127.0.0.1:9",
+                "credentials in the URI": "credentials do not belong in a URI"}[fault]
+    assert expected in err and SECRET not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_retrain_on_s3_data_fingerprints_it_once_and_skips_it_unchanged(s3, colour_dataset, tiny_backbone, tmp_path,
+                                                                       monkeypatch):
+    from conftest import tiny_config
+    from tl_core.registry import fingerprint
+    from tl_core.registry.retrain import retrain
+
+    uri = upload(colour_dataset, f"s3://{s3.new_bucket()}/data")
+    hashed = []
+    real_sha256 = fingerprint.file_sha256
+    monkeypatch.setattr(fingerprint, "file_sha256", lambda path: hashed.append(path) or real_sha256(path))
+    on_s3 = fingerprint.build_manifest(uri)
+    # The same files under the same relative paths: the fingerprint does not depend on where the data is.
+    assert fingerprint.fingerprint(on_s3) == fingerprint.fingerprint(fingerprint.build_manifest(colour_dataset))
+    hashed.clear()
+    assert fingerprint.build_manifest(uri, on_s3) == on_s3 and hashed == []  # unchanged objects: hashes reused
+
+    config = tiny_config(tiny_backbone, uri, cache_dir=str(tmp_path / "cache"))
+    first = retrain(config, tmp_path / "registry", log=lambda *args, **kwargs: None)
+    assert first["action"] == "promoted" and first["challenger_accuracy"] >= 0.9
+    second = retrain(config, tmp_path / "registry", log=lambda *args, **kwargs: None)
+    assert second["action"] == "skipped" and first["run_id"] in second["reason"]

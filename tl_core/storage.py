@@ -1,0 +1,327 @@
+"""Where data lives: a local path or a URI, behind one small interface.
+
+A location is a string: a local path (`data/cats`), or a URI that `pyarrow.fs.FileSystem.from_uri`
+resolves (`s3://bucket/prefix`; `gs://` and others through the same code, only S3 is tested).
+Local paths keep the operating system's calls and guarantees (symbolic links followed, loops found);
+URIs go through pyarrow's file systems, which take credentials and endpoints from the standard
+configuration (for S3: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, AWS_REGION,
+AWS_PROFILE and ~/.aws/config, AWS_ENDPOINT_URL for S3-compatible stores). Credentials are never
+part of a location: a URI that carries them is refused, so no log line, error or config.json can
+show one. Every other module asks this one; none looks at a location's scheme itself.
+"""
+import dataclasses
+import errno
+import functools
+import io
+import os
+import stat
+import urllib.parse
+
+import numpy as np
+import pyarrow.fs as pafs
+
+BLOCK = 1 << 16  # bytes fetched per read from object storage: an image header is read in one request
+
+
+class StorageError(OSError):
+    """A location that cannot be used (bad URI, missing bucket, unreachable store), said in one line."""
+
+    def __init__(self, message: str):
+        super().__init__(errno.EIO, message)
+
+    def __str__(self):
+        return self.strerror
+
+
+def is_uri(location) -> bool:
+    """A location with a scheme (s3://...), as opposed to a local path."""
+    scheme = urllib.parse.urlsplit(str(location)).scheme
+    return len(scheme) > 1 and "://" in str(location)  # "C:\\data" is a local path
+
+
+def _parts(uri: str) -> urllib.parse.SplitResult:
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username or parts.password:
+        raise StorageError(f"{parts.scheme}://{parts.hostname}{parts.path}: credentials do not belong in a URI; "
+                           "set them in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or ~/.aws/")
+    if parts.query or parts.fragment:
+        raise StorageError(f"{uri}: a location takes no ?query or #fragment; the store's settings come from the "
+                           "environment (AWS_REGION, AWS_ENDPOINT_URL, AWS_PROFILE)")
+    if not parts.netloc:
+        raise StorageError(f"{uri}: no bucket; write {parts.scheme}://<bucket>/<prefix>")
+    return parts
+
+
+# The settings a file system is made from: one file system per store and configuration, reused.
+_ENVIRONMENT = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION", "AWS_PROFILE",
+                "AWS_ACCESS_KEY_ID", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE")
+
+
+@functools.lru_cache(maxsize=16)
+def _filesystem(root: str, environment: tuple) -> pafs.FileSystem:
+    try:
+        return pafs.FileSystem.from_uri(root)[0]
+    except (OSError, ValueError) as error:
+        raise StorageError(f"{root}: {_reason(error)}") from None
+
+
+def resolve(location) -> tuple[pafs.FileSystem, str]:
+    """(file system, path within it) of a location: pyarrow's view, for readers that take a filesystem=."""
+    location = str(location)
+    if not is_uri(location):
+        return pafs.LocalFileSystem(), os.path.abspath(location)
+    parts = _parts(location)
+    filesystem = _filesystem(f"{parts.scheme}://{parts.netloc}", tuple(os.environ.get(name) for name in _ENVIRONMENT))
+    return filesystem, (parts.netloc + parts.path).rstrip("/")
+
+
+def absolute(location) -> str:
+    """The location from anywhere: local paths made absolute (Ray workers have other working directories)."""
+    location = str(location)
+    return location.rstrip("/") if is_uri(location) else os.path.abspath(location)
+
+
+def join(location, *names: str) -> str:
+    location = str(location)
+    if is_uri(location):
+        return "/".join([location.rstrip("/"), *(name.strip("/") for name in names)])
+    return os.path.join(location, *names)
+
+
+def relative(location, root) -> str:
+    """location's path below root (with / between names)."""
+    if is_uri(root):
+        return str(location)[len(str(root).rstrip("/")) + 1:]
+    return os.path.relpath(location, root).replace(os.sep, "/")
+
+
+def name(location) -> str:
+    return str(location).rstrip("/").rsplit("/", 1)[-1] if is_uri(location) else os.path.basename(location)
+
+
+def parent(location) -> str:
+    return str(location).rstrip("/").rsplit("/", 1)[0] if is_uri(location) else os.path.dirname(location)
+
+
+def display(location) -> str:
+    """A location that prints on any terminal: undecodable bytes of non-UTF-8 names shown as \\xNN."""
+    return str(location).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def _reason(error: BaseException) -> str:
+    """pyarrow's message for an S3 failure, cut to what a user acts on."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    if "NETWORK_CONNECTION" in text or "Could not connect" in text or "Couldn't connect" in text:
+        endpoint = os.environ.get("AWS_ENDPOINT_URL") or "the store"
+        return f"cannot connect to {endpoint}: check AWS_ENDPOINT_URL and that the store is running"
+    if "NO_SUCH_BUCKET" in text or "NoSuchBucket" in text:
+        return "the bucket does not exist: create it, or check the name"
+    if "ACCESS_DENIED" in text or "AccessDenied" in text or "403" in text:
+        return "access denied: check the credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE) and the bucket's policy"
+    if "INVALID_ACCESS_KEY_ID" in text or "SIGNATURE_DOES_NOT_MATCH" in text or "credentials" in text.lower():
+        return "the store refused the credentials: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
+    return text
+
+
+def _info(location) -> pafs.FileInfo:
+    filesystem, path = resolve(location)
+    try:
+        info = filesystem.get_file_info(path)
+        if info.type == pafs.FileType.NotFound and is_uri(location) and "/" in path:
+            bucket = filesystem.get_file_info(path.split("/", 1)[0])  # a missing bucket is said as such
+            if bucket.type == pafs.FileType.NotFound:
+                raise StorageError(f"{display(location)}: the bucket {path.split('/', 1)[0]!r} does not exist: "
+                                   "create it, or check the name")
+        return info
+    except StorageError:
+        raise
+    except OSError as error:
+        raise StorageError(f"{display(location)}: {_reason(error)}") from None
+
+
+def is_dir(location) -> bool:
+    """A directory, or on object storage a prefix that holds objects."""
+    if not is_uri(location):
+        return os.path.isdir(location)
+    return _info(location).type == pafs.FileType.Directory
+
+
+def is_file(location) -> bool:
+    if not is_uri(location):
+        return os.path.isfile(location)
+    return _info(location).type == pafs.FileType.File
+
+
+def exists(location) -> bool:
+    if not is_uri(location):
+        return os.path.exists(location)
+    return _info(location).type != pafs.FileType.NotFound
+
+
+def list_dirs(location) -> list[str]:
+    """Names of the sub-directories of location (symbolic links followed), sorted, hidden ones left out."""
+    if not is_uri(location):
+        return sorted(entry.name for entry in os.scandir(location) if entry.is_dir() and not entry.name.startswith("."))
+    filesystem, path = resolve(location)
+    try:
+        infos = filesystem.get_file_info(pafs.FileSelector(path))
+    except OSError as error:
+        raise StorageError(f"cannot list {display(location)}: {_reason(error)}") from None
+    return sorted(info.base_name for info in infos
+                  if info.type == pafs.FileType.Directory and not info.base_name.startswith("."))
+
+
+def files_in(location, suffix: str = "") -> list[str]:
+    """The files directly in a directory whose names end with suffix, sorted, hidden ones left out ([] for none)."""
+    if not is_uri(location):
+        if not os.path.isdir(location):
+            return []
+        return sorted(entry.path for entry in os.scandir(location)
+                      if entry.name.endswith(suffix) and not entry.name.startswith(".") and entry.is_file())
+    filesystem, path = resolve(location)
+    try:
+        infos = filesystem.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except OSError as error:
+        raise StorageError(f"cannot list {display(location)}: {_reason(error)}") from None
+    return sorted(join(location, info.base_name) for info in infos if info.type == pafs.FileType.File
+                  and info.base_name.endswith(suffix) and not info.base_name.startswith("."))
+
+
+@dataclasses.dataclass
+class Listing:
+    """The regular files under a directory, sorted, and what the walk passed over or could not use."""
+
+    paths: list[str]
+    stats: np.ndarray  # int64 [n, 2]: (size, mtime_ns) of each file: what "unchanged" is decided by
+    problems: list[tuple[str, str]]  # (location, reason): loops, broken links, unreadable folders
+    ignored: list[str]  # files and folders ignore_file / hidden folders passed over
+
+
+def walk(location, ignore_file=lambda name: False) -> Listing:
+    """Every regular file under location, recursively: names for which ignore_file is true and hidden folders are
+    ignored (and listed). Local symbolic links are followed; loops and broken links become problems."""
+    return (_walk_uri if is_uri(location) else _walk_local)(str(location), ignore_file)
+
+
+def _walk_uri(location: str, ignore_file) -> Listing:
+    filesystem, root = resolve(location)
+    try:
+        infos = filesystem.get_file_info(pafs.FileSelector(root, recursive=True))
+    except OSError as error:
+        raise StorageError(f"cannot list {display(location)}: {_reason(error)}") from None
+    paths, sizes, mtimes, ignored = [], [], [], []
+    prefix = location.rstrip("/")
+    for info in infos:
+        names = info.path[len(root) + 1:].split("/")
+        hidden = [i for i, part in enumerate(names[:-1]) if part.startswith(".")]
+        if info.type == pafs.FileType.Directory:
+            if names[-1].startswith(".") and not hidden:
+                ignored.append(f"{prefix}/{'/'.join(names)}")
+        elif info.type == pafs.FileType.File and not hidden:
+            if ignore_file(names[-1]):
+                ignored.append(f"{prefix}/{'/'.join(names)}")
+            else:
+                paths.append(f"{prefix}/{'/'.join(names)}")
+                sizes.append(info.size)
+                mtimes.append(info.mtime_ns or 0)
+    order = sorted(range(len(paths)), key=paths.__getitem__)
+    stats = np.array([sizes, mtimes], dtype=np.int64).T.reshape(-1, 2)[order]
+    return Listing([paths[i] for i in order], stats, [], sorted(ignored))
+
+
+def _walk_local(directory: str, ignore_file) -> Listing:
+    paths, sizes, mtimes, problems, ignored = [], [], [], [], []
+
+    def visit(folder: str, ancestors: dict) -> None:
+        try:
+            entries = os.scandir(folder)  # iterated as read: a folder of a million files is never held as entries
+        except OSError as error:
+            problems.append((folder, f"cannot list this folder: {error.strerror}"))
+            return
+        with entries:
+            for entry in entries:  # once per file: kept lean, a regular file costs one stat and three appends
+                if ignore_file(entry.name):
+                    ignored.append(entry.path)
+                    continue
+                try:
+                    status = entry.stat()  # follows symbolic links
+                except OSError as error:
+                    broken = entry.is_symlink() and error.errno == errno.ENOENT
+                    problems.append((entry.path, "broken symbolic link" if broken else error.strerror))
+                    continue
+                if stat.S_ISREG(status.st_mode):
+                    paths.append(entry.path)
+                    sizes.append(status.st_size)
+                    mtimes.append(status.st_mtime_ns)
+                elif stat.S_ISDIR(status.st_mode):
+                    visit_folder(entry, status, ancestors)
+                else:
+                    problems.append((entry.path, "not a regular file"))
+
+    def visit_folder(entry: os.DirEntry, status: os.stat_result, ancestors: dict) -> None:
+        key = (status.st_dev, status.st_ino)
+        if entry.name.startswith("."):
+            ignored.append(entry.path)
+        elif key in ancestors:
+            problems.append((entry.path, f"symbolic link loop: leads back to {display(ancestors[key])}"))
+        else:
+            visit(entry.path, {**ancestors, key: entry.path})
+
+    root = os.stat(directory)
+    visit(directory, {(root.st_dev, root.st_ino): directory})
+    order = sorted(range(len(paths)), key=paths.__getitem__)
+    stats = np.array([sizes, mtimes], dtype=np.int64).T.reshape(-1, 2)[order]
+    return Listing([paths[i] for i in order], stats, sorted(problems), sorted(ignored))
+
+
+def read_bytes(location) -> bytes:
+    if not is_uri(location):
+        with open(location, "rb") as file:
+            return file.read()
+    filesystem, path = resolve(location)
+    try:
+        with filesystem.open_input_stream(path, buffer_size=None) as file:
+            return file.read()
+    except FileNotFoundError:
+        raise StorageError(f"{display(location)} does not exist") from None
+    except OSError as error:
+        raise StorageError(f"cannot read {display(location)}: {_reason(error)}") from None
+
+
+def open_input(location):
+    """A seekable binary file: local files opened directly, objects read BLOCK bytes per request."""
+    if not is_uri(location):
+        return open(location, "rb")
+    filesystem, path = resolve(location)
+    try:
+        return io.BufferedReader(filesystem.open_input_file(path), BLOCK)
+    except FileNotFoundError:
+        raise StorageError(f"{display(location)} does not exist") from None
+    except OSError as error:
+        raise StorageError(f"cannot read {display(location)}: {_reason(error)}") from None
+
+
+def parquet_source(location):
+    """What pyarrow.parquet.ParquetFile reads a location from: the path itself when local, else a seekable file."""
+    if not is_uri(location):
+        return str(location)
+    filesystem, path = resolve(location)
+    try:
+        return filesystem.open_input_file(path)
+    except OSError as error:
+        raise StorageError(f"cannot read {display(location)}: {_reason(error)}") from None
+
+
+def tf_read_file(example_location):
+    """A tf.data map function: location (tf.string) -> the file's bytes, for locations like example_location.
+    Local files are read by TensorFlow itself; TensorFlow 2.21 has no object storage, so objects are read here."""
+    import tensorflow as tf
+
+    if not is_uri(example_location):
+        return tf.io.read_file
+
+    def read(location):
+        data = tf.numpy_function(lambda value: read_bytes(os.fsdecode(value)), [location], tf.string, stateful=False)
+        return tf.ensure_shape(data, [])
+
+    return read
