@@ -11,7 +11,6 @@ Image files that cannot be used are left out and listed, not fatal; a bad Parque
 import argparse
 import datetime
 import sys
-from pathlib import Path
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from jobs.cli import add_quiet_argument, run_command
@@ -34,13 +33,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    output = Path(args.output_dir or f"runs/evaluate-{stamp}")
+    output = args.output_dir or f"runs/evaluate-{stamp}"
 
     def body() -> None:
+        from tl_core import storage
         from tl_core.serving.evaluate import evaluate_to_directory, format_report
 
-        metrics = evaluate_to_directory(args.model, args.data_dir, output, split=args.split, batch_size=args.batch_size,
-                                        worst=args.worst, cache_dir=args.cache_dir)
+        metrics = evaluate_to_directory(args.model, args.data_dir, storage.local_path(output, "--output-dir"),
+                                        split=args.split, batch_size=args.batch_size, worst=args.worst,
+                                        cache_dir=args.cache_dir)
         print(f"{format_report(metrics)}\nResults in {output}")
 
     return run_command(body, quiet=args.quiet)

@@ -61,8 +61,10 @@ def main(argv=None) -> int:
         from tl_core.data.sources import check_dataset, describe_check
         from tl_core.model.assets import cache_dir
 
+        from tl_core import storage
+
         if not args.check:
-            check_arguments(Path(args.output), image_size=args.image_size, rows_per_file=args.rows_per_file)
+            check_arguments(storage.local_path(args.output, "--output"), image_size=args.image_size, rows_per_file=args.rows_per_file)
         # batch_size=1: a dataset of any size can be ingested; jobs.train checks its own batch size. The check's
         # limits are recorded in the shards: training with limits no stricter does not decode the rows again.
         config = TrainConfig(**given_fields(args, TrainConfig), batch_size=1)

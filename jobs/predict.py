@@ -11,7 +11,6 @@ cluster (--concurrency model replicas, one GPU each with --use-gpu).
 """
 import argparse
 import sys
-from pathlib import Path
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from jobs.cli import add_quiet_argument, run_command
@@ -34,14 +33,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    output = Path(args.output)
-
     def body() -> None:
+        from tl_core import storage
         from tl_core.serving.evaluate import ExportedModel
         from tl_core.serving.predict import ParquetFiles, list_inputs, predict_to_parquet
 
         if min(args.batch_size, args.chunk_size, args.concurrency) <= 0:
             raise ValueError("--batch-size, --chunk-size and --concurrency must be positive")
+        output = storage.local_path(args.output, "--output")
         if output.exists() and any(output.iterdir()):
             raise ValueError(f"{output} already holds files: choose a new --output directory")
         model = ExportedModel(args.model)

@@ -1,4 +1,6 @@
+import contextlib
 import io
+import secrets
 from pathlib import Path
 
 import numpy as np
@@ -215,3 +217,23 @@ def upload(local: Path, uri: str) -> str:
     filesystem, path = storage.resolve(uri)
     pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=filesystem)
     return uri
+
+
+@contextlib.contextmanager
+def local_ray(environment: dict | None = None):
+    """Ray on this machine (4 CPUs on 127.0.0.1), its processes started with this process's environment and
+    `environment` (they keep the environment they start with)."""
+    with pytest.MonkeyPatch.context() as patch:
+        # Ray turns on token auth for clusters it starts (Config.initialize re-reads the mode, so the
+        # import order of ray does not matter); the token comes from here, not from ~/.ray.
+        patch.delenv("RAY_AUTH_MODE", raising=False)
+        patch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        for name, value in (environment or {}).items():
+            patch.setenv(name, value)
+        import ray
+
+        ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
+        try:
+            yield ray
+        finally:
+            ray.shutdown()

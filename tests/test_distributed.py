@@ -2,14 +2,13 @@
 import dataclasses
 import json
 import os
-import secrets
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from conftest import assert_tensorboard_matches_history, tiny_config
+from conftest import assert_tensorboard_matches_history, local_ray, tiny_config
 from tl_core.data.images import ImageFolder, make_dataset
 from tl_core.training.distribute import DEFAULT, MIRRORED, MULTI_WORKER, strategy_kind
 from tl_core.training.train import train
@@ -51,21 +50,8 @@ def test_shards_are_disjoint_equal_and_are_what_the_pipeline_reads(tmp_path):
 
 @pytest.fixture(scope="module")
 def ray_instance():
-    # Ray turns on token auth for clusters it starts (Config.initialize re-reads the mode, so the
-    # import order of ray does not matter); the token comes from here, not from ~/.ray.
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    os.environ.pop("RAY_AUTH_MODE", None)
-    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)
-    import ray
-
-    ray.init(num_cpus=4, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False)
-    yield ray
-    ray.shutdown()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    with local_ray() as ray:
+        yield ray
 
 
 def distributed_config(tiny_backbone, colour_dataset, output_dir, **overrides):

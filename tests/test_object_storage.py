@@ -185,3 +185,40 @@ def test_retrain_on_s3_data_fingerprints_it_once_and_skips_it_unchanged(s3, colo
     assert first["action"] == "promoted" and first["challenger_accuracy"] >= 0.9
     second = retrain(config, tmp_path / "registry", log=lambda *args, **kwargs: None)
     assert second["action"] == "skipped" and first["run_id"] in second["reason"]
+
+
+def test_two_ray_workers_train_on_s3_data_and_are_told_only_where_the_store_is(s3, s3_data, tiny_backbone, tmp_path):
+    """The workers read their shards from S3 themselves (the driver hands them URIs, no files)."""
+    import tl_core
+    from conftest import local_ray, tiny_config
+    from tl_core.training.job import run
+
+    told = tl_core.worker_env()
+    assert told["AWS_ENDPOINT_URL"] == s3.endpoint and told["AWS_REGION"] == "us-east-1"
+    assert not {"AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN"} & set(told)
+    config = tiny_config(tiny_backbone, s3_data["folders"], tmp_path / "run", epochs=2, num_workers=2, max_failures=0,
+                         cache_dir=str(tmp_path / "cache"))
+    with local_ray(s3.environment()):
+        metrics = run(config, log=lambda *args, **kwargs: None)
+    assert metrics["run"]["num_workers"] == 2 and metrics["run"]["data_dir"] == s3_data["folders"]
+    shards = [json.loads((tmp_path / "run" / "shards" / f"worker-{rank}.json").read_text()) for rank in (0, 1)]
+    assert all(path.startswith(f"{s3_data['folders']}/train/") for shard in shards for path in shard)
+    assert len(shards[0]) == len(shards[1]) == 24 and not set(shards[0]) & set(shards[1])
+
+
+@pytest.mark.parametrize("command, flags, refused", [
+    (train_job, ["--output-dir", "s3://bucket/runs/a"], "--output-dir s3://bucket/runs/a"),
+    (train_job, ["--cache-dir", "s3://bucket/cache"], "--cache-dir s3://bucket/cache"),
+    (ingest_job, ["--data-dir", "{data}", "--output", "s3://bucket/parquet"], "--output s3://bucket/parquet"),
+    (predict_job, ["--model", "s3://bucket/runs/a", "--input", "{data}", "--output", "out"], "--model s3://bucket/runs/a"),
+    (evaluate_job, ["--model", "{model}", "--data-dir", "{data}", "--output-dir", "s3://bucket/e"], "--output-dir s3://b"),
+])
+def test_what_is_written_to_object_storage_is_refused_in_one_line_until_it_is_supported(
+        colour_dataset, tmp_path, capsys, monkeypatch, command, flags, refused):
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "model"  # never loaded: the output is refused first
+    flags = [flag.format(data=colour_dataset, model=model) for flag in flags]
+    assert command.main([*flags, "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and refused in err and "give" in err and "local path" in err, err
+    assert not (tmp_path / "s3:").exists()

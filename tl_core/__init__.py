@@ -14,3 +14,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # every line twice in `ray job logs`: its print patch is turned off.
 WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_FORCE_GPU_ALLOW_GROWTH": "true", "TF_CPP_MIN_LOG_LEVEL": "2",
               "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+
+
+def worker_env() -> dict:
+    """WORKER_ENV and where the object store is (tl_core/storage.py: never a credential), for a Ray worker."""
+    from tl_core.storage import store_settings
+
+    return {**WORKER_ENV, **store_settings()}

@@ -143,6 +143,11 @@ class TrainConfig:
         return self.batch_size * self.num_workers
 
     def __post_init__(self):
+        from tl_core import storage
+
+        for name in ("output_dir", "cache_dir"):
+            if getattr(self, name):
+                storage.local_path(getattr(self, name), f"--{name.replace('_', '-')}")
         for name in ("image_size", "batch_size", "epochs", "num_workers", "cpus_per_worker", "gpus_per_worker",
                      "min_image_side"):
             value = getattr(self, name)

@@ -11,7 +11,7 @@ import re
 import shutil
 from pathlib import Path
 
-from tl_core import artifacts
+from tl_core import artifacts, storage
 from tl_core.config import TrainConfig
 
 # Files of a run directory.
@@ -72,7 +72,7 @@ def changed_settings(saved: TrainConfig, config: TrainConfig, ignore=RESUME_MAY_
     for field in dataclasses.fields(TrainConfig):
         ours, theirs = getattr(config, field.name), getattr(saved, field.name)
         if field.name in PATH_FIELDS and ours and theirs:  # "runs/X/" is "runs/X"
-            same = Path(ours).resolve() == Path(theirs).resolve()
+            same = storage.canonical(ours) == storage.canonical(theirs)
         else:
             same = ours == theirs
         if not same and field.name not in ignore:

@@ -65,6 +65,16 @@ def _filesystem(root: str, environment: tuple) -> pafs.FileSystem:
         raise StorageError(f"{root}: {_reason(error)}") from None
 
 
+# Where the store is, without any secret: what Ray workers are given (Ray shows a job's runtime_env in its dashboard,
+# so credentials never go through it; each node takes its own from its instance profile or environment).
+STORE_SETTINGS = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def store_settings() -> dict:
+    """The settings of STORE_SETTINGS this process has, for a Ray worker's environment."""
+    return {name: os.environ[name] for name in STORE_SETTINGS if os.environ.get(name)}
+
+
 def resolve(location) -> tuple[pafs.FileSystem, str]:
     """(file system, path within it) of a location: pyarrow's view, for readers that take a filesystem=."""
     location = str(location)
@@ -79,6 +89,23 @@ def absolute(location) -> str:
     """The location from anywhere: local paths made absolute (Ray workers have other working directories)."""
     location = str(location)
     return location.rstrip("/") if is_uri(location) else os.path.abspath(location)
+
+
+def canonical(location) -> str:
+    """One spelling per location, to compare or key by: local paths with symbolic links resolved."""
+    location = str(location)
+    return location.rstrip("/") if is_uri(location) else os.path.realpath(location)
+
+
+def local_path(location, flag: str):
+    """A location that must be on this machine's file system (what is written: runs, registries, outputs, caches;
+    and models, which TensorFlow loads itself), as a Path; a URI is refused in one line that says so."""
+    from pathlib import Path
+
+    if is_uri(location):
+        raise StorageError(f"{flag} {display(location)}: object storage holds the data so far; runs, models, "
+                           f"registries and outputs are on local (or shared) disks: give {flag} a local path")
+    return Path(location)
 
 
 def join(location, *names: str) -> str:

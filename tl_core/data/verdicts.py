@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +25,7 @@ CHECKS_DIR = "checks"
 
 
 def verdicts_path(cache: Path, data_dir: Path, limits: dict) -> Path:
-    where = storage.absolute(data_dir) if storage.is_uri(data_dir) else os.path.realpath(data_dir)
-    key = json.dumps({"data_dir": where, **limits}, sort_keys=True)
+    key = json.dumps({"data_dir": storage.canonical(data_dir), **limits}, sort_keys=True)
     return Path(cache) / CHECKS_DIR / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.parquet"
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tl_core import artifacts
+from tl_core import artifacts, storage
 from tl_core.run_dir import MODEL_DIR
 
 LEDGER_SCHEMA = pa.schema([
@@ -66,7 +66,7 @@ def new_run_id() -> str:
 
 class Registry:
     def __init__(self, root: str | Path):
-        self.root = Path(root)
+        self.root = storage.local_path(root, "--registry")
         self.models = self.root / "models"
         self.manifests = self.root / "manifests"
         self.ledger = self.root / "ledger.parquet"

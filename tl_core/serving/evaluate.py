@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tl_core import artifacts
+from tl_core import artifacts, storage
 from tl_core.data.checks import format_bad_files, without_bad_files
 from tl_core.data.images import DatasetError, ImageFolder, display_path, make_dataset, to_unit_range
 from tl_core.data.sources import data_directory, labelled_split
@@ -22,7 +22,7 @@ class ExportedModel:
     """A SavedModel written by tl_core.serving.export, from its directory or the run directory holding it."""
 
     def __init__(self, path: str | Path):
-        path = Path(path)
+        path = storage.local_path(path, "--model")
         self.path = path / MODEL_DIR if (path / MODEL_DIR / "saved_model.pb").exists() else path
         if not (self.path / "saved_model.pb").exists():
             raise DatasetError(f"{path} is neither a run directory nor a SavedModel (no saved_model.pb)")

@@ -6,7 +6,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from tl_core import WORKER_ENV, interrupts, ray_session
+from tl_core import worker_env, interrupts, ray_session
 
 
 class Predictor:
@@ -45,7 +45,7 @@ def predict_on_ray(model_path: Path, inputs: list, output: Path, *, batch_size: 
     predictions = dataset.map_batches(
         Predictor, fn_constructor_args=(str(model_path), batch_size), batch_size=chunk_size,
         batch_format="pyarrow", concurrency=concurrency, num_gpus=1 if use_gpu else 0,
-        runtime_env={"env_vars": WORKER_ENV})
+        runtime_env={"env_vars": worker_env()})
     predictions.write_parquet(str(output))
     errors = pq.read_table(output, columns=["error"]).column("error")
     return {"rows": len(errors), "errors": len(errors) - errors.null_count, "output": str(output)}

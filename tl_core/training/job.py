@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from tl_core import progress
+from tl_core import progress, storage
 from tl_core.config import TrainConfig
 from tl_core.data.checks import format_bad_files, write_skipped
 from tl_core.data.sources import DatasetCheck, check_dataset, describe_check, enforce_policy
@@ -76,7 +76,7 @@ def check_resume_point(config: TrainConfig, log=print) -> None:
 
 def absolute_paths(config: TrainConfig) -> TrainConfig:
     """Ray workers do not share the driver's working directory: give them absolute paths."""
-    absolute = {name: str(Path(getattr(config, name)).resolve())
+    absolute = {name: storage.canonical(getattr(config, name))
                 for name in ("data_dir", "output_dir", "cache_dir") if getattr(config, name)}
     return dataclasses.replace(config, **absolute)
 

@@ -15,7 +15,7 @@ import ray.train
 from ray.train import Checkpoint, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.tensorflow import TensorflowTrainer
 
-from tl_core import WORKER_ENV, interrupts, progress, ray_session
+from tl_core import worker_env, interrupts, progress, ray_session
 from tl_core.config import TrainConfig
 from tl_core.training.distribute import Worker
 from tl_core.training.train import train
@@ -78,7 +78,7 @@ def train_on_ray(config: TrainConfig, *, sources=None, callbacks=None):
             name=RAY_DIR, storage_path=str(run_dir),
             failure_config=FailureConfig(max_failures=config.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),  # not Ray Train's per-epoch INFO records
-            worker_runtime_env={"env_vars": WORKER_ENV},
+            worker_runtime_env={"env_vars": worker_env()},
         ),
     )
     return trainer.fit()

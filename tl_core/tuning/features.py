@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tl_core import WORKER_ENV, artifacts, interrupts
+from tl_core import worker_env, artifacts, interrupts
 from tl_core.config import TrainConfig
 from tl_core.data.images import stratified_split
 from tl_core.model.assets import cache_dir
@@ -46,7 +46,7 @@ def compute_features(config: TrainConfig, sources, directory: Path, *, workers: 
     directory = Path(directory)
     if not (directory / DONE).exists():
         task = ray.remote(_features_of_parts).options(num_cpus=config.cpus_per_worker, num_gpus=gpus,
-                                                      runtime_env={"env_vars": WORKER_ENV})
+                                                      runtime_env={"env_vars": worker_env()})
         pending = []
         for index in range(workers):
             parts = []
