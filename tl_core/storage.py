@@ -143,9 +143,9 @@ def _reason(error: BaseException) -> str:
         return f"cannot connect to {endpoint}: check AWS_ENDPOINT_URL and that the store is running"
     if "NO_SUCH_BUCKET" in text or "NoSuchBucket" in text:
         return "the bucket does not exist: create it, or check the name"
-    if "ACCESS_DENIED" in text or "AccessDenied" in text or "403" in text:
+    if "ACCESS_DENIED" in text or "AccessDenied" in text:
         return "access denied: check the credentials (AWS_ACCESS_KEY_ID, AWS_PROFILE) and the bucket's policy"
-    if "INVALID_ACCESS_KEY_ID" in text or "SIGNATURE_DOES_NOT_MATCH" in text or "credentials" in text.lower():
+    if any(code in text for code in ("INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH", "No credentials")):
         return "the store refused the credentials: check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
     return text
 
