@@ -190,6 +190,23 @@ def large_data(results: dict) -> str:
     return table + "\n\n" + "\n".join(lines)
 
 
+def object_storage(results: dict) -> str:
+    parquet, check, job = (results["results"][name] for name in ("parquet", "check", "job"))
+    rows = [[f"Parquet shards at 224x224 ({parquet['images']:,} photos), streamed through the training pipeline",
+             f"{parquet['images_per_second']['disk']:.0f} images/s", f"{parquet['images_per_second']['s3']:.0f} images/s",
+             f"{parquet['s3_over_disk']:.2f}x the rate"],
+            [f"first check of {check['files']:,} class-folder files (listing, every file decoded)",
+             f"{check['disk']['first_seconds']:.1f} s", f"{check['s3']['first_seconds']:.1f} s",
+             f"{check['first_s3_over_disk']:.2f}x the time"],
+            ["second check of the same files (nothing changed: remembered verdicts)",
+             f"{check['disk']['second_seconds']:.2f} s", f"{check['s3']['second_seconds']:.2f} s",
+             f"{check['second_s3_over_disk']:.2f}x the time"],
+            ["the default job (`python -m jobs.train`, whole process), `--output-dir` on disk / in the bucket",
+             f"{job['seconds']['disk']:.1f} s", f"{job['seconds']['s3']:.1f} s", f"{job['s3_over_disk']:.2f}x the time"]]
+    table = markdown(["what", "local disk", "S3 (moto_server on 127.0.0.1)", "S3 against disk"], rows)
+    return table + (f"\n\nMedians of {results['repeats']} passes or runs each, alternated; {results['server']}.")
+
+
 # table name -> (benchmark and results file, what makes the table)
 TABLES = {
     "headline": ("accuracy", headline),
@@ -198,6 +215,7 @@ TABLES = {
     "cpu": ("cpu", cpu),
     "host_input": ("host_input", host_input),
     "large_data": ("large_data", large_data),
+    "object_storage": ("object_storage", object_storage),
 }
 
 

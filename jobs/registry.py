@@ -29,9 +29,9 @@ def main(argv=None) -> int:
         from tl_core.registry.store import Registry, format_ledger
 
         if args.command == "list":
-            registry = Registry(args.registry)
+            registry = Registry.at(args.registry)
             print(format_ledger(registry.records()))
-            print(f"champion: {registry.champion() or '-'} ({registry.champion_link / 'model'})")
+            print(f"champion: {registry.champion() or '-'} ({registry.champion_model()})")
         else:
             restore(args.registry, args.run_id)
 

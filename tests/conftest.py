@@ -11,6 +11,7 @@ import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tl_core.model.backbones import export_feature_extractor  # noqa: E402
+from benchmarks.s3_server import S3Server  # noqa: E402,F401  (the tests' S3 server; test modules import it from here)
 
 TINY_IMAGE_SIZE = 32
 REPO = Path(__file__).resolve().parents[1]
@@ -137,60 +138,6 @@ def assert_tensorboard_matches_history(run_dir) -> None:
     assert [int(value) for _, value in train["epoch_phase"]] == [int(row["phase"] == "fine_tune") for row in history]
 
 
-class S3Server:
-    """A real S3-compatible HTTP server (moto_server, from moto[server]) on 127.0.0.1 at a free port."""
-
-    def __init__(self, directory: Path):
-        import socket
-        import subprocess
-        import sys
-        import time
-        import urllib.request
-
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.endpoint = f"http://127.0.0.1:{self.port}"
-        self.log = directory / "moto_server.log"
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1",
-                                             "-p", str(self.port)], stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(self.endpoint, timeout=2).close()
-                break
-            except OSError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(f"moto_server did not start: {self.log.read_text()[-2000:]}")
-                time.sleep(0.2)
-        self.buckets = 0
-
-    # Credentials the server accepts (any); the secret is distinctive so that tests can look for it in outputs.
-    ENVIRONMENT = {"AWS_ACCESS_KEY_ID": "tl-test-key-id", "AWS_SECRET_ACCESS_KEY": "tl-test-secret-5e3c7a",
-                   "AWS_REGION": "us-east-1"}
-
-    def environment(self) -> dict:
-        return {**self.ENVIRONMENT, "AWS_ENDPOINT_URL": self.endpoint}
-
-    def new_bucket(self) -> str:
-        import boto3
-
-        self.buckets += 1
-        name = f"bucket-{self.buckets:03d}"
-        boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
-                     aws_access_key_id="x", aws_secret_access_key="x").create_bucket(Bucket=name)
-        return name
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=10)
-        except Exception:
-            self.process.kill()
-
-
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory):
     server = S3Server(tmp_path_factory.mktemp("s3"))
@@ -209,14 +156,16 @@ def s3(s3_server, monkeypatch) -> S3Server:
 
 
 def upload(local: Path, uri: str) -> str:
-    """Copy a local directory tree to a URI (through pyarrow, as a user's `aws s3 cp --recursive` would)."""
-    import pyarrow.fs as pafs
-
+    """Copy a local directory tree to a URI, as a user's `aws s3 cp --recursive` would; the URI."""
     from tl_core import storage
 
-    filesystem, path = storage.resolve(uri)
-    pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=filesystem)
+    storage.upload(local, uri)
     return uri
+
+
+# One token for every Ray instance this process starts: Ray keeps the first token it reads for the process, and a
+# later instance started with another was refused ("InvalidAuthToken": seen when a second test module started Ray).
+RAY_AUTH_TOKEN = secrets.token_hex(32)
 
 
 @contextlib.contextmanager
@@ -227,7 +176,7 @@ def local_ray(environment: dict | None = None):
         # Ray turns on token auth for clusters it starts (Config.initialize re-reads the mode, so the
         # import order of ray does not matter); the token comes from here, not from ~/.ray.
         patch.delenv("RAY_AUTH_MODE", raising=False)
-        patch.setenv("RAY_AUTH_TOKEN", secrets.token_hex(32))
+        patch.setenv("RAY_AUTH_TOKEN", RAY_AUTH_TOKEN)
         for name, value in (environment or {}).items():
             patch.setenv(name, value)
         import ray

@@ -12,6 +12,7 @@ from jobs import evaluate as evaluate_job
 from jobs import ingest as ingest_job
 from jobs import predict as predict_job
 from jobs import train as train_job
+from jobs import tune as tune_job
 from tl_core import storage
 from tl_core.data.images import list_image_folder, make_dataset
 from tl_core.data.sources import list_split
@@ -207,7 +208,8 @@ def test_two_ray_workers_train_on_s3_data_and_are_told_only_where_the_store_is(s
 
 
 @pytest.mark.parametrize("command, flags, refused", [
-    (train_job, ["--output-dir", "s3://bucket/runs/a"], "--output-dir s3://bucket/runs/a"),
+    (tune_job, ["--output-dir", "s3://bucket/search"], "--output-dir s3://bucket/search"),
+    (train_job, ["--num-workers", "2", "--output-dir", "s3://bucket/runs/a"], "--output-dir s3://bucket/runs/a"),
     (train_job, ["--cache-dir", "s3://bucket/cache"], "--cache-dir s3://bucket/cache"),
     (ingest_job, ["--data-dir", "{data}", "--output", "s3://bucket/parquet"], "--output s3://bucket/parquet"),
     (predict_job, ["--model", "s3://bucket/runs/a", "--input", "{data}", "--output", "out"], "--model s3://bucket/runs/a"),
@@ -220,5 +222,183 @@ def test_what_is_written_to_object_storage_is_refused_in_one_line_until_it_is_su
     flags = [flag.format(data=colour_dataset, model=model) for flag in flags]
     assert command.main([*flags, "--quiet"]) == 2
     err = capsys.readouterr().err
-    assert len(err.strip().splitlines()) == 1 and refused in err and "give" in err and "local path" in err, err
+    assert len(err.strip().splitlines()) == 1 and refused in err and "give" in err and ("local path" in err
+                                                                                    or "shared path" in err), err
     assert not (tmp_path / "s3:").exists()
+
+
+def seed_recipe_flags(colour_dataset, tiny_backbone, cache, epochs: int) -> list[str]:
+    return ["--data-dir", str(colour_dataset), "--backbone", tiny_backbone, "--recipe", "seed", "--image-size",
+            str(TINY_IMAGE_SIZE), "--batch-size", "8", "--epochs", str(epochs), "--learning-rate", "0.05", "--seed", "3",
+            "--cache-dir", str(cache), "--quiet"]
+
+
+def test_a_run_on_s3_killed_mid_way_resumes_from_the_bucket_alone_and_ends_as_an_uninterrupted_run(
+        s3, colour_dataset, tiny_backbone, tmp_path):
+    """SIGKILL: nothing is uploaded at the end, so only what each epoch uploaded survives; the resume starts from a new
+    staging directory (what another machine would do) and must end with the weights of an uninterrupted local run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO, assert_tensorboard_matches_history
+
+    uri, epochs = f"s3://{s3.new_bucket()}/runs/a", 30
+    flags = seed_recipe_flags(colour_dataset, tiny_backbone, tmp_path / "cache", epochs)
+    process = subprocess.Popen([sys.executable, "-m", "jobs.train", *flags, "--output-dir", uri], cwd=REPO,
+                               env=os.environ, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline, completed = time.monotonic() + 240, 0
+    while completed < 3 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+        if storage.exists(f"{uri}/checkpoints/latest.json"):
+            completed = json.loads(storage.read_bytes(f"{uri}/checkpoints/latest.json"))["epoch"]
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    assert 3 <= completed < epochs, process.stderr.read().decode()[-3000:]
+    assert not storage.exists(f"{uri}/metrics.json") and not storage.exists(f"{uri}/model")
+
+    assert train_job.main(["--resume", "--output-dir", uri, "--quiet"]) == 0
+    assert train_job.main([*flags, "--output-dir", str(tmp_path / "local")]) == 0
+    run = tmp_path / "downloaded"
+    storage.download(uri, run)
+    history = json.loads((run / "history.json").read_text())
+    uninterrupted = json.loads((tmp_path / "local" / "history.json").read_text())
+    assert [row["epoch"] for row in history] == list(range(1, epochs + 1))
+    for key in ("loss", "val_loss", "val_accuracy"):
+        np.testing.assert_allclose([row[key] for row in history], [row[key] for row in uninterrupted], rtol=1e-5)
+    from test_reproduce_resume import head_weights
+
+    np.testing.assert_array_equal(head_weights(run), head_weights(tmp_path / "local"))
+    assert json.loads((run / "config.json").read_text())["output_dir"] == uri
+    assert {"metrics.json", "history.png", "confusion_matrix.png", "class_names.json", "tensorboard"} <= {
+        path.name for path in run.iterdir()}
+    assert sorted(path.name for path in (run / "checkpoints").iterdir()) == ["epoch-00030", "latest.json"]
+    assert_tensorboard_matches_history(run)
+    assert SECRET not in run_files_text(run)
+
+
+def test_a_run_on_s3_refuses_to_mix_runs_as_on_disk(s3, colour_dataset, tiny_backbone, tmp_path, capsys):
+    uri = f"s3://{s3.new_bucket()}/runs/b"
+    flags = seed_recipe_flags(colour_dataset, tiny_backbone, tmp_path / "cache", 2)
+    assert train_job.main([*flags, "--output-dir", uri]) == 0
+    capsys.readouterr()
+    assert train_job.main([*flags, "--output-dir", uri]) == 2
+    assert f"error: {uri} already holds files; pass --resume" in capsys.readouterr().err
+    assert train_job.main([*flags, "--epochs", "3", "--seed", "4", "--output-dir", uri, "--resume"]) == 2
+    assert "--seed 4 (the run has 3)" in capsys.readouterr().err
+    assert train_job.main([*flags, "--output-dir", uri, "--overwrite"]) == 0
+    assert train_job.main(["--resume", "--output-dir", f"s3://{s3.new_bucket()}/nothing", "--quiet"]) == 2
+    assert "holds no run to resume" in capsys.readouterr().err
+
+
+def test_sigterm_stops_a_run_on_s3_with_its_resume_command_and_leaves_no_staging(s3, colour_dataset, tiny_backbone,
+                                                                                  tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    uri, epochs = f"s3://{s3.new_bucket()}/runs/c", 30
+    flags = seed_recipe_flags(colour_dataset, tiny_backbone, tmp_path / "cache", epochs)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    process = subprocess.Popen([sys.executable, "-m", "jobs.train", *flags, "--output-dir", uri], cwd=REPO,
+                               env={**os.environ, "TMPDIR": str(staging)}, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not storage.exists(f"{uri}/checkpoints/latest.json") and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert f"python -m jobs.train --resume --output-dir {uri}" in err
+    assert not any(staging.iterdir())  # everything it had completed is in the bucket, the staging copy is gone
+    completed = len(json.loads(storage.read_bytes(f"{uri}/history.json")))
+    assert 1 <= completed < epochs
+    assert train_job.main(["--resume", "--output-dir", uri, "--quiet"]) == 0
+    assert [row["epoch"] for row in json.loads(storage.read_bytes(f"{uri}/history.json"))] == list(range(1, epochs + 1))
+
+
+def test_an_s3_registry_promotes_skips_rejects_rolls_back_and_serves_through_its_pointer(s3, colour_dataset,
+                                                                                          tiny_backbone, tmp_path):
+    import tensorflow as tf
+
+    from conftest import tiny_config
+    from jobs import registry as registry_job
+    from test_retrain import add_images
+    from tl_core.registry.retrain import retrain
+    from tl_core.registry.store import Registry
+
+    data = Path(shutil.copytree(colour_dataset, tmp_path / "data"))
+    uri = f"s3://{s3.new_bucket()}/registry"
+    config = tiny_config(tiny_backbone, data, cache_dir=str(tmp_path / "cache"))
+    quiet = lambda *args, **kwargs: None  # noqa: E731
+    first = retrain(config, uri, log=quiet)
+    registry = Registry.at(uri)
+    assert first["action"] == "promoted" and registry.champion() == first["run_id"]
+    pointer = json.loads(storage.read_bytes(f"{uri}/champion.json"))
+    assert pointer["model"] == f"models/{first['run_id']}/model"
+    # What serving does (docs/object-storage.md): read the pointer, copy the model it names, load it.
+    storage.download(f"{uri}/{pointer['model']}", tmp_path / "served")
+    serve = tf.saved_model.load(str(tmp_path / "served")).signatures["serving_default"]
+    assert serve(images=tf.zeros([1, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, 3]))["probabilities"].shape == (1, 2)
+
+    assert retrain(config, uri, log=quiet)["action"] == "skipped"
+    add_images(data)
+    third = retrain(config, uri, log=quiet)
+    assert third["action"] == "rejected" and registry.champion() == first["run_id"]
+    add_images(data, seed=10)
+    fourth = retrain(config, uri, min_improvement=-1.0, log=quiet)
+    assert fourth["action"] == "promoted" and registry.champion() == fourth["run_id"]
+    assert registry_job.main(["rollback", first["run_id"], "--registry", uri]) == 0
+    assert registry.champion() == first["run_id"]
+    assert [record["action"] for record in registry.records()] == ["promoted", "skipped", "rejected", "promoted",
+                                                                   "rollback"]
+    assert sorted(registry.model_runs()) == sorted([first["run_id"], third["run_id"], fourth["run_id"]])
+    assert not storage.exists(f"{uri}/.lock") and not storage.exists(f"{uri}/pending.json")
+    ledger = storage.read_bytes(f"{uri}/ledger.parquet").decode("utf-8", "replace")
+    assert SECRET not in ledger and S3Server.ENVIRONMENT["AWS_ACCESS_KEY_ID"] not in ledger
+
+
+def test_a_second_retrain_on_an_s3_registry_is_refused_and_a_killed_holders_lock_is_taken_over_after_its_lease(
+        s3, colour_dataset, tiny_backbone, tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    from conftest import REPO
+    from jobs import retrain as retrain_job
+    from tl_core.registry.object_store import ObjectRegistry
+
+    uri = f"s3://{s3.new_bucket()}/registry"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from tl_core.registry.object_store import ObjectRegistry
+        ObjectRegistry.lease_seconds = 3.0
+        with ObjectRegistry({uri!r}).lock():
+            print("locked", flush=True)
+            time.sleep(600)
+    """)], cwd=REPO, env=os.environ, stdout=subprocess.PIPE, text=True)
+    flags = ["--registry", uri, "--data-dir", str(colour_dataset), "--backbone", tiny_backbone, "--image-size",
+             str(TINY_IMAGE_SIZE), "--batch-size", "8", "--epochs", "2", "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        time.sleep(4)  # longer than the lease: the holder renews it, so it still holds the lock
+        assert retrain_job.main(flags) == 3
+        assert f"pid {holder.pid} on " in capsys.readouterr().err
+    finally:
+        holder.kill()  # SIGKILL: the lock object stays, and nobody renews its lease
+        holder.wait()
+    assert retrain_job.main(flags) == 3  # the dead holder's lease has not run out yet
+    capsys.readouterr()
+    time.sleep(3.5)
+    assert retrain_job.main(flags) == 0
+    assert f"Took over the registry's lock from pid {holder.pid} on " in capsys.readouterr().out
+    assert not storage.exists(f"{uri}/.lock") and ObjectRegistry(uri).champion() is not None

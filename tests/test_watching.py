@@ -183,3 +183,24 @@ def test_a_run_in_a_log_prints_one_line_per_event(tiny_backbone, colour_dataset,
     quiet = capsys.readouterr().out
     assert "Configuration:" not in quiet and "config.json" in quiet and quiet.count("epoch   2/2") == 1
     assert json.loads((tmp_path / "a" / "history.json").read_text())[-1]["epoch"] == 2
+
+
+def test_a_new_event_file_is_begun_in_a_later_second_than_the_files_before_it(tmp_path):
+    """TensorBoard reads event files in name order, and tf.summary's names within one second end in a counter that
+    sorts as text (10 before 9): a file begun in the same second as an earlier one could be read first."""
+    import os
+    import socket
+    import time
+
+    import tensorflow as tf
+
+    from tl_core.training.tensorboard_log import wait_for_a_later_second
+
+    now = int(time.time())
+    earlier = f"events.out.tfevents.{now}.{socket.gethostname()}.{os.getpid()}.99.v2"
+    (tmp_path / earlier).write_bytes(b"")
+    wait_for_a_later_second(tmp_path)
+    writer = tf.summary.create_file_writer(str(tmp_path))
+    writer.flush()
+    names = sorted(path.name for path in tmp_path.iterdir())
+    assert len(names) == 2 and names[0] == earlier

@@ -145,9 +145,8 @@ class TrainConfig:
     def __post_init__(self):
         from tl_core import storage
 
-        for name in ("output_dir", "cache_dir"):
-            if getattr(self, name):
-                storage.local_path(getattr(self, name), f"--{name.replace('_', '-')}")
+        if self.cache_dir:
+            storage.local_path(self.cache_dir, "--cache-dir")
         for name in ("image_size", "batch_size", "epochs", "num_workers", "cpus_per_worker", "gpus_per_worker",
                      "min_image_side"):
             value = getattr(self, name)

@@ -6,6 +6,7 @@ process was writing.
 """
 import dataclasses
 import datetime
+import json
 import os
 import re
 import shutil
@@ -82,16 +83,17 @@ def changed_settings(saved: TrainConfig, config: TrainConfig, ignore=RESUME_MAY_
 
 def resume_config(run_dir: str | Path, overrides: dict) -> TrainConfig:
     """The configuration saved in run_dir, with the overrides given for resuming it (checked by prepare_run_dir)."""
-    saved = Path(run_dir) / CONFIG_FILE
-    if not saved.exists():
+    saved = storage.join(run_dir, CONFIG_FILE)  # run_dir: a path or a URI (training/run_store.py)
+    if not storage.exists(saved):
         raise RunDirectoryError(f"--resume: {run_dir} holds no run to resume (no {CONFIG_FILE})")
-    return dataclasses.replace(TrainConfig.from_json(saved), **{**overrides, "output_dir": str(run_dir)})
+    values = json.loads(storage.read_bytes(saved))
+    return dataclasses.replace(TrainConfig.from_dict(values), **{**overrides, "output_dir": str(run_dir)})
 
 
 def prepare_run_dir(config: TrainConfig, *, overwrite: bool = False, resume: bool = False) -> TrainConfig:
     """Resolve the output directory; refuse to mix a new run into an existing one."""
     config = dataclasses.replace(config, output_dir=config.output_dir or default_output_dir())
-    run_dir = Path(config.output_dir)
+    run_dir = storage.local_path(config.output_dir, "--output-dir")  # a URI is staged first (training/run_store.py)
     saved = run_dir / CONFIG_FILE
     if resume:
         if not saved.exists():

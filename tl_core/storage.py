@@ -103,8 +103,8 @@ def local_path(location, flag: str):
     from pathlib import Path
 
     if is_uri(location):
-        raise StorageError(f"{flag} {display(location)}: object storage holds the data so far; runs, models, "
-                           f"registries and outputs are on local (or shared) disks: give {flag} a local path")
+        raise StorageError(f"{flag} {display(location)}: this must be on a local (or shared) disk so far (object storage "
+                           f"holds data, and the runs of jobs.train): give {flag} a local path")
     return Path(location)
 
 
@@ -337,6 +337,127 @@ def parquet_source(location):
         return filesystem.open_input_file(path)
     except OSError as error:
         raise StorageError(f"cannot read {display(location)}: {_reason(error)}") from None
+
+
+def _store_error(action: str, location, error: OSError) -> StorageError:
+    return StorageError(f"cannot {action} {display(location)}: {_reason(error)}")
+
+
+def upload(local, location) -> None:
+    """Copy a local file or directory tree to location (on object storage: one PUT per file, each whole or absent)."""
+    filesystem, path = resolve(location)
+    try:
+        pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=filesystem)
+    except OSError as error:
+        raise _store_error("write", location, error) from None
+
+
+def download(location, local) -> None:
+    """Copy a file or directory tree at location to a local path (its folders made as needed)."""
+    files = [(location, str(local))] if not is_dir(location) else [
+        (path, os.path.join(str(local), *relative(path, location).split("/"))) for path in walk(location).paths]
+    for source, destination in files:
+        os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
+        filesystem, path = resolve(source)
+        try:
+            pafs.copy_files(path, destination, source_filesystem=filesystem,
+                            destination_filesystem=pafs.LocalFileSystem())
+        except OSError as error:
+            raise _store_error("read", source, error) from None
+
+
+def delete(location) -> None:
+    """Remove a file or a directory tree (on object storage: every object under the prefix); absent is fine."""
+    filesystem, path = resolve(location)
+    try:
+        kind = filesystem.get_file_info(path).type
+        if kind == pafs.FileType.Directory:
+            filesystem.delete_dir(path)
+        elif kind == pafs.FileType.File:
+            filesystem.delete_file(path)
+    except OSError as error:
+        raise _store_error("delete", location, error) from None
+
+
+def replace_bytes(location, data: bytes) -> None:
+    """Write a small file whole: a reader sees the old content or the new, never a part (local: a temporary file
+    renamed into place; object storage: one PUT)."""
+    if not is_uri(location):
+        from tl_core.artifacts import atomic_path
+
+        with atomic_path(location) as tmp:
+            tmp.write_bytes(data)
+        return
+    filesystem, path = resolve(location)
+    try:
+        with filesystem.open_output_stream(path) as file:
+            file.write(data)
+    except OSError as error:
+        raise _store_error("write", location, error) from None
+
+
+# Conditional writes on S3: pyarrow cannot make them, boto3 can (S3 has honoured If-None-Match / If-Match since
+# 2024, as do MinIO and moto). A token is the object's ETag.
+
+def _s3(location) -> tuple[object, str, str]:
+    """(boto3 client, bucket, key) of an s3:// location; other stores have no conditional writes here."""
+    parts = _parts(str(location))
+    if parts.scheme != "s3":
+        raise StorageError(f"{display(location)}: conditional writes (the registry's lock) are supported on s3:// only")
+    import boto3
+
+    return boto3.client("s3"), parts.netloc, parts.path.lstrip("/")
+
+
+def _precondition_failed(error) -> bool:
+    return getattr(error, "response", {}).get("Error", {}).get("Code") in ("PreconditionFailed", "412", "NoSuchKey",
+                                                                           "ConditionalRequestConflict")
+
+
+def create_object(location, data: bytes) -> str | None:
+    """Create the object only if none exists; its token, or None when one existed already."""
+    client, bucket, key = _s3(location)
+    try:
+        return client.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*")["ETag"]
+    except Exception as error:
+        if _precondition_failed(error):
+            return None
+        raise StorageError(f"cannot write {display(location)}: {_reason(error)}") from None
+
+
+def replace_object_if(location, data: bytes, token: str) -> str | None:
+    """Replace the object only if it is still the version `token` names; the new token, or None if it changed."""
+    client, bucket, key = _s3(location)
+    try:
+        return client.put_object(Bucket=bucket, Key=key, Body=data, IfMatch=token)["ETag"]
+    except Exception as error:
+        if _precondition_failed(error):
+            return None
+        raise StorageError(f"cannot write {display(location)}: {_reason(error)}") from None
+
+
+def read_object(location) -> tuple[bytes, str] | None:
+    """(content, token) of an object, or None when there is none."""
+    client, bucket, key = _s3(location)
+    try:
+        answer = client.get_object(Bucket=bucket, Key=key)
+        return answer["Body"].read(), answer["ETag"]
+    except Exception as error:
+        if getattr(error, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise StorageError(f"cannot read {display(location)}: {_reason(error)}") from None
+
+
+def delete_object_if(location, token: str) -> bool:
+    """Delete the object only if it is still the version `token` names."""
+    client, bucket, key = _s3(location)
+    try:
+        client.delete_object(Bucket=bucket, Key=key, IfMatch=token)
+        return True
+    except Exception as error:
+        if _precondition_failed(error):
+            return False
+        raise StorageError(f"cannot delete {display(location)}: {_reason(error)}") from None
 
 
 def tf_read_file(example_location):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tl_core import artifacts, storage
+from tl_core import storage
 from tl_core.data.images import list_files
 from tl_core.progress import track
 
@@ -48,10 +48,12 @@ def fingerprint(manifest: pa.Table) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(manifest: pa.Table, path: Path) -> None:
-    with artifacts.atomic_path(path) as tmp:
-        pq.write_table(manifest, tmp)
+def write_manifest(manifest: pa.Table, location) -> None:
+    """The manifest as one Parquet file at a path or URI, written whole."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(manifest, buffer)
+    storage.replace_bytes(location, buffer.getvalue().to_pybytes())
 
 
-def read_manifest(path: Path) -> pa.Table | None:
-    return pq.read_table(path, schema=SCHEMA) if Path(path).exists() else None
+def read_manifest(location) -> pa.Table | None:
+    return pq.read_table(storage.parquet_source(location), schema=SCHEMA) if storage.exists(location) else None

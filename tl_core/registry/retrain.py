@@ -14,9 +14,9 @@ instead of starting again.
 """
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 
+from tl_core import storage
 from tl_core.training import job
 from tl_core.model.assets import cache_dir
 from tl_core.config import TrainConfig
@@ -41,13 +41,13 @@ def decide(challenger: dict, champion: dict | None, min_improvement: float) -> t
 def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: float = 0.01, keep: int = 5,
             force: bool = False, log=print) -> dict:
     """One scheduled retrain under the registry's lock; returns the ledger record it appended."""
-    registry = Registry(registry_dir)
-    with registry.lock():
+    registry = Registry.at(registry_dir)
+    with registry.lock(log):
         started = utc_now()
         data_dir = data_directory(config.data_dir, cache_dir(config.cache_dir))
         config = dataclasses.replace(config, data_dir=str(data_dir))
         last = registry.last_trained()
-        previous = read_manifest(registry.manifests / f"{last['run_id']}.parquet") if last else None
+        previous = read_manifest(registry.manifest(last["run_id"])) if last else None
         manifest = build_manifest(data_dir, previous)
         data_fingerprint = fingerprint(manifest)
         log(f"Fingerprint of {data_dir}: {data_fingerprint[:12]} ({manifest.num_rows} files)", flush=True)
@@ -65,20 +65,23 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: f
             log(f"Configuration changed since run {last['run_id']}: {', '.join(changed)}", flush=True)
 
         run_id, resume = _start_or_recover(registry, config, data_fingerprint, log)
-        run_dir = registry.models / run_id
-        run_config = dataclasses.replace(config, output_dir=str(run_dir))
+        run_dir = registry.model_dir(run_id)  # on object storage, job.run stages and uploads it (training/run_store.py)
+        run_config = dataclasses.replace(config, output_dir=run_dir)
         checked, skipped = job.check(run_config, log)  # once: for training and for the evaluation below
         job.run(run_config, resume=resume, checked=(checked, skipped), log=log)
-        write_manifest(manifest, registry.manifests / f"{run_id}.parquet")
+        write_manifest(manifest, registry.manifest(run_id))
 
         # Both models on the challenger's held-out split, through their exported SavedModels.
         validation = checked.sources(skipped).validation
-        challenger = evaluate_run(run_dir, validation)
-        champion_id, champion = registry.champion(), None
-        champion_model = ExportedModel(registry.models / champion_id) if champion_id else None
-        champion_classes = champion_model.class_names if champion_model else None
-        if champion_classes == validation.class_names:
-            champion = evaluate(champion_model, validation)[0]
+        with registry.local_model(run_id) as model:
+            challenger = evaluate_run(model, validation)
+        champion_id, champion, champion_classes = registry.champion(), None, None
+        if champion_id:
+            with registry.local_model(champion_id) as model:
+                champion_model = ExportedModel(model)
+                champion_classes = champion_model.class_names
+                if champion_classes == validation.class_names:
+                    champion = evaluate(champion_model, validation)[0]
         promote, reason = decide(challenger, champion, min_improvement)
         if champion_id == run_id:  # switched just before a crash, not yet in the ledger
             promote, reason = True, "promoted before the run was interrupted; recorded on recovery"
@@ -87,7 +90,8 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: f
         if promote:
             registry.promote(run_id)
         record = {**base, "run_id": run_id, "action": "promoted" if promote else "rejected", "reason": reason,
-                  "train_images": json.loads((run_dir / METRICS_FILE).read_text())["run"]["train_images"],
+                  "train_images": json.loads(storage.read_bytes(storage.join(run_dir, METRICS_FILE)))["run"][
+                      "train_images"],
                   "validation_images": len(validation),
                   "challenger_accuracy": challenger["accuracy"], "challenger_loss": challenger["loss"],
                   "champion_accuracy": champion and champion["accuracy"], "champion_loss": champion and champion["loss"],
@@ -104,14 +108,14 @@ def _start_or_recover(registry: Registry, config: TrainConfig, data_fingerprint:
     """(run id, resume?): the crashed run on the same data and config if there is one, else a new run."""
     pending = registry.pending()
     if pending:
-        run_dir = registry.models / pending["run_id"]
+        run_dir = registry.model_dir(pending["run_id"])
         same = pending["data_fingerprint"] == data_fingerprint and pending["config"] == config.to_dict()
-        if same and (run_dir / CONFIG_FILE).exists():
+        if same and storage.exists(storage.join(run_dir, CONFIG_FILE)):
             log(f"Recovering run {pending['run_id']}, interrupted at {pending['started_at']}", flush=True)
             return pending["run_id"], True
-        if run_dir.exists() and pending["run_id"] != registry.champion():
+        if storage.exists(run_dir) and pending["run_id"] != registry.champion():
             log(f"Discarding run {pending['run_id']}: interrupted, and the data or configuration changed since")
-            shutil.rmtree(run_dir)
+            storage.delete(run_dir)
     run_id = new_run_id()
     registry.set_pending({"run_id": run_id, "started_at": utc_now(), "data_fingerprint": data_fingerprint,
                           "config": config.to_dict()})
@@ -120,8 +124,8 @@ def _start_or_recover(registry: Registry, config: TrainConfig, data_fingerprint:
 
 def restore(registry_dir: str | Path, run_id: str, log=print) -> dict:
     """Make an earlier run's model the champion again (one atomic switch), recorded in the ledger."""
-    registry = Registry(registry_dir)
-    with registry.lock():
+    registry = Registry.at(registry_dir)
+    with registry.lock(log):
         trained = {record["run_id"]: record for record in registry.records() if record["action"] in TRAINED}
         if run_id not in trained:
             raise RegistryError(f"no trained run {run_id!r} in {registry.ledger}; "

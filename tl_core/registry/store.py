@@ -17,14 +17,13 @@ import errno
 import fcntl
 import json
 import os
-import shutil
 import socket
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tl_core import artifacts, storage
+from tl_core import storage
 from tl_core.run_dir import MODEL_DIR
 
 LEDGER_SCHEMA = pa.schema([
@@ -65,21 +64,48 @@ def new_run_id() -> str:
 
 
 class Registry:
+    """A registry on a local (or shared) file system: the champion a symbolic link, the lock flock's. A registry at a
+    URI is an ObjectRegistry (registry/object_store.py): the same records, its own champion pointer and lock."""
+
+    @staticmethod
+    def at(root) -> "Registry":
+        """The registry at a path or URI."""
+        if storage.is_uri(root):
+            from tl_core.registry.object_store import ObjectRegistry
+
+            return ObjectRegistry(root)
+        return Registry(root)
+
     def __init__(self, root: str | Path):
-        self.root = storage.local_path(root, "--registry")
-        self.models = self.root / "models"
-        self.manifests = self.root / "manifests"
-        self.ledger = self.root / "ledger.parquet"
-        self.champion_link = self.root / "champion"
-        self.pending_file = self.root / "pending.json"
+        self._locations(str(storage.local_path(root, "--registry")))
+        self.champion_link = Path(self.root) / "champion"
+
+    def _locations(self, root: str) -> None:
+        self.root = root
+        self.models = storage.join(root, "models")
+        self.manifests = storage.join(root, "manifests")
+        self.ledger = storage.join(root, "ledger.parquet")
+        self.pending_file = storage.join(root, "pending.json")
+
+    def model_dir(self, run_id: str) -> str:
+        return storage.join(self.models, run_id)
+
+    def manifest(self, run_id: str) -> str:
+        return storage.join(self.manifests, f"{run_id}.parquet")
 
     @contextlib.contextmanager
-    def lock(self):
+    def local_model(self, run_id: str):
+        """A local directory holding run_id's exported model (what ExportedModel loads): here, the run itself."""
+        yield Path(self.model_dir(run_id))
+
+    @contextlib.contextmanager
+    def lock(self, log=print):
         """Exclusive for the whole retrain. The kernel drops the lock when its process dies, so a
         crashed run never leaves it stuck; a second run is refused at once with the holder's details."""
+        root = Path(self.root)
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            handle = open(self.root / ".lock", "a+")
+            root.mkdir(parents=True, exist_ok=True)
+            handle = open(root / ".lock", "a+")
         except OSError as error:
             raise RegistryError(f"cannot use the registry {self.root}: {error.strerror}") from None
         with handle:
@@ -103,12 +129,16 @@ class Registry:
     # The ledger.
 
     def records(self) -> list[dict]:
-        return pq.read_table(self.ledger, schema=LEDGER_SCHEMA).to_pylist() if self.ledger.exists() else []
+        if not storage.exists(self.ledger):
+            return []
+        return pq.read_table(storage.parquet_source(self.ledger), schema=LEDGER_SCHEMA).to_pylist()
 
     def append(self, record: dict) -> None:
+        """The ledger with one more row, replaced whole (one rename, or one PUT)."""
         rows = self.records() + [{name: record.get(name) for name in LEDGER_SCHEMA.names}]
-        with artifacts.atomic_path(self.ledger) as tmp:
-            pq.write_table(pa.Table.from_pylist(rows, schema=LEDGER_SCHEMA), tmp)
+        buffer = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(rows, schema=LEDGER_SCHEMA), buffer)
+        storage.replace_bytes(self.ledger, buffer.getvalue().to_pybytes())
 
     def last_trained(self) -> dict | None:
         trained = [record for record in self.records() if record["action"] in TRAINED]
@@ -120,11 +150,18 @@ class Registry:
         """The champion's run id, or None before the first promotion."""
         return os.readlink(self.champion_link).split("/")[-1] if self.champion_link.is_symlink() else None
 
+    def champion_model(self) -> str:
+        """Where serving loads the champion's model from."""
+        return str(self.champion_link / MODEL_DIR)
+
+    def check_promotable(self, run_id: str) -> None:
+        if not storage.exists(storage.join(self.model_dir(run_id), MODEL_DIR, "saved_model.pb")):
+            raise RegistryError(f"run {run_id} has no model in {self.model_dir(run_id)} (never finished, or pruned)")
+
     def promote(self, run_id: str) -> None:
         """Point `champion` at models/<run_id> with one atomic rename."""
-        if not (self.models / run_id / MODEL_DIR / "saved_model.pb").exists():
-            raise RegistryError(f"run {run_id} has no model in {self.models / run_id} (never finished, or pruned)")
-        tmp = self.root / f".champion.{os.getpid()}.tmp"
+        self.check_promotable(run_id)
+        tmp = Path(self.root) / f".champion.{os.getpid()}.tmp"
         if tmp.is_symlink():
             tmp.unlink()
         os.symlink(f"models/{run_id}", tmp)
@@ -133,16 +170,16 @@ class Registry:
     # The retrain in progress.
 
     def pending(self) -> dict | None:
-        return json.loads(self.pending_file.read_text()) if self.pending_file.exists() else None
+        return json.loads(storage.read_bytes(self.pending_file)) if storage.exists(self.pending_file) else None
 
     def set_pending(self, value: dict) -> None:
-        artifacts.write_json(self.pending_file, value)
+        storage.replace_bytes(self.pending_file, (json.dumps(value, indent=2) + "\n").encode())
 
     def clear_pending(self) -> None:
-        self.pending_file.unlink(missing_ok=True)
+        storage.delete(self.pending_file)
 
     def model_runs(self) -> list[str]:
-        return sorted(path.name for path in self.models.iterdir() if path.is_dir()) if self.models.exists() else []
+        return storage.list_dirs(self.models) if storage.is_dir(self.models) else []
 
     def prune(self, keep: int) -> list[str]:
         """Delete all but the `keep` newest model directories; the champion and a pending run are always kept."""
@@ -150,7 +187,7 @@ class Registry:
         runs = self.model_runs()
         removed = [run for run in runs[:max(len(runs) - keep, 0)] if run not in protected]
         for run in removed:
-            shutil.rmtree(self.models / run)
+            storage.delete(self.model_dir(run))
         return removed
 
 

@@ -16,6 +16,7 @@ from tl_core.run_dir import (CHECKPOINT_DIR, CONFIG_FILE, HISTORY_JSON, METRICS_
                              prepare_run_dir)
 from tl_core.training.distribute import driver_without_gpus
 from tl_core.training.recorder import LocalCheckpoints
+from tl_core.training.run_store import POINTER, staged
 from tl_core.training.train import check_backbone, train, write_fed_batch
 
 
@@ -54,6 +55,8 @@ def checkpoint_location(config: TrainConfig) -> str:
 def has_checkpoint(config: TrainConfig) -> bool:
     """Whether the run directory holds a completed epoch's checkpoint that --resume continues from (Ray Train's, in a
     Ray run: its ray/ directory exists from the start, checkpoints appear in it after each epoch)."""
+    if storage.is_uri(config.output_dir):  # a local run, mirrored to the store (training/run_store.py)
+        return storage.exists(storage.join(config.output_dir, POINTER))
     run_dir = Path(config.output_dir)
     if config.uses_ray:
         return (run_dir / RAY_DIR).is_dir() and any(path.name.startswith("checkpoint_")
@@ -89,21 +92,25 @@ def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, c
     checked sources are what training uses. Locally, or on Ray Train when config.uses_ray. features: the
     backbone's features of those sources, computed already (jobs.tune), for a local run; Ray workers compute
     their own."""
+    if config.uses_ray and storage.is_uri(config.output_dir):
+        raise RunDirectoryError(f"--output-dir {config.output_dir}: a run on Ray Train writes to a disk its nodes share "
+                                "so far; give a shared path (object storage works for local runs and for the data)")
     checked, skipped = checked or check(config, log)  # before the run directory exists: a failed check leaves nothing
-    config = prepare_run_dir(config, overwrite=overwrite, resume=resume)
-    if resume:
-        check_resume_point(config, log)
-    if skipped:
-        write_skipped(Path(config.output_dir), skipped)
-        log(f"Skipping {len(skipped)} bad file(s), listed in {Path(config.output_dir) / SKIPPED_FILES}:\n"
-            f"{format_bad_files(skipped)}")
-    if progress.is_quiet():
-        log(f"Run directory {config.output_dir}; configuration in {Path(config.output_dir) / CONFIG_FILE}", flush=True)
-    else:
-        log(f"Run directory {config.output_dir}\nConfiguration:\n{config.describe()}", flush=True)
-    if config.uses_ray:
-        from tl_core.training.ray_train import train_on_ray
+    with staged(config, resume=resume, overwrite=overwrite, log=log) as (config, uploads):
+        config = prepare_run_dir(config, overwrite=overwrite, resume=resume)
+        if resume:
+            check_resume_point(config, log)
+        if skipped:
+            write_skipped(Path(config.output_dir), skipped)
+            log(f"Skipping {len(skipped)} bad file(s), listed in {Path(config.output_dir) / SKIPPED_FILES}:\n"
+                f"{format_bad_files(skipped)}")
+        if progress.is_quiet():
+            log(f"Run directory {config.output_dir}; configuration in {Path(config.output_dir) / CONFIG_FILE}", flush=True)
+        else:
+            log(f"Run directory {config.output_dir}\nConfiguration:\n{config.describe()}", flush=True)
+        if config.uses_ray:
+            from tl_core.training.ray_train import train_on_ray
 
-        train_on_ray(absolute_paths(config), sources=checked.sources(skipped).absolute())
-        return json.loads((Path(config.output_dir) / METRICS_FILE).read_text())
-    return train(config, sources=checked.sources(skipped), features=features)
+            train_on_ray(absolute_paths(config), sources=checked.sources(skipped).absolute())
+            return json.loads((Path(config.output_dir) / METRICS_FILE).read_text())
+        return train(config, sources=checked.sources(skipped), features=features, callbacks=uploads)

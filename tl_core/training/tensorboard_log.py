@@ -51,6 +51,17 @@ def logged_steps(directory: Path) -> dict[str, int]:
     return steps
 
 
+def wait_for_a_later_second(directory: Path) -> None:
+    """tf.summary names a file events.out.tfevents.<seconds>.<host>.<pid>.<n>, and TensorBoard reads a directory's
+    files in name order: within one second that is not the order they were written in (n 10 sorts before n 9; seen
+    as a flaky test), and a restart marker read out of order drops the wrong epochs. So a new file is begun in a
+    later second than every file there (a wait only when the last one was begun this very second)."""
+    newest = max((int(path.name.split(".")[3]) for path in Path(directory).glob("events.out.tfevents.*")
+                  if path.name.split(".")[3].isdigit()), default=0)
+    while time.time() < newest + 1:
+        time.sleep(0.05)
+
+
 class TensorBoardLog:
     def __init__(self, run_dir: str | Path, completed_epochs: int):
         """completed_epochs: the epochs of the checkpoint the run continues from (0 for a new run)."""
@@ -59,6 +70,8 @@ class TensorBoardLog:
         # An epoch counts as logged when every one of its scalars is (a process stopped while writing one leaves a part).
         per_epoch = [(TRAIN, tag) for tag in [*TRAIN_SCALARS, "epoch_phase"]] + [(VALIDATION, tag) for tag in VALIDATION_SCALARS]
         self.logged_epochs = min([self.logged[split].get(tag, 0) for split, tag in per_epoch] + [completed_epochs])
+        for name in (TRAIN, VALIDATION):
+            wait_for_a_later_second(self.directory / name)
         self.writers = {name: tf.summary.create_file_writer(str(self.directory / name)) for name in (TRAIN, VALIDATION)}
         self.restart_at(self.logged_epochs + 1)
 

@@ -23,7 +23,7 @@ import signal
 import time
 from pathlib import Path
 
-from tl_core import artifacts, interrupts, progress
+from tl_core import artifacts, interrupts, progress, storage
 from tl_core.config import TrainConfig, option
 from tl_core.run_dir import CONFIG_FILE, METRICS_FILE, RunDirectoryError, holds_files, remove_temporaries
 from tl_core.tuning import features as tuning_features
@@ -193,7 +193,7 @@ def search(config: TrainConfig, settings: TuneSettings, *, resume: bool = False,
     from tl_core import ray_session
     from tl_core.training import job
 
-    started, directory = time.perf_counter(), Path(config.output_dir)
+    started, directory = time.perf_counter(), storage.local_path(config.output_dir, "--output-dir")
     prepare_search_dir(directory, overwrite=overwrite, resume=resume)
     if resume:
         config, settings, space = saved_search(directory)

@@ -1,0 +1,162 @@
+"""A run directory at a URI (`--output-dir s3://bucket/runs/x`): written in a local staging directory with the usual
+atomic files, and mirrored to the store: each epoch's checkpoint and history before the next epoch starts, the rest
+of the run (model, plots, metrics, TensorBoard files, spilled features) when it ends, however it ends.
+
+The store's copy is the run: `--resume` downloads its configuration and last checkpoint on any machine. Every file
+is one object, whole or absent; the checkpoint pointer (checkpoints/latest.json) is uploaded after the directory it
+names, so the store always names a complete checkpoint, and metrics.json, which only a finished run has, goes last.
+"""
+import contextlib
+import dataclasses
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import tensorflow as tf
+
+from tl_core import storage
+from tl_core.config import TrainConfig
+from tl_core.run_dir import (CHECKPOINT_DIR, CONFIG_FILE, HISTORY_JSON, HISTORY_PARQUET, METRICS_FILE, RUN_FILES,
+                             SKIPPED_FILES, TENSORBOARD_DIR, TEMPORARY, RunDirectoryError)
+from tl_core.training.recorder import LocalCheckpoints
+
+POINTER = f"{CHECKPOINT_DIR}/{LocalCheckpoints.POINTER}"
+# What --resume downloads, with the checkpoint the pointer names (TensorBoard's files: a resumed run appends to them).
+RESUMED_FROM = (CONFIG_FILE, SKIPPED_FILES, HISTORY_JSON, HISTORY_PARQUET, TENSORBOARD_DIR)
+PER_EPOCH = (CHECKPOINT_DIR, HISTORY_JSON, HISTORY_PARQUET, TENSORBOARD_DIR)  # uploaded after every epoch
+
+
+class Mirror:
+    """The store's copy (location) of a run being written in a local directory."""
+
+    def __init__(self, location: str, local: Path):
+        self.location, self.local = location, Path(local)
+        self.described = False  # the configuration and skip list are in the store
+
+    def remote(self, name: str) -> str:
+        return storage.join(self.location, *name.split("/"))
+
+    def holds_files(self) -> bool:
+        return storage.is_dir(self.location) and any(
+            not TEMPORARY.match(storage.name(path)) for path in storage.walk(self.location).paths)
+
+    def pull(self) -> None:
+        """What --resume needs: the configuration (naming the local directory), the skip list, the history, the
+        TensorBoard files and the last completed epoch's checkpoint."""
+        for name in RESUMED_FROM + (POINTER,):
+            if storage.exists(self.remote(name)):
+                (self.local / name).parent.mkdir(parents=True, exist_ok=True)
+                storage.download(self.remote(name), self.local / name)
+        if (self.local / POINTER).exists():
+            epoch_dir = f"{CHECKPOINT_DIR}/{json.loads((self.local / POINTER).read_text())['directory']}"
+            storage.download(self.remote(epoch_dir), self.local / epoch_dir)
+        if (self.local / CONFIG_FILE).exists():
+            self._write_config(self.local / CONFIG_FILE, str(self.local))
+
+    def clear(self) -> None:
+        """--overwrite: nothing of the old run survives in the store next to the new one."""
+        for name in (*RUN_FILES, CONFIG_FILE):
+            storage.delete(self.remote(name))
+
+    def push_epoch(self) -> None:
+        """The last completed epoch: its checkpoint and TensorBoard files, then the pointer to the checkpoint, then the
+        history; older epochs go. (TensorBoard's files may so hold an epoch past the checkpoint, never one short of it:
+        a resumed run's log handles the first, tensorboard_log.py.)"""
+        pointer = self.local / POINTER
+        if not pointer.exists():
+            return
+        if not self.described:  # with the first epoch: a store holding a checkpoint holds its configuration
+            self._push_description()
+        name = json.loads(pointer.read_text())["directory"]
+        storage.upload(self.local / CHECKPOINT_DIR / name, self.remote(f"{CHECKPOINT_DIR}/{name}"))
+        self._push_files(self.local / TENSORBOARD_DIR)
+        storage.upload(pointer, self.remote(POINTER))
+        for history in (HISTORY_JSON, HISTORY_PARQUET):
+            if (self.local / history).exists():
+                storage.upload(self.local / history, self.remote(history))
+        for stale in storage.list_dirs(self.remote(CHECKPOINT_DIR)):
+            if stale != name:
+                storage.delete(self.remote(f"{CHECKPOINT_DIR}/{stale}"))
+
+    def push_all(self) -> None:
+        """Every complete file of the run (temporaries left out), the configuration naming the store, metrics last."""
+        self.push_epoch()
+        entries = sorted(self.local.iterdir(), key=lambda entry: entry.name == METRICS_FILE)
+        for entry in entries:
+            if TEMPORARY.match(entry.name) or entry.name in PER_EPOCH:
+                continue
+            if entry.name in (CONFIG_FILE, SKIPPED_FILES):
+                self._push_description()
+            elif entry.is_dir():
+                self._push_files(entry)
+            else:
+                storage.upload(entry, self.remote(entry.name))
+
+    def _push_description(self) -> None:
+        """config.json (naming the store as the run's directory) and skipped_files.json."""
+        if (self.local / SKIPPED_FILES).exists():
+            storage.upload(self.local / SKIPPED_FILES, self.remote(SKIPPED_FILES))
+        if (self.local / CONFIG_FILE).exists():
+            with tempfile.TemporaryDirectory() as tmp:
+                shutil.copy(self.local / CONFIG_FILE, Path(tmp) / CONFIG_FILE)
+                self._write_config(Path(tmp) / CONFIG_FILE, self.location)
+                storage.upload(Path(tmp) / CONFIG_FILE, self.remote(CONFIG_FILE))
+        self.described = True
+
+    def _push_files(self, directory: Path) -> None:
+        """Every file under a local directory of the run, one by one: a temporary inside is left out."""
+        for path in sorted(directory.rglob("*")) if directory.is_dir() else []:
+            if path.is_file() and not any(TEMPORARY.match(part) for part in path.relative_to(directory).parts):
+                storage.upload(path, self.remote(path.relative_to(self.local).as_posix()))
+
+    @staticmethod
+    def _write_config(path: Path, output_dir: str) -> None:
+        values = json.loads(path.read_text())
+        path.write_text(json.dumps({**values, "output_dir": output_dir}, indent=2) + "\n")
+
+
+class EpochUpload(tf.keras.callbacks.Callback):
+    """After EpochRecorder has checkpointed an epoch: the epoch is uploaded before the next one starts."""
+
+    def __init__(self, mirror: Mirror):
+        super().__init__()
+        self.mirror = mirror
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.mirror.push_epoch()
+
+
+@contextlib.contextmanager
+def staged(config: TrainConfig, *, resume: bool, overwrite: bool, log=print):
+    """(the configuration to train with, extra Keras callbacks): for a local output directory, config itself and
+    none; for a URI, the same configuration writing into a local staging directory, and the epoch upload. The
+    store's copy is refused, resumed or cleared here as prepare_run_dir does for a local directory."""
+    if not storage.is_uri(config.output_dir):
+        yield config, []
+        return
+    location = config.output_dir
+    local = Path(tempfile.mkdtemp(prefix="tl-run-"))
+    mirror = Mirror(location, local)
+    try:
+        if mirror.holds_files():
+            if resume:
+                mirror.pull()
+            elif overwrite:
+                mirror.clear()
+            else:
+                raise RunDirectoryError(f"{location} already holds files; pass --resume to continue that run, "
+                                        "--overwrite to replace it, or choose another --output-dir")
+    except BaseException:
+        shutil.rmtree(local, ignore_errors=True)
+        raise
+    log(f"Run directory {location}, staged in {local}", flush=True)
+    try:
+        yield dataclasses.replace(config, output_dir=str(local)), [EpochUpload(mirror)]
+    finally:
+        try:
+            mirror.push_all()
+        except storage.StorageError as error:
+            raise storage.StorageError(f"{error}; the run's files are kept in {local}: copy them to {location} "
+                                       "when the store is back") from None
+        shutil.rmtree(local, ignore_errors=True)
