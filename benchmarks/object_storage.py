@@ -122,7 +122,7 @@ def check(work: Path, bucket: str, files: int, repeats: int) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.object_storage", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--photos", type=int, default=250, help="photos per class for the Parquet stream (4 classes)")
+    parser.add_argument("--photos", type=int, default=250, help="photos per class for the Parquet stream (6 classes)")
     parser.add_argument("--files", type=int, default=10_000, help="class-folder files for the check")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "object_storage.json"))

@@ -56,7 +56,10 @@ def has_checkpoint(config: TrainConfig) -> bool:
     """Whether the run directory holds a completed epoch's checkpoint that --resume continues from (Ray Train's, in a
     Ray run: its ray/ directory exists from the start, checkpoints appear in it after each epoch)."""
     if storage.is_uri(config.output_dir):  # a local run, mirrored to the store (training/run_store.py)
-        return storage.exists(storage.join(config.output_dir, POINTER))
+        try:
+            return storage.exists(storage.join(config.output_dir, POINTER))
+        except storage.StorageError:  # the store is unreachable: its error has said what to do
+            return False
     run_dir = Path(config.output_dir)
     if config.uses_ray:
         return (run_dir / RAY_DIR).is_dir() and any(path.name.startswith("checkpoint_")

@@ -1,16 +1,22 @@
 """A run directory at a URI (`--output-dir s3://bucket/runs/x`): written in a local staging directory with the usual
-atomic files, and mirrored to the store: each epoch's checkpoint and history before the next epoch starts, the rest
-of the run (model, plots, metrics, TensorBoard files, spilled features) when it ends, however it ends.
+atomic files, and mirrored to the store: each completed epoch's checkpoint, TensorBoard files and history by an
+uploader thread while the next epoch trains, the rest of the run (model, plots, metrics, spilled features) when it
+ends, however it ends.
 
 The store's copy is the run: `--resume` downloads its configuration and last checkpoint on any machine. Every file
 is one object, whole or absent; the checkpoint pointer (checkpoints/latest.json) is uploaded after the directory it
 names, so the store always names a complete checkpoint, and metrics.json, which only a finished run has, goes last.
+An epoch is handed to the uploader as a snapshot (hard links to its checkpoint, copies of the files that later
+epochs rewrite); when epochs end faster than they upload, the uploader takes the newest one and the store's
+pointer skips the ones between (a process killed then resumes a few epochs earlier, from the store's last).
 """
 import contextlib
 import dataclasses
 import json
+import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 import tensorflow as tf
@@ -59,22 +65,42 @@ class Mirror:
         for name in (*RUN_FILES, CONFIG_FILE):
             storage.delete(self.remote(name))
 
-    def push_epoch(self) -> None:
-        """The last completed epoch: its checkpoint and TensorBoard files, then the pointer to the checkpoint, then the
-        history; older epochs go. (TensorBoard's files may so hold an epoch past the checkpoint, never one short of it:
-        a resumed run's log handles the first, tensorboard_log.py.)"""
+    def snapshot(self) -> Path | None:
+        """The last completed epoch as it is now, in a temporary directory of the run (its name matches TEMPORARY):
+        hard links to its checkpoint (never changed once written), copies of the pointer, history and TensorBoard
+        files (rewritten or appended to by the epochs after)."""
         pointer = self.local / POINTER
+        if not pointer.exists():
+            return None
+        name = json.loads(pointer.read_text())["directory"]
+        snapshot = Path(tempfile.mkdtemp(prefix=".upload.", dir=self.local))
+        shutil.copytree(self.local / CHECKPOINT_DIR / name, snapshot / CHECKPOINT_DIR / name, copy_function=os.link)
+        shutil.copy(pointer, snapshot / POINTER)
+        for history in (HISTORY_JSON, HISTORY_PARQUET):
+            if (self.local / history).exists():
+                shutil.copy(self.local / history, snapshot / history)
+        if (self.local / TENSORBOARD_DIR).is_dir():
+            shutil.copytree(self.local / TENSORBOARD_DIR, snapshot / TENSORBOARD_DIR,
+                            ignore=lambda folder, names: [name for name in names if TEMPORARY.match(name)])
+        return snapshot
+
+    def push_epoch(self, root: Path | None = None) -> None:
+        """The epoch in root (a snapshot; default the run itself): its checkpoint and TensorBoard files, then the
+        pointer to the checkpoint, then the history; older epochs go. (TensorBoard's files may so hold an epoch past
+        the checkpoint, never one short of it: a resumed run's log handles the first, tensorboard_log.py.)"""
+        root = Path(root or self.local)
+        pointer = root / POINTER
         if not pointer.exists():
             return
         if not self.described:  # with the first epoch: a store holding a checkpoint holds its configuration
             self._push_description()
         name = json.loads(pointer.read_text())["directory"]
-        storage.upload(self.local / CHECKPOINT_DIR / name, self.remote(f"{CHECKPOINT_DIR}/{name}"))
-        self._push_files(self.local / TENSORBOARD_DIR)
+        storage.upload(root / CHECKPOINT_DIR / name, self.remote(f"{CHECKPOINT_DIR}/{name}"))
+        self._push_files(root / TENSORBOARD_DIR, root)
         storage.upload(pointer, self.remote(POINTER))
         for history in (HISTORY_JSON, HISTORY_PARQUET):
-            if (self.local / history).exists():
-                storage.upload(self.local / history, self.remote(history))
+            if (root / history).exists():
+                storage.upload(root / history, self.remote(history))
         for stale in storage.list_dirs(self.remote(CHECKPOINT_DIR)):
             if stale != name:
                 storage.delete(self.remote(f"{CHECKPOINT_DIR}/{stale}"))
@@ -104,11 +130,11 @@ class Mirror:
                 storage.upload(Path(tmp) / CONFIG_FILE, self.remote(CONFIG_FILE))
         self.described = True
 
-    def _push_files(self, directory: Path) -> None:
-        """Every file under a local directory of the run, one by one: a temporary inside is left out."""
+    def _push_files(self, directory: Path, root: Path | None = None) -> None:
+        """Every file under a directory of the run (or of a snapshot of it: root), one by one: temporaries left out."""
         for path in sorted(directory.rglob("*")) if directory.is_dir() else []:
             if path.is_file() and not any(TEMPORARY.match(part) for part in path.relative_to(directory).parts):
-                storage.upload(path, self.remote(path.relative_to(self.local).as_posix()))
+                storage.upload(path, self.remote(path.relative_to(root or self.local).as_posix()))
 
     @staticmethod
     def _write_config(path: Path, output_dir: str) -> None:
@@ -116,15 +142,61 @@ class Mirror:
         path.write_text(json.dumps({**values, "output_dir": output_dir}, indent=2) + "\n")
 
 
-class EpochUpload(tf.keras.callbacks.Callback):
-    """After EpochRecorder has checkpointed an epoch: the epoch is uploaded before the next one starts."""
+class Uploader(threading.Thread):
+    """Uploads the newest epoch snapshot handed to it, one at a time, while training goes on. A failure (the store
+    gone for longer than its retries) is raised in the training thread at the next epoch's end, and at the end."""
 
     def __init__(self, mirror: Mirror):
+        super().__init__(daemon=True, name="run-upload")
+        self.mirror, self.pending, self.error = mirror, None, None
+        self.changed, self.finishing = threading.Condition(), False
+
+    def submit(self, snapshot: Path | None) -> None:
+        self.raise_failure()
+        with self.changed:
+            if self.pending is not None:  # not begun: the newer epoch replaces it
+                shutil.rmtree(self.pending, ignore_errors=True)
+            self.pending = snapshot
+            self.changed.notify()
+
+    def run(self) -> None:
+        while True:
+            with self.changed:
+                while self.pending is None and not self.finishing:
+                    self.changed.wait()
+                snapshot, self.pending = self.pending, None
+            if snapshot is None:
+                return
+            try:
+                if self.error is None:
+                    self.mirror.push_epoch(snapshot)
+            except storage.StorageError as error:
+                self.error = error
+            finally:
+                shutil.rmtree(snapshot, ignore_errors=True)
+
+    def raise_failure(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def finish(self) -> None:
+        """Wait for the snapshot being uploaded and the one waiting; raise what failed."""
+        with self.changed:
+            self.finishing = True
+            self.changed.notify()
+        self.join()
+        self.raise_failure()
+
+
+class EpochUpload(tf.keras.callbacks.Callback):
+    """After EpochRecorder has checkpointed an epoch: a snapshot of it goes to the uploader."""
+
+    def __init__(self, uploader: Uploader):
         super().__init__()
-        self.mirror = mirror
+        self.uploader = uploader
 
     def on_epoch_end(self, epoch, logs=None):
-        self.mirror.push_epoch()
+        self.uploader.submit(self.uploader.mirror.snapshot())
 
 
 @contextlib.contextmanager
@@ -151,10 +223,13 @@ def staged(config: TrainConfig, *, resume: bool, overwrite: bool, log=print):
         shutil.rmtree(local, ignore_errors=True)
         raise
     log(f"Run directory {location}, staged in {local}", flush=True)
+    uploader = Uploader(mirror)
+    uploader.start()
     try:
-        yield dataclasses.replace(config, output_dir=str(local)), [EpochUpload(mirror)]
+        yield dataclasses.replace(config, output_dir=str(local)), [EpochUpload(uploader)]
     finally:
         try:
+            uploader.finish()
             mirror.push_all()
         except storage.StorageError as error:
             raise storage.StorageError(f"{error}; the run's files are kept in {local}: copy them to {location} "
