@@ -8,7 +8,8 @@ Against a real S3-compatible server on 127.0.0.1 (moto_server, benchmarks/s3_ser
               --output-dir on disk and in the bucket, alternated, medians of --repeats runs;
   check       listing and checking --files class-folder files (copies of the sample's PNGs) on S3 and on
               disk: the first check (every file read and decoded) and the second (nothing changed:
-              the remembered verdicts), medians of --repeats second checks.
+              the remembered verdicts), medians of --repeats second checks;
+  server      the server's own rate: reads of one small object, serial and from 16 threads.
 Loopback has no network latency and moto keeps objects in memory: these figures are the cost of the S3
 protocol and of this project's code paths, not of a cloud bucket's round trips. Writes JSON (--output).
 """
@@ -97,6 +98,19 @@ def copies_of_the_sample(root: Path, files: int) -> Path:
     return root
 
 
+def server_rate(bucket: str, requests: int = 1000) -> dict:
+    """What the local server itself sustains: reads of one small object (storage.read_bytes), serial and from 16
+    threads. It bounds every S3 figure here; a cloud bucket serves parallel requests in parallel."""
+    import concurrent.futures
+
+    location = f"s3://{bucket}/probe"
+    storage.replace_bytes(location, b"\0" * 512)
+    _, serial = timed(lambda: [storage.read_bytes(location) for _ in range(requests // 4)])
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        _, parallel = timed(lambda: list(pool.map(lambda _: storage.read_bytes(location), range(requests))))
+    return {"reads_per_second_serial": requests // 4 / serial, "reads_per_second_16_threads": requests / parallel}
+
+
 def check(work: Path, bucket: str, files: int, repeats: int) -> dict:
     local = copies_of_the_sample(work / "files", files)
     remote = f"s3://{bucket}/files"
@@ -135,6 +149,7 @@ def main(argv=None) -> int:
             bucket = server.new_bucket()
             print("Parquet shards at the training size, streamed ...", flush=True)
             results = {"parquet": parquet(work, bucket, args.photos, args.repeats)}
+            results["server"] = server_rate(bucket)
             print(f"Checking {args.files:,} class-folder files ...", flush=True)
             results["check"] = check(work, bucket, args.files, args.repeats)
             print("The default job, run directory on disk and in the bucket ...", flush=True)

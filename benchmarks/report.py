@@ -204,7 +204,10 @@ def object_storage(results: dict) -> str:
             ["the default job (`python -m jobs.train`, whole process), `--output-dir` on disk / in the bucket",
              f"{job['seconds']['disk']:.1f} s", f"{job['seconds']['s3']:.1f} s", f"{job['s3_over_disk']:.2f}x the time"]]
     table = markdown(["what", "local disk", "S3 (moto_server on 127.0.0.1)", "S3 against disk"], rows)
-    return table + (f"\n\nMedians of {results['repeats']} passes or runs each, alternated; {results['server']}.")
+    server = results["results"].get("server")
+    rate = (f" The server itself answered {server['reads_per_second_serial']:.0f} small reads/s one at a time and "
+            f"{server['reads_per_second_16_threads']:.0f}/s from 16 threads." if server else "")
+    return table + (f"\n\nMedians of {results['repeats']} passes or runs each, alternated; {results['server']}.{rate}")
 
 
 # table name -> (benchmark and results file, what makes the table)

@@ -11,6 +11,7 @@ from conftest import S3Server, TINY_IMAGE_SIZE, upload
 from jobs import evaluate as evaluate_job
 from jobs import ingest as ingest_job
 from jobs import predict as predict_job
+from jobs import retrain as retrain_job
 from jobs import train as train_job
 from jobs import tune as tune_job
 from tl_core import storage
@@ -211,6 +212,7 @@ def test_two_ray_workers_train_on_s3_data_and_are_told_only_where_the_store_is(s
     (tune_job, ["--output-dir", "s3://bucket/search"], "--output-dir s3://bucket/search"),
     (train_job, ["--num-workers", "2", "--output-dir", "s3://bucket/runs/a"], "--output-dir s3://bucket/runs/a"),
     (train_job, ["--cache-dir", "s3://bucket/cache"], "--cache-dir s3://bucket/cache"),
+    (retrain_job, ["--registry", "s3://bucket/registry", "--num-workers", "2"], "--registry s3://bucket/registry"),
     (ingest_job, ["--data-dir", "{data}", "--output", "s3://bucket/parquet"], "--output s3://bucket/parquet"),
     (predict_job, ["--model", "s3://bucket/runs/a", "--input", "{data}", "--output", "out"], "--model s3://bucket/runs/a"),
     (evaluate_job, ["--model", "{model}", "--data-dir", "{data}", "--output-dir", "s3://bucket/e"], "--output-dir s3://b"),
@@ -374,7 +376,6 @@ def test_a_second_retrain_on_an_s3_registry_is_refused_and_a_killed_holders_lock
     import time
 
     from conftest import REPO
-    from jobs import retrain as retrain_job
     from tl_core.registry.object_store import ObjectRegistry
 
     uri = f"s3://{s3.new_bucket()}/registry"

@@ -41,6 +41,9 @@ def decide(challenger: dict, champion: dict | None, min_improvement: float) -> t
 def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: float = 0.01, keep: int = 5,
             force: bool = False, log=print) -> dict:
     """One scheduled retrain under the registry's lock; returns the ledger record it appended."""
+    if config.uses_ray and storage.is_uri(registry_dir):  # before the lock: nothing is written
+        raise RegistryError(f"--registry {registry_dir}: a registry in object storage trains its challengers in this "
+                            "process so far, not on Ray Train: give --registry a shared path, or drop --num-workers")
     registry = Registry.at(registry_dir)
     with registry.lock(log):
         started = utc_now()
