@@ -41,9 +41,9 @@ def main(argv=None) -> int:
                 force=args.force)
 
     def note(error: BaseException) -> str | None:
-        from tl_core.registry.store import RegistryBusy
+        from tl_core.registry.store import RegistryBusy, RegistryRefused
 
-        return None if isinstance(error, RegistryBusy) else \
+        return None if isinstance(error, (RegistryBusy, RegistryRefused)) else \
             "The champion is unchanged; the next retrain continues this one."
 
     return run_command(body, note=note, quiet=args.quiet)

@@ -403,3 +403,16 @@ def test_a_second_retrain_on_an_s3_registry_is_refused_and_a_killed_holders_lock
     assert retrain_job.main(flags) == 0
     assert f"Took over the registry's lock from pid {holder.pid} on " in capsys.readouterr().out
     assert not storage.exists(f"{uri}/.lock") and ObjectRegistry(uri).champion() is not None
+
+
+def test_credentials_the_store_refuses_are_one_line_and_exit_2(s3, tmp_path, capsys, monkeypatch):
+    strict = S3Server(tmp_path, checks_credentials=True)  # knows no key: every key is refused
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", strict.endpoint)
+        status = train_job.main(["--data-dir", "s3://some-bucket/data", "--output-dir", str(tmp_path / "run"), "--quiet"])
+    finally:
+        strict.stop()
+    err = capsys.readouterr().err
+    assert status == 2 and len(err.strip().splitlines()) == 1, err
+    assert "access denied: check the credentials" in err and SECRET not in err
+    assert not (tmp_path / "run").exists()
