@@ -46,6 +46,9 @@ def test_locations_are_joined_and_named_alike_and_credentials_in_a_uri_are_refus
     assert SECRET not in str(raised.value) and "AKIAEXAMPLE" not in str(raised.value)
     with pytest.raises(storage.StorageError, match="no bucket"):
         storage.is_dir("s3:///data")
+    with pytest.raises(storage.StorageError, match="takes no") as raised:  # pyarrow would take keys from a query
+        storage.is_dir(f"s3://bucket/data?access_key=AKIAEXAMPLE&secret_key={SECRET}")
+    assert SECRET not in str(raised.value) and "AKIAEXAMPLE" not in str(raised.value)
 
 
 def test_a_listing_on_s3_is_the_local_listing(s3, colour_dataset, tmp_path):

@@ -45,8 +45,9 @@ def _parts(uri: str) -> urllib.parse.SplitResult:
         raise StorageError(f"{parts.scheme}://{parts.hostname}{parts.path}: credentials do not belong in a URI; "
                            "set them in the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or ~/.aws/")
     if parts.query or parts.fragment:
-        raise StorageError(f"{uri}: a location takes no ?query or #fragment; the store's settings come from the "
-                           "environment (AWS_REGION, AWS_ENDPOINT_URL, AWS_PROFILE)")
+        raise StorageError(f"{parts.scheme}://{parts.netloc}{parts.path}: a location takes no ?query or #fragment "
+                           "(not repeated here: it may hold a key); the store's settings come from the environment "
+                           "(AWS_REGION, AWS_ENDPOINT_URL, AWS_PROFILE)")
     if not parts.netloc:
         raise StorageError(f"{uri}: no bucket; write {parts.scheme}://<bucket>/<prefix>")
     return parts
