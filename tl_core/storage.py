@@ -302,42 +302,41 @@ def _walk_local(directory: str, ignore_file) -> Listing:
     return Listing([paths[i] for i in order], stats, sorted(problems), sorted(ignored))
 
 
+def _read_object(location, use):
+    """use(filesystem, path) on an object to read, pyarrow's errors said in one line."""
+    filesystem, path = resolve(location)
+    try:
+        return use(filesystem, path)
+    except FileNotFoundError:
+        raise StorageError(f"{display(location)} does not exist") from None
+    except OSError as error:
+        raise _store_error("read", location, error) from None
+
+
 def read_bytes(location) -> bytes:
     if not is_uri(location):
         with open(location, "rb") as file:
             return file.read()
-    filesystem, path = resolve(location)
-    try:
+
+    def read(filesystem, path):
         with filesystem.open_input_stream(path, buffer_size=None) as file:
             return file.read()
-    except FileNotFoundError:
-        raise StorageError(f"{display(location)} does not exist") from None
-    except OSError as error:
-        raise StorageError(f"cannot read {display(location)}: {_reason(error)}") from None
+
+    return _read_object(location, read)
 
 
 def open_input(location):
     """A seekable binary file: local files opened directly, objects read BLOCK bytes per request."""
     if not is_uri(location):
         return open(location, "rb")
-    filesystem, path = resolve(location)
-    try:
-        return io.BufferedReader(filesystem.open_input_file(path), BLOCK)
-    except FileNotFoundError:
-        raise StorageError(f"{display(location)} does not exist") from None
-    except OSError as error:
-        raise StorageError(f"cannot read {display(location)}: {_reason(error)}") from None
+    return _read_object(location, lambda filesystem, path: io.BufferedReader(filesystem.open_input_file(path), BLOCK))
 
 
 def parquet_source(location):
     """What pyarrow.parquet.ParquetFile reads a location from: the path itself when local, else a seekable file."""
     if not is_uri(location):
         return str(location)
-    filesystem, path = resolve(location)
-    try:
-        return filesystem.open_input_file(path)
-    except OSError as error:
-        raise StorageError(f"cannot read {display(location)}: {_reason(error)}") from None
+    return _read_object(location, lambda filesystem, path: filesystem.open_input_file(path))
 
 
 def _store_error(action: str, location, error: OSError) -> StorageError:
