@@ -69,7 +69,10 @@ def main(argv=None) -> int:
         # limits are recorded in the shards: training with limits no stricter does not decode the rows again.
         config = TrainConfig(**given_fields(args, TrainConfig), batch_size=1)
         if args.ray:
+            from tl_core import ray_session
             from tl_core.data.ingest_ray import find_bad_files_on_ray as find_bad, write_parquet_shards_on_ray as write
+
+            ray_session.check()  # before the check's work: ray.init() would wait without end where no Ray answers
         else:
             from tl_core.data.checks import find_bad_files as find_bad
             from tl_core.data.parquet import write_parquet_shards as write

@@ -41,6 +41,10 @@ def main(argv=None) -> int:
         if min(args.batch_size, args.chunk_size, args.concurrency) <= 0:
             raise ValueError("--batch-size, --chunk-size and --concurrency must be positive")
         output = storage.local_path(args.output, "--output")
+        if args.ray:
+            from tl_core import ray_session
+
+            ray_session.check()  # ray.init() would wait without end where no Ray answers
         if output.exists() and any(output.iterdir()):
             raise ValueError(f"{output} already holds files: choose a new --output directory")
         model = ExportedModel(args.model)

@@ -1,12 +1,27 @@
 import contextlib
+import faulthandler
 import io
+import os
 import secrets
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-import tl_core  # noqa: F401  (TF_USE_LEGACY_KERAS before TensorFlow)
+# Hermetic: every Ray the tests use is one they start (RAY_ADDRESS=local: never the cluster of $RAY_ADDRESS or of a
+# `ray start` record on this machine, alive or dead), its files in a temporary directory of this session (never the
+# machine's /tmp/ray); every process the tests start inherits SESSION_MARK, by which the session finds what is left.
+RAY_TMPDIR = tempfile.mkdtemp(prefix="tl-ray-")  # short: Ray's socket paths inside it must stay under 108 bytes
+SESSION_MARK = ("TL_TEST_SESSION", secrets.token_hex(8))
+os.environ.update({"RAY_ADDRESS": "local", "RAY_TMPDIR": RAY_TMPDIR, SESSION_MARK[0]: SESSION_MARK[1]})
+
+import tl_core  # noqa: F401,E402  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -15,6 +30,86 @@ from benchmarks.s3_server import S3Server  # noqa: E402,F401  (the tests' S3 ser
 
 TINY_IMAGE_SIZE = 32
 REPO = Path(__file__).resolve().parents[1]
+
+
+def processes_of_this_session() -> dict[int, str]:
+    """{pid: command line} of every process but this one that carries this session's mark in its environment: what
+    the tests started (and what those started), wherever it was re-parented to."""
+    mark, found = "=".join(SESSION_MARK).encode(), {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            if int(entry.name) != os.getpid() and mark in (entry / "environ").read_bytes().split(b"\0"):
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile, or another user's
+            continue
+    return found
+
+
+def end_processes_of_this_session(grace: float) -> dict[int, str]:
+    """Wait up to grace seconds for the session's processes to end (Ray's take a moment after ray.shutdown()), then
+    kill the rest; {pid: command line} of those killed."""
+    deadline = time.monotonic() + grace
+    while (left := processes_of_this_session()) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return left
+
+
+# pytest-timeout (pyproject.toml: the limit per test) fails a test that runs past its limit from a SIGALRM handler,
+# which Python runs only between two bytecodes of the main thread: never while it waits in C code that does not give
+# it back (seen: ray.init() retrying a dead address). HANG_GRACE seconds later, a thread ends the session instead,
+# naming the test, with every thread's stack, and ends the processes the session started.
+HANG_GRACE = float(os.environ.get("TL_TEST_HANG_GRACE", "60"))
+HANG_TIMER = pytest.StashKey[threading.Timer]()
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_timeout_set_timer(item, settings):
+    if settings.timeout > 0:
+        timer = threading.Timer(settings.timeout + HANG_GRACE, end_hung_session, (item, settings.timeout))
+        timer.daemon = True
+        timer.start()
+        item.stash[HANG_TIMER] = timer
+    # None: pytest-timeout sets its own timer as well
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_timeout_cancel_timer(item):
+    if HANG_TIMER in item.stash:
+        item.stash[HANG_TIMER].cancel()
+
+
+def end_hung_session(item, limit: float) -> None:
+    capture = item.config.pluginmanager.getplugin("capturemanager")
+    if capture:  # back to the real stdout and stderr, with what the test printed
+        capture.suspend_global_capture(in_=True)
+        printed = "".join(capture.read_global_capture())
+    out = sys.__stderr__
+    print(f"{printed if capture else ''}\n{'+' * 30} Timeout {'+' * 30}\n{item.nodeid} ran past its limit of "
+          f"{limit:g} s and did not stop {HANG_GRACE:g} s later (it waits where the timeout's signal cannot reach it); "
+          "every thread's stack:", file=out, flush=True)
+    faulthandler.dump_traceback(file=out, all_threads=True)
+    killed = end_processes_of_this_session(grace=0)
+    print("".join(f"killed {pid}: {command[:200]}\n" for pid, command in killed.items()) +
+          f"Ending the test session: {item.nodeid} timed out.", file=out, flush=True)
+    pytest_unconfigure()
+    os._exit(1)
+
+
+def pytest_unconfigure(config=None):
+    shutil.rmtree(RAY_TMPDIR, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind():
+    """The session ends with no process of its own running (checked after every other fixture's teardown: the
+    first fixture set up is the last torn down)."""
+    yield
+    left = end_processes_of_this_session(grace=30) if Path("/proc/self/environ").exists() else {}
+    assert not left, "processes the tests started were still running 30 s after the last test (killed now):\n" + \
+        "\n".join(f"  {pid}: {command[:300]}" for pid, command in left.items())
 
 
 def manual_pages() -> list[Path]:

@@ -399,7 +399,7 @@ def test_a_second_retrain_on_an_s3_registry_is_refused_and_a_killed_holders_lock
         assert f"pid {holder.pid} on " in capsys.readouterr().err
     finally:
         holder.kill()  # SIGKILL: the lock object stays, and nobody renews its lease
-        holder.wait()
+        holder.wait(timeout=30)
     assert retrain_job.main(flags) == 3  # the dead holder's lease has not run out yet
     capsys.readouterr()
     time.sleep(3.5)

@@ -1,43 +1,86 @@
 """`ray job submit` of the job to a Ray head started on this machine (loopback, token auth).
 
-In a module of its own: the in-process Ray of test_distributed.py must be shut down first, or the
-two instances' agents collide on their default ports.
+The head is the test's own: every port free, its own temporary directory, stopped alone (never `ray stop`, which
+ends every Ray process on the machine, a user's own cluster included).
 """
 import json
 import os
 import secrets
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY_IMAGE_SIZE
+from conftest import RAY_TMPDIR, TINY_IMAGE_SIZE
 from test_distributed import LOCAL_RUN_FILES, REPO
+
+PORT_FLAGS = ("port", "dashboard-port", "ray-client-server-port", "node-manager-port", "object-manager-port",
+              "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port")
+
+
+def free_ports(count: int) -> list[int]:
+    """count distinct ports that are free now."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for probe in sockets:
+            probe.bind(("127.0.0.1", 0))
+        return [probe.getsockname()[1] for probe in sockets]
+    finally:
+        for probe in sockets:
+            probe.close()
 
 
 @pytest.fixture()
 def ray_head(tmp_path):
-    """`ray start --head` on loopback, with token auth; stopped after the test."""
+    """`ray start --head --block` on loopback at free ports, with token auth and its own temporary directory; the
+    head and everything it started (its process group) are stopped after the test."""
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS")  # the head's jobs are told its address by Ray
     ray = str(Path(sys.executable).parent / "ray")
-    subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", "--port=6479",
-                    "--dashboard-host=127.0.0.1", "--dashboard-port=8365", "--num-cpus=4",
-                    "--disable-usage-stats"], env=env, check=True, capture_output=True, timeout=120)
+    ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS))))
+    log = tmp_path / "ray_start.log"
+    with open(log, "wb") as output:
+        head = subprocess.Popen(
+            [ray, "start", "--head", "--block", f"--temp-dir={tempfile.mkdtemp(prefix='head-', dir=RAY_TMPDIR)}",
+             "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", "--num-cpus=4", "--disable-usage-stats",
+             "--min-worker-port=0", "--max-worker-port=0", *(f"--{flag}={port}" for flag, port in ports.items())],
+            env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+    dashboard = f"http://127.0.0.1:{ports['dashboard-port']}"
     try:
-        yield ray, env
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                urllib.request.urlopen(f"{dashboard}/api/version", timeout=5).close()
+                break
+            except urllib.error.HTTPError:  # it answers (refusing a request without the token)
+                break
+            except OSError:
+                assert head.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
+                time.sleep(1)
+        yield ray, env, dashboard
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        # The group at once: stopped by SIGTERM, the head waits 30 s to drain itself through the GCS it stopped first.
+        try:
+            os.killpg(head.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        head.wait(timeout=30)
 
 
 def test_ray_job_submit_runs_the_job(ray_head, tiny_backbone, colour_dataset, tmp_path):
-    ray, env = ray_head
+    ray, env, dashboard = ray_head
     output_dir = tmp_path / "submitted"
     runtime_env = json.dumps({"env_vars": {"TF_USE_LEGACY_KERAS": "1", "TF_FORCE_GPU_ALLOW_GROWTH": "true"}})
     command = [
-        ray, "job", "submit", "--address", "http://127.0.0.1:8365", "--working-dir", str(REPO),
+        ray, "job", "submit", "--address", dashboard, "--working-dir", str(REPO),
         "--runtime-env-json", runtime_env, "--submission-id", f"test-{secrets.token_hex(4)}", "--",
         "python", "-m", "jobs.train", "--data-dir", str(colour_dataset), "--backbone", tiny_backbone,
         "--image-size", str(TINY_IMAGE_SIZE), "--batch-size", "8", "--epochs", "2", "--learning-rate", "0.05",

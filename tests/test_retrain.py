@@ -131,7 +131,7 @@ def test_a_second_run_is_refused_and_a_dead_holders_lock_is_recovered(data, tiny
         assert registry_job.main(["rollback", "x", "--registry", str(root)]) == 3
     finally:
         holder.kill()  # SIGKILL: no chance to clean up
-        holder.wait()
+        holder.wait(timeout=30)
     assert retrain(config_for(data, tiny_backbone), root, log=quiet)["action"] == "promoted"
 
 

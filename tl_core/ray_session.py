@@ -1,18 +1,133 @@
-"""Ray as every command uses it: one connection, and SIGTERM still meaning what the command says it means.
+"""Ray as every command uses it: one connection, never waited for without a bound, and SIGTERM still meaning what the
+command says it means.
+
+Which Ray: Ray's own rule for ray.init() without an address: $RAY_ADDRESS ("local": a new instance on this machine),
+else the record that the last `ray start` on this machine left (ray_current_cluster in Ray's temporary directory,
+which follows $RAY_TMPDIR, then $TMPDIR), else a new instance on this machine. ray.init() waits without end at an
+address where no Ray answers: it retries the connection every few seconds and takes no SIGTERM (seen: 5 minutes on
+the record of a `ray start` that had been killed, until SIGKILL). So check() first makes sure, within CHECK_SECONDS,
+that a gRPC server (Ray's GCS, or the Ray Client server of a ray:// address) answers there, and otherwise says in one
+line which address, where it came from and what to do. Against a gRPC server that is not Ray's, ray.init() gives up
+by itself (20 s, ConnectionError).
 
 ray.init() replaces the process's SIGTERM handler with its own (sys.exit(15)): a command that started Ray would then
 end on a scheduler's SIGTERM with status 15, without its resume hint. connect() keeps the command's handler
 (jobs/cli.py: SIGTERM is taken as Ctrl-C), also while ray.init() itself runs.
 """
+import dataclasses
+import os
 import signal
+import socket
+from pathlib import Path
+from urllib.parse import urlsplit
 
 import ray
 
+CHECK_SECONDS = 5.0  # to open a connection, then to complete gRPC's handshake: a live cluster answers in milliseconds
+
+
+class RayUnreachable(ConnectionError):
+    """No Ray answers at the address a command would join (an OSError: exit status 2 in jobs/cli.py)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class RayAddress:
+    """The Ray a command joins: address (None: a new instance on this machine; "auto": whichever Ray finds running
+    here) and where that came from, for messages."""
+    address: str | None
+    source: str
+    record: Path | None = None  # the `ray start` record it was read from
+
+    @property
+    def joins(self) -> bool:
+        return self.address not in (None, "auto")
+
+
+def ray_address() -> RayAddress:
+    """The Ray that ray.init() would join, by Ray's rule (above)."""
+    from ray._common.utils import get_ray_address_file
+
+    given = os.environ.get("RAY_ADDRESS", "").strip()
+    if given and given != "auto":
+        return RayAddress(None if given == "local" else given, f"RAY_ADDRESS={given}")
+    record = Path(get_ray_address_file(None))
+    try:
+        recorded = record.read_text().strip()
+    except FileNotFoundError:
+        recorded = ""
+    except OSError as error:
+        raise RayUnreachable(f"cannot read Ray's record of its cluster on this machine, {record}: {error.strerror}; "
+                             "set RAY_ADDRESS to the cluster to join, or RAY_ADDRESS=local to start Ray here") from None
+    if recorded:
+        return RayAddress(recorded, f"the record {record} that `ray start` left on this machine", record)
+    return RayAddress("auto" if given else None, "RAY_ADDRESS=auto" if given else "no address given")
+
+
+def _host_and_port(address: str) -> tuple[str, int]:
+    """Where ray.init() connects for address: a ray:// (Ray Client) address as written, a cluster (GCS) address
+    with localhost replaced by this machine's address, as Ray does."""
+    if "://" in address:
+        parts = urlsplit(address)
+        if parts.hostname and parts.port:
+            return parts.hostname, parts.port
+    else:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        host, _, port = canonicalize_bootstrap_address(address).rpartition(":")
+        if host and port.isdigit():
+            return host.strip("[]"), int(port)
+    raise ValueError("not host:port")
+
+
+def check(seconds: float = CHECK_SECONDS) -> RayAddress:
+    """The Ray a command will join, after making sure it answers (within about 2 x seconds); RayUnreachable if it does
+    not. Nothing to check for a new instance on this machine, or once this process is connected."""
+    target = ray_address()
+    if ray.is_initialized() or not target.joins:
+        return target
+    if target.record is None:
+        advice = "start that cluster, correct RAY_ADDRESS, or set RAY_ADDRESS=local to start a new Ray on this machine"
+    else:
+        advice = (f"start that cluster again (`ray start --head`); if it is gone, clear its record with `ray stop` "
+                  f"(which also ends every Ray process on this machine) or `rm {target.record}`, or set "
+                  "RAY_ADDRESS=local to start a new Ray on this machine")
+    try:
+        host, port = _host_and_port(target.address)
+    except ValueError:
+        raise RayUnreachable(f"Ray address {target.address!r} ({target.source}) is not host:port or ray://host:port; "
+                             f"{advice}") from None
+    try:
+        socket.create_connection((host, port), timeout=seconds).close()
+    except OSError as error:
+        reason = "timed out" if isinstance(error, TimeoutError) else (error.strerror or str(error))
+        raise RayUnreachable(f"no Ray answers at {target.address} ({target.source}): connecting to {host}:{port}: "
+                             f"{reason.lower()}; {advice}") from None
+    if not _answers_grpc(f"{host}:{port}", seconds):
+        raise RayUnreachable(f"no Ray answers at {target.address} ({target.source}): {host}:{port} accepts connections "
+                             f"but does not answer as Ray within {seconds:g} s; {advice}")
+    return target
+
+
+def _answers_grpc(address: str, seconds: float) -> bool:
+    """Whether a gRPC server completes its handshake at address within seconds (Ray's GCS and its Ray Client server
+    are gRPC servers; a port that only accepts connections never does)."""
+    import grpc
+
+    channel = grpc.insecure_channel(address)
+    try:
+        grpc.channel_ready_future(channel).result(timeout=seconds)
+        return True
+    except grpc.FutureTimeoutError:
+        return False
+    finally:
+        channel.close()
+
 
 def connect() -> None:
-    """Connect to the cluster of $RAY_ADDRESS / `ray job submit`, else start Ray on this machine (once per process)."""
+    """Join the Ray of check() (once per process), or start one on this machine."""
     if ray.is_initialized():
         return
+    check()
     handler = signal.getsignal(signal.SIGTERM)
     try:
         ray.init()
@@ -22,4 +137,3 @@ def connect() -> None:
         raise
     finally:
         signal.signal(signal.SIGTERM, handler)
-

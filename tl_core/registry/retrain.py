@@ -44,6 +44,10 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: f
     if config.uses_ray and storage.is_uri(registry_dir):  # before the lock: nothing is written
         raise RegistryRefused(f"--registry {registry_dir}: a registry in object storage trains its challengers in this "
                             "process so far, not on Ray Train: give --registry a shared path, or drop --num-workers")
+    if config.uses_ray:
+        from tl_core import ray_session
+
+        ray_session.check()  # before the lock: ray.init() would wait without end where no Ray answers
     registry = Registry.at(registry_dir)
     with registry.lock(log):
         started = utc_now()

@@ -95,6 +95,10 @@ def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, c
     checked sources are what training uses. Locally, or on Ray Train when config.uses_ray. features: the
     backbone's features of those sources, computed already (jobs.tune), for a local run; Ray workers compute
     their own."""
+    if config.uses_ray:
+        from tl_core import ray_session
+
+        ray_session.check()  # before anything is written: ray.init() would wait without end where no Ray answers
     if config.uses_ray and storage.is_uri(config.output_dir):
         raise RunDirectoryError(f"--output-dir {config.output_dir}: a run on Ray Train writes to a disk its nodes share "
                                 "so far; give a shared path (object storage works for local runs and for the data)")

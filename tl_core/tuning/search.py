@@ -194,6 +194,7 @@ def search(config: TrainConfig, settings: TuneSettings, *, resume: bool = False,
     from tl_core.training import job
 
     started, directory = time.perf_counter(), storage.local_path(config.output_dir, "--output-dir")
+    ray_session.check()  # before anything is written: ray.init() would wait without end where no Ray answers
     prepare_search_dir(directory, overwrite=overwrite, resume=resume)
     if resume:
         config, settings, space = saved_search(directory)
