@@ -41,9 +41,11 @@ def main(argv=None) -> int:
                 force=args.force)
 
     def note(error: BaseException) -> str | None:
-        from tl_core.registry.store import RegistryBusy, RegistryRefused
+        from tl_core.ray_session import RayUnreachable
+        from tl_core.registry.store import RegistryBusy
 
-        return None if isinstance(error, (RegistryBusy, RegistryRefused)) else \
+        # Refused before the registry was touched: nothing to continue.
+        return None if isinstance(error, (RegistryBusy, RayUnreachable)) else \
             "The champion is unchanged; the next retrain continues this one."
 
     return run_command(body, note=note, quiet=args.quiet)

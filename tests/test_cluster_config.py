@@ -71,3 +71,12 @@ def test_gpu_workers_have_the_host_cores_to_feed_their_gpu(cluster):
 def test_dashboard_is_not_exposed(cluster):
     head_start = " ".join(cluster["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head_start
+
+
+def test_nodes_share_a_bucket_not_a_file_system(cluster):
+    """S3 is the default storage (docs/cluster.md): GPU workers reach the bucket through their instance profile, and
+    nothing mounts a shared file system unless the user uncomments it."""
+    worker = cluster["available_node_types"]["worker.gpu"]["node_config"]
+    assert worker["IamInstanceProfile"] == {"Name": "tl-job-bucket"}
+    assert not cluster["initialization_commands"]
+    assert not any("/mnt/shared" in option for option in cluster["docker"]["run_options"])

@@ -1,6 +1,7 @@
 """Data on S3: every reader takes s3:// URIs, against a real S3-compatible server (moto_server) on 127.0.0.1."""
 import json
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -192,30 +193,67 @@ def test_retrain_on_s3_data_fingerprints_it_once_and_skips_it_unchanged(s3, colo
     assert second["action"] == "skipped" and first["run_id"] in second["reason"]
 
 
-def test_two_ray_workers_train_on_s3_data_and_are_told_only_where_the_store_is(s3, s3_data, tiny_backbone, tmp_path):
-    """The workers read their shards from S3 themselves (the driver hands them URIs, no files)."""
+def test_two_ray_workers_train_from_and_to_s3_with_no_shared_directory_and_resume_from_the_bucket(
+        s3, s3_data, tiny_backbone, tmp_path):
+    """The workers read their shards from S3 themselves (the driver hands them URIs, no files), Ray Train keeps its
+    checkpoints in the bucket, each worker uploads its own files; a resumed run continues from Ray's checkpoint there."""
     import tl_core
-    from conftest import local_ray, tiny_config
-    from tl_core.training.job import run
+    from conftest import assert_tensorboard_matches_history, local_ray, tiny_config
+    from tl_core.run_dir import resume_config
+    from tl_core.training.job import has_checkpoint, run
 
     told = tl_core.worker_env()
     assert told["AWS_ENDPOINT_URL"] == s3.endpoint and told["AWS_REGION"] == "us-east-1"
     assert not {"AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID", "AWS_SESSION_TOKEN"} & set(told)
-    config = tiny_config(tiny_backbone, s3_data["folders"], tmp_path / "run", epochs=2, num_workers=2, max_failures=0,
+    uri = f"s3://{s3.new_bucket()}/runs/ray"
+    config = tiny_config(tiny_backbone, s3_data["folders"], uri, epochs=2, num_workers=2, max_failures=0,
                          cache_dir=str(tmp_path / "cache"))
     with local_ray(s3.environment()):
         metrics = run(config, log=lambda *args, **kwargs: None)
+        assert has_checkpoint(config)
+        first = json.loads(storage.read_bytes(f"{uri}/history.json"))
+        resumed = run(resume_config(uri, {"epochs": 3}), resume=True, log=lambda *args, **kwargs: None)
     assert metrics["run"]["num_workers"] == 2 and metrics["run"]["data_dir"] == s3_data["folders"]
-    shards = [json.loads((tmp_path / "run" / "shards" / f"worker-{rank}.json").read_text()) for rank in (0, 1)]
+    assert resumed["run"]["num_workers"] == 2
+    downloaded = tmp_path / "downloaded"
+    storage.download(uri, downloaded)
+    shards = [json.loads((downloaded / "shards" / f"worker-{rank}.json").read_text()) for rank in (0, 1)]
     assert all(path.startswith(f"{s3_data['folders']}/train/") for shard in shards for path in shard)
     assert len(shards[0]) == len(shards[1]) == 24 and not set(shards[0]) & set(shards[1])
+    history = json.loads((downloaded / "history.json").read_text())
+    assert [row["epoch"] for row in history] == [1, 2, 3] and history[:2] == first  # continued, not trained again
+    assert json.loads((downloaded / "metrics.json").read_text()) == resumed
+    assert json.loads((downloaded / "config.json").read_text())["output_dir"] == uri
+    assert any(path.name.startswith("checkpoint_") for path in (downloaded / "ray").iterdir())
+    assert {"model", "history.png", "confusion_matrix.png", "class_names.json"} <= {p.name for p in downloaded.iterdir()}
+    assert not (downloaded / "checkpoints").exists()  # Ray Train's checkpoints are the run's
+    assert_tensorboard_matches_history(downloaded)
+    assert not list(Path(tempfile.gettempdir()).glob("tl-worker-*"))  # the workers' staging is gone
+
+
+def test_a_retrain_on_ray_with_its_registry_in_s3_promotes_a_challenger_trained_into_the_bucket(
+        s3, colour_dataset, tiny_backbone, tmp_path):
+    from conftest import local_ray, tiny_config
+    from tl_core.registry.retrain import retrain
+    from tl_core.registry.store import Registry
+
+    uri = f"s3://{s3.new_bucket()}/registry"
+    config = tiny_config(tiny_backbone, colour_dataset, epochs=2, num_workers=2, max_failures=0,
+                         cache_dir=str(tmp_path / "cache"))
+    with local_ray(s3.environment()):
+        record = retrain(config, uri, log=lambda *args, **kwargs: None)
+    registry = Registry.at(uri)
+    assert record["action"] == "promoted" and registry.champion() == record["run_id"]
+    run = f"{uri}/models/{record['run_id']}"
+    metrics = json.loads(storage.read_bytes(f"{run}/metrics.json"))
+    assert metrics["run"]["num_workers"] == 2 and record["validation_images"] == 20
+    assert any(name.startswith("checkpoint_") for name in storage.list_dirs(f"{run}/ray"))  # Ray Train's, in the bucket
+    assert json.loads(storage.read_bytes(f"{uri}/champion.json"))["model"] == f"models/{record['run_id']}/model"
 
 
 @pytest.mark.parametrize("command, flags, refused", [
     (tune_job, ["--output-dir", "s3://bucket/search"], "--output-dir s3://bucket/search"),
-    (train_job, ["--num-workers", "2", "--output-dir", "s3://bucket/runs/a"], "--output-dir s3://bucket/runs/a"),
     (train_job, ["--cache-dir", "s3://bucket/cache"], "--cache-dir s3://bucket/cache"),
-    (retrain_job, ["--registry", "s3://bucket/registry", "--num-workers", "2"], "--registry s3://bucket/registry"),
     (ingest_job, ["--data-dir", "{data}", "--output", "s3://bucket/parquet"], "--output s3://bucket/parquet"),
     (predict_job, ["--model", "s3://bucket/runs/a", "--input", "{data}", "--output", "out"], "--model s3://bucket/runs/a"),
     (evaluate_job, ["--model", "{model}", "--data-dir", "{data}", "--output-dir", "s3://bucket/e"], "--output-dir s3://b"),

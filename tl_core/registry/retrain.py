@@ -22,7 +22,7 @@ from tl_core.model.assets import cache_dir
 from tl_core.config import TrainConfig
 from tl_core.serving.evaluate import ExportedModel, evaluate, evaluate_run
 from tl_core.registry.fingerprint import build_manifest, fingerprint, read_manifest, write_manifest
-from tl_core.registry.store import TRAINED, Registry, RegistryError, RegistryRefused, new_run_id, utc_now
+from tl_core.registry.store import TRAINED, Registry, RegistryError, new_run_id, utc_now
 from tl_core.data.sources import data_directory
 from tl_core.run_dir import CONFIG_FILE, METRICS_FILE, changed_settings
 
@@ -41,9 +41,6 @@ def decide(challenger: dict, champion: dict | None, min_improvement: float) -> t
 def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: float = 0.01, keep: int = 5,
             force: bool = False, log=print) -> dict:
     """One scheduled retrain under the registry's lock; returns the ledger record it appended."""
-    if config.uses_ray and storage.is_uri(registry_dir):  # before the lock: nothing is written
-        raise RegistryRefused(f"--registry {registry_dir}: a registry in object storage trains its challengers in this "
-                            "process so far, not on Ray Train: give --registry a shared path, or drop --num-workers")
     if config.uses_ray:
         from tl_core import ray_session
 

@@ -55,10 +55,6 @@ class RegistryBusy(RuntimeError):
     pass
 
 
-class RegistryRefused(RegistryError):
-    """Refused before the registry was touched: nothing to continue."""
-
-
 def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 

@@ -48,30 +48,31 @@ def show_batch(config: TrainConfig, path: Path, log=print) -> None:
 
 
 def checkpoint_location(config: TrainConfig) -> str:
-    run_dir = Path(config.output_dir)
-    return f"{run_dir / RAY_DIR} (Ray Train's checkpoints)" if config.uses_ray else str(run_dir / CHECKPOINT_DIR)
+    if config.uses_ray:
+        return f"{storage.join(config.output_dir, RAY_DIR)} (Ray Train's checkpoints)"
+    return storage.join(config.output_dir, CHECKPOINT_DIR)
 
 
 def has_checkpoint(config: TrainConfig) -> bool:
-    """Whether the run directory holds a completed epoch's checkpoint that --resume continues from (Ray Train's, in a
-    Ray run: its ray/ directory exists from the start, checkpoints appear in it after each epoch)."""
-    if storage.is_uri(config.output_dir):  # a local run, mirrored to the store (training/run_store.py)
-        try:
+    """Whether the run directory (a path or a URI) holds a completed epoch's checkpoint that --resume continues from
+    (Ray Train's, in a Ray run: its ray/ directory exists from the start, checkpoints appear in it after each epoch;
+    a local run at a URI: the pointer its mirror uploads after the checkpoint, training/run_store.py)."""
+    try:
+        if config.uses_ray:
+            ray_dir = storage.join(config.output_dir, RAY_DIR)
+            return storage.is_dir(ray_dir) and any(name.startswith("checkpoint_") for name in storage.list_dirs(ray_dir))
+        if storage.is_uri(config.output_dir):
             return storage.exists(storage.join(config.output_dir, POINTER))
-        except storage.StorageError:  # the store is unreachable: its error has said what to do
-            return False
-    run_dir = Path(config.output_dir)
-    if config.uses_ray:
-        return (run_dir / RAY_DIR).is_dir() and any(path.name.startswith("checkpoint_")
-                                                    for path in (run_dir / RAY_DIR).iterdir())
-    return LocalCheckpoints(run_dir).latest() is not None
+    except storage.StorageError:  # the store is unreachable: its error has said what to do
+        return False
+    return LocalCheckpoints(Path(config.output_dir)).latest() is not None
 
 
 def check_resume_point(config: TrainConfig, log=print) -> None:
-    """A resumed run continues from a checkpoint of its last completed epoch, or says why it cannot."""
-    run_dir = Path(config.output_dir)
-    history = run_dir / HISTORY_JSON
-    completed = len(json.loads(history.read_text())) if history.exists() else 0
+    """A resumed run (at config.output_dir, a path or a URI) continues from a checkpoint of its last completed epoch,
+    or says why it cannot."""
+    run_dir, history = config.output_dir, storage.join(config.output_dir, HISTORY_JSON)
+    completed = len(json.loads(storage.read_bytes(history))) if storage.exists(history) else 0
     found, where = has_checkpoint(config), checkpoint_location(config)
     if completed and not found:
         raise RunDirectoryError(f"--resume: {run_dir} completed {completed} epoch(s) but {where} holds no checkpoint "
@@ -99,14 +100,11 @@ def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, c
         from tl_core import ray_session
 
         ray_session.check()  # before anything is written: ray.init() would wait without end where no Ray answers
-    if config.uses_ray and storage.is_uri(config.output_dir):
-        raise RunDirectoryError(f"--output-dir {config.output_dir}: a run on Ray Train writes to a disk its nodes share "
-                                "so far; give a shared path (object storage works for local runs and for the data)")
     checked, skipped = checked or check(config, log)  # before the run directory exists: a failed check leaves nothing
-    with staged(config, resume=resume, overwrite=overwrite, log=log) as (config, uploads):
-        config = prepare_run_dir(config, overwrite=overwrite, resume=resume)
+    with staged(config, resume=resume, overwrite=overwrite, trains_here=not config.uses_ray, log=log) as run:
+        config = prepare_run_dir(run.config, overwrite=overwrite, resume=resume)
         if resume:
-            check_resume_point(config, log)
+            check_resume_point(run.located(config), log)
         if skipped:
             write_skipped(Path(config.output_dir), skipped)
             log(f"Skipping {len(skipped)} bad file(s), listed in {Path(config.output_dir) / SKIPPED_FILES}:\n"
@@ -118,6 +116,7 @@ def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, c
         if config.uses_ray:
             from tl_core.training.ray_train import train_on_ray
 
-            train_on_ray(absolute_paths(config), sources=checked.sources(skipped).absolute())
-            return json.loads((Path(config.output_dir) / METRICS_FILE).read_text())
-        return train(config, sources=checked.sources(skipped), features=features, callbacks=uploads)
+            run.describe()  # the workers write into the run's location (or their own staging, for a URI)
+            train_on_ray(absolute_paths(run.located(config)), sources=checked.sources(skipped).absolute())
+            return json.loads(storage.read_bytes(storage.join(run.located(config).output_dir, METRICS_FILE)))
+        return train(config, sources=checked.sources(skipped), features=features, callbacks=run.callbacks)

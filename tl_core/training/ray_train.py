@@ -4,7 +4,9 @@ Each worker runs tl_core.training.train.train unchanged, on its own equal shard 
 Every epoch ends with a checkpoint reported through ray.train.report; when a worker dies, Ray
 restarts the worker group (up to config.max_failures times) and training continues from the last
 reported epoch. The chief (rank 0) writes the run's artifacts into config.output_dir, the same
-layout as a local run, with Ray's own checkpoints under <output_dir>/ray.
+layout as a local run, with Ray's own checkpoints under <output_dir>/ray. For an output directory at a URI, Ray
+Train writes its checkpoints there through the storage seam's file system, and each worker stages its own files
+(training/run_store.py): the workers share no file system.
 """
 import logging
 import tempfile
@@ -15,9 +17,10 @@ import ray.train
 from ray.train import Checkpoint, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.tensorflow import TensorflowTrainer
 
-from tl_core import worker_env, interrupts, progress, ray_session
+from tl_core import interrupts, progress, ray_session, storage, worker_env
 from tl_core.config import TrainConfig
 from tl_core.training.distribute import Worker
+from tl_core.training.run_store import in_ray_worker
 from tl_core.training.train import train
 from tl_core.run_dir import RAY_DIR
 
@@ -54,8 +57,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     progress.set_quiet(loop_config.get("quiet", False) or not worker.is_chief)
     logging.getLogger().setLevel(logging.WARNING)
     callbacks = loop_config["callbacks"](worker) if loop_config.get("callbacks") else ()
-    train(TrainConfig.from_dict(loop_config["config"]), sources=loop_config.get("sources"), worker=worker,
-          checkpoints=RayCheckpoints(), callbacks=callbacks)
+    with in_ray_worker(TrainConfig.from_dict(loop_config["config"]), worker.is_chief) as (config, uploads):
+        train(config, sources=loop_config.get("sources"), worker=worker, checkpoints=RayCheckpoints(),
+              callbacks=[*callbacks, *uploads])
 
 
 def train_on_ray(config: TrainConfig, *, sources=None, callbacks=None):
@@ -64,7 +68,9 @@ def train_on_ray(config: TrainConfig, *, sources=None, callbacks=None):
     sources: the checked data (data.sources.Sources, absolute paths), handed to every worker. callbacks: a picklable
     function of the worker (training.distribute.Worker) -> extra Keras callbacks for its fit(), as train() takes them."""
     ray_session.connect()
-    run_dir = Path(config.output_dir)
+    storage_path, filesystem = config.output_dir, None  # a local path: Ray Train's own file system
+    if storage.is_uri(config.output_dir):
+        filesystem, storage_path = storage.resolve(config.output_dir)
     resources = {"CPU": config.cpus_per_worker}
     if config.use_gpu:
         resources["GPU"] = config.gpus_per_worker
@@ -75,7 +81,7 @@ def train_on_ray(config: TrainConfig, *, sources=None, callbacks=None):
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                      resources_per_worker=resources),
         run_config=RunConfig(
-            name=RAY_DIR, storage_path=str(run_dir),
+            name=RAY_DIR, storage_path=storage_path, storage_filesystem=filesystem,
             failure_config=FailureConfig(max_failures=config.max_failures),
             logging_config=LoggingConfig(log_level="WARNING"),  # not Ray Train's per-epoch INFO records
             worker_runtime_env={"env_vars": worker_env()},

@@ -47,10 +47,10 @@ class Mirror:
         return storage.is_dir(self.location) and any(
             not TEMPORARY.match(storage.name(path)) for path in storage.walk(self.location).paths)
 
-    def pull(self) -> None:
+    def pull(self, names=RESUMED_FROM + (POINTER,)) -> None:
         """What --resume needs: the configuration (naming the local directory), the skip list, the history, the
-        TensorBoard files and the last completed epoch's checkpoint."""
-        for name in RESUMED_FROM + (POINTER,):
+        TensorBoard files and the last completed epoch's checkpoint (names: a part of it, RAY_CHIEF_RESUMES)."""
+        for name in names:
             if storage.exists(self.remote(name)):
                 (self.local / name).parent.mkdir(parents=True, exist_ok=True)
                 storage.download(self.remote(name), self.local / name)
@@ -68,14 +68,16 @@ class Mirror:
     def snapshot(self) -> Path | None:
         """The last completed epoch as it is now, in a temporary directory of the run (its name matches TEMPORARY):
         hard links to its checkpoint (never changed once written), copies of the pointer, history and TensorBoard
-        files (rewritten or appended to by the epochs after)."""
+        files (rewritten or appended to by the epochs after). None before the first epoch. (A Ray Train chief
+        has no checkpoint here: Ray Train uploads its own.)"""
         pointer = self.local / POINTER
-        if not pointer.exists():
+        if not (self.local / HISTORY_JSON).exists():
             return None
-        name = json.loads(pointer.read_text())["directory"]
         snapshot = Path(tempfile.mkdtemp(prefix=".upload.", dir=self.local))
-        shutil.copytree(self.local / CHECKPOINT_DIR / name, snapshot / CHECKPOINT_DIR / name, copy_function=os.link)
-        shutil.copy(pointer, snapshot / POINTER)
+        if pointer.exists():
+            name = json.loads(pointer.read_text())["directory"]
+            shutil.copytree(self.local / CHECKPOINT_DIR / name, snapshot / CHECKPOINT_DIR / name, copy_function=os.link)
+            shutil.copy(pointer, snapshot / POINTER)
         for history in (HISTORY_JSON, HISTORY_PARQUET):
             if (self.local / history).exists():
                 shutil.copy(self.local / history, snapshot / history)
@@ -89,19 +91,21 @@ class Mirror:
         pointer to the checkpoint, then the history; older epochs go. (TensorBoard's files may so hold an epoch past
         the checkpoint, never one short of it: a resumed run's log handles the first, tensorboard_log.py.)"""
         root = Path(root or self.local)
-        pointer = root / POINTER
-        if not pointer.exists():
+        if not (root / HISTORY_JSON).exists():
             return
         if not self.described:  # with the first epoch: a store holding a checkpoint holds its configuration
-            self._push_description()
-        name = json.loads(pointer.read_text())["directory"]
-        storage.upload(root / CHECKPOINT_DIR / name, self.remote(f"{CHECKPOINT_DIR}/{name}"))
+            self.push_description()
+        pointer = root / POINTER
+        name = json.loads(pointer.read_text())["directory"] if pointer.exists() else None
+        if name:
+            storage.upload(root / CHECKPOINT_DIR / name, self.remote(f"{CHECKPOINT_DIR}/{name}"))
         self._push_files(root / TENSORBOARD_DIR, root)
-        storage.upload(pointer, self.remote(POINTER))
+        if name:
+            storage.upload(pointer, self.remote(POINTER))
         for history in (HISTORY_JSON, HISTORY_PARQUET):
             if (root / history).exists():
                 storage.upload(root / history, self.remote(history))
-        for stale in storage.list_dirs(self.remote(CHECKPOINT_DIR)):
+        for stale in storage.list_dirs(self.remote(CHECKPOINT_DIR)) if name else ():
             if stale != name:
                 storage.delete(self.remote(f"{CHECKPOINT_DIR}/{stale}"))
 
@@ -113,13 +117,13 @@ class Mirror:
             if TEMPORARY.match(entry.name) or entry.name in PER_EPOCH:
                 continue
             if entry.name in (CONFIG_FILE, SKIPPED_FILES):
-                self._push_description()
+                self.push_description()
             elif entry.is_dir():
                 self._push_files(entry)
             else:
                 storage.upload(entry, self.remote(entry.name))
 
-    def _push_description(self) -> None:
+    def push_description(self) -> None:
         """config.json (naming the store as the run's directory) and skipped_files.json."""
         if (self.local / SKIPPED_FILES).exists():
             storage.upload(self.local / SKIPPED_FILES, self.remote(SKIPPED_FILES))
@@ -199,17 +203,58 @@ class EpochUpload(tf.keras.callbacks.Callback):
         self.uploader.submit(self.uploader.mirror.snapshot())
 
 
+@dataclasses.dataclass
+class StagedRun:
+    """A run being written: where it is (location: the --output-dir given, a path or a URI), the configuration to
+    train with (config: writing into location, or into a local staging directory for a URI) and the extra Keras
+    callbacks that upload its epochs."""
+    location: str | None
+    config: TrainConfig
+    callbacks: list
+    mirror: Mirror | None = None
+
+    def located(self, config: TrainConfig) -> TrainConfig:
+        """config (prepared in the staging directory) writing to the run's location: what Ray Train workers get."""
+        return config if self.mirror is None else dataclasses.replace(config, output_dir=self.location)
+
+    def describe(self) -> None:
+        """The configuration and skip list in the store now (before Ray Train workers start)."""
+        if self.mirror is not None:
+            self.mirror.push_description()
+
+
 @contextlib.contextmanager
-def staged(config: TrainConfig, *, resume: bool, overwrite: bool, log=print):
-    """(the configuration to train with, extra Keras callbacks): for a local output directory, config itself and
-    none; for a URI, the same configuration writing into a local staging directory, and the epoch upload. The
-    store's copy is refused, resumed or cleared here as prepare_run_dir does for a local directory."""
+def uploading(mirror: Mirror, *, per_epoch: bool, final: bool = True):
+    """[EpochUpload] (or [] without per_epoch) while the run trains; at its end, however it ends, the last epoch and
+    (with final) every other file of the staging directory in the store, and the directory removed."""
+    uploader = Uploader(mirror) if per_epoch else None
+    if uploader:
+        uploader.start()
+    try:
+        yield [EpochUpload(uploader)] if uploader else []
+    finally:
+        try:
+            if uploader:
+                uploader.finish()
+            if final:
+                mirror.push_all()
+        except storage.StorageError as error:
+            raise storage.StorageError(f"{error}; the run's files are kept in {mirror.local}: copy them to "
+                                       f"{mirror.location} when the store is back") from None
+        shutil.rmtree(mirror.local, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged(config: TrainConfig, *, resume: bool, overwrite: bool, trains_here: bool = True, log=print):
+    """The StagedRun of config: for a local output directory, config itself and no callbacks; for a URI, the same
+    configuration writing into a local staging directory, and the epoch upload. The store's copy is refused,
+    resumed or cleared here as prepare_run_dir does for a local directory. Without trains_here (a run on Ray Train,
+    whose workers upload their own files: in_ray_worker), only the description goes to the store from here."""
     if not storage.is_uri(config.output_dir):
-        yield config, []
+        yield StagedRun(config.output_dir, config, [])
         return
     location = config.output_dir
-    local = Path(tempfile.mkdtemp(prefix="tl-run-"))
-    mirror = Mirror(location, local)
+    mirror = Mirror(location, Path(tempfile.mkdtemp(prefix="tl-run-")))
     try:
         if mirror.holds_files():
             if resume:
@@ -220,18 +265,28 @@ def staged(config: TrainConfig, *, resume: bool, overwrite: bool, log=print):
                 raise RunDirectoryError(f"{location} already holds files; pass --resume to continue that run, "
                                         "--overwrite to replace it, or choose another --output-dir")
     except BaseException:
-        shutil.rmtree(local, ignore_errors=True)
+        shutil.rmtree(mirror.local, ignore_errors=True)
         raise
-    log(f"Run directory {location}, staged in {local}", flush=True)
-    uploader = Uploader(mirror)
-    uploader.start()
-    try:
-        yield dataclasses.replace(config, output_dir=str(local)), [EpochUpload(uploader)]
-    finally:
-        try:
-            uploader.finish()
-            mirror.push_all()
-        except storage.StorageError as error:
-            raise storage.StorageError(f"{error}; the run's files are kept in {local}: copy them to {location} "
-                                       "when the store is back") from None
-        shutil.rmtree(local, ignore_errors=True)
+    log(f"Run directory {location}, staged in {mirror.local}", flush=True)
+    with uploading(mirror, per_epoch=trains_here, final=trains_here) as callbacks:
+        yield StagedRun(location, dataclasses.replace(config, output_dir=str(mirror.local)), callbacks, mirror)
+
+
+# What a Ray Train chief continues of a resumed run (its checkpoint comes from Ray Train).
+RAY_CHIEF_RESUMES = (HISTORY_JSON, HISTORY_PARQUET, TENSORBOARD_DIR)
+
+
+@contextlib.contextmanager
+def in_ray_worker(config: TrainConfig, chief: bool):
+    """(configuration, extra callbacks) of one Ray Train worker: for a run at a URI, the worker writes into its own
+    staging directory (no file system is shared) and uploads its files: the chief its history and TensorBoard files
+    after every epoch (Ray Train has uploaded the epoch's checkpoint by then), every worker the rest at the end."""
+    if not storage.is_uri(config.output_dir):
+        yield config, []
+        return
+    mirror = Mirror(config.output_dir, Path(tempfile.mkdtemp(prefix="tl-worker-")))
+    mirror.described = True  # by the driver, before the workers started
+    if chief:
+        mirror.pull(RAY_CHIEF_RESUMES)
+    with uploading(mirror, per_epoch=chief) as callbacks:
+        yield dataclasses.replace(config, output_dir=str(mirror.local)), callbacks
