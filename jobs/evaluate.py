@@ -19,10 +19,10 @@ from jobs.cli import add_quiet_argument, run_command
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m jobs.evaluate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="run directory or SavedModel directory")
+    parser.add_argument("--model", required=True, help="run directory or SavedModel directory (a path or an s3:// URI)")
     parser.add_argument("--data-dir", help="labelled images (default: the built-in sample's validation split)")
     parser.add_argument("--split", default="validation", help="used when --data-dir has split folders (default validation)")
-    parser.add_argument("--output-dir", help="where the results go (default runs/evaluate-<UTC timestamp>)")
+    parser.add_argument("--output-dir", help="where the results go, a path or an s3:// URI (default runs/evaluate-<UTC timestamp>)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per model call (default 64)")
     parser.add_argument("--worst", type=int, default=16, help="mistakes shown in most_confident_errors.png (default 16)")
     parser.add_argument("--cache-dir", help="asset cache, for the built-in sample")
@@ -39,9 +39,9 @@ def main(argv=None) -> int:
         from tl_core import storage
         from tl_core.serving.evaluate import evaluate_to_directory, format_report
 
-        metrics = evaluate_to_directory(args.model, args.data_dir, storage.local_path(output, "--output-dir"),
-                                        split=args.split, batch_size=args.batch_size, worst=args.worst,
-                                        cache_dir=args.cache_dir)
+        with storage.written_locally(output) as local:  # on disk, or uploaded to a URI once complete
+            metrics = evaluate_to_directory(args.model, args.data_dir, local, split=args.split,
+                                            batch_size=args.batch_size, worst=args.worst, cache_dir=args.cache_dir)
         print(f"{format_report(metrics)}\nResults in {output}")
 
     return run_command(body, quiet=args.quiet)

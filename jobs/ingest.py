@@ -16,11 +16,10 @@ training hosts then only read pixels, with no decode and no resize per image and
 
 does the same across a Ray cluster's CPUs (Ray Data tasks check chunks of files and write the shards in
 parallel; the files are those the local ingest writes). Under `ray job submit` it uses that cluster;
-otherwise it starts Ray on this machine. On a cluster, --data-dir and --output must be shared storage.
+otherwise it starts Ray on this machine. On a cluster, --data-dir and --output are shared storage or s3:// URIs.
 """
 import argparse
 import sys
-from pathlib import Path
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from jobs.cli import CHECK_FOUND_BAD_FILES, add_quiet_argument, run_command
@@ -35,7 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     # The settings a training run shares, declared once (tl_core/config.py): the data and how it is checked.
     add_field_arguments(parser, TrainConfig, only=INGEST_FIELDS)
-    parser.add_argument("--output", help="directory for the Parquet dataset (new, or empty)")
+    parser.add_argument("--output", help="directory for the Parquet dataset, a path or an s3:// URI (new, or empty)")
     parser.add_argument("--check", action="store_true",
                         help="only check the data: list every file that cannot be used, write nothing")
     parser.add_argument("--image-size", type=int,
@@ -61,10 +60,9 @@ def main(argv=None) -> int:
         from tl_core.data.sources import check_dataset, describe_check
         from tl_core.model.assets import cache_dir
 
-        from tl_core import storage
 
         if not args.check:
-            check_arguments(storage.local_path(args.output, "--output"), image_size=args.image_size, rows_per_file=args.rows_per_file)
+            check_arguments(args.output, image_size=args.image_size, rows_per_file=args.rows_per_file)
         # batch_size=1: a dataset of any size can be ingested; jobs.train checks its own batch size. The check's
         # limits are recorded in the shards: training with limits no stricter does not decode the rows again.
         config = TrainConfig(**given_fields(args, TrainConfig), batch_size=1)
@@ -85,7 +83,7 @@ def main(argv=None) -> int:
                 return CHECK_FOUND_BAD_FILES
             print("Check passed: every file is a usable image.")
             return 0
-        ingest(check, Path(args.output), skip_bad_files=config.bad_files == "skip", image_size=args.image_size,
+        ingest(check, args.output, skip_bad_files=config.bad_files == "skip", image_size=args.image_size,
                rows_per_file=args.rows_per_file, write=write)
         size_flag = f" --image-size {args.image_size}" if args.image_size else ""
         print(f"Parquet dataset written to {args.output}; train with: python -m jobs.train --data-dir {args.output}"

@@ -19,9 +19,10 @@ from jobs.cli import add_quiet_argument, run_command
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m jobs.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="run directory or SavedModel directory")
+    parser.add_argument("--model", required=True, help="run directory or SavedModel directory (a path or an s3:// URI)")
     parser.add_argument("--input", required=True, help="folder of images, .txt list of paths, or Parquet")
-    parser.add_argument("--output", required=True, help="directory for the Parquet predictions (must not hold files)")
+    parser.add_argument("--output", required=True,
+                        help="directory for the Parquet predictions, a path or an s3:// URI (must not hold files)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per model call (default 64)")
     parser.add_argument("--chunk-size", type=int, default=1024, help="images read at a time (default 1024)")
     parser.add_argument("--ray", action="store_true", help="run on Ray Data across the cluster")
@@ -40,13 +41,13 @@ def main(argv=None) -> int:
 
         if min(args.batch_size, args.chunk_size, args.concurrency) <= 0:
             raise ValueError("--batch-size, --chunk-size and --concurrency must be positive")
-        output = storage.local_path(args.output, "--output")
+        output = args.output  # a path or a URI
         if args.ray:
             from tl_core import ray_session
 
             ray_session.check()  # ray.init() would wait without end where no Ray answers
-        if output.exists() and any(output.iterdir()):
-            raise ValueError(f"{output} already holds files: choose a new --output directory")
+        if storage.holds_files(output):
+            raise ValueError(f"{storage.display(output)} already holds files: choose a new --output directory")
         model = ExportedModel(args.model)
         inputs = list_inputs(args.input)
         if not inputs:
@@ -59,8 +60,10 @@ def main(argv=None) -> int:
             summary = predict_on_ray(model.path, inputs, output, batch_size=args.batch_size,
                                      chunk_size=args.chunk_size, concurrency=args.concurrency, use_gpu=args.use_gpu)
         else:
-            summary = predict_to_parquet(model, inputs, output, batch_size=args.batch_size, chunk_size=args.chunk_size)
-        print(f"{summary['rows']} rows written to {output}; {summary['errors']} could not be used (see the error column)")
+            with storage.written_locally(output) as local:
+                summary = predict_to_parquet(model, inputs, local, batch_size=args.batch_size, chunk_size=args.chunk_size)
+        print(f"{summary['rows']} rows written to {storage.display(output)}; {summary['errors']} could not be used "
+              "(see the error column)")
 
     return run_command(body, quiet=args.quiet)
 

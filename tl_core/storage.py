@@ -9,13 +9,16 @@ AWS_PROFILE and ~/.aws/config, AWS_ENDPOINT_URL for S3-compatible stores). Crede
 part of a location: a URI that carries them is refused, so no log line, error or config.json can
 show one. Every other module asks this one; none looks at a location's scheme itself.
 """
+import contextlib
 import dataclasses
 import errno
 import functools
 import io
 import os
 import stat
+import tempfile
 import urllib.parse
+from pathlib import Path
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -99,13 +102,12 @@ def canonical(location) -> str:
 
 
 def local_path(location, flag: str):
-    """A location that must be on this machine's file system (what is written: runs, registries, outputs, caches;
-    and models, which TensorFlow loads itself), as a Path; a URI is refused in one line that says so."""
-    from pathlib import Path
-
+    """A location that must be on this machine's file system (a search directory, the asset cache), as a Path; a URI
+    is refused in one line that says so."""
     if is_uri(location):
         raise StorageError(f"{flag} {display(location)}: this must be on a local (or shared) disk so far (object storage "
-                           f"holds data, and the runs of jobs.train): give {flag} a local path")
+                           f"holds data, runs, registries, models and the outputs of ingest, predict and evaluate): "
+                           f"give {flag} a local path")
     return Path(location)
 
 
@@ -178,6 +180,13 @@ def is_file(location) -> bool:
     if not is_uri(location):
         return os.path.isfile(location)
     return _info(location).type == pafs.FileType.File
+
+
+def size(location) -> int:
+    """Bytes in the file at location."""
+    if not is_uri(location):
+        return os.path.getsize(location)
+    return _info(location).size
 
 
 def exists(location) -> bool:
@@ -364,6 +373,34 @@ def download(location, local) -> None:
                             destination_filesystem=pafs.LocalFileSystem())
         except OSError as error:
             raise _store_error("read", source, error) from None
+
+
+def holds_files(location) -> bool:
+    """Whether a directory (or prefix) at location holds any file."""
+    return is_dir(location) and bool(walk(location).paths)
+
+
+@contextlib.contextmanager
+def local_copy(location):
+    """A local path to read location from: the path itself on disk; for a URI, a temporary copy (removed after)."""
+    if not is_uri(location):
+        yield Path(location)
+        return
+    with tempfile.TemporaryDirectory(prefix="tl-copy-") as tmp:
+        download(location, Path(tmp) / name(location))
+        yield Path(tmp) / name(location)
+
+
+@contextlib.contextmanager
+def written_locally(location):
+    """A local directory to write location's files in: the directory itself on disk; for a URI, a staging directory
+    uploaded to it when the block ends without an error, then removed (a failed block uploads nothing)."""
+    if not is_uri(location):
+        yield Path(location)
+        return
+    with tempfile.TemporaryDirectory(prefix="tl-output-") as tmp:
+        yield Path(tmp)
+        upload(tmp, location)
 
 
 def delete(location) -> None:

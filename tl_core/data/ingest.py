@@ -4,7 +4,6 @@ Shards hold the files' encoded bytes, or, with an image size, the images decoded
 (raw pixels: training then neither decodes nor resizes). See data/parquet.py for the layout.
 """
 import os
-from pathlib import Path
 
 from tl_core import storage
 from tl_core.data.checks import format_bad_files
@@ -13,19 +12,19 @@ from tl_core.data.parquet import write_parquet_shards
 from tl_core.data.sources import DatasetCheck, enforce_policy
 
 
-def check_arguments(output: Path, *, image_size: int | None, rows_per_file: int) -> None:
-    """Refuse what would fail later, before the (long) check of every image."""
-    if output.exists() and any(output.iterdir()):
-        raise DatasetError(f"{output} already holds files: choose a new --output directory")
+def check_arguments(output, *, image_size: int | None, rows_per_file: int) -> None:
+    """Refuse what would fail later, before the (long) check of every image. output: a path or a URI."""
+    if storage.holds_files(output):
+        raise DatasetError(f"{storage.display(output)} already holds files: choose a new --output directory")
     if rows_per_file <= 0:
         raise DatasetError(f"--rows-per-file must be positive, got {rows_per_file}")
     if image_size is not None and image_size <= 0:
         raise DatasetError(f"--image-size must be positive, got {image_size}")
 
 
-def ingest(check: DatasetCheck, output: Path, *, skip_bad_files: bool, image_size: int | None = None,
+def ingest(check: DatasetCheck, output, *, skip_bad_files: bool, image_size: int | None = None,
            rows_per_file: int = 5000, write=write_parquet_shards, log=print) -> None:
-    """Write a checked dataset's train/ and validation/ as Parquet shards under output, with `write`
+    """Write a checked dataset's train/ and validation/ as Parquet shards under output (a path or a URI), with `write`
     (parquet.write_parquet_shards here, or ingest_ray.write_parquet_shards_on_ray across a cluster)."""
     check_arguments(output, image_size=image_size, rows_per_file=rows_per_file)
     skipped = {item.path for item in enforce_policy(check, "skip" if skip_bad_files else "fail")}
@@ -37,14 +36,15 @@ def ingest(check: DatasetCheck, output: Path, *, skip_bad_files: bool, image_siz
         kept = source.without(skipped)
         log(f"{split}: writing {len(kept)} images{f' resized to {image_size}x{image_size}' if image_size else ''}",
             flush=True)
-        written = write(kept, output / split, rows_per_file=rows_per_file, image_size=image_size, checked=check.limits)
-        log(f"  {len(written)} file(s) in {output / split}: {size_report(kept, written)}", flush=True)
+        split_dir = storage.join(output, split)
+        written = write(kept, split_dir, rows_per_file=rows_per_file, image_size=image_size, checked=check.limits)
+        log(f"  {len(written)} file(s) in {storage.display(split_dir)}: {size_report(kept, written)}", flush=True)
 
 
-def size_report(folder: ImageFolder, written: list[Path]) -> str:
+def size_report(folder: ImageFolder, written: list) -> str:
     """Bytes per image on disk: the Parquet shards against the source files (their sizes as listed)."""
     source_bytes = int(folder.stats[:, 0].sum()) if folder.stats is not None else sum(map(os.path.getsize, folder.paths))
-    parquet_bytes = sum(path.stat().st_size for path in written)
+    parquet_bytes = sum(map(storage.size, written))
     count = max(len(folder), 1)
     return (f"{parquet_bytes / count / 1024:.1f} KiB per image in Parquet, {source_bytes / count / 1024:.1f} KiB "
             f"per source file ({parquet_bytes / max(source_bytes, 1):.2f}x)")

@@ -4,7 +4,7 @@ The driver lists the folders (as the local ingest does). Ray Data then runs the 
 - the check: chunks of files, each checked by checks.find_bad_files (the same checks, the same reasons);
 - the shards: one task per part-NNNNN.parquet, each writing its rows with parquet.write_parquet_shards, so the
   files are those the local ingest writes (same rows, row groups, schema and metadata).
-Every node reads the image folders and writes the output directory: on a cluster both must be shared storage.
+Every node reads the image folders and writes the output directory: on a cluster, shared storage or a bucket.
 """
 import logging
 import os
@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from tl_core import interrupts, ray_session
+from tl_core import interrupts, ray_session, storage
 from tl_core.data.checks import BadFile
 from tl_core.data.images import ImageFolder
 from tl_core.progress import track
@@ -96,26 +96,28 @@ def _write_task(batch: pa.Table, *, class_names: list[str], output_dir: str, row
     written, rows = [], []
     for index in np.unique(part):
         selected = folder.select(np.flatnonzero(part == index))
-        written += [str(path) for path in write_parquet_shards(selected, Path(output_dir), rows_per_file=rows_per_file,
+        written += [str(path) for path in write_parquet_shards(selected, output_dir, rows_per_file=rows_per_file,
                                                                image_size=image_size, checked=checked, first_part=index)]
         rows.append(len(selected))
     return pa.table({"file": written, "rows": pa.array(rows, pa.int64())})
 
 
-def write_parquet_shards_on_ray(folder: ImageFolder, output_dir: Path, *, rows_per_file: int = 5000,
-                                image_size: int | None = None, checked: dict | None = None) -> list[Path]:
-    """parquet.write_parquet_shards across the cluster: part k (rows k*rows_per_file ...) written by its own task."""
+def write_parquet_shards_on_ray(folder: ImageFolder, output_dir, *, rows_per_file: int = 5000,
+                                image_size: int | None = None, checked: dict | None = None) -> list:
+    """parquet.write_parquet_shards across the cluster: part k (rows k*rows_per_file ...) written by its own task
+    into output_dir (a path every node reaches, or a URI: each task uploads its own parts)."""
     _connect()
-    output_dir.mkdir(parents=True, exist_ok=True)
+    destination = storage.absolute(output_dir)
     parts = _chunks(len(folder), rows_per_file)
     results = ray.data.from_arrow(_blocks(folder, parts)).map_batches(
         _write_task, batch_size=None, batch_format="pyarrow",
-        fn_kwargs={"class_names": folder.class_names, "output_dir": str(output_dir.resolve()),
+        fn_kwargs={"class_names": folder.class_names, "output_dir": destination,
                    "rows_per_file": rows_per_file, "image_size": image_size, "checked": checked})
-    written = {row["file"]: row["rows"] for row in track(results.iter_rows(), len(folder), f"Writing {output_dir} on Ray",
+    shown = storage.display(output_dir)
+    written = {row["file"]: row["rows"] for row in track(results.iter_rows(), len(folder), f"Writing {shown} on Ray",
                                                           size=lambda row: row["rows"])}
-    expected = {str(output_dir.resolve() / f"part-{index:05d}.parquet"): len(rows) for index, rows in enumerate(parts)}
+    expected = {storage.join(destination, f"part-{index:05d}.parquet"): len(rows) for index, rows in enumerate(parts)}
     if written != expected:  # a part cut over two tasks, or one lost: never hand such a dataset to training
-        raise RuntimeError(f"the Ray ingest of {output_dir} wrote {sorted(written.items())}, expected "
+        raise RuntimeError(f"the Ray ingest of {shown} wrote {sorted(written.items())}, expected "
                            f"{sorted(expected.items())}: delete the directory and ingest again")
-    return sorted(Path(path) for path in written)
+    return sorted(written) if storage.is_uri(output_dir) else sorted(Path(path) for path in written)

@@ -64,17 +64,27 @@ def shard_schema(class_names: list[str], *, image_size: int | None = None, check
     return SCHEMA.with_metadata(metadata)
 
 
-def write_parquet_shards(folder, output_dir: Path, *, rows_per_file: int = 5000, rows_per_group: int = 256,
-                         image_size: int | None = None, checked: dict | None = None, first_part: int = 0) -> list[Path]:
-    """Write an ImageFolder's files as Parquet shards part-<first_part>..., streaming: one row group in memory at a time.
+def write_parquet_shards(folder, output_dir, *, rows_per_file: int = 5000, rows_per_group: int = 256,
+                         image_size: int | None = None, checked: dict | None = None, first_part: int = 0) -> list:
+    """Write an ImageFolder's files as Parquet shards part-<first_part>..., streaming: one row group in memory at a time;
+    the files written. output_dir: a path, or a URI (the shards are written in a local staging directory, then
+    uploaded, each whole; the files are then URIs).
 
     image_size: store each image decoded and resized to image_size x image_size (raw uint8 RGB).
     checked: the limits every file passed (checks.find_bad_files), recorded in the metadata."""
+    with storage.written_locally(output_dir) as local:
+        written = _write_shards(folder, local, storage.display(output_dir), rows_per_file, rows_per_group, image_size,
+                                checked, first_part)
+    return [storage.join(output_dir, path.name) for path in written] if storage.is_uri(output_dir) else written
+
+
+def _write_shards(folder, output_dir: Path, shown: str, rows_per_file: int, rows_per_group: int, image_size: int | None,
+                  checked: dict | None, first_part: int) -> list[Path]:
     schema = shard_schema(folder.class_names, image_size=image_size, checked=checked)
     output_dir.mkdir(parents=True, exist_ok=True)
     written = []
     images = image_column(folder, image_size)
-    with Progress(len(folder), f"Writing {display_path(str(output_dir))}") as bar:
+    with Progress(len(folder), f"Writing {display_path(shown)}") as bar:
         for start in range(0, len(folder), rows_per_file):
             path = output_dir / f"part-{first_part + len(written):05d}.parquet"
             stop = min(start + rows_per_file, len(folder))

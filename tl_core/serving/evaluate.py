@@ -22,11 +22,15 @@ class ExportedModel:
     """A SavedModel written by tl_core.serving.export, from its directory or the run directory holding it."""
 
     def __init__(self, path: str | Path):
-        path = storage.local_path(path, "--model")
-        self.path = path / MODEL_DIR if (path / MODEL_DIR / "saved_model.pb").exists() else path
-        if not (self.path / "saved_model.pb").exists():
-            raise DatasetError(f"{path} is neither a run directory nor a SavedModel (no saved_model.pb)")
-        loaded = tf.saved_model.load(str(self.path))
+        """path: a run directory or a SavedModel, on disk or at a URI (copied to a temporary directory to load:
+        TensorFlow loads only local files; the loaded model needs them no more)."""
+        in_run = storage.join(path, MODEL_DIR)
+        chosen = in_run if storage.exists(storage.join(in_run, "saved_model.pb")) else str(path)
+        if not storage.exists(storage.join(chosen, "saved_model.pb")):
+            raise DatasetError(f"{storage.display(path)} is neither a run directory nor a SavedModel (no saved_model.pb)")
+        self.path = chosen if storage.is_uri(chosen) else Path(chosen)  # where it was loaded from
+        with storage.local_copy(chosen) as local:
+            loaded = tf.saved_model.load(str(local))
         self.serve = loaded.signatures["serving_default"]
         self.class_names = [name.decode() for name in loaded.class_names.numpy()]
         self.image_size = int(loaded.image_size.numpy())

@@ -1,12 +1,10 @@
 """jobs.predict on a Ray cluster: Ray Data `map_batches` runs tl_core.serving.predict.predict_encoded in
 `concurrency` actors (one per GPU with use_gpu), each loading the model once."""
-from pathlib import Path
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from tl_core import worker_env, interrupts, ray_session
+from tl_core import interrupts, ray_session, storage, worker_env
 
 
 class Predictor:
@@ -30,9 +28,10 @@ class Predictor:
         return pa.table(columns, schema=output_schema(self.model.class_names))
 
 
-def predict_on_ray(model_path: Path, inputs: list, output: Path, *, batch_size: int = 64, chunk_size: int = 1024,
+def predict_on_ray(model_path, inputs: list, output, *, batch_size: int = 64, chunk_size: int = 1024,
                    concurrency: int = 2, use_gpu: bool = False) -> dict:
-    """Predict every input on the cluster; Ray writes output/*.parquet. Returns counts of rows and errors."""
+    """Predict every input on the cluster; Ray writes output/*.parquet. Returns counts of rows and errors. model_path
+    and output: paths every node reaches, or URIs (each actor copies the model for itself)."""
     ray_session.connect()
     from tl_core.serving.predict import ParquetFiles
 
@@ -46,6 +45,8 @@ def predict_on_ray(model_path: Path, inputs: list, output: Path, *, batch_size: 
         Predictor, fn_constructor_args=(str(model_path), batch_size), batch_size=chunk_size,
         batch_format="pyarrow", concurrency=concurrency, num_gpus=1 if use_gpu else 0,
         runtime_env={"env_vars": worker_env()})
-    predictions.write_parquet(str(output))
-    errors = pq.read_table(output, columns=["error"]).column("error")
+    # A URI's file system carries no credential (each node takes its own): Ray may send it to its tasks.
+    filesystem, path = storage.resolve(output)
+    predictions.write_parquet(path, filesystem=filesystem)
+    errors = pq.read_table(path, filesystem=filesystem, columns=["error"]).column("error")
     return {"rows": len(errors), "errors": len(errors) - errors.null_count, "output": str(output)}
