@@ -149,9 +149,10 @@ def main(argv=None) -> int:
         if config is None or isinstance(error, RunDirectoryError):
             return None
         from tl_core.training.job import has_checkpoint
+        from tl_core.training.run_store import StoreLost
 
-        if has_checkpoint(config):
-            return resume_hint(config)  # e.g. the disk filled up, or Ctrl-C
+        if has_checkpoint(config) or (isinstance(error, StoreLost) and error.resumable):
+            return resume_hint(config)  # e.g. the disk filled up, Ctrl-C, or the store gone (its epochs stay there)
         return "No epoch was completed." if isinstance(error, KeyboardInterrupt) else None
 
     return run_command(body, note=note, quiet=args.quiet)

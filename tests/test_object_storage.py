@@ -437,6 +437,108 @@ def test_sigterm_stops_a_run_on_s3_with_its_resume_command_and_leaves_no_staging
     assert [row["epoch"] for row in json.loads(storage.read_bytes(f"{uri}/history.json"))] == list(range(1, epochs + 1))
 
 
+class Proxy:
+    """A TCP proxy on 127.0.0.1 in front of a server, that a test takes down (listener and open connections: the
+    store is gone) and brings back on the same port."""
+
+    def __init__(self, target_port: int):
+        import socket
+
+        self.target, self.connections, self.listener = ("127.0.0.1", target_port), [], None
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.start()
+
+    def start(self) -> None:
+        import socket
+        import threading
+
+        self.listener = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, args=(self.listener,), daemon=True).start()
+
+    def _accept(self, listener) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client = listener.accept()[0]
+                server = socket.create_connection(self.target)
+            except OSError:  # stopped
+                return
+            self.connections += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pump(source, sink) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                end.close()
+
+    def stop(self) -> None:
+        self.listener.close()
+        for connection in self.connections:
+            connection.close()
+        self.connections = []
+
+
+def test_a_store_gone_mid_run_stops_it_in_one_line_and_resume_continues_once_it_is_back(
+        s3, colour_dataset, tiny_backbone, tmp_path):
+    """The run reaches the store through a proxy, which goes down after two epochs for longer than the retries:
+    the run stops with one line, exit 2, and the resume command; its completed epochs are safe in the bucket, and
+    --resume continues once the store is back."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    uri, epochs = f"s3://{s3.new_bucket()}/runs/outage", 30
+    proxy = Proxy(s3.port)
+    flags = seed_recipe_flags(colour_dataset, tiny_backbone, tmp_path / "cache", epochs)
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    environment = {**os.environ, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{proxy.port}", "TMPDIR": str(staging)}
+    process = subprocess.Popen([sys.executable, "-m", "jobs.train", *flags, "--output-dir", uri], cwd=REPO,
+                               env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, completed = time.monotonic() + 240, 0
+        while completed < 2 and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+            if storage.exists(f"{uri}/checkpoints/latest.json"):  # read from the server itself, not the proxy
+                completed = json.loads(storage.read_bytes(f"{uri}/checkpoints/latest.json"))["epoch"]
+        proxy.stop()
+        _, err = process.communicate(timeout=180)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+        proxy.stop()
+    lines = err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert process.returncode == 2 and len(errors) == 1 and "Traceback" not in err, err[-3000:]
+    assert f"python -m jobs.train --resume --output-dir {uri}" in lines[-1], err[-3000:]
+    saved = json.loads(storage.read_bytes(f"{uri}/checkpoints/latest.json"))["epoch"]
+    assert 2 <= saved < epochs and not storage.exists(f"{uri}/metrics.json")
+    assert not any(staging.iterdir())  # nothing left behind: the bucket's epochs are what --resume continues from
+
+    proxy.start()  # the store is back
+    try:
+        resumed = subprocess.run([sys.executable, "-m", "jobs.train", "--resume", "--output-dir", uri, "--quiet"],
+                                 cwd=REPO, env=environment, capture_output=True, text=True, timeout=300)
+    finally:
+        proxy.stop()
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert [row["epoch"] for row in json.loads(storage.read_bytes(f"{uri}/history.json"))] == list(range(1, epochs + 1))
+
+
 def test_an_s3_registry_promotes_skips_rejects_rolls_back_and_serves_through_its_pointer(s3, colour_dataset,
                                                                                           tiny_backbone, tmp_path):
     import tensorflow as tf

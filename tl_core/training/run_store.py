@@ -39,6 +39,7 @@ class Mirror:
     def __init__(self, location: str, local: Path):
         self.location, self.local = location, Path(local)
         self.described = False  # the configuration and skip list are in the store
+        self.holds_epoch = False  # a completed epoch's checkpoint is in the store (--resume continues from it)
 
     def remote(self, name: str) -> str:
         return storage.join(self.location, *name.split("/"))
@@ -57,6 +58,7 @@ class Mirror:
         if (self.local / POINTER).exists():
             epoch_dir = f"{CHECKPOINT_DIR}/{json.loads((self.local / POINTER).read_text())['directory']}"
             storage.download(self.remote(epoch_dir), self.local / epoch_dir)
+            self.holds_epoch = True
         if (self.local / CONFIG_FILE).exists():
             self._write_config(self.local / CONFIG_FILE, str(self.local))
 
@@ -102,6 +104,7 @@ class Mirror:
         self._push_files(root / TENSORBOARD_DIR, root)
         if name:
             storage.upload(pointer, self.remote(POINTER))
+            self.holds_epoch = True
         for history in (HISTORY_JSON, HISTORY_PARQUET):
             if (root / history).exists():
                 storage.upload(root / history, self.remote(history))
@@ -223,10 +226,20 @@ class StagedRun:
             self.mirror.push_description()
 
 
+class StoreLost(storage.StorageError):
+    """The store failed while a run was written to it (longer than pyarrow's retries). resumable: an epoch is in the
+    store, and --resume continues from the last one there once the store is back."""
+
+    def __init__(self, message: str, resumable: bool):
+        super().__init__(message)
+        self.resumable = resumable
+
+
 @contextlib.contextmanager
 def uploading(mirror: Mirror, *, per_epoch: bool, final: bool = True):
     """[EpochUpload] (or [] without per_epoch) while the run trains; at its end, however it ends, the last epoch and
-    (with final) every other file of the staging directory in the store, and the directory removed."""
+    (with final) every other file of the staging directory in the store, and the directory removed (also when the
+    store failed: --resume continues from the store's last epoch, to the same weights)."""
     uploader = Uploader(mirror) if per_epoch else None
     if uploader:
         uploader.start()
@@ -239,9 +252,9 @@ def uploading(mirror: Mirror, *, per_epoch: bool, final: bool = True):
             if final:
                 mirror.push_all()
         except storage.StorageError as error:
-            raise storage.StorageError(f"{error}; the run's files are kept in {mirror.local}: copy them to "
-                                       f"{mirror.location} when the store is back") from None
-        shutil.rmtree(mirror.local, ignore_errors=True)
+            raise StoreLost(str(error), resumable=mirror.holds_epoch) from None
+        finally:
+            shutil.rmtree(mirror.local, ignore_errors=True)
 
 
 @contextlib.contextmanager
