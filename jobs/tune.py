@@ -10,7 +10,6 @@ starts from (data, backbone, seed, and the head settings the search space leaves
 import argparse
 import dataclasses
 import sys
-from pathlib import Path
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from jobs.cli import add_quiet_argument, run_command
@@ -61,9 +60,14 @@ def main(argv=None) -> int:
               f"final run in {config.output_dir}/final, {summary['seconds']['total']:.0f}s in all")
 
     def note(error: BaseException) -> str | None:
+        from tl_core import storage
         from tl_core.tuning.search import SEARCH_FILE
 
-        if output_dir is None or not (Path(output_dir) / SEARCH_FILE).exists():
+        try:
+            started = output_dir is not None and storage.exists(storage.join(output_dir, SEARCH_FILE))
+        except storage.StorageError:  # the store is gone: the search's files stay in it
+            started = True
+        if not started:
             return None  # nothing was started: bad input, or a refused directory
         return f"Continue the search with:\n  python -m jobs.tune --resume --output-dir {output_dir}"
 

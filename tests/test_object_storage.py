@@ -14,7 +14,6 @@ from jobs import ingest as ingest_job
 from jobs import predict as predict_job
 from jobs import retrain as retrain_job
 from jobs import train as train_job
-from jobs import tune as tune_job
 from tl_core import storage
 from tl_core.data.images import list_image_folder, make_dataset
 from tl_core.data.sources import list_split
@@ -324,8 +323,38 @@ def test_a_retrain_on_ray_with_its_registry_in_s3_promotes_a_challenger_trained_
     assert json.loads(storage.read_bytes(f"{uri}/champion.json"))["model"] == f"models/{record['run_id']}/model"
 
 
+def test_a_search_in_the_bucket_keeps_everything_there_and_resumes_from_it(s3, s3_data, tiny_backbone, tmp_path):
+    """jobs.tune on data in the bucket, into the bucket: its files, features, Ray Tune's experiment and the final run
+    are there; --resume of the finished search reads them back from there and trains nothing again."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from test_tune import SMALL_SPACE, tune_command
+
+    uri = f"s3://{s3.new_bucket()}/search"
+    (tmp_path / "space.json").write_text(json.dumps(SMALL_SPACE))
+    command = tune_command(tiny_backbone, s3_data["folders"], uri, tmp_path / "space.json", "--trials", "4")
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert set(storage.list_dirs(uri)) == {"features", "search", "final"}
+    for name in ("tune.json", "tuning_split.parquet", "trials.parquet", "trials.png", "best_config.json", "summary.json",
+                 "features/done.json", "final/metrics.json", "final/model/saved_model.pb"):
+        assert storage.exists(f"{uri}/{name}"), name
+    summary = json.loads(storage.read_bytes(f"{uri}/summary.json"))
+    assert summary["trials"] == 4
+    assert json.loads(storage.read_bytes(f"{uri}/final/metrics.json"))["accuracy"] == summary["final_validation_accuracy"]
+
+    resumed = subprocess.run([sys.executable, "-m", "jobs.tune", "--resume", "--output-dir", uri], cwd=REPO,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert not [line for line in resumed.stdout.splitlines() if line.startswith("[")]  # no trial ran again
+    assert resumed.stdout.startswith(f"Continuing the search in {uri} (tune.json)")
+    assert json.loads(storage.read_bytes(f"{uri}/summary.json"))["final_validation_accuracy"] == \
+        summary["final_validation_accuracy"]
+
+
 @pytest.mark.parametrize("command, flags, refused", [
-    (tune_job, ["--output-dir", "s3://bucket/search"], "--output-dir s3://bucket/search"),
     (train_job, ["--cache-dir", "s3://bucket/cache"], "--cache-dir s3://bucket/cache"),
 ])
 def test_what_is_written_to_object_storage_is_refused_in_one_line_until_it_is_supported(

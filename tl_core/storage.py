@@ -89,6 +89,15 @@ def resolve(location) -> tuple[pafs.FileSystem, str]:
     return filesystem, (parts.netloc + parts.path).rstrip("/")
 
 
+def ray_storage(location) -> tuple[str, pafs.FileSystem | None]:
+    """(storage_path, storage_filesystem) of Ray Train's and Ray Tune's RunConfig for location: a local path on Ray's
+    own file system, a URI through this module's (which carries no credential: each node takes its own)."""
+    if not is_uri(location):
+        return str(location), None
+    filesystem, path = resolve(location)
+    return path, filesystem
+
+
 def absolute(location) -> str:
     """The location from anywhere: local paths made absolute (Ray workers have other working directories)."""
     location = str(location)

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import tensorflow as tf
 
+from tl_core import storage
 from tl_core.artifacts import atomic_path
 from tl_core.data.images import unsharded, epoch_seed, make_feature_dataset
 
@@ -83,9 +84,10 @@ class FeatureFile:
         return unsharded(ds.batch(batch_size)).prefetch(tf.data.AUTOTUNE)
 
 
-def read_features(path: Path) -> InMemoryFeatures:
-    """A features file (cache_features' Parquet) read whole into memory."""
-    table = pq.read_table(path)
+def read_features(path) -> InMemoryFeatures:
+    """A features file (cache_features' Parquet), a path or a URI, read whole into memory."""
+    filesystem, located = storage.resolve(path)
+    table = pq.read_table(located, filesystem=filesystem)
     dim = table.schema.field("features").type.list_size
     return InMemoryFeatures(table.column("features").combine_chunks().values.to_numpy().reshape(-1, dim),
                             table.column("label").to_numpy())

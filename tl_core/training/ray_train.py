@@ -68,9 +68,7 @@ def train_on_ray(config: TrainConfig, *, sources=None, callbacks=None):
     sources: the checked data (data.sources.Sources, absolute paths), handed to every worker. callbacks: a picklable
     function of the worker (training.distribute.Worker) -> extra Keras callbacks for its fit(), as train() takes them."""
     ray_session.connect()
-    storage_path, filesystem = config.output_dir, None  # a local path: Ray Train's own file system
-    if storage.is_uri(config.output_dir):
-        filesystem, storage_path = storage.resolve(config.output_dir)
+    storage_path, filesystem = storage.ray_storage(config.output_dir)
     resources = {"CPU": config.cpus_per_worker}
     if config.use_gpu:
         resources["GPU"] = config.gpus_per_worker

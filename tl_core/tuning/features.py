@@ -3,14 +3,15 @@ once, and the tuning split carved from the training images.
 
 The feature pass runs as Ray tasks (`workers` of them, each on its own contiguous part of both splits; with
 GPUs when asked), so on a cluster the driver never runs the backbone. Each task writes its part as Parquet
-under <search>/features/, which an interrupted search reads back instead of computing again.
+under <search>/features/ (a shared path, or a URI: the task uploads its parts), which an interrupted search reads
+back instead of computing again.
 """
 import dataclasses
-from pathlib import Path
+import json
 
 import numpy as np
 
-from tl_core import worker_env, artifacts, interrupts
+from tl_core import interrupts, storage, worker_env
 from tl_core.config import TrainConfig
 from tl_core.data.images import stratified_split
 from tl_core.model.assets import cache_dir
@@ -33,18 +34,20 @@ def _features_of_parts(config: dict, parts: list) -> list[int]:
     rows = []
     for source, description, path in parts:
         features, labels = backbone_features(classifier, source, config.image_size, config.batch_size, description)
-        cache_features([(features, labels)], len(labels), features.shape[1], budget_bytes=0, path=Path(path))
+        with storage.written_locally(storage.parent(path)) as folder:
+            cache_features([(features, labels)], len(labels), features.shape[1], budget_bytes=0,
+                           path=folder / storage.name(path))
         rows.append(len(labels))
     return rows
 
 
-def compute_features(config: TrainConfig, sources, directory: Path, *, workers: int, gpus: float) -> PrecomputedFeatures:
+def compute_features(config: TrainConfig, sources, directory, *, workers: int, gpus: float) -> PrecomputedFeatures:
     """The features of sources.train and sources.validation, computed once by `workers` Ray tasks, each on its own
-    part of both splits (read back from directory when an earlier pass completed)."""
+    part of both splits (read back from directory, a path or a URI, when an earlier pass completed)."""
     import ray
 
-    directory = Path(directory)
-    if not (directory / DONE).exists():
+    directory = storage.absolute(directory)  # Ray tasks have other working directories
+    if not storage.exists(storage.join(directory, DONE)):
         task = ray.remote(_features_of_parts).options(num_cpus=config.cpus_per_worker, num_gpus=gpus,
                                                       runtime_env={"env_vars": worker_env()})
         pending = []
@@ -54,14 +57,17 @@ def compute_features(config: TrainConfig, sources, directory: Path, *, workers: 
                 source = getattr(sources, split).part(index, workers)
                 description = f"{split.capitalize()} features" + (f", part {index + 1}/{workers}" if workers > 1 else "")
                 if len(source):
-                    parts.append((source, description, str(directory / split / f"part-{index:05d}.parquet")))
+                    parts.append((source, description, storage.join(directory, split, f"part-{index:05d}.parquet")))
             pending.append(task.remote(config.to_dict(), parts))
         rows = ray.get(pending)
-        artifacts.write_json(directory / DONE, {"rows": rows, "backbone": config.backbone, "image_size": config.image_size})
-    train, validation = (_concatenate(sorted((directory / split).glob("part-*.parquet"))) for split in SPLITS)
+        storage.replace_bytes(storage.join(directory, DONE), json.dumps(
+            {"rows": rows, "backbone": config.backbone, "image_size": config.image_size}, indent=2).encode())
+    train, validation = (_concatenate([path for path in storage.files_in(storage.join(directory, split), ".parquet")
+                                       if storage.name(path).startswith("part-")]) for split in SPLITS)
     for split, read in (("train", train), ("validation", validation)):
         if not np.array_equal(read.labels, getattr(sources, split).labels):
-            raise ValueError(f"the features in {directory / split} are not of this data's {split} images: "
+            raise ValueError(f"the features in {storage.display(storage.join(directory, split))} are not of this "
+                             f"data's {split} images: "
                              "start the search again with --overwrite")
     return PrecomputedFeatures(train, validation.features)
 

@@ -14,12 +14,13 @@
 An interrupted search continues with --resume: the features are read back, Ray Tune restores its trials
 (finished ones are kept, unfinished ones start again) and the final run resumes from its checkpoint.
 """
+import contextlib
 import dataclasses
 import json
 import logging
 import os
-import shutil
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -82,20 +83,36 @@ def check_searchable(config: TrainConfig) -> None:
                          "are: it cannot search with --augment, --no-cache-features or --adapt-batchnorm")
 
 
-def prepare_search_dir(directory: Path, *, overwrite: bool, resume: bool) -> None:
-    """Refuse to mix a new search into an existing one (with overwrite: remove the old one's files)."""
+def prepare_search_dir(location, *, overwrite: bool, resume: bool) -> None:
+    """Refuse to mix a new search into an existing one at location, a path or a URI (with overwrite: remove the old
+    one's files)."""
+    local = not storage.is_uri(location)
     if resume:
-        if not (directory / SEARCH_FILE).exists():
-            raise RunDirectoryError(f"--resume: {directory} holds no search to continue (no {SEARCH_FILE})")
-    elif holds_files(directory):
+        if not storage.exists(storage.join(location, SEARCH_FILE)):
+            raise RunDirectoryError(f"--resume: {storage.display(location)} holds no search to continue (no {SEARCH_FILE})")
+    elif holds_files(Path(location)) if local else storage.holds_files(location):
         if not overwrite:
-            raise RunDirectoryError(f"{directory} already holds files; pass --resume to continue that search, "
-                                    "--overwrite to replace it, or choose another --output-dir")
+            raise RunDirectoryError(f"{storage.display(location)} already holds files; pass --resume to continue that "
+                                    "search, --overwrite to replace it, or choose another --output-dir")
         for name in SEARCH_FILES:
-            path = directory / name
-            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
-    if not resume and directory.exists():
-        remove_temporaries(directory)  # what a search stopped before its first file left
+            storage.delete(storage.join(location, name))
+    if not resume and local and Path(location).exists():
+        remove_temporaries(Path(location))  # what a search stopped before its first file left
+
+
+@contextlib.contextmanager
+def search_files(location, *, resume: bool):
+    """(a local directory for the search's own small files, publish): location itself on disk; for a URI, a staging
+    directory (holding, with resume, the files the search reads back) whose files publish() uploads to location.
+    The features, Ray Tune's experiment and the final run are written to location directly."""
+    if not storage.is_uri(location):
+        yield Path(location), lambda: None
+        return
+    with tempfile.TemporaryDirectory(prefix="tl-search-") as staging:
+        for name in (SEARCH_FILE, TUNING_SPLIT_FILE) if resume else ():
+            if storage.exists(storage.join(location, name)):
+                storage.download(storage.join(location, name), Path(staging) / name)
+        yield Path(staging), lambda: storage.upload(staging, location)
 
 
 def saved_search(directory: Path) -> tuple[TrainConfig, TuneSettings, dict]:
@@ -129,7 +146,7 @@ def trial_log(total: int, searched: list):
     return TrialLines()
 
 
-def make_tuner(config: TrainConfig, settings: TuneSettings, space: dict, data, directory: Path, *, resume: bool):
+def make_tuner(config: TrainConfig, settings: TuneSettings, space: dict, data, location, *, resume: bool):
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0, no tables of Ray Tune's own: our lines only
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
     from ray import tune
@@ -139,11 +156,12 @@ def make_tuner(config: TrainConfig, settings: TuneSettings, space: dict, data, d
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=data, base=dataclasses.asdict(config), threads=settings.cpus_per_trial),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
-    storage = str(directory.resolve())
+    path, filesystem = storage.ray_storage(storage.absolute(location))  # Ray Tune's experiment in the search
+    experiment = storage.join(path, RAY_TUNE_DIR) if filesystem is None else f"{path}/{RAY_TUNE_DIR}"
     lines = trial_log(settings.trials, [key for key in SEARCHABLE if key in space])
-    if resume and tune.Tuner.can_restore(str(directory.resolve() / RAY_TUNE_DIR)):
-        return tune.Tuner.restore(str(directory.resolve() / RAY_TUNE_DIR), trainable, resume_unfinished=True,
-                                  param_space=to_tune(space))
+    if resume and tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
+        return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, param_space=to_tune(space),
+                                  storage_filesystem=filesystem)
     horizon = max_epochs(space, config)
     scheduler = ASHAScheduler(time_attr="training_iteration", max_t=horizon, grace_period=min(settings.grace_period, horizon),
                               reduction_factor=3)
@@ -154,7 +172,8 @@ def make_tuner(config: TrainConfig, settings: TuneSettings, space: dict, data, d
                                     search_alg=BasicVariantGenerator(random_state=config.seed,
                                                                      max_concurrent=settings.max_concurrent),
                                     reuse_actors=True),
-        run_config=tune.RunConfig(storage_path=storage, name=RAY_TUNE_DIR, verbose=0, callbacks=[lines]))
+        run_config=tune.RunConfig(storage_path=path, storage_filesystem=filesystem, name=RAY_TUNE_DIR, verbose=0,
+                                  callbacks=[lines]))
 
 
 def fit_gracefully(tuner):
@@ -189,16 +208,25 @@ def write_tuning_split(path: Path, source, fold_of_row) -> None:
 
 def search(config: TrainConfig, settings: TuneSettings, *, resume: bool = False, overwrite: bool = False,
            log=print) -> dict:
-    """Run (or continue) a search into config.output_dir; the summary (also in summary.json)."""
+    """Run (or continue) a search into config.output_dir (a path or a URI); the summary (also in summary.json)."""
+    from tl_core import ray_session
+
+    started, location = time.perf_counter(), config.output_dir
+    ray_session.check()  # before anything is written: ray.init() would wait without end where no Ray answers
+    prepare_search_dir(location, overwrite=overwrite, resume=resume)
+    with search_files(location, resume=resume) as (directory, publish):
+        return _search(config, settings, location, directory, publish, started=started, resume=resume, log=log)
+
+
+def _search(config: TrainConfig, settings: TuneSettings, location, directory: Path, publish, *, started: float,
+            resume: bool, log) -> dict:
+    """search()'s work: the search's own files in directory (published to location), the rest at location."""
     from tl_core import ray_session
     from tl_core.training import job
 
-    started, directory = time.perf_counter(), storage.local_path(config.output_dir, "--output-dir")
-    ray_session.check()  # before anything is written: ray.init() would wait without end where no Ray answers
-    prepare_search_dir(directory, overwrite=overwrite, resume=resume)
     if resume:
         config, settings, space = saved_search(directory)
-        log(f"Continuing the search in {directory} ({SEARCH_FILE})", flush=True)
+        log(f"Continuing the search in {storage.display(location)} ({SEARCH_FILE})", flush=True)
     else:
         check_searchable(config)
         space = check_space(read_space(settings.search_space) if settings.search_space else DEFAULT_SPACE, config)
@@ -207,14 +235,15 @@ def search(config: TrainConfig, settings: TuneSettings, *, resume: bool = False,
     if not resume:  # from here on, --resume continues the search
         artifacts.write_json(directory / SEARCH_FILE, {"config": config.to_dict(), "settings": dataclasses.asdict(settings),
                                                        "space": space})
+        publish()
     if not progress.is_quiet():
-        log(f"Search directory {directory}\nBase configuration:\n{config.describe()}\nSearch space: {json.dumps(space)}",
-            flush=True)
+        log(f"Search directory {storage.display(location)}\nBase configuration:\n{config.describe()}\n"
+            f"Search space: {json.dumps(space)}", flush=True)
 
     checked_at = time.perf_counter()
     ray_session.connect()
     gpus = config.gpus_per_worker if config.use_gpu else 0
-    features = tuning_features.compute_features(config, sources, directory / FEATURES_DIR, workers=config.num_workers,
+    features = tuning_features.compute_features(config, sources, storage.join(location, FEATURES_DIR), workers=config.num_workers,
                                                 gpus=gpus)
     features_at = time.perf_counter()
     log(f"Backbone features of {len(sources.train)} training and {len(sources.validation)} validation images "
@@ -223,13 +252,14 @@ def search(config: TrainConfig, settings: TuneSettings, *, resume: bool = False,
     folds = settings.folds or tuning_features.default_folds(len(sources.train), settings.tuning_split)
     fold_of_row = tuning_features.tuning_folds(features.train.labels, folds, settings.tuning_split, config.seed)
     write_tuning_split(directory / TUNING_SPLIT_FILE, sources.train, fold_of_row)
+    publish()
     data = tuning_features.TuningData.split(features.train, fold_of_row, sources.train.class_names)
     scoring = (f"{folds}-fold cross-validation over the {len(sources.train)} training images" if folds > 1 else
                f"a tuning split of {int((fold_of_row == 0).sum())} of the {len(sources.train)} training images")
     log(f"Running {settings.trials} trials, scored by {scoring}; the validation images are kept for the final run",
         flush=True)
 
-    results, interrupted = fit_gracefully(make_tuner(config, settings, space, data, directory, resume=resume))
+    results, interrupted = fit_gracefully(make_tuner(config, settings, space, data, location, resume=resume))
     if interrupted:
         raise KeyboardInterrupt  # Ray Tune saved its state: --resume continues
     searched_at = time.perf_counter()
@@ -239,12 +269,13 @@ def search(config: TrainConfig, settings: TuneSettings, *, resume: bool = False,
     plot_trials(rows, best, directory / TRIALS_PLOT)
     best_config = dataclasses.replace(config, output_dir=None, **{key: best[key] for key in SEARCHABLE})
     artifacts.write_json(directory / BEST_CONFIG, best_config.to_dict())
+    publish()
     stopped = sum(row["status"] == STOPPED for row in rows)
     log(f"Best of {len(rows)} trials ({stopped} stopped early): trial {best['trial']}, tuning accuracy "
         f"{best[TUNING_ACCURACY]:.4f} ({', '.join(f'{key} {best[key]}' for key in SEARCHABLE if key in space)}); "
-        f"written to {directory / BEST_CONFIG}", flush=True)
+        f"written to {storage.join(location, BEST_CONFIG)}", flush=True)
 
-    metrics = final_run(dataclasses.replace(best_config, output_dir=str(directory / FINAL_RUN)), (checked, skipped),
+    metrics = final_run(dataclasses.replace(best_config, output_dir=storage.join(location, FINAL_RUN)), (checked, skipped),
                         features, log)
     finished = time.perf_counter()
     summary = {"trials": len(rows), "stopped_early": stopped, "failed": sum(row["status"] == FAILED for row in rows),
@@ -255,6 +286,7 @@ def search(config: TrainConfig, settings: TuneSettings, *, resume: bool = False,
                            "trials": searched_at - features_at, "final_run": finished - searched_at,
                            "total": finished - started}}
     artifacts.write_json(directory / SUMMARY_FILE, summary)
+    publish()
     return summary
 
 
@@ -263,9 +295,9 @@ def final_run(config: TrainConfig, checked, features, log) -> dict:
     final run that was interrupted resumes from its checkpoint."""
     from tl_core.training import job
 
-    run_dir = Path(config.output_dir)
-    if (run_dir / METRICS_FILE).exists():
-        return json.loads((run_dir / METRICS_FILE).read_text())
-    resume = (run_dir / CONFIG_FILE).exists()
-    log(f"Training the best configuration on all training images into {run_dir}", flush=True)
+    run_dir = config.output_dir  # a path or a URI
+    if storage.exists(storage.join(run_dir, METRICS_FILE)):
+        return json.loads(storage.read_bytes(storage.join(run_dir, METRICS_FILE)))
+    resume = storage.exists(storage.join(run_dir, CONFIG_FILE))
+    log(f"Training the best configuration on all training images into {storage.display(run_dir)}", flush=True)
     return job.run(config, resume=resume, checked=checked, features=None if config.uses_ray else features, log=log)
