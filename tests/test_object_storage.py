@@ -303,6 +303,51 @@ def test_two_ray_workers_train_from_and_to_s3_with_no_shared_directory_and_resum
     assert not list(Path(tempfile.gettempdir()).glob("tl-worker-*"))  # the workers' staging is gone
 
 
+def test_sigterm_stops_a_ray_run_in_the_bucket_with_its_resume_command_and_resume_finishes_it(
+        s3, colour_dataset, tiny_backbone, tmp_path):
+    """jobs.train --num-workers 2 into the bucket, stopped by SIGTERM once Ray Train has stored an epoch there: exit
+    130 and the resume command, the driver's staging removed (the killed workers' is removed by the next workers of
+    the run); --resume continues from the bucket."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO
+
+    uri, epochs = f"s3://{s3.new_bucket()}/runs/ray-stopped", 12
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    flags = [*seed_recipe_flags(colour_dataset, tiny_backbone, tmp_path / "cache", epochs), "--num-workers", "2",
+             "--max-failures", "0", "--output-dir", uri]
+    environment = {**os.environ, "TMPDIR": str(staging)}
+    process = subprocess.Popen([sys.executable, "-m", "jobs.train", *flags], cwd=REPO, env=environment,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while process.poll() is None and time.monotonic() < deadline and not (
+                storage.exists(f"{uri}/history.json") and storage.exists(f"{uri}/ray")):
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=180)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    assert process.returncode == 130 and "Traceback" not in err, err[-3000:]
+    assert f"python -m jobs.train --resume --output-dir {uri}" in err
+    completed = len(json.loads(storage.read_bytes(f"{uri}/history.json")))
+    assert 1 <= completed < epochs and not storage.exists(f"{uri}/metrics.json")
+    assert not [path for path in staging.iterdir() if path.name.startswith("tl-run-")]  # the driver's, at once
+    left = sorted(path.name for path in staging.iterdir() if path.name.startswith("tl-worker-"))  # Ray killed them
+
+    resumed = subprocess.run([sys.executable, "-m", "jobs.train", "--resume", "--output-dir", uri, "--quiet"], cwd=REPO,
+                             env=environment, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    history = json.loads(storage.read_bytes(f"{uri}/history.json"))
+    assert [row["epoch"] for row in history] == list(range(1, epochs + 1))
+    assert json.loads(storage.read_bytes(f"{uri}/metrics.json"))["run"]["num_workers"] == 2
+    assert len(left) <= 2 and not [path for path in staging.iterdir() if path.name.startswith(("tl-run-", "tl-worker-"))]
 def test_a_retrain_on_ray_with_its_registry_in_s3_promotes_a_challenger_trained_into_the_bucket(
         s3, colour_dataset, tiny_backbone, tmp_path):
     from conftest import local_ray, tiny_config

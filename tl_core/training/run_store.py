@@ -12,6 +12,7 @@ pointer skips the ones between (a process killed then resumes a few epochs earli
 """
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -290,16 +291,24 @@ RAY_CHIEF_RESUMES = (HISTORY_JSON, HISTORY_PARQUET, TENSORBOARD_DIR)
 
 
 @contextlib.contextmanager
-def in_ray_worker(config: TrainConfig, chief: bool):
-    """(configuration, extra callbacks) of one Ray Train worker: for a run at a URI, the worker writes into its own
+def in_ray_worker(config: TrainConfig, rank: int):
+    """(configuration, extra callbacks) of Ray Train worker `rank`: for a run at a URI, the worker writes into its own
     staging directory (no file system is shared) and uploads its files: the chief its history and TensorBoard files
-    after every epoch (Ray Train has uploaded the epoch's checkpoint by then), every worker the rest at the end."""
+    after every epoch (Ray Train has uploaded the epoch's checkpoint by then), every worker the rest at the end.
+
+    A stopped run's workers are killed by Ray, with no chance to clean up: the staging directory is named after the
+    run and the rank (in the node's temporary directory), so the next worker of that run there removes what was left
+    (and a finished worker removes its own)."""
     if not storage.is_uri(config.output_dir):
         yield config, []
         return
-    mirror = Mirror(config.output_dir, Path(tempfile.mkdtemp(prefix="tl-worker-")))
+    run = hashlib.sha256(config.output_dir.encode()).hexdigest()[:12]
+    local = Path(tempfile.gettempdir()) / f"tl-worker-{run}-{rank}"
+    shutil.rmtree(local, ignore_errors=True)  # an earlier, killed worker's
+    local.mkdir(parents=True)
+    mirror = Mirror(config.output_dir, local)
     mirror.described = True  # by the driver, before the workers started
-    if chief:
+    if rank == 0:
         mirror.pull(RAY_CHIEF_RESUMES)
-    with uploading(mirror, per_epoch=chief) as callbacks:
+    with uploading(mirror, per_epoch=rank == 0) as callbacks:
         yield dataclasses.replace(config, output_dir=str(mirror.local)), callbacks
