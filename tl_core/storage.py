@@ -111,12 +111,11 @@ def canonical(location) -> str:
 
 
 def local_path(location, flag: str):
-    """A location that must be on this machine's file system (a search directory, the asset cache), as a Path; a URI
-    is refused in one line that says so."""
+    """A location that must be on this machine's file system (the asset cache; and what a caller has staged already:
+    a run directory, a registry on disk), as a Path; a URI is refused in one line that says so."""
     if is_uri(location):
-        raise StorageError(f"{flag} {display(location)}: this must be on a local (or shared) disk so far (object storage "
-                           f"holds data, runs, registries, models and the outputs of ingest, predict and evaluate): "
-                           f"give {flag} a local path")
+        raise StorageError(f"{flag} {display(location)}: this must be on a local (or shared) disk (object storage holds "
+                           f"data, runs, searches, registries, models and outputs, not this): give {flag} a local path")
     return Path(location)
 
 
