@@ -334,7 +334,12 @@ def test_sigterm_stops_a_ray_run_in_the_bucket_with_its_resume_command_and_resum
     finally:
         process.kill()
         process.wait(timeout=30)
-    assert process.returncode == 130 and "Traceback" not in err, err[-3000:]
+    # Ray Train's PlacementGroupCleaner actor, finding its controller gone, asks Ray's state API whether it lives;
+    # with RAY_ADDRESS=local that API looks for Ray's processes on the machine, and with a second Ray running there
+    # (a developer's `ray start`) it fails with "Found multiple active Ray instances" and prints a traceback (Ray
+    # 2.60, seen in .ci/run with a live cluster). The command's own output has none.
+    own = "\n".join(line for line in err.splitlines() if "(PlacementGroupCleaner pid=" not in line)
+    assert process.returncode == 130 and "Traceback" not in own, err[-3000:]
     assert f"python -m jobs.train --resume --output-dir {uri}" in err
     completed = len(json.loads(storage.read_bytes(f"{uri}/history.json")))
     assert 1 <= completed < epochs and not storage.exists(f"{uri}/metrics.json")
