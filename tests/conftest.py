@@ -16,10 +16,18 @@ import pytest
 
 # Hermetic: every Ray the tests use is one they start (RAY_ADDRESS=local: never the cluster of $RAY_ADDRESS or of a
 # `ray start` record on this machine, alive or dead), its files in a temporary directory of this session (never the
-# machine's /tmp/ray); every process the tests start inherits SESSION_MARK, by which the session finds what is left.
+# machine's /tmp/ray), its token this session's (Ray writes ~/.ray/auth_token for a new cluster when it finds no
+# token: not in the user's home); every process the tests start inherits SESSION_MARK, by which the session finds
+# what is left.
 RAY_TMPDIR = tempfile.mkdtemp(prefix="tl-ray-")  # short: Ray's socket paths inside it must stay under 108 bytes
+# One token for every Ray instance of the session: Ray keeps the first token it reads for a process, and a later
+# instance started with another was refused ("InvalidAuthToken": seen when a second test module started Ray).
+RAY_AUTH_TOKEN = secrets.token_hex(32)
 SESSION_MARK = ("TL_TEST_SESSION", secrets.token_hex(8))
-os.environ.update({"RAY_ADDRESS": "local", "RAY_TMPDIR": RAY_TMPDIR, SESSION_MARK[0]: SESSION_MARK[1]})
+os.environ.update({"RAY_ADDRESS": "local", "RAY_TMPDIR": RAY_TMPDIR, "RAY_AUTH_TOKEN": RAY_AUTH_TOKEN,
+                   SESSION_MARK[0]: SESSION_MARK[1]})
+HOME_TOKEN = Path.home() / ".ray" / "auth_token"
+HOME_TOKEN_BEFORE = HOME_TOKEN.exists()
 
 import tl_core  # noqa: F401,E402  (TF_USE_LEGACY_KERAS before TensorFlow)
 import tensorflow as tf  # noqa: E402
@@ -108,6 +116,7 @@ def no_process_left_behind():
     first fixture set up is the last torn down)."""
     yield
     left = end_processes_of_this_session(grace=30) if Path("/proc/self/environ").exists() else {}
+    assert HOME_TOKEN_BEFORE or not HOME_TOKEN.exists(), f"the tests wrote {HOME_TOKEN}"
     assert not left, "processes the tests started were still running 30 s after the last test (killed now):\n" + \
         "\n".join(f"  {pid}: {command[:300]}" for pid, command in left.items())
 
@@ -256,11 +265,6 @@ def upload(local: Path, uri: str) -> str:
 
     storage.upload(local, uri)
     return uri
-
-
-# One token for every Ray instance this process starts: Ray keeps the first token it reads for the process, and a
-# later instance started with another was refused ("InvalidAuthToken": seen when a second test module started Ray).
-RAY_AUTH_TOKEN = secrets.token_hex(32)
 
 
 @contextlib.contextmanager
