@@ -60,7 +60,6 @@ def main(argv=None) -> int:
         from tl_core.data.sources import check_dataset, describe_check
         from tl_core.model.assets import cache_dir
 
-
         if not args.check:
             check_arguments(args.output, image_size=args.image_size, rows_per_file=args.rows_per_file)
         # batch_size=1: a dataset of any size can be ingested; jobs.train checks its own batch size. The check's

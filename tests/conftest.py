@@ -273,9 +273,8 @@ def local_ray(environment: dict | None = None):
     `environment` (they keep the environment they start with)."""
     with pytest.MonkeyPatch.context() as patch:
         # Ray turns on token auth for clusters it starts (Config.initialize re-reads the mode, so the
-        # import order of ray does not matter); the token comes from here, not from ~/.ray.
+        # import order of ray does not matter); the token is the session's RAY_AUTH_TOKEN (above), not ~/.ray's.
         patch.delenv("RAY_AUTH_MODE", raising=False)
-        patch.setenv("RAY_AUTH_TOKEN", RAY_AUTH_TOKEN)
         for name, value in (environment or {}).items():
             patch.setenv(name, value)
         import ray

@@ -127,9 +127,13 @@ def prepare_run_dir(config: TrainConfig, *, overwrite: bool = False, resume: boo
 TEMPORARY = re.compile(r"^\..+\.[a-z0-9_]{8}(\.tmp)?$")
 
 
-def holds_files(directory: Path) -> bool:
-    """Whether directory holds anything but the temporary files of a start that was stopped before it wrote its first
-    file (those are removed by remove_temporaries)."""
+def holds_files(location) -> bool:
+    """Whether location (a directory, or a prefix at a URI) holds anything but the temporary files of a start that was
+    stopped before it wrote its first file (those are removed by remove_temporaries)."""
+    if storage.is_uri(location):
+        return storage.is_dir(location) and any(not TEMPORARY.match(storage.name(path))
+                                                for path in storage.walk(location).paths)
+    directory = Path(location)
     return directory.is_dir() and any(not TEMPORARY.match(entry.name) for entry in directory.iterdir())
 
 

@@ -25,7 +25,7 @@ import tensorflow as tf
 from tl_core import storage
 from tl_core.config import TrainConfig
 from tl_core.run_dir import (CHECKPOINT_DIR, CONFIG_FILE, HISTORY_JSON, HISTORY_PARQUET, METRICS_FILE, RUN_FILES,
-                             SKIPPED_FILES, TENSORBOARD_DIR, TEMPORARY, RunDirectoryError)
+                             SKIPPED_FILES, TENSORBOARD_DIR, TEMPORARY, RunDirectoryError, holds_files)
 from tl_core.training.recorder import LocalCheckpoints
 
 POINTER = f"{CHECKPOINT_DIR}/{LocalCheckpoints.POINTER}"
@@ -44,10 +44,6 @@ class Mirror:
 
     def remote(self, name: str) -> str:
         return storage.join(self.location, *name.split("/"))
-
-    def holds_files(self) -> bool:
-        return storage.is_dir(self.location) and any(
-            not TEMPORARY.match(storage.name(path)) for path in storage.walk(self.location).paths)
 
     def pull(self, names=RESUMED_FROM + (POINTER,)) -> None:
         """What --resume needs: the configuration (naming the local directory), the skip list, the history, the
@@ -270,7 +266,7 @@ def staged(config: TrainConfig, *, resume: bool, overwrite: bool, trains_here: b
     location = config.output_dir
     mirror = Mirror(location, Path(tempfile.mkdtemp(prefix="tl-run-")))
     try:
-        if mirror.holds_files():
+        if holds_files(location):
             if resume:
                 mirror.pull()
             elif overwrite:

@@ -86,17 +86,16 @@ def check_searchable(config: TrainConfig) -> None:
 def prepare_search_dir(location, *, overwrite: bool, resume: bool) -> None:
     """Refuse to mix a new search into an existing one at location, a path or a URI (with overwrite: remove the old
     one's files)."""
-    local = not storage.is_uri(location)
     if resume:
         if not storage.exists(storage.join(location, SEARCH_FILE)):
             raise RunDirectoryError(f"--resume: {storage.display(location)} holds no search to continue (no {SEARCH_FILE})")
-    elif holds_files(Path(location)) if local else storage.holds_files(location):
+    elif holds_files(location):
         if not overwrite:
             raise RunDirectoryError(f"{storage.display(location)} already holds files; pass --resume to continue that "
                                     "search, --overwrite to replace it, or choose another --output-dir")
         for name in SEARCH_FILES:
             storage.delete(storage.join(location, name))
-    if not resume and local and Path(location).exists():
+    if not resume and not storage.is_uri(location) and Path(location).exists():
         remove_temporaries(Path(location))  # what a search stopped before its first file left
 
 
@@ -157,7 +156,7 @@ def make_tuner(config: TrainConfig, settings: TuneSettings, space: dict, data, l
         tune.with_parameters(run_trial, data=data, base=dataclasses.asdict(config), threads=settings.cpus_per_trial),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     path, filesystem = storage.ray_storage(storage.absolute(location))  # Ray Tune's experiment in the search
-    experiment = storage.join(path, RAY_TUNE_DIR) if filesystem is None else f"{path}/{RAY_TUNE_DIR}"
+    experiment = f"{path}/{RAY_TUNE_DIR}"
     lines = trial_log(settings.trials, [key for key in SEARCHABLE if key in space])
     if resume and tune.Tuner.can_restore(experiment, storage_filesystem=filesystem):
         return tune.Tuner.restore(experiment, trainable, resume_unfinished=True, param_space=to_tune(space),
