@@ -210,6 +210,15 @@ def object_storage(results: dict) -> str:
     return table + (f"\n\nMedians of {results['repeats']} passes or runs each, alternated; {results['server']}.{rate}")
 
 
+def tracking(results: dict) -> str:
+    figures = results["results"]
+    rows = [["the default job (`python -m jobs.train`, whole process)", f"{figures['seconds']['off']:.1f} s",
+             f"{figures['seconds']['mlflow']:.1f} s", f"{figures['mlflow_over_off']:.2f}x the time"]]
+    table = markdown(["what", "without MLflow", "with `--tracking-uri` (mlflow server on 127.0.0.1)", "with against without"],
+                     rows)
+    return table + f"\n\nMedians of {results['repeats']} runs each, alternated."
+
+
 # table name -> (benchmark and results file, what makes the table)
 TABLES = {
     "headline": ("accuracy", headline),
@@ -219,6 +228,7 @@ TABLES = {
     "host_input": ("host_input", host_input),
     "large_data": ("large_data", large_data),
     "object_storage": ("object_storage", object_storage),
+    "tracking": ("tracking", tracking),
 }
 
 

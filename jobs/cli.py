@@ -29,6 +29,58 @@ def _is_op_error(error: BaseException) -> bool:
     return tensorflow is not None and isinstance(error, tensorflow.errors.OpError)
 
 
+TRACKING_URI_HELP = ("an MLflow tracking server (http://host:5000) or store (sqlite:///path/mlflow.db) to record runs in "
+                     "(default: $MLFLOW_TRACKING_URI; neither: no MLflow)")
+REGISTERED_MODEL_HELP = "MLflow's registered model mirroring the registry (default: the registry folder's name)"
+
+
+def add_tracking_arguments(parser, registry: bool = False) -> None:
+    """--tracking-uri, --experiment and, for a command with a --registry, --registered-model."""
+    group = parser.add_argument_group("tracking in MLflow (needs pip install -e '.[mlflow]')")
+    group.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
+    group.add_argument("--experiment", default="tl-job", help="the MLflow experiment of the runs (default tl-job)")
+    if registry:
+        group.add_argument("--registered-model", help=REGISTERED_MODEL_HELP)
+
+
+def trackers_from_args(args) -> list:
+    """What records the run: TensorBoard's files always, MLflow with a tracking URI (a Ray job's submission id as a tag)."""
+    from tl_core.tracking.tensorboard import TensorBoard
+    from tl_core.tracking.mlflow_run import MLflow, tracking_uri
+
+    uri = tracking_uri(getattr(args, "tracking_uri", None))
+    return [TensorBoard()] + ([MLflow(uri, args.experiment, tags=ray_job_tags())] if uri else [])
+
+
+def add_registry_mirror_arguments(parser) -> None:
+    parser.add_argument("--tracking-uri", help=TRACKING_URI_HELP)
+    parser.add_argument("--registered-model", help=REGISTERED_MODEL_HELP)
+
+
+def registry_mirror_from_args(args):
+    """MLflow's registry mirroring the project's (--registry), with a tracking URI; else None."""
+    from tl_core.tracking.mlflow_run import tracking_uri
+
+    uri = tracking_uri(args.tracking_uri)
+    if not uri:
+        return None
+    from tl_core.tracking.mlflow_registry import MlflowRegistry
+
+    return MlflowRegistry(uri, args.registered_model or args.registry.rstrip("/").rsplit("/", 1)[-1])
+
+
+def ray_job_tags() -> dict:
+    """The submission id of the Ray job this command runs as (`ray job submit`), from the environment Ray gives it."""
+    import json
+    import os
+
+    try:
+        submission = json.loads(os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}"))["metadata"]["job_submission_id"]
+    except (KeyError, TypeError, ValueError):
+        return {}
+    return {"ray_job_submission_id": submission}
+
+
 def add_quiet_argument(parser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar or progress lines: only the lines that "
                         "say what was done (for a terminal; in a log, progress is already one line per 15 s)")

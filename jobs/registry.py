@@ -2,11 +2,13 @@
 
   python -m jobs.registry list --registry DIR            the ledger, one row per retrain
   python -m jobs.registry rollback RUN_ID --registry DIR  make RUN_ID's model the champion again
+
+With MLflow (--tracking-uri, or $MLFLOW_TRACKING_URI), both also set MLflow's champion alias as the ledger says.
 """
 import argparse
 import sys
 
-from jobs.cli import run_command
+from jobs.cli import add_registry_mirror_arguments, registry_mirror_from_args, run_command
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -15,9 +17,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="print the ledger as a table")
     listing.add_argument("--registry", required=True)
+    add_registry_mirror_arguments(listing)
     rollback = commands.add_parser("rollback", help="make an earlier run's model the champion")
     rollback.add_argument("run_id")
     rollback.add_argument("--registry", required=True)
+    add_registry_mirror_arguments(rollback)
     return parser.parse_args(argv)
 
 
@@ -28,12 +32,17 @@ def main(argv=None) -> int:
         from tl_core.registry.retrain import restore
         from tl_core.registry.store import Registry, format_ledger
 
+        mirror = registry_mirror_from_args(args)
+        if mirror:
+            mirror.check()
         if args.command == "list":
             registry = Registry.at(args.registry)
             print(format_ledger(registry.records()))
             print(f"champion: {registry.champion() or '-'} ({registry.champion_model()})")
+            if mirror:
+                mirror.sync_or_warn(registry)
         else:
-            restore(args.registry, args.run_id)
+            restore(args.registry, args.run_id, mirror=mirror)
 
     return run_command(body)
 

@@ -10,7 +10,7 @@ import argparse
 import sys
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from jobs.cli import add_quiet_argument, run_command
+from jobs.cli import add_quiet_argument, add_tracking_arguments, registry_mirror_from_args, run_command, trackers_from_args
 from jobs.train import add_training_arguments, config_from_args
 
 
@@ -24,6 +24,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="model directories kept, newest first; the champion is always kept (default 5)")
     parser.add_argument("--force", action="store_true", help="retrain even if the data has not changed")
     add_training_arguments(parser, exclude=("output_dir",))  # each challenger gets its own run directory
+    add_tracking_arguments(parser, registry=True)
     add_quiet_argument(parser)
     args = parser.parse_args(argv)
     if args.keep < 1:
@@ -38,14 +39,15 @@ def main(argv=None) -> int:
         from tl_core.registry.retrain import retrain
 
         retrain(config_from_args(args), args.registry, min_improvement=args.min_improvement, keep=args.keep,
-                force=args.force)
+                force=args.force, trackers=trackers_from_args(args), mirror=registry_mirror_from_args(args))
 
     def note(error: BaseException) -> str | None:
         from tl_core.ray_session import RayUnreachable
         from tl_core.registry.store import RegistryBusy
+        from tl_core.tracking.mlflow_run import TrackingError
 
         # Refused before the registry was touched: nothing to continue.
-        return None if isinstance(error, (RegistryBusy, RayUnreachable)) else \
+        return None if isinstance(error, (RegistryBusy, RayUnreachable, TrackingError)) else \
             "The champion is unchanged; the next retrain continues this one."
 
     return run_command(body, note=note, quiet=args.quiet)

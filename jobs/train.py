@@ -12,7 +12,7 @@ from pathlib import Path
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from tl_core.config import RAY_GROUP, SEED_RECIPE, TrainConfig
 
-from jobs.cli import CHECK_FOUND_BAD_FILES, add_quiet_argument, run_command
+from jobs.cli import CHECK_FOUND_BAD_FILES, add_quiet_argument, add_tracking_arguments, run_command, trackers_from_args
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, exclude=()) -> None:
@@ -64,6 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode.add_argument("--show-batch", nargs="?", const="augmented_batch.png", metavar="PNG",
                       help="check the data, draw the first training batch exactly as the model would receive it "
                       "(decoded, resized, augmented) into PNG (default augmented_batch.png), and stop: no run, no training")
+    add_tracking_arguments(parser)
     add_quiet_argument(parser)
     return parser.parse_args(argv)
 
@@ -138,7 +139,7 @@ def main(argv=None) -> int:
             print(f"Check passed: the data and the configuration are ready to train"
                   f"{f' ({len(skipped)} file(s) would be skipped)' if skipped else ''}.")
             return
-        metrics = job.run(config, overwrite=args.overwrite, resume=args.resume)
+        metrics = job.run(config, overwrite=args.overwrite, resume=args.resume, trackers=trackers_from_args(args))
         print(f"Validation accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}; "
               f"artifacts in {config.output_dir}")
 

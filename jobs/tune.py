@@ -12,7 +12,7 @@ import dataclasses
 import sys
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from jobs.cli import add_quiet_argument, run_command
+from jobs.cli import add_quiet_argument, add_tracking_arguments, ray_job_tags, run_command
 from jobs.train import add_field_arguments, add_training_arguments, config_from_args, given_fields
 from tl_core.tuning.search import TuneSettings
 
@@ -26,8 +26,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode.add_argument("--resume", action="store_true", help="continue the interrupted search in --output-dir with its "
                       "saved settings (no other flag may be given)")
     mode.add_argument("--overwrite", action="store_true", help="replace the search in --output-dir")
+    add_tracking_arguments(parser)
     add_quiet_argument(parser)
     return parser.parse_args(argv)
+
+
+def search_tracking(args: argparse.Namespace):
+    """The search in MLflow (a parent run; the trials and the final run its children), with a tracking URI; else None."""
+    from tl_core.tracking.mlflow_run import tracking_uri
+
+    uri = tracking_uri(args.tracking_uri)
+    if not uri:
+        return None
+    from tl_core.tracking.mlflow_search import MlflowSearch
+
+    return MlflowSearch(uri, args.experiment, tags=ray_job_tags())
 
 
 def settings_from_args(args: argparse.Namespace) -> TuneSettings:
@@ -45,7 +58,8 @@ def main(argv=None) -> int:
 
         if args.resume:
             given = [f"--{key.replace('_', '-')}" for key, value in vars(args).items()
-                     if value not in (None, False) and key not in ("resume", "output_dir", "quiet", "recipe")]
+                     if value not in (None, False)
+                     and key not in ("resume", "output_dir", "quiet", "recipe", "tracking_uri", "experiment")]
             if given or args.recipe != "default":
                 raise ValueError(f"--resume continues a search with its saved settings: give only --output-dir "
                                  f"(got {' '.join(given) or '--recipe'})")
@@ -54,7 +68,8 @@ def main(argv=None) -> int:
         config = config_from_args(argparse.Namespace(**{**vars(args), "resume": False}))
         config = dataclasses.replace(config, output_dir=config.output_dir or default_output_dir())
         output_dir = config.output_dir
-        summary = search(config, settings_from_args(args), resume=args.resume, overwrite=args.overwrite)
+        summary = search(config, settings_from_args(args), resume=args.resume, overwrite=args.overwrite,
+                         tracking=search_tracking(args))
         print(f"Final model: validation accuracy {summary['final_validation_accuracy']:.4f} "
               f"(best trial's tuning accuracy {summary['best_tuning_accuracy']:.4f}); search in {config.output_dir}, "
               f"final run in {config.output_dir}/final, {summary['seconds']['total']:.0f}s in all")

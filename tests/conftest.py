@@ -259,6 +259,23 @@ def s3(s3_server, monkeypatch) -> S3Server:
     return s3_server
 
 
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    from benchmarks.mlflow_server import MlflowServer
+
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def server(mlflow_server):
+    """The tests' MLflow tracking server (benchmarks/mlflow_server.py), running (started again if a test stopped it)."""
+    if mlflow_server.process is None:
+        mlflow_server.start()
+    return mlflow_server
+
+
 def upload(local: Path, uri: str) -> str:
     """Copy a local directory tree to a URI, as a user's `aws s3 cp --recursive` would; the URI."""
     from tl_core import storage

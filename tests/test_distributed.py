@@ -59,12 +59,20 @@ def distributed_config(tiny_backbone, colour_dataset, output_dir, **overrides):
                                        **{"epochs": 3, "num_workers": 2, "max_failures": 1, **overrides}))
 
 
-def test_two_workers_train_like_a_local_run(ray_instance, tiny_backbone, colour_dataset, tmp_path):
+def test_two_workers_train_like_a_local_run(ray_instance, server, tiny_backbone, colour_dataset, tmp_path):
+    import mlflow
+
+    from tl_core.tracking.mlflow_run import MLflow
+    from tl_core.tracking.tensorboard import TensorBoard
     from tl_core.training.ray_train import train_on_ray
 
     config = distributed_config(tiny_backbone, colour_dataset, tmp_path / "ray_run", epochs=5)
-    train_on_ray(config)
+    train_on_ray(config, trackers=[TensorBoard(), MLflow(server.uri, "two-workers")])
     run_dir = Path(config.output_dir)
+    client = mlflow.MlflowClient(server.uri)
+    runs = client.search_runs([client.get_experiment_by_name("two-workers").experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"  # logged by the chief alone
+    assert sorted(metric.step for metric in client.get_metric_history(runs[0].info.run_id, "val_accuracy")) == [1, 2, 3, 4, 5]
     assert LOCAL_RUN_FILES <= {p.name for p in run_dir.iterdir()}
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["run"]["num_workers"] == 2 and metrics["run"]["global_batch_size"] == 16

@@ -108,7 +108,7 @@ def test_a_ray_run_stopped_before_its_first_epoch_offers_no_resume(tiny_backbone
     from jobs.train import main as train_job
     from tl_core.training import ray_train
 
-    def starts_then_stops(config, sources):
+    def starts_then_stops(config, sources, trackers):
         (tmp_path / "run" / "ray" / "ray-train-run").mkdir(parents=True, exist_ok=True)  # Ray writes it before any epoch
         raise KeyboardInterrupt
 

@@ -257,16 +257,21 @@ def test_cached_features_refuse_augmentation():
 
 
 @pytest.mark.parametrize("recipe", ["seed", "default"])
-def test_sigterm_stops_and_resume_reaches_the_uninterrupted_result(tiny_backbone, colour_dataset, tmp_path, recipe):
+def test_sigterm_stops_and_resume_reaches_the_uninterrupted_result(tiny_backbone, colour_dataset, tmp_path, recipe, server):
+    """Tracked in MLflow (the tests' server): the stopped and the resumed process are one MLflow run."""
     import signal
     import time
+
+    import mlflow
 
     repo = Path(__file__).resolve().parents[1]
     common = ["--data-dir", str(colour_dataset), "--backbone", tiny_backbone, "--image-size", str(TINY_IMAGE_SIZE),
               "--batch-size", "8", "--learning-rate", "0.05", "--seed", "3", "--epochs", "30", "--recipe", recipe]
+    tracking = {**os.environ, "MLFLOW_TRACKING_URI": server.uri}
+    experiment = ["--experiment", f"sigterm-{recipe}"]
     run_dir = tmp_path / "interrupted"
-    process = subprocess.Popen([sys.executable, "-m", "jobs.train", *common, "--output-dir", str(run_dir)],
-                               cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen([sys.executable, "-m", "jobs.train", *common, *experiment, "--output-dir", str(run_dir)],
+                               cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=tracking)
     deadline = time.time() + 240
     while time.time() < deadline and process.poll() is None:
         history = run_dir / "history.json"
@@ -282,13 +287,22 @@ def test_sigterm_stops_and_resume_reaches_the_uninterrupted_result(tiny_backbone
     done = len(json.loads((LocalCheckpoints(run_dir).latest() / "history.json").read_text()))
     assert len(json.loads((run_dir / "history.json").read_text())) in (done - 1, done)
     assert 2 <= done < 30 and not (run_dir / "model").exists()
+    client = mlflow.MlflowClient(server.uri)
+    experiment_id = client.get_experiment_by_name(f"sigterm-{recipe}").experiment_id
+    assert [run.info.status for run in client.search_runs([experiment_id])] == ["KILLED"]
 
-    resumed = subprocess.run([sys.executable, "-m", "jobs.train", "--config", str(run_dir / "config.json"), "--resume"],
-                             cwd=repo, capture_output=True, text=True, timeout=300)
+    resumed = subprocess.run([sys.executable, "-m", "jobs.train", "--config", str(run_dir / "config.json"), "--resume",
+                              *experiment], cwd=repo, capture_output=True, text=True, timeout=300, env=tracking)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"after epoch {done}" in resumed.stdout
     assert [row["epoch"] for row in json.loads((run_dir / "history.json").read_text())] == list(range(1, 31))
     assert_tensorboard_matches_history(run_dir)  # each epoch once, across the interruption
+    runs = client.search_runs([experiment_id])
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    history = json.loads((run_dir / "history.json").read_text())
+    for name in ("loss", "val_accuracy", "learning_rate"):
+        logged = sorted((metric.step, metric.value) for metric in client.get_metric_history(runs[0].info.run_id, name))
+        assert logged == [(row["epoch"], pytest.approx(row[name], rel=1e-6)) for row in history], name  # each epoch once
 
     straight = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "straight", recipe, epochs=30))
     train(straight)

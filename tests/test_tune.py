@@ -88,17 +88,21 @@ def run(command, **options) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def small_search(tiny_backbone, tmp_path_factory):
+def small_search(tiny_backbone, mlflow_server, tmp_path_factory):
+    """A search tracked in MLflow (experiment "small-search" of the tests' server)."""
     root = tmp_path_factory.mktemp("tune")
     data_dir = swapped_validation_dataset(root / "data")
     (root / "space.json").write_text(json.dumps(SMALL_SPACE))
-    done = run(tune_command(tiny_backbone, data_dir, root / "search", root / "space.json", "--trials", "8"))
+    if mlflow_server.process is None:  # a test stopped it
+        mlflow_server.start()
+    done = run(tune_command(tiny_backbone, data_dir, root / "search", root / "space.json", "--trials", "8",
+                            "--tracking-uri", mlflow_server.uri, "--experiment", "small-search"))
     assert done.returncode == 0, done.stderr[-3000:]
-    return root, data_dir, done
+    return root, data_dir, done, mlflow_server.uri
 
 
 def test_a_small_search_runs_stops_poor_trials_and_never_scores_on_validation(small_search):
-    root, data_dir, done = small_search
+    root, data_dir, done, _ = small_search
     search = root / "search"
     trials = pq.read_table(search / "trials.parquet").to_pylist()
     assert len(trials) == 8 and [row["trial"] for row in trials] == list(range(8))
@@ -128,8 +132,38 @@ def test_a_small_search_runs_stops_poor_trials_and_never_scores_on_validation(sm
     assert "Backbone features of 16 validation and 40 training images: computed before this run" in done.stdout
 
 
+def test_the_search_is_a_parent_run_in_mlflow_with_each_trial_and_the_final_run_its_children(small_search):
+    import mlflow
+
+    root, _, _, uri = small_search
+    client = mlflow.MlflowClient(uri)
+    experiment = client.get_experiment_by_name("small-search").experiment_id
+    runs = client.search_runs([experiment])
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.data.params["search.trials"] == "8" and parent.data.params["batch_size"] == "8"
+    summary = json.loads((root / "search" / "summary.json").read_text())
+    assert parent.data.metrics["final_validation_accuracy"] == pytest.approx(summary["final_validation_accuracy"])
+    assert {"trials.parquet", "trials.png", "best_config.json", "summary.json"} <= {
+        item.path for item in client.list_artifacts(parent.info.run_id)}
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    trials = {run.data.tags["trial"]: run for run in children if "trial" in run.data.tags}
+    final = [run for run in children if "trial" not in run.data.tags]
+    assert len(children) == 9 and sorted(map(int, trials)) == list(range(8)) and len(final) == 1
+    for row in pq.read_table(root / "search" / "trials.parquet").to_pylist():
+        trial = trials[str(row["trial"])]
+        assert trial.info.status == {"completed": "FINISHED", "stopped early": "KILLED"}[row["status"]]
+        assert trial.data.params["learning_rate"] == str(row["learning_rate"])
+        curve = sorted((metric.step, metric.value) for metric in client.get_metric_history(trial.info.run_id,
+                                                                                           "tuning_accuracy"))
+        assert [value for _, value in curve] == pytest.approx(row["accuracy_per_epoch"])
+    assert final[0].info.status == "FINISHED" and final[0].data.metrics["final_accuracy"] == pytest.approx(
+        summary["final_validation_accuracy"])
+
+
 def test_best_config_trains_with_jobs_train_and_jobs_retrain(small_search, tmp_path):
-    root, data_dir, _ = small_search
+    root, data_dir, _, _ = small_search
     best = root / "search" / "best_config.json"
     trained = run([sys.executable, "-m", "jobs.train", "--config", str(best), "--output-dir", str(tmp_path / "run")])
     assert trained.returncode == 0, trained.stderr[-3000:]

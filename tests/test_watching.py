@@ -10,7 +10,7 @@ from tl_core import progress
 from tl_core.progress import LOG_INTERVAL, Progress, format_duration
 from tl_core.run_dir import prepare_run_dir
 from tl_core.training.epoch_progress import EpochProgress
-from tl_core.training.tensorboard_log import TensorBoardLog
+from tl_core.tracking.tensorboard import TensorBoard
 from tl_core.training.train import train
 
 
@@ -109,37 +109,43 @@ def test_tensorboard_after_a_resume_has_no_duplicate_steps(tiny_backbone, colour
     assert len(board["config"]) == len(board["augmented_batch"]) == 1
 
 
+def opened(run_dir, completed_epochs):
+    board = TensorBoard()
+    board.open(run_dir, None, {}, completed_epochs)
+    return board
+
+
 def test_epochs_logged_past_a_lost_checkpoint_are_replaced(tmp_path):
     def rows(count, loss):
         return [{"epoch": epoch, "phase": "head", "loss": loss, "accuracy": 0.5, "learning_rate": 1e-3,
                  "images_per_second": 100.0, "val_loss": loss, "val_accuracy": 0.5} for epoch in range(1, count + 1)]
 
-    TensorBoardLog(tmp_path, completed_epochs=0).write_epochs(rows(3, loss=1.0))
+    opened(tmp_path, 0).log_epochs(rows(3, loss=1.0))
     # The run continues from a checkpoint of epoch 2 (epoch 3's was lost): epochs 3 and 4 are written again.
-    TensorBoardLog(tmp_path, completed_epochs=2).write_epochs(rows(4, loss=2.0))
+    opened(tmp_path, 2).log_epochs(rows(4, loss=2.0))
     losses = read_tensorboard(tmp_path / "tensorboard" / "train")["epoch_loss"]
     assert [(step, float(value)) for step, value in losses] == [(1, 1.0), (2, 1.0), (3, 2.0), (4, 2.0)]
 
 
 def test_each_start_writes_tensorboards_restart_marker_through_one_private_function(tmp_path):
     """TensorBoard drops what the files hold from a SessionLog.START's step on. tf.summary cannot write that event:
-    tensorboard_log.write_event uses TensorFlow's private import_event, imported there alone; this test fails loudly
+    tracking/tensorboard.py's write_event uses TensorFlow's private import_event, imported there alone; this test fails loudly
     if an upgrade removes it."""
     import ast
 
     import tensorflow as tf
 
-    from tl_core.training import tensorboard_log
+    from tl_core.tracking import tensorboard
 
     rows = [{"epoch": epoch, "phase": "head", "loss": 1.0, "accuracy": 0.5, "learning_rate": 1e-3, "images_per_second": 1.0,
              "val_loss": 1.0, "val_accuracy": 0.5} for epoch in (1, 2)]
-    TensorBoardLog(tmp_path, completed_epochs=0).write_epochs(rows)
-    TensorBoardLog(tmp_path, completed_epochs=2)  # the run resumed after epoch 2
+    opened(tmp_path, 0).log_epochs(rows)
+    opened(tmp_path, 2)  # the run resumed after epoch 2
     starts = [event.step for path in sorted((tmp_path / "tensorboard" / "train").glob("events.out.tfevents.*"))
               for event in tf.compat.v1.train.summary_iterator(str(path))
               if event.HasField("session_log") and event.session_log.status == tf.compat.v1.SessionLog.START]
     assert starts == [1, 3]
-    module = ast.parse(Path(tensorboard_log.__file__).read_text())
+    module = ast.parse(Path(tensorboard.__file__).read_text())
     top_level = [node.module for node in module.body if isinstance(node, ast.ImportFrom)]
     assert not [name for name in top_level if name.startswith("tensorflow.python")]  # a TF upgrade cannot break the import
 
@@ -149,11 +155,11 @@ def test_an_epoch_logged_in_part_is_logged_again_whole(tmp_path):
 
     row = {"epoch": 1, "phase": "head", "loss": 1.0, "accuracy": 0.5, "learning_rate": 1e-3, "images_per_second": 100.0,
            "val_loss": 1.0, "val_accuracy": 0.5}
-    TensorBoardLog(tmp_path, completed_epochs=0).write_epochs([row])
+    opened(tmp_path, 0).log_epochs([row])
     # A process stopped while writing epoch 2: only its training loss reached the file.
     with tf.summary.create_file_writer(str(tmp_path / "tensorboard" / "train")).as_default(step=2):
         tf.summary.scalar("epoch_loss", 0.25)
-    TensorBoardLog(tmp_path, completed_epochs=2).write_epochs([row, {**row, "epoch": 2, "loss": 0.75, "accuracy": 0.625}])
+    opened(tmp_path, 2).log_epochs([row, {**row, "epoch": 2, "loss": 0.75, "accuracy": 0.625}])
     board = read_tensorboard(tmp_path / "tensorboard" / "train")
     assert [(step, float(value)) for step, value in board["epoch_loss"]] == [(1, 1.0), (2, 0.75)]
     assert [step for step, _ in board["epoch_accuracy"]] == [1, 2]
@@ -194,7 +200,7 @@ def test_a_new_event_file_is_begun_in_a_later_second_than_the_files_before_it(tm
 
     import tensorflow as tf
 
-    from tl_core.training.tensorboard_log import wait_for_a_later_second
+    from tl_core.tracking.tensorboard import wait_for_a_later_second
 
     now = int(time.time())
     earlier = f"events.out.tfevents.{now}.{socket.gethostname()}.{os.getpid()}.99.v2"

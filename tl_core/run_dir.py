@@ -34,12 +34,14 @@ RAY_DIR = "ray"  # Ray Train's own checkpoints, in distributed runs
 FEATURES_DIR = "features"  # cached training features that did not fit feature_cache_memory_mb
 TENSORBOARD_DIR = "tensorboard"  # event files: `tensorboard --logdir <run or runs/>`
 FED_BATCH_PLOT = "augmented_batch.png"  # the first training batch as the model receives it
+MLFLOW_RUN_FILE = "mlflow_run.json"  # with MLflow: the MLflow run a resumed run continues (tracking/mlflow_run.py)
+MLFLOW_UNLOGGED_FILE = "mlflow_unlogged.json"  # what could not reach the MLflow server, when it was gone at the end
 
 
 # Everything a run writes besides its config (--overwrite removes exactly these).
 RUN_FILES = (CHECKPOINT_DIR, HISTORY_JSON, HISTORY_PARQUET, METRICS_FILE, MODEL_DIR, HISTORY_PLOT, CONFUSION_PLOT,
              CLASS_NAMES_FILE, SHARDS_DIR, RAY_DIR, SKIPPED_FILES, FEATURES_DIR, TFLITE_FLOAT, TFLITE_QUANTIZED, LABELS_FILE,
-             TENSORBOARD_DIR, FED_BATCH_PLOT)
+             TENSORBOARD_DIR, FED_BATCH_PLOT, MLFLOW_RUN_FILE, MLFLOW_UNLOGGED_FILE)
 
 
 def _remove(path: Path) -> None:

@@ -6,7 +6,7 @@ beats the champion.
   2. train a challenger with the training job (tl_core.training.job.run: locally or on Ray) into models/<run id>;
   3. evaluate the challenger and the champion's exported models on the same held-out split;
   4. promote the challenger if its accuracy beats the champion's by at least min_improvement;
-  5. append the decision to the ledger.
+  5. append the decision to the ledger; with MLflow, mirror it in MLflow's registry (tracking/mlflow_registry.py).
 
 A crash anywhere leaves the champion link untouched. pending.json names the run in progress; the
 next retrain on the same data resumes that run (from its checkpoints, or just its evaluation)
@@ -39,14 +39,21 @@ def decide(challenger: dict, champion: dict | None, min_improvement: float) -> t
 
 
 def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: float = 0.01, keep: int = 5,
-            force: bool = False, log=print) -> dict:
-    """One scheduled retrain under the registry's lock; returns the ledger record it appended."""
+            force: bool = False, trackers=None, mirror=None, log=print) -> dict:
+    """One scheduled retrain under the registry's lock; returns the ledger record it appended.
+
+    trackers: what records the challenger's run (job.run's). mirror: MLflow's registry
+    (tracking/mlflow_registry.MlflowRegistry), told each decision after the ledger; None: no MLflow."""
     if config.uses_ray:
         from tl_core import ray_session
 
         ray_session.check()  # before the lock: ray.init() would wait without end where no Ray answers
+    for service in [*(trackers or []), *([mirror] if mirror else [])]:
+        service.check()  # a tracking server that does not answer: refused before the registry is touched
     registry = Registry.at(registry_dir)
     with registry.lock(log):
+        if mirror:
+            mirror.sync_or_warn(registry)  # a retrain killed between promoting and moving MLflow's alias
         started = utc_now()
         data_dir = data_directory(config.data_dir, cache_dir(config.cache_dir))
         config = dataclasses.replace(config, data_dir=str(data_dir))
@@ -72,7 +79,7 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: f
         run_dir = registry.model_dir(run_id)  # on object storage, job.run stages and uploads it (training/run_store.py)
         run_config = dataclasses.replace(config, output_dir=run_dir)
         checked, skipped = job.check(run_config, log)  # once: for training and for the evaluation below
-        job.run(run_config, resume=resume, checked=(checked, skipped), log=log)
+        job.run(run_config, resume=resume, checked=(checked, skipped), trackers=trackers, log=log)
         write_manifest(manifest, registry.manifest(run_id))
 
         # Both models on the challenger's held-out split, through their exported SavedModels.
@@ -101,6 +108,8 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: f
                   "champion_accuracy": champion and champion["accuracy"], "champion_loss": champion and champion["loss"],
                   "champion_after": registry.champion(), "finished_at": utc_now()}
         registry.append(record)
+        if mirror:
+            mirror.record(registry, record)
         registry.clear_pending()
         removed = registry.prune(keep)
         log(f"{record['action'].capitalize()}: {reason}. Champion: {registry.champion()}"
@@ -126,8 +135,9 @@ def _start_or_recover(registry: Registry, config: TrainConfig, data_fingerprint:
     return run_id, False
 
 
-def restore(registry_dir: str | Path, run_id: str, log=print) -> dict:
-    """Make an earlier run's model the champion again (one atomic switch), recorded in the ledger."""
+def restore(registry_dir: str | Path, run_id: str, mirror=None, log=print) -> dict:
+    """Make an earlier run's model the champion again (one atomic switch), recorded in the ledger (and, with `mirror`,
+    MLflow's champion alias moved back)."""
     registry = Registry.at(registry_dir)
     with registry.lock(log):
         trained = {record["run_id"]: record for record in registry.records() if record["action"] in TRAINED}
@@ -142,4 +152,6 @@ def restore(registry_dir: str | Path, run_id: str, log=print) -> dict:
                   "challenger_accuracy": trained[run_id]["challenger_accuracy"]}
         registry.append(record)
         log(f"Champion: {run_id} (was {before})")
+        if mirror:
+            mirror.sync_or_warn(registry)
         return record

@@ -89,13 +89,15 @@ def absolute_paths(config: TrainConfig) -> TrainConfig:
 
 
 def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, checked=None, features=None,
-        log=print) -> dict:
+        trackers=None, log=print) -> dict:
     """Check, then train into config.output_dir (which the caller has chosen); the final metrics.
 
     The data is listed and checked once, here (or by the caller: checked=check(config)), and the
     checked sources are what training uses. Locally, or on Ray Train when config.uses_ray. features: the
     backbone's features of those sources, computed already (jobs.tune), for a local run; Ray workers compute
-    their own."""
+    their own. trackers: what records the run (tl_core/tracking; default: TensorBoard's files), checked first."""
+    for tracker in trackers or ():
+        tracker.check()  # a tracking server that does not answer: refused before anything is written
     if config.uses_ray:
         from tl_core import ray_session
 
@@ -117,6 +119,8 @@ def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, c
             from tl_core.training.ray_train import train_on_ray
 
             run.describe()  # the workers write into the run's location (or their own staging, for a URI)
-            train_on_ray(absolute_paths(run.located(config)), sources=checked.sources(skipped).absolute())
+            train_on_ray(absolute_paths(run.located(config)), sources=checked.sources(skipped).absolute(),
+                         trackers=trackers)
             return json.loads(storage.read_bytes(storage.join(run.located(config).output_dir, METRICS_FILE)))
-        return train(config, sources=checked.sources(skipped), features=features, callbacks=run.callbacks)
+        return train(config, sources=checked.sources(skipped), features=features, callbacks=run.callbacks,
+                     trackers=trackers)

@@ -59,14 +59,15 @@ def train_loop_per_worker(loop_config: dict) -> None:
     callbacks = loop_config["callbacks"](worker) if loop_config.get("callbacks") else ()
     with in_ray_worker(TrainConfig.from_dict(loop_config["config"]), worker.rank) as (config, uploads):
         train(config, sources=loop_config.get("sources"), worker=worker, checkpoints=RayCheckpoints(),
-              callbacks=[*callbacks, *uploads])
+              callbacks=[*callbacks, *uploads], trackers=loop_config.get("trackers"))
 
 
-def train_on_ray(config: TrainConfig, *, sources=None, callbacks=None):
+def train_on_ray(config: TrainConfig, *, sources=None, callbacks=None, trackers=None):
     """Run the job on config.num_workers Ray Train workers; connects to a running cluster if there is one.
 
     sources: the checked data (data.sources.Sources, absolute paths), handed to every worker. callbacks: a picklable
-    function of the worker (training.distribute.Worker) -> extra Keras callbacks for its fit(), as train() takes them."""
+    function of the worker (training.distribute.Worker) -> extra Keras callbacks for its fit(), as train() takes them.
+    trackers: what records the run, as train() takes them (picklable: the chief opens them)."""
     ray_session.connect()
     storage_path, filesystem = storage.ray_storage(config.output_dir)
     resources = {"CPU": config.cpus_per_worker}
@@ -74,7 +75,7 @@ def train_on_ray(config: TrainConfig, *, sources=None, callbacks=None):
         resources["GPU"] = config.gpus_per_worker
     trainer = TensorflowTrainer(
         train_loop_per_worker,
-        train_loop_config={"config": config.to_dict(), "sources": sources, "callbacks": callbacks,
+        train_loop_config={"config": config.to_dict(), "sources": sources, "callbacks": callbacks, "trackers": trackers,
                            "quiet": progress.is_quiet()},
         scaling_config=ScalingConfig(num_workers=config.num_workers, use_gpu=config.use_gpu,
                                      resources_per_worker=resources),

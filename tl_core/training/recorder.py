@@ -162,15 +162,15 @@ def format_epoch(row: dict, epochs: int) -> str:
 class EpochRecorder(tf.keras.callbacks.Callback):
     """After each epoch: validation metrics, a history row, the log line, the checkpoint (every worker
     writes it: MultiWorkerMirroredStrategy's save is collective) and, on the chief, the history files
-    and the TensorBoard scalars (`board`; after the checkpoint, so a resumed run never logs an epoch twice)."""
+    and the trackers' rows (`trackers`, tl_core/tracking; after the checkpoint, so a resumed run never logs an epoch twice)."""
 
     def __init__(self, *, history: list, validation: Validation, state: tf.train.Checkpoint, checkpoints,
-                 worker: Worker, run_dir: Path, images_per_epoch: int, total_epochs: int, log, board=None):
+                 worker: Worker, run_dir: Path, images_per_epoch: int, total_epochs: int, log, trackers=None):
         super().__init__()
         self.history, self.validation, self.state, self.checkpoints = history, validation, state, checkpoints
         self.worker, self.run_dir, self.images_per_epoch, self.total_epochs, self.log = (
             worker, Path(run_dir), images_per_epoch, total_epochs, log)
-        self.board = board
+        self.trackers = trackers
         self.phase = HEAD
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -191,8 +191,8 @@ class EpochRecorder(tf.keras.callbacks.Callback):
         if self.worker.is_chief:
             artifacts.write_json(self.run_dir / HISTORY_JSON, self.history)
             artifacts.write_parquet(self.run_dir / HISTORY_PARQUET, self.history)
-        if self.board:
-            self.board.write_epochs(self.history)
+        if self.trackers:
+            self.trackers.log_epochs(self.history)
 
     def write_checkpoint(self, directory: Path) -> None:
         self.state.write(str(directory / "state"))

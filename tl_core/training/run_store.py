@@ -24,14 +24,15 @@ import tensorflow as tf
 
 from tl_core import storage
 from tl_core.config import TrainConfig
-from tl_core.run_dir import (CHECKPOINT_DIR, CONFIG_FILE, HISTORY_JSON, HISTORY_PARQUET, METRICS_FILE, RUN_FILES,
-                             SKIPPED_FILES, TENSORBOARD_DIR, TEMPORARY, RunDirectoryError, holds_files)
+from tl_core.run_dir import (CHECKPOINT_DIR, CONFIG_FILE, HISTORY_JSON, HISTORY_PARQUET, METRICS_FILE, MLFLOW_RUN_FILE,
+                             RUN_FILES, SKIPPED_FILES, TENSORBOARD_DIR, TEMPORARY, RunDirectoryError, holds_files)
 from tl_core.training.recorder import LocalCheckpoints
 
 POINTER = f"{CHECKPOINT_DIR}/{LocalCheckpoints.POINTER}"
-# What --resume downloads, with the checkpoint the pointer names (TensorBoard's files: a resumed run appends to them).
-RESUMED_FROM = (CONFIG_FILE, SKIPPED_FILES, HISTORY_JSON, HISTORY_PARQUET, TENSORBOARD_DIR)
-PER_EPOCH = (CHECKPOINT_DIR, HISTORY_JSON, HISTORY_PARQUET, TENSORBOARD_DIR)  # uploaded after every epoch
+# What --resume downloads, with the checkpoint the pointer names (TensorBoard's files: a resumed run appends to them;
+# the MLflow run's id: a resumed run continues it).
+RESUMED_FROM = (CONFIG_FILE, SKIPPED_FILES, HISTORY_JSON, HISTORY_PARQUET, TENSORBOARD_DIR, MLFLOW_RUN_FILE)
+PER_EPOCH = (CHECKPOINT_DIR, HISTORY_JSON, HISTORY_PARQUET, TENSORBOARD_DIR, MLFLOW_RUN_FILE)  # uploaded after every epoch
 
 
 class Mirror:
@@ -77,9 +78,9 @@ class Mirror:
             name = json.loads(pointer.read_text())["directory"]
             shutil.copytree(self.local / CHECKPOINT_DIR / name, snapshot / CHECKPOINT_DIR / name, copy_function=os.link)
             shutil.copy(pointer, snapshot / POINTER)
-        for history in (HISTORY_JSON, HISTORY_PARQUET):
-            if (self.local / history).exists():
-                shutil.copy(self.local / history, snapshot / history)
+        for file in (HISTORY_JSON, HISTORY_PARQUET, MLFLOW_RUN_FILE):
+            if (self.local / file).exists():
+                shutil.copy(self.local / file, snapshot / file)
         if (self.local / TENSORBOARD_DIR).is_dir():
             shutil.copytree(self.local / TENSORBOARD_DIR, snapshot / TENSORBOARD_DIR,
                             ignore=lambda folder, names: [name for name in names if TEMPORARY.match(name)])
@@ -88,7 +89,7 @@ class Mirror:
     def push_epoch(self, root: Path | None = None) -> None:
         """The epoch in root (a snapshot; default the run itself): its checkpoint and TensorBoard files, then the
         pointer to the checkpoint, then the history; older epochs go. (TensorBoard's files may so hold an epoch past
-        the checkpoint, never one short of it: a resumed run's log handles the first, tensorboard_log.py.)"""
+        the checkpoint, never one short of it: a resumed run's log handles the first, tracking/tensorboard.py.)"""
         root = Path(root or self.local)
         if not (root / HISTORY_JSON).exists():
             return
@@ -102,9 +103,9 @@ class Mirror:
         if name:
             storage.upload(pointer, self.remote(POINTER))
             self.holds_epoch = True
-        for history in (HISTORY_JSON, HISTORY_PARQUET):
-            if (root / history).exists():
-                storage.upload(root / history, self.remote(history))
+        for file in (HISTORY_JSON, HISTORY_PARQUET, MLFLOW_RUN_FILE):
+            if (root / file).exists():
+                storage.upload(root / file, self.remote(file))
         for stale in storage.list_dirs(self.remote(CHECKPOINT_DIR)) if name else ():
             if stale != name:
                 storage.delete(self.remote(f"{CHECKPOINT_DIR}/{stale}"))
@@ -283,7 +284,7 @@ def staged(config: TrainConfig, *, resume: bool, overwrite: bool, trains_here: b
 
 
 # What a Ray Train chief continues of a resumed run (its checkpoint comes from Ray Train).
-RAY_CHIEF_RESUMES = (HISTORY_JSON, HISTORY_PARQUET, TENSORBOARD_DIR)
+RAY_CHIEF_RESUMES = (HISTORY_JSON, HISTORY_PARQUET, TENSORBOARD_DIR, MLFLOW_RUN_FILE)
 
 
 @contextlib.contextmanager

@@ -32,6 +32,8 @@ from tl_core.model.classifier import build_classifier, feature_dim
 from tl_core.progress import labelled_batch_size, track
 from tl_core.run_dir import (CLASS_NAMES_FILE, CONFUSION_PLOT, FEATURES_DIR, FED_BATCH_PLOT, HISTORY_JSON, HISTORY_PLOT,
                              METRICS_FILE, MODEL_DIR, SHARDS_DIR)
+from tl_core.tracking import Tracker, Trackers, data_fingerprint
+from tl_core.tracking.tensorboard import VALIDATION, TensorBoard
 from tl_core.serving.export import export_classifier, export_tflite, tflite_logits
 from tl_core.training.distribute import Worker, make_strategy
 from tl_core.training.epoch_progress import EpochProgress
@@ -39,7 +41,6 @@ from tl_core.training.feature_cache import PrecomputedFeatures, cache_feature_ba
 from tl_core.training.models import HEAD, Models, phase_of
 from tl_core.training.recorder import EpochRecorder, LocalCheckpoints, Validation, backbone_feature_batches
 from tl_core.training.step import as_fed
-from tl_core.training.tensorboard_log import VALIDATION, TensorBoardLog, config_markdown
 
 def check_backbone(config: TrainConfig, num_classes: int) -> None:
     """Load the backbone and build the classifier at config.image_size: BackboneError if either fails."""
@@ -126,7 +127,8 @@ class SafePoint(tf.keras.callbacks.Callback):
 
 @interrupts.at_safe_points()  # a stop raised inside TensorFlow's own code could be lost, or crash the process
 def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker = Worker(), checkpoints=None,
-          callbacks=(), strategy: tf.distribute.Strategy | None = None, features: PrecomputedFeatures | None = None) -> dict:
+          callbacks=(), strategy: tf.distribute.Strategy | None = None, features: PrecomputedFeatures | None = None,
+          trackers: list[Tracker] | None = None, tags: dict | None = None) -> dict:
     """Train on config's data and write every artifact into config.output_dir; the final validation metrics.
 
     `sources`: the data as job.run checked it (listed here when not given). The same function runs
@@ -136,6 +138,8 @@ def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker
     it holds one. `strategy` defaults to the one this process's devices and TF_CONFIG call for
     (distribute.make_strategy); `callbacks` are extra Keras callbacks for fit(). `features`: the backbone's
     features of these sources, computed already (jobs.tune; one worker): the backbone then does not run again.
+    `trackers` record the run (tl_core/tracking; default: TensorBoard's files), opened on the chief with `tags` (what the
+    caller knows of the run, e.g. a Ray job's submission id) and what train() knows (data, backbone, versions).
     """
     strategy = strategy or make_strategy()  # before any other TF op
     check_backbone_options(config.backbone, fine_tune_epochs=config.fine_tune_epochs,
@@ -153,37 +157,44 @@ def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker
                     steps_per_epoch=math.ceil(len(data.shard) / config.batch_size))
     checkpoints = checkpoints or LocalCheckpoints(run_dir)
     history = restore(models, checkpoints, config, log)
-    board = open_board(config, data.shard, len(history)) if worker.is_chief else None  # TensorBoard
-    validation, features, feature_seconds = backbone_passes(config, models, data, worker, len(history), log, features)
-    images_per_epoch = len(data.shard) * worker.world_size
-    recorder = EpochRecorder(history=history, validation=validation, state=models.state, checkpoints=checkpoints,
-                             worker=worker, run_dir=run_dir, images_per_epoch=images_per_epoch,
-                             total_epochs=config.epochs + config.fine_tune_epochs, log=log, board=board)
-    progress = [EpochProgress(images_per_epoch=images_per_epoch, global_batch=config.batch_size * worker.world_size,
-                              epochs=config.epochs, fine_tune_epochs=config.fine_tune_epochs)] if worker.is_chief else []
-    for epoch in range(len(history), config.epochs + config.fine_tune_epochs):
+    trackers = open_trackers(config, data, handle, trackers, tags, len(history)) if worker.is_chief else Trackers()
+    with trackers.recording():  # each tracker is told how the run ended: finished, failed or killed
+        validation, features, feature_seconds = backbone_passes(config, models, data, worker, len(history), log, features)
+        images_per_epoch = len(data.shard) * worker.world_size
+        recorder = EpochRecorder(history=history, validation=validation, state=models.state, checkpoints=checkpoints,
+                                 worker=worker, run_dir=run_dir, images_per_epoch=images_per_epoch,
+                                 total_epochs=config.epochs + config.fine_tune_epochs, log=log, trackers=trackers)
+        progress = [EpochProgress(images_per_epoch=images_per_epoch, global_batch=config.batch_size * worker.world_size,
+                                  epochs=config.epochs, fine_tune_epochs=config.fine_tune_epochs)] if worker.is_chief else []
+        for epoch in range(len(history), config.epochs + config.fine_tune_epochs):
+            interrupts.check()
+            recorder.phase = phase_of(config, epoch)  # the head's epochs, then fine-tuning's
+            models.trainer(recorder.phase).fit(epoch_dataset(config, data.shard, features, recorder.phase, epoch),
+                                               initial_epoch=epoch, epochs=epoch + 1, verbose=0,
+                                               callbacks=[*progress, recorder, *callbacks, SafePoint()])
         interrupts.check()
-        recorder.phase = phase_of(config, epoch)  # the head's epochs, then fine-tuning's
-        models.trainer(recorder.phase).fit(epoch_dataset(config, data.shard, features, recorder.phase, epoch),
-                                           initial_epoch=epoch, epochs=epoch + 1, verbose=0,
-                                           callbacks=[*progress, recorder, *callbacks, SafePoint()])
-    interrupts.check()
 
-    run = {"backbone_handle": handle, **data.summary(worker), "global_batch_size": config.batch_size * worker.world_size,
-           "cached_features": config.uses_feature_cache, "features_on_disk": on_disk(features),
-           "feature_seconds": feature_seconds, "validation_images_per_worker": validation.images_per_worker}
-    return write_outputs(config, models.classifier, validation, history, run, worker, started, board)
+        run = {"backbone_handle": handle, **data.summary(worker), "global_batch_size": config.batch_size * worker.world_size,
+               "cached_features": config.uses_feature_cache, "features_on_disk": on_disk(features),
+               "feature_seconds": feature_seconds, "validation_images_per_worker": validation.images_per_worker}
+        metrics = write_outputs(config, models.classifier, validation, history, run, worker, started, trackers)
+        trackers.log_results(metrics)
+        return metrics
 
 
-def open_board(config: TrainConfig, shard, completed: int) -> TensorBoardLog:
-    """The chief's TensorBoard log and its one-off items: the configuration, the first batch as the model receives it."""
+def open_trackers(config: TrainConfig, data: "RunData", handle: str, trackers: list[Tracker] | None, tags: dict | None,
+                  completed: int) -> Trackers:
+    """The chief's trackers (default: TensorBoard's), opened, with the first batch as the model receives it."""
     run_dir = Path(config.output_dir)
-    board = TensorBoardLog(run_dir, completed)
-    board.text_once("config", config_markdown(config.describe()))
+    opened = Trackers([TensorBoard()] if trackers is None else trackers)
+    tags = {"data_dir": str(data.sources.data_dir), "data_fingerprint": data_fingerprint(data.train, data.validation),
+            "backbone_handle": handle, **{f"version.{name}": version for name, version in _versions().items()},
+            **(tags or {})}
+    opened.open(run_dir, config, tags, completed)
     if not (run_dir / FED_BATCH_PLOT).exists():
-        write_fed_batch(config, shard, run_dir / FED_BATCH_PLOT)
-    board.image_once("augmented_batch", run_dir / FED_BATCH_PLOT, step=0)
-    return board
+        write_fed_batch(config, data.shard, run_dir / FED_BATCH_PLOT)
+    opened.log_image("augmented_batch", run_dir / FED_BATCH_PLOT, step=0, split="train")
+    return opened
 
 
 def write_fed_batch(config: TrainConfig, shard, path: Path, limit: int = 32) -> None:
@@ -278,7 +289,7 @@ def cached_training_features(config: TrainConfig, models: Models, shard, worker:
 
 
 def write_outputs(config: TrainConfig, classifier, validation: Validation, history: list, run: dict, worker: Worker,
-                  started: float, board: TensorBoardLog | None) -> dict:
+                  started: float, trackers: Trackers) -> dict:
     """The final metrics, the exported model (and TFLite), plots and JSON files; the metrics."""
     run_dir, class_names = Path(config.output_dir), validation.source.class_names
     final_logits = validation.logits(phase_of(config, len(history)))
@@ -296,6 +307,6 @@ def write_outputs(config: TrainConfig, classifier, validation: Validation, histo
         artifacts.write_json(run_dir / CLASS_NAMES_FILE, class_names)
         artifacts.plot_history(history, run_dir / HISTORY_PLOT)
         artifacts.plot_confusion_matrix(metrics["confusion_matrix"], class_names, run_dir / CONFUSION_PLOT)
-        board.image_once("confusion_matrix", run_dir / CONFUSION_PLOT, step=len(history), split=VALIDATION)
+        trackers.log_image("confusion_matrix", run_dir / CONFUSION_PLOT, step=len(history), split=VALIDATION)
         artifacts.write_json(run_dir / METRICS_FILE, metrics)
     return metrics

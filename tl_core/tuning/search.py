@@ -26,7 +26,7 @@ from pathlib import Path
 
 from tl_core import artifacts, interrupts, progress, storage
 from tl_core.config import TrainConfig, option
-from tl_core.run_dir import CONFIG_FILE, METRICS_FILE, RunDirectoryError, holds_files, remove_temporaries
+from tl_core.run_dir import CONFIG_FILE, METRICS_FILE, MLFLOW_RUN_FILE, RunDirectoryError, holds_files, remove_temporaries
 from tl_core.tuning import features as tuning_features
 from tl_core.tuning.report import FAILED, STOPPED, best_trial, plot_trials, trial_number, trial_rows
 from tl_core.tuning.space import DEFAULT_SPACE, SEARCHABLE, check_space, max_epochs, read_space, to_tune
@@ -43,7 +43,7 @@ BEST_CONFIG = "best_config.json"
 FINAL_RUN = "final"
 SUMMARY_FILE = "summary.json"
 SEARCH_FILES = (SEARCH_FILE, FEATURES_DIR, TUNING_SPLIT_FILE, RAY_TUNE_DIR, TRIALS_FILE, TRIALS_PLOT, BEST_CONFIG, FINAL_RUN,
-                SUMMARY_FILE)
+                SUMMARY_FILE, MLFLOW_RUN_FILE)
 
 
 @dataclasses.dataclass
@@ -206,19 +206,33 @@ def write_tuning_split(path: Path, source, fold_of_row) -> None:
 
 
 def search(config: TrainConfig, settings: TuneSettings, *, resume: bool = False, overwrite: bool = False,
-           log=print) -> dict:
-    """Run (or continue) a search into config.output_dir (a path or a URI); the summary (also in summary.json)."""
+           tracking=None, log=print) -> dict:
+    """Run (or continue) a search into config.output_dir (a path or a URI); the summary (also in summary.json).
+    tracking: the search in MLflow (tracking/mlflow_search.MlflowSearch: a parent run, trials and the final run its
+    children); None: no MLflow."""
     from tl_core import ray_session
+    from tl_core.tracking import Trackers
 
     started, location = time.perf_counter(), config.output_dir
     ray_session.check()  # before anything is written: ray.init() would wait without end where no Ray answers
+    if tracking:
+        tracking.check()
     prepare_search_dir(location, overwrite=overwrite, resume=resume)
     with search_files(location, resume=resume) as (directory, publish):
-        return _search(config, settings, location, directory, publish, started=started, resume=resume, log=log)
+        try:
+            summary = _search(config, settings, location, directory, publish, started=started, resume=resume,
+                              tracking=tracking, log=log)
+        except BaseException as error:
+            if tracking:
+                tracking.safely("the search's status", tracking.close, Trackers.status_of(error))
+            raise
+        if tracking:
+            tracking.safely("the search's results", tracking.close, "FINISHED", directory, summary)
+        return summary
 
 
 def _search(config: TrainConfig, settings: TuneSettings, location, directory: Path, publish, *, started: float,
-            resume: bool, log) -> dict:
+            resume: bool, tracking, log) -> dict:
     """search()'s work: the search's own files in directory (published to location), the rest at location."""
     from tl_core import ray_session
     from tl_core.training import job
@@ -234,6 +248,9 @@ def _search(config: TrainConfig, settings: TuneSettings, location, directory: Pa
     if not resume:  # from here on, --resume continues the search
         artifacts.write_json(directory / SEARCH_FILE, {"config": config.to_dict(), "settings": dataclasses.asdict(settings),
                                                        "space": space})
+        publish()
+    if tracking:  # the parent run, created or (its id in the search's files) continued
+        tracking.safely("the search's run", tracking.open, directory, config, dataclasses.asdict(settings), space)
         publish()
     if not progress.is_quiet():
         log(f"Search directory {storage.display(location)}\nBase configuration:\n{config.describe()}\n"
@@ -264,6 +281,8 @@ def _search(config: TrainConfig, settings: TuneSettings, location, directory: Pa
     searched_at = time.perf_counter()
     rows = trial_rows(results, dataclasses.asdict(config))
     artifacts.write_parquet(directory / TRIALS_FILE, rows)
+    if tracking:
+        tracking.safely("the trials", tracking.log_trials, rows, [key for key in SEARCHABLE if key in space])
     best = best_trial(rows)
     plot_trials(rows, best, directory / TRIALS_PLOT)
     best_config = dataclasses.replace(config, output_dir=None, **{key: best[key] for key in SEARCHABLE})
@@ -275,7 +294,7 @@ def _search(config: TrainConfig, settings: TuneSettings, location, directory: Pa
         f"written to {storage.join(location, BEST_CONFIG)}", flush=True)
 
     metrics = final_run(dataclasses.replace(best_config, output_dir=storage.join(location, FINAL_RUN)), (checked, skipped),
-                        features, log)
+                        features, log, trackers=tracking.final_run_trackers() if tracking else None)
     finished = time.perf_counter()
     summary = {"trials": len(rows), "stopped_early": stopped, "failed": sum(row["status"] == FAILED for row in rows),
                "folds": folds, "best_trial": best["trial"], "best_tuning_accuracy": best[TUNING_ACCURACY],
@@ -289,9 +308,9 @@ def _search(config: TrainConfig, settings: TuneSettings, location, directory: Pa
     return summary
 
 
-def final_run(config: TrainConfig, checked, features, log) -> dict:
+def final_run(config: TrainConfig, checked, features, log, trackers=None) -> dict:
     """The best configuration trained once on all training images, reusing the search's features (locally); a
-    final run that was interrupted resumes from its checkpoint."""
+    final run that was interrupted resumes from its checkpoint. trackers: what records it (job.run's)."""
     from tl_core.training import job
 
     run_dir = config.output_dir  # a path or a URI
@@ -299,4 +318,5 @@ def final_run(config: TrainConfig, checked, features, log) -> dict:
         return json.loads(storage.read_bytes(storage.join(run_dir, METRICS_FILE)))
     resume = storage.exists(storage.join(run_dir, CONFIG_FILE))
     log(f"Training the best configuration on all training images into {storage.display(run_dir)}", flush=True)
-    return job.run(config, resume=resume, checked=checked, features=None if config.uses_ray else features, log=log)
+    return job.run(config, resume=resume, checked=checked, features=None if config.uses_ray else features,
+                   trackers=trackers, log=log)

@@ -12,6 +12,8 @@ TensorFlow's own restart marker, a SessionLog.START event, at the first epoch it
 restart TensorBoard drops what the files hold from that step on. That matters when they hold epochs
 past the checkpoint the run continues from (a checkpoint lost on Ray): those epochs are trained and
 logged again, and TensorBoard shows each step once.
+
+The tracker (tl_core/tracking/__init__.py) every run has: TensorBoard(); opened on the chief.
 """
 import time
 from pathlib import Path
@@ -19,6 +21,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from tl_core.run_dir import TENSORBOARD_DIR
+from tl_core.tracking import Tracker
 from tl_core.training.models import FINE_TUNE, HEAD
 
 TRAIN, VALIDATION = "train", "validation"
@@ -62,8 +65,8 @@ def wait_for_a_later_second(directory: Path) -> None:
         time.sleep(0.05)
 
 
-class TensorBoardLog:
-    def __init__(self, run_dir: str | Path, completed_epochs: int):
+class TensorBoard(Tracker):
+    def open(self, run_dir: str | Path, config, tags: dict, completed_epochs: int) -> None:
         """completed_epochs: the epochs of the checkpoint the run continues from (0 for a new run)."""
         self.directory = Path(run_dir) / TENSORBOARD_DIR
         self.logged = {name: logged_steps(self.directory / name) for name in (TRAIN, VALIDATION)}
@@ -74,6 +77,8 @@ class TensorBoardLog:
             wait_for_a_later_second(self.directory / name)
         self.writers = {name: tf.summary.create_file_writer(str(self.directory / name)) for name in (TRAIN, VALIDATION)}
         self.restart_at(self.logged_epochs + 1)
+        if config is not None:
+            self.text_once("config", config_markdown(config.describe()))
 
     def restart_at(self, step: int) -> None:
         """Mark that the run (re)starts at `step`: TensorBoard drops what the files hold from there on (the
@@ -85,7 +90,7 @@ class TensorBoardLog:
             self.logged[name] = {tag: last for tag, last in self.logged[name].items() if last < step}
         self.flush()
 
-    def write_epochs(self, history: list[dict]) -> None:
+    def log_epochs(self, history: list[dict]) -> None:
         """The scalars of every epoch of history not yet in the files."""
         for row in history[self.logged_epochs:]:
             with self.writers[TRAIN].as_default(step=row["epoch"]):
@@ -105,7 +110,7 @@ class TensorBoardLog:
             self.logged[TRAIN][tag] = 0
             self.flush()
 
-    def image_once(self, tag: str, png: Path, *, step: int, split: str = TRAIN) -> None:
+    def log_image(self, tag: str, png: Path, *, step: int, split: str = TRAIN) -> None:
         """A PNG file as an image summary, unless the files already hold this tag at this step or later."""
         if self.logged[split].get(tag, -1) < step:
             image = tf.io.decode_png(Path(png).read_bytes(), channels=3)
@@ -117,6 +122,10 @@ class TensorBoardLog:
     def flush(self) -> None:
         for writer in self.writers.values():
             writer.flush()
+
+    def close(self, status: str) -> None:
+        for writer in self.writers.values():
+            writer.close()
 
 
 def config_markdown(described: str) -> str:
