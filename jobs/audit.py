@@ -1,0 +1,60 @@
+"""Audit a dataset before trusting a score: `python -m jobs.audit --help`.
+
+  python -m jobs.audit --data-dir /data/pets --output-dir runs/audit-pets
+
+Takes the data as jobs.train does (train/ and validation/ class folders or Parquet shards, or class folders split by
+--validation-split and --seed; the built-in sample by default; any storage the job reads) and writes into
+--output-dir: audit.json (counts, thresholds, what was checked), findings.parquet (one row per finding: kind, paths,
+splits, classes, score) and exact_duplicates.png (duplicate groups side by side, with their paths). Checks: exact
+duplicates (SHA-256 of the bytes) across splits (leakage), under conflicting labels and within a class; class balance.
+"""
+import argparse
+import datetime
+import sys
+
+import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from tl_core.config import TrainConfig
+
+from jobs.cli import add_quiet_argument, run_command
+from jobs.train import add_field_arguments, given_fields
+
+DATA_FIELDS = ("data_dir", "validation_split", "seed", "cache_dir")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m jobs.audit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_field_arguments(parser, TrainConfig, only=DATA_FIELDS)
+    parser.add_argument("--output-dir", help="where the audit goes (default runs/audit-<UTC timestamp>)")
+    parser.add_argument("--class-floor", type=float, default=0.1,
+                        help="flag a class with fewer images than this share of its split's largest class (default 0.1)")
+    add_quiet_argument(parser)
+    args = parser.parse_args(argv)
+    if not 0 < args.class_floor < 1:
+        parser.error(f"--class-floor must be between 0 and 1, got {args.class_floor}")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+    output = args.output_dir or f"runs/audit-{stamp}"
+
+    def body() -> None:
+        from tl_core import storage
+        from tl_core.audit import AuditSettings, audit, summary
+        from tl_core.data.sources import load_splits
+        from tl_core.model.assets import cache_dir
+
+        output_dir = storage.local_path(output, "--output-dir")
+        config = TrainConfig(**given_fields(args, TrainConfig))
+        train, validation, data_dir = load_splits(config, cache_dir(config.cache_dir), check_batch=False)
+        report = audit({"train": train, "validation": validation}, data_dir, output_dir,
+                       AuditSettings(class_floor=args.class_floor))
+        print(summary(report, output_dir))
+
+    return run_command(body, quiet=args.quiet)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
