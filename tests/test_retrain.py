@@ -245,3 +245,21 @@ def test_sigterm_stops_a_retrain_and_the_next_one_continues_it(data, tiny_backbo
     assert resumed.returncode == 0, resumed.stderr
     assert "Recovering run" in resumed.stdout and "Resumed from" in resumed.stdout
     assert Registry(root).champion() is not None
+
+
+def test_the_ledger_records_leakage_and_audit_strict_refuses_to_promote_on_it(data, tiny_backbone, tmp_path):
+    import shutil
+
+    config = config_for(data, tiny_backbone)
+    clean = retrain(config, tmp_path / "clean", log=quiet)
+    assert (clean["validation_images_in_train"], clean["exact_duplicate_groups"]) == (0, 0)
+    shutil.copy(data / "validation" / "red" / "red_001.png", data / "train" / "red" / "leaked.png")
+    lines = []
+    recorded = retrain(config, tmp_path / "recorded", log=lambda *args, **kwargs: lines.append(" ".join(map(str, args))))
+    assert recorded["action"] == "promoted" and recorded["validation_images_in_train"] == 1
+    assert recorded["exact_duplicate_groups"] == 1
+    assert "Audit: 1 validation image(s) also in train/ (leakage), 1 group(s) of exact copies in all" in lines
+    assert Registry(tmp_path / "recorded").records()[-1]["validation_images_in_train"] == 1
+    strict = retrain(config, tmp_path / "strict", audit="strict", log=quiet)
+    assert strict["action"] == "rejected" and "--audit strict" in strict["reason"] and "1 validation image" in strict["reason"]
+    assert Registry(tmp_path / "strict").champion() is None

@@ -41,6 +41,15 @@ def class_balance(sources: dict, floor: float) -> tuple[dict, list[dict]]:
     return balance, findings
 
 
+def leakage(sources: dict, known: dict | None = None) -> dict:
+    """What a retrain records of its data (exact duplicates only): the validation images also in train/ and the
+    exact-duplicate groups by kind. known: path -> SHA-256 of files hashed already (the retrain's manifest)."""
+    exact = exact_duplicates([pair for split, source in sources.items() for pair in hashed_examples(source, split, known)])
+    return {"validation_images_in_train": sum(split == "validation" for finding in exact if finding["kind"] == LEAKAGE
+                                              for split in finding["splits"]),
+            "exact_duplicate_groups": len(exact)}
+
+
 def audit(sources: dict, data_dir: str, output_dir: Path, settings: AuditSettings = AuditSettings(), log=print) -> dict:
     """Audit the splits of `sources` ({"train": source, "validation": source}); write the outputs; the audit.json
     dict."""

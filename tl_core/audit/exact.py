@@ -25,13 +25,16 @@ class Example:
     class_name: str
 
 
-def hashed_examples(source, split: str) -> list[tuple[str, Example]]:
+def hashed_examples(source, split: str, known: dict | None = None) -> list[tuple[str, Example]]:
     """(SHA-256 of its encoded bytes, example) of every image of a source: class folders (files read in threads: on
-    object storage each is a request away) or Parquet shards (the image column, row group by row group)."""
+    object storage each is a request away; a file in `known`, path -> SHA-256, is not read) or Parquet shards (the image
+    column, row group by row group)."""
     description = f"Hashing {split} images"
     if hasattr(source, "paths"):
+        known = known or {}
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            digests = list(track(pool.map(file_sha256, source.paths), len(source), description, unit="files"))
+            digests = list(track(pool.map(lambda path: known.get(path) or file_sha256(path), source.paths), len(source),
+                                 description, unit="files"))
         return [(digest, Example(split, path, source.class_names[label]))
                 for digest, path, label in zip(digests, source.paths, source.labels)]
     hashed = []

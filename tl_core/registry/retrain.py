@@ -39,8 +39,11 @@ def decide(challenger: dict, champion: dict | None, min_improvement: float) -> t
 
 
 def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: float = 0.01, keep: int = 5,
-            force: bool = False, trackers=None, mirror=None, log=print) -> dict:
+            force: bool = False, audit: str = "record", trackers=None, mirror=None, log=print) -> dict:
     """One scheduled retrain under the registry's lock; returns the ledger record it appended.
+
+    audit: "record" (the validation images also in train/ and the exact-duplicate groups go into the ledger) or
+    "strict" (and a challenger validated on images it trained on is never promoted).
 
     trackers: what records the challenger's run (job.run's). mirror: MLflow's registry
     (tracking/mlflow_registry.MlflowRegistry), told each decision after the ledger; None: no MLflow."""
@@ -79,6 +82,7 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: f
         run_dir = registry.model_dir(run_id)  # on object storage, job.run stages and uploads it (training/run_store.py)
         run_config = dataclasses.replace(config, output_dir=run_dir)
         checked, skipped = job.check(run_config, log)  # once: for training and for the evaluation below
+        audited = audit_data(checked.sources(skipped), data_dir, manifest, log)
         job.run(run_config, resume=resume, checked=(checked, skipped), trackers=trackers, log=log)
         write_manifest(manifest, registry.manifest(run_id))
 
@@ -98,6 +102,11 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: f
             promote, reason = True, "promoted before the run was interrupted; recorded on recovery"
         elif champion_id and champion is None:  # a champion that cannot classify this data is no benchmark
             promote, reason = True, f"the classes changed (champion {champion_classes}, data {validation.class_names})"
+        if audit == "strict" and audited["validation_images_in_train"] and champion_id != run_id:
+            promote, reason = False, (f"not promoted (--audit strict): {audited['validation_images_in_train']} validation "
+                                      f"image(s) are also in train/, so the score counts images the model trained on "
+                                      f"(`python -m jobs.audit --data-dir {storage.display(data_dir)}` lists them); "
+                                      f"{reason}")
         if promote:
             registry.promote(run_id)
         record = {**base, "run_id": run_id, "action": "promoted" if promote else "rejected", "reason": reason,
@@ -106,7 +115,7 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: f
                   "validation_images": len(validation),
                   "challenger_accuracy": challenger["accuracy"], "challenger_loss": challenger["loss"],
                   "champion_accuracy": champion and champion["accuracy"], "champion_loss": champion and champion["loss"],
-                  "champion_after": registry.champion(), "finished_at": utc_now()}
+                  "champion_after": registry.champion(), "finished_at": utc_now(), **audited}
         registry.append(record)
         if mirror:
             mirror.record(registry, record)
@@ -115,6 +124,18 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: f
         log(f"{record['action'].capitalize()}: {reason}. Champion: {registry.champion()}"
             f"{f'; pruned {len(removed)} old model(s)' if removed else ''}")
         return record
+
+
+def audit_data(sources, data_dir, manifest, log) -> dict:
+    """The ledger's audit of the challenger's data: exact copies, from the manifest's hashes (no file read twice)."""
+    from tl_core.audit import leakage
+
+    known = {storage.join(data_dir, *path.split("/")): sha for path, sha in
+             zip(manifest.column("path").to_pylist(), manifest.column("sha256").to_pylist())}
+    audited = leakage({"train": sources.train, "validation": sources.validation}, known)
+    log(f"Audit: {audited['validation_images_in_train']} validation image(s) also in train/ (leakage), "
+        f"{audited['exact_duplicate_groups']} group(s) of exact copies in all", flush=True)
+    return audited
 
 
 def _start_or_recover(registry: Registry, config: TrainConfig, data_fingerprint: str, log) -> tuple[str, bool]:

@@ -43,6 +43,9 @@ LEDGER_SCHEMA = pa.schema([
     ("min_improvement", pa.float64()),
     ("champion_after", pa.string()),
     ("config_json", pa.string()),
+    # The data audit of the challenger's data (tl_core/audit): exact copies only; null in rows written before it.
+    ("validation_images_in_train", pa.int64()),
+    ("exact_duplicate_groups", pa.int64()),
 ])
 TRAINED = ("promoted", "rejected")
 
