@@ -18,8 +18,8 @@ from pathlib import Path
 
 from tl_core import artifacts
 from tl_core.tracking import FAILED, FINISHED, KILLED
-from tl_core.tracking.mlflow_run import (RUN_FILE, MLflow, check_server, client, config_params, experiment_named, first_line,
-                                         log_in_batches)
+from tl_core.tracking.mlflow_run import (METRICS_PER_REQUEST, RUN_FILE, MLflow, check_server, client, config_params,
+                                         experiment_named, first_line, log_in_batches)
 
 TRIAL_STATUS = {"completed": FINISHED, "stopped early": KILLED, "failed": FAILED}  # tuning/report.py's statuses
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under its parent
@@ -28,14 +28,14 @@ PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under its 
 class MlflowSearch:
     def __init__(self, uri: str, experiment: str, tags: dict | None = None, log=print):
         self.uri, self.experiment, self.tags, self.log = uri, experiment, dict(tags or {}), log
-        self.run_id = None
+        self.run_id, self.gone = None, False  # gone: a request failed, nothing more is sent
 
     def check(self) -> None:
         check_server(self.uri)
 
     def safely(self, what: str, request, *args, **kwargs) -> None:
         """A request of the search's; after a failure, one warning, and none of the search's requests are sent."""
-        if getattr(self, "gone", False):
+        if self.gone:
             return
         try:
             request(*args, **kwargs)
@@ -81,20 +81,21 @@ class MlflowSearch:
                        enumerate(row["accuracy_per_epoch"], start=1)]
             metrics += [Metric(name, float(row[name]), now, row["epochs_run"]) for name in ("tuning_score", "tuning_loss")
                         if row[name] is not None]
-            self.client.log_batch(run_id, metrics=metrics[:1000],
-                                  params=[Param(name, str(row[name])) for name in searched])
+            self.client.log_batch(run_id, params=[Param(name, str(row[name])) for name in searched])
+            for first in range(0, len(metrics), METRICS_PER_REQUEST):
+                self.client.log_batch(run_id, metrics=metrics[first:first + METRICS_PER_REQUEST])
             self.client.set_terminated(run_id, TRIAL_STATUS.get(row["status"], FAILED))
 
     def final_run_trackers(self) -> list:
         """The trackers of the search's final run: TensorBoard's files, and MLflow, a child of the search's run."""
         from tl_core.tracking.tensorboard import TensorBoard
 
-        if self.run_id is None or getattr(self, "gone", False):
+        if self.run_id is None or self.gone:
             return [TensorBoard()]
         return [TensorBoard(), MLflow(self.uri, self.experiment, tags={**self.tags, PARENT_TAG: self.run_id}, log=self.log)]
 
     def close(self, status: str, directory: Path | None = None, summary: dict | None = None) -> None:
-        if self.run_id is None or getattr(self, "gone", False):
+        if self.run_id is None or self.gone:
             return
         if summary:
             from mlflow.entities import Metric
