@@ -6,7 +6,6 @@ directory: audit.json (the counts, the thresholds used, what was checked), findi
 and exact_duplicates.png (each group's first copies side by side, with their paths).
 """
 import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +121,3 @@ def summary(report: dict, output_dir: Path) -> str:
     lines += [f"  {name}: {output_dir / file}" for name, file in
               (("summary", AUDIT_FILE), ("findings", FINDINGS_FILE), ("exact duplicates, side by side", EXACT_SHEET))]
     return "\n".join(lines)
-
-
-def read_report(output_dir) -> dict:
-    return json.loads((Path(output_dir) / AUDIT_FILE).read_text())

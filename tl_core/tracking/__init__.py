@@ -48,10 +48,6 @@ class Trackers(Tracker):
     def __init__(self, trackers=()):
         self.trackers = list(trackers)
 
-    def check(self):
-        for tracker in self.trackers:
-            tracker.check()
-
     def open(self, run_dir, config, tags, completed_epochs):
         for tracker in self.trackers:
             tracker.open(run_dir, config, tags, completed_epochs)
