@@ -5,20 +5,24 @@
 Takes the data as jobs.train does (train/ and validation/ class folders or Parquet shards, or class folders split by
 --validation-split and --seed; the built-in sample by default; any storage the job reads) and writes into
 --output-dir: audit.json (counts, thresholds, what was checked), findings.parquet (one row per finding: kind, paths,
-splits, classes, score) and exact_duplicates.png (duplicate groups side by side, with their paths). Checks: exact
-duplicates (SHA-256 of the bytes) across splits (leakage), under conflicting labels and within a class; class balance.
+splits, classes, score, suggested class) and contact sheets (exact_duplicates.png, near_duplicates.png,
+label_issues.png: each finding's images side by side, with their paths). Checks: exact duplicates (SHA-256 of the
+bytes) across splits (leakage), under conflicting labels and within a class; near duplicates (the frozen backbone's
+features, run once over every image: a resized or re-encoded copy); likely label errors (cleanlab's confident
+learning on out-of-fold probabilities of the run's head); class balance. --exact-only skips the backbone.
 """
 import argparse
 import datetime
 import sys
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
+from tl_core.audit import AuditSettings
 from tl_core.config import TrainConfig
 
 from jobs.cli import add_quiet_argument, run_command
 from jobs.train import add_field_arguments, given_fields
 
-DATA_FIELDS = ("data_dir", "validation_split", "seed", "cache_dir")
+DATA_FIELDS = ("data_dir", "validation_split", "seed", "cache_dir", "backbone", "image_size", "batch_size")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -28,10 +32,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output-dir", help="where the audit goes (default runs/audit-<UTC timestamp>)")
     parser.add_argument("--class-floor", type=float, default=0.1,
                         help="flag a class with fewer images than this share of its split's largest class (default 0.1)")
+    parser.add_argument("--near-threshold", type=float, default=AuditSettings.near_threshold,
+                        help="cosine similarity of two images' backbone features from which they are near duplicates "
+                             f"(default {AuditSettings.near_threshold}, chosen on planted copies: docs/audit.md)")
+    parser.add_argument("--exact-only", action="store_true",
+                        help="exact duplicates and class balance only: no backbone pass, no near duplicates or label check")
     add_quiet_argument(parser)
     args = parser.parse_args(argv)
     if not 0 < args.class_floor < 1:
         parser.error(f"--class-floor must be between 0 and 1, got {args.class_floor}")
+    if not 0 < args.near_threshold <= 1:
+        parser.error(f"--near-threshold must be in (0, 1], got {args.near_threshold}")
     return args
 
 
@@ -42,15 +53,18 @@ def main(argv=None) -> int:
 
     def body() -> None:
         from tl_core import storage
-        from tl_core.audit import AuditSettings, audit, summary
+        from tl_core.audit import audit, backbone_features, summary
         from tl_core.data.sources import load_splits
         from tl_core.model.assets import cache_dir
 
         output_dir = storage.local_path(output, "--output-dir")
         config = TrainConfig(**given_fields(args, TrainConfig))
         train, validation, data_dir = load_splits(config, cache_dir(config.cache_dir), check_batch=False)
-        report = audit({"train": train, "validation": validation}, data_dir, output_dir,
-                       AuditSettings(class_floor=args.class_floor))
+        sources = {"train": train, "validation": validation}
+        features = None if args.exact_only else backbone_features(config, sources)
+        report = audit(sources, data_dir, output_dir,
+                       AuditSettings(class_floor=args.class_floor, near_threshold=args.near_threshold),
+                       features=features, head=config)
         print(summary(report, output_dir))
 
     return run_command(body, quiet=args.quiet)

@@ -103,7 +103,7 @@ def plot_confusion_matrix(counts, class_names: list[str], path, title: str = "Va
     save_figure(figure, path)
 
 
-def plot_contact_sheet(images: list, titles: list[str], path, title: str, columns: int = 4) -> None:
+def plot_contact_sheet(images: list, titles: list[str], path, title: str, columns: int = 4, empty: str = "no mistakes") -> None:
     """Images in a grid, each with its own title (e.g. the most confidently wrong predictions)."""
     rows = max(1, -(-len(images) // columns))
     figure, axes = plt.subplots(rows, columns, figsize=(3 * columns, 3.3 * rows), squeeze=False)
@@ -113,7 +113,7 @@ def plot_contact_sheet(images: list, titles: list[str], path, title: str, column
         axis.imshow(np.clip(image, 0, 1))
         axis.set_title(caption, fontsize=8)
     if not images:
-        axes.flat[0].text(0.5, 0.5, "no mistakes", ha="center", va="center")
+        axes.flat[0].text(0.5, 0.5, empty, ha="center", va="center")
     figure.suptitle(title)
     save_figure(figure, path)
 

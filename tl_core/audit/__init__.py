@@ -1,9 +1,11 @@
-"""The data audit (`python -m jobs.audit`): what a validation score can be trusted for, checked before trusting it.
+"""The data audit (`python -m jobs.audit`, and every run with cached features): what a validation score can be trusted
+for, checked before trusting it.
 
-Checked: exact duplicates (exact.py: leakage across splits, conflicting labels, redundant copies) and class balance
-(images per class and split, the largest over the smallest class, classes below a floor). Written into the audit's
-directory: audit.json (the counts, the thresholds used, what was checked), findings.parquet (one row per finding)
-and exact_duplicates.png (each group's first copies side by side, with their paths).
+Checked: exact duplicates (exact.py: leakage across splits, conflicting labels, redundant copies), class balance
+(images per class and split, the largest over the smallest class, classes below a floor) and, given the backbone's
+features of every image, near duplicates (near.py) and likely label errors (labels.py). Written into the audit's
+directory (a run's: its run directory): audit.json (the counts, the thresholds used, what was checked),
+findings.parquet (one row per finding) and a contact sheet per kind of finding (sheets.py).
 """
 import dataclasses
 from pathlib import Path
@@ -11,18 +13,24 @@ from pathlib import Path
 import numpy as np
 
 from tl_core import artifacts, storage
-from tl_core.audit.exact import LEAKAGE, exact_duplicates, hashed_examples
+from tl_core.audit.exact import LEAKAGE, example_names, exact_duplicates, hashed_examples
+from tl_core.audit.sheets import draw_exact_groups, draw_label_issues, draw_near_pairs
 
 AUDIT_FILE = "audit.json"
 FINDINGS_FILE = "findings.parquet"
-EXACT_SHEET = "exact_duplicates.png"
+EXACT_SHEET, NEAR_SHEET, LABEL_SHEET = "exact_duplicates.png", "near_duplicates.png", "label_issues.png"
 CLASS_BELOW_FLOOR = "class_below_floor"
 
 
 @dataclasses.dataclass
 class AuditSettings:
     class_floor: float = 0.1  # a class with fewer images than this share of the largest class (in its split) is flagged
-    sheet_groups: int = 12  # duplicate groups drawn in the contact sheet
+    near_threshold: float = 0.95  # cosine similarity of backbone features from which two images are near duplicates
+    neighbours: int = 10  # nearest neighbours searched per image
+    label_folds: int = 5  # out-of-fold probabilities for the label check: k-fold over both splits together
+    label_epochs: int = 10  # epochs of each fold's head
+    sheet_groups: int = 12  # duplicate groups / pairs drawn in each contact sheet
+    sheet_issues: int = 16  # label issues drawn
 
 
 def class_balance(sources: dict, floor: float) -> tuple[dict, list[dict]]:
@@ -40,72 +48,104 @@ def class_balance(sources: dict, floor: float) -> tuple[dict, list[dict]]:
     return balance, findings
 
 
+def leaking_validation_images(exact: list[dict]) -> int:
+    return sum(split == "validation" for finding in exact if finding["kind"] == LEAKAGE for split in finding["splits"])
+
+
 def leakage(sources: dict, known: dict | None = None) -> dict:
     """What a retrain records of its data (exact duplicates only): the validation images also in train/ and the
     exact-duplicate groups by kind. known: path -> SHA-256 of files hashed already (the retrain's manifest)."""
     exact = exact_duplicates([pair for split, source in sources.items() for pair in hashed_examples(source, split, known)])
-    return {"validation_images_in_train": sum(split == "validation" for finding in exact if finding["kind"] == LEAKAGE
-                                              for split in finding["splits"]),
-            "exact_duplicate_groups": len(exact)}
+    return {"validation_images_in_train": leaking_validation_images(exact), "exact_duplicate_groups": len(exact)}
 
 
-def audit(sources: dict, data_dir: str, output_dir: Path, settings: AuditSettings = AuditSettings(), log=print) -> dict:
+def backbone_features(config, sources: dict) -> dict:
+    """{split: [n, dim] features} of every image, in each source's order: the run's frozen backbone run once (config:
+    backbone, image_size, batch_size, cache_dir)."""
+    from tl_core.model.assets import cache_dir
+    from tl_core.model.backbones import resolve_backbone
+    from tl_core.model.classifier import build_classifier
+    from tl_core.training.recorder import backbone_features as features_of
+
+    classifier = build_classifier(resolve_backbone(config.backbone, cache_dir(config.cache_dir)),
+                                  len(next(iter(sources.values())).class_names), config.image_size)
+    return {split: features_of(classifier, source, config.image_size, config.batch_size, f"{split.capitalize()} features")[0]
+            for split, source in sources.items()}
+
+
+def audit(sources: dict, data_dir: str, output_dir: Path, settings: AuditSettings = AuditSettings(), *,
+          features: dict | None = None, head=None, log=print) -> dict:
     """Audit the splits of `sources` ({"train": source, "validation": source}); write the outputs; the audit.json
-    dict."""
+    dict. features ({split: [n, dim] backbone features, in the sources' order}) add near duplicates and likely label
+    errors, the latter found by heads of head's recipe (a TrainConfig)."""
+    from tl_core.audit.labels import LABEL_ISSUE, label_issues, out_of_fold_probabilities
+    from tl_core.audit.near import NEAR_DUPLICATE, NEAR_LEAKAGE, near_duplicates
+
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    hashed = [pair for split, source in sources.items() for pair in hashed_examples(source, split)]
-    exact = exact_duplicates(hashed)
+    digests = {split: hashed_examples(source, split) for split, source in sources.items()}
+    exact = exact_duplicates([pair for hashed in digests.values() for pair in hashed])
     balance, below_floor = class_balance(sources, settings.class_floor)
     findings = [{**finding, "score": None} for finding in exact] + below_floor
+    checked = {"exact_duplicates": "SHA-256 of each image's encoded bytes, across and within splits",
+               "class_balance": f"images per class and split; a class below {settings.class_floor:g} x the largest "
+                                "class of its split is flagged"}
+    counts = {kind: sum(finding["kind"] == kind for finding in exact)
+              for kind in ("leakage", "conflicting_labels", "redundant_copy")}
+    near, issues = [], []
+    if features is not None:
+        names = {split: example_names(source) for split, source in sources.items()}
+
+        def described(finding: dict) -> dict:
+            rows = finding["rows"]
+            return {**finding, "paths": [names[split][row] for split, row in rows], "splits": [split for split, _ in rows],
+                    "classes": [sources[split].class_names[sources[split].labels[row]] for split, row in rows]}
+
+        near = [described(pair) for pair in near_duplicates(
+            features, settings.near_threshold, settings.neighbours,
+            same_bytes=lambda a, b: digests[a[0]][a[1]][0] == digests[b[0]][b[1]][0])]
+        where = [(split, row) for split in sources for row in range(len(sources[split]))]
+        labels = np.concatenate([sources[split].labels for split in sources]).astype(np.int64)
+        class_names = next(iter(sources.values())).class_names
+        probabilities = out_of_fold_probabilities(np.concatenate([features[split] for split in sources]), labels,
+                                                  len(class_names), head, settings.label_folds, settings.label_epochs)
+        issues = [described({"kind": LABEL_ISSUE, "rows": [where[row]], "score": quality,
+                             "suggested_class": class_names[suggested]})
+                  for row, suggested, quality in label_issues(labels, probabilities)]
+        findings += near + issues
+        checked["near_duplicates"] = (f"cosine similarity of the backbone's features >= {settings.near_threshold:g} "
+                                      f"(each image's {settings.neighbours} nearest neighbours searched; byte-identical "
+                                      "pairs are exact duplicates), across splits and within each split")
+        checked["label_issues"] = (f"cleanlab's confident learning on out-of-fold class probabilities: {settings.label_folds}"
+                                   f"-fold over both splits, each fold's head trained {settings.label_epochs} epochs on "
+                                   "the others' features")
     artifacts.write_parquet(output_dir / FINDINGS_FILE, [
         {"kind": finding["kind"], "paths": finding["paths"], "splits": finding["splits"], "classes": finding["classes"],
-         "score": finding["score"], "sha256": finding.get("sha256")} for finding in findings])
-    counts = {kind: sum(finding["kind"] == kind for finding in exact) for kind in ("leakage", "conflicting_labels",
-                                                                                  "redundant_copy")}
-    leaking_validation = sum(split == "validation" for finding in exact if finding["kind"] == LEAKAGE
-                             for split in finding["splits"])
+         "score": finding["score"], "suggested_class": finding.get("suggested_class"), "sha256": finding.get("sha256")}
+        for finding in findings])
+    outputs = {"findings": FINDINGS_FILE, "exact_duplicates_sheet": EXACT_SHEET}
+    if features is not None:
+        outputs.update({"near_duplicates_sheet": NEAR_SHEET, "label_issues_sheet": LABEL_SHEET})
     report = {"data_dir": storage.display(data_dir), "images": {split: len(source) for split, source in sources.items()},
-              "checked": {"exact_duplicates": "SHA-256 of each image's encoded bytes, across and within splits",
-                          "class_balance": f"images per class and split; a class below {settings.class_floor:g} x "
-                                           "the largest class of its split is flagged"},
-              "thresholds": {"class_floor": settings.class_floor},
-              "exact_duplicate_groups": counts, "validation_images_also_in_train": leaking_validation,
+              "checked": checked,
+              "thresholds": {"class_floor": settings.class_floor,
+                             **({"near_similarity": settings.near_threshold} if features is not None else {})},
+              "exact_duplicate_groups": counts, "validation_images_also_in_train": leaking_validation_images(exact),
+              "near_duplicate_pairs": ({kind: sum(pair["kind"] == kind for pair in near)
+                                        for kind in (NEAR_LEAKAGE, NEAR_DUPLICATE)} if features is not None else None),
+              "validation_images_near_train": (len({row for pair in near if pair["kind"] == NEAR_LEAKAGE
+                                                    for split, row in pair["rows"] if split == "validation"})
+                                               if features is not None else None),
+              "label_issues": ({split: sum(issue["splits"][0] == split for issue in issues) for split in sources}
+                               if features is not None else None),
               "class_balance": balance, "classes_below_floor": [(f["splits"][0], f["classes"][0]) for f in below_floor],
-              "outputs": {"findings": FINDINGS_FILE, "exact_duplicates_sheet": EXACT_SHEET}}
+              "outputs": outputs}
     artifacts.write_json(output_dir / AUDIT_FILE, report)
     draw_exact_groups(exact[:settings.sheet_groups], output_dir / EXACT_SHEET, data_dir)
+    if features is not None:
+        draw_near_pairs(near[:settings.sheet_groups], sources, output_dir / NEAR_SHEET, data_dir, settings.near_threshold)
+        draw_label_issues(issues[:settings.sheet_issues], sources, output_dir / LABEL_SHEET, data_dir)
     return report
-
-
-def draw_exact_groups(groups: list[dict], path: Path, data_dir: str) -> None:
-    """The first two copies of each group side by side, captioned with kind, split, class and path (under data_dir)."""
-    import tensorflow as tf
-
-    from tl_core.data.images import decode_and_resize
-
-    images, captions = [], []
-    for group in groups:
-        for index in (0, 1):
-            where = group["paths"][index]
-            encoded = storage.read_bytes(where) if storage.exists(where) else None
-            image = (decode_and_resize(tf.constant(encoded), 128).numpy() / 255.0 if encoded is not None
-                     else np.ones((128, 128, 3)))  # a Parquet row: its path names the source file, not this data
-            images.append(image)
-            captions.append(f"{group['kind']}: {group['splits'][index]}/{group['classes'][index]}\n"
-                            f"{wrap(shown(where, data_dir))}")
-    artifacts.plot_contact_sheet(images, captions, path, columns=4,
-                                 title=f"Exact duplicates: {len(groups)} group(s), first two copies of each side by side")
-
-
-def shown(path: str, data_dir: str) -> str:
-    """A file under the data directory by its path there; anything else as it is."""
-    inside = str(path).startswith(str(data_dir).rstrip("/") + "/")
-    return storage.relative(path, data_dir) if inside else storage.display(path)
-
-
-def wrap(text: str, width: int = 40) -> str:
-    return "\n".join(text[start:start + width] for start in range(0, len(text), width))
 
 
 def summary(report: dict, output_dir: Path) -> str:
@@ -114,10 +154,31 @@ def summary(report: dict, output_dir: Path) -> str:
     lines = [f"Audit of {report['data_dir']} ({', '.join(f'{n} {split}' for split, n in report['images'].items())} images):",
              f"  exact duplicates: {groups['leakage']} group(s) in both train/ and validation/ (leakage: "
              f"{report['validation_images_also_in_train']} validation image(s) also in train/), "
-             f"{groups['conflicting_labels']} under conflicting labels, {groups['redundant_copy']} redundant",
-             "  class balance: " + "; ".join(f"{split} largest/smallest {values['largest_over_smallest']:.2f}"
-                                             for split, values in report["class_balance"].items())
-             + (f"; below the floor: {report['classes_below_floor']}" if report["classes_below_floor"] else "")]
-    lines += [f"  {name}: {output_dir / file}" for name, file in
-              (("summary", AUDIT_FILE), ("findings", FINDINGS_FILE), ("exact duplicates, side by side", EXACT_SHEET))]
+             f"{groups['conflicting_labels']} under conflicting labels, {groups['redundant_copy']} redundant"]
+    if report["near_duplicate_pairs"] is not None:
+        pairs = report["near_duplicate_pairs"]
+        lines += [f"  near duplicates (similarity >= {report['thresholds']['near_similarity']:g}): {pairs['near_leakage']} "
+                  f"pair(s) across train/ and validation/ ({report['validation_images_near_train']} validation image(s) "
+                  f"near a training image), {pairs['near_duplicate']} within a split",
+                  "  likely label errors: " + ", ".join(f"{count} in {split}/" for split, count in report["label_issues"].items())]
+    lines.append("  class balance: " + "; ".join(f"{split} largest/smallest {values['largest_over_smallest']:.2f}"
+                                                for split, values in report["class_balance"].items())
+                 + (f"; below the floor: {report['classes_below_floor']}" if report["classes_below_floor"] else ""))
+    shown = {"summary": AUDIT_FILE, **report["outputs"]}
+    lines += [f"  {name.replace('_', ' ')}: {output_dir / file}" for name, file in shown.items()]
     return "\n".join(lines)
+
+
+def headline(report: dict) -> str:
+    """One line for a run's summary: what would change how its score reads, or that the audit found none of it."""
+    found = []
+    if report["validation_images_also_in_train"]:
+        found.append(f"{report['validation_images_also_in_train']} validation image(s) also in train/ (leakage)")
+    if report.get("validation_images_near_train"):
+        found.append(f"{report['validation_images_near_train']} near a training image")
+    if report.get("label_issues"):
+        found.append(f"{sum(report['label_issues'].values())} likely label error(s)")
+    if report["classes_below_floor"]:
+        found.append(f"{len(report['classes_below_floor'])} class(es) below the balance floor")
+    return "Audit: " + ("; ".join(found) if found else "no leakage, near copies or likely label errors found") + \
+        f": see {AUDIT_FILE}"

@@ -42,9 +42,26 @@ def hashed_examples(source, split: str, known: dict | None = None) -> list[tuple
         table = pq.ParquetFile(storage.parquet_source(source.files[file])).read_row_group(
             group, columns=["image", "label", "path"]).slice(begin, end - begin)
         for row, (image, label, path) in enumerate(zip(*(table.column(name).to_pylist() for name in ("image", "label", "path")))):
-            where = f"{path} ({storage.display(source.files[file])}, row group {group}, row {begin + row})"
+            where = row_name(path, source.files[file], group, begin + row)
             hashed.append((hashlib.sha256(image).hexdigest(), Example(split, where, source.class_names[label])))
     return hashed
+
+
+def row_name(path: str, file: str, group: int, row: int) -> str:
+    """A Parquet row by the source file jobs.ingest recorded, with the shard and row that hold it."""
+    return f"{path} ({storage.display(file)}, row group {group}, row {row})"
+
+
+def example_names(source) -> list[str]:
+    """Each image of a source by its path: the file, or for a Parquet row its row_name (the path column read alone)."""
+    if hasattr(source, "paths"):
+        return list(source.paths)
+    names = []
+    for file, group, begin, end in source.segments:
+        paths = pq.ParquetFile(storage.parquet_source(source.files[file])).read_row_group(
+            group, columns=["path"]).slice(begin, end - begin).column("path").to_pylist()
+        names += [row_name(path, source.files[file], group, begin + row) for row, path in enumerate(paths)]
+    return names
 
 
 def exact_duplicates(hashed: list[tuple[str, Example]]) -> list[dict]:

@@ -137,6 +137,12 @@ class ParquetImages:
         first = sum(sizes[:index])
         return self._rows(range(len(self.segments)), first, first + sizes[index])
 
+    def select(self, rows) -> "ParquetImages":
+        """The given rows (positions in this source's row sequence), in that order."""
+        picked = [self._rows(range(len(self.segments)), int(row), int(row) + 1) for row in rows]
+        return dataclasses.replace(self, segments=[segment for one in picked for segment in one.segments],
+                                   labels=np.concatenate([one.labels for one in picked]) if picked else self.labels[:0])
+
     def without(self, paths) -> "ParquetImages":
         """The same rows: the files a run skips are image files of a folder split, and Parquet rows are never skipped
         (sources.enforce_policy refuses bad rows)."""
