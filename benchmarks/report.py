@@ -219,6 +219,56 @@ def tracking(results: dict) -> str:
     return table + f"\n\nMedians of {results['repeats']} runs each, alternated."
 
 
+def audit(results: dict) -> str:
+    figures, parts = results["results"], []
+    if "quality" in figures:
+        quality = figures["quality"]
+        names = list(quality)
+
+        def share(value) -> str:
+            return "-" if value is None else f"{value:.0%}"
+
+        def cells(get) -> list[str]:
+            return [get(quality[name]) for name in names]
+
+        rows = [["exact copies of validation images in train/: found", *cells(lambda q: share(q["exact_recall"])), "100 %"],
+                ["enlarged (x2-x8), re-encoded copies: found", *cells(lambda q: share(q["near"]["recall"]["enlarged"])),
+                 "90 %"],
+                ["shrunk (x0.85), re-encoded copies: found", *cells(lambda q: share(q["near"]["recall"]["shrunk"])), "90 %"],
+                ["near-duplicate findings the planting added: right", *cells(
+                    lambda q: f"{share(q['near']['precision'])} of {q['near']['added_findings']}"), "90 %"],
+                ["moved images among the label issues", *cells(lambda q: f"{share(q['label_issues']['recall'])} "
+                                                                  f"({q['label_issues']['moved_found']} of {q['planted']['moved']})"),
+                 "70 %"],
+                ["label issues that are moved images", *cells(lambda q: f"{share(q['label_issues']['precision'])} of "
+                                                                  f"{q['label_issues']['reported']}"), "50 %"]]
+        parts.append(markdown(["planted problem", *(f"{name} ({sum(quality[name]['images'].values())} images)"
+                                                    for name in names), "target"], rows))
+        sweep = [[f"{threshold}", *cells(lambda q, t=threshold: f"{share(q['near_sweep'][t]['recall']['enlarged'])} / "
+                                                                 f"{share(q['near_sweep'][t]['recall']['shrunk'])} / "
+                                                                 f"{share(q['near_sweep'][t]['precision'])}")]
+                 for threshold in quality[names[0]]["near_sweep"]]
+        parts.append("Near-duplicate threshold (cosine similarity of the backbone's features) against the planted copies: "
+                     "enlarged found / shrunk found / right among the findings the planting added.\n\n"
+                     + markdown(["threshold", *names], sweep))
+    if "search" in figures:
+        rows = [[f"{entry['images']:,}", f"{entry['seconds']:.1f} s", f"{entry['features_mib']:.0f} MiB",
+                 f"{entry['peak_mib_before_search']:.0f} MiB", f"{entry['peak_mib']:.0f} MiB",
+                 f"{entry['planted_pairs_found']:.0%}"] for entry in figures["search"]]
+        parts.append("The near-duplicate search alone (synthetic 1280-d features, each size in a fresh process):\n\n" + markdown(
+            ["images", "search", "the features themselves", "peak memory before the search (features made)",
+             "peak memory after it", "planted near pairs found"], rows))
+    if "run" in figures:
+        run = figures["run"]
+        parts.append(markdown(["the default job (`python -m jobs.train`, whole process)", "with `--no-audit`",
+                               "with its audit (the default)", "with against without", "the audit's own time"],
+                              [["built-in sample", f"{run['seconds']['no_audit']:.1f} s", f"{run['seconds']['audit']:.1f} s",
+                                f"{run['audit_over_no_audit']:.2f}x", f"{run['audit_seconds']:.1f} s "
+                                                                       f"({run['audit_share_of_run']:.0%} of the run)"]])
+                     + f"\n\nMedians of {results['repeats']} runs each, alternated (ABBA).")
+    return "\n\n".join(parts)
+
+
 # table name -> (benchmark and results file, what makes the table)
 TABLES = {
     "headline": ("accuracy", headline),
@@ -229,6 +279,7 @@ TABLES = {
     "large_data": ("large_data", large_data),
     "object_storage": ("object_storage", object_storage),
     "tracking": ("tracking", tracking),
+    "audit": ("audit", audit),
 }
 
 

@@ -12,7 +12,6 @@ features, run once over every image: a resized or re-encoded copy); likely label
 learning on out-of-fold probabilities of the run's head); class balance. --exact-only skips the backbone.
 """
 import argparse
-import datetime
 import sys
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
@@ -48,23 +47,20 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    output = args.output_dir or f"runs/audit-{stamp}"
 
     def body() -> None:
         from tl_core import storage
-        from tl_core.audit import audit, backbone_features, summary
+        from tl_core.audit import audit_data, summary
         from tl_core.data.sources import load_splits
         from tl_core.model.assets import cache_dir
+        from tl_core.run_dir import default_output_dir
 
-        output_dir = storage.local_path(output, "--output-dir")
+        output_dir = storage.local_path(args.output_dir or default_output_dir("audit-"), "--output-dir")
         config = TrainConfig(**given_fields(args, TrainConfig))
         train, validation, data_dir = load_splits(config, cache_dir(config.cache_dir), check_batch=False)
-        sources = {"train": train, "validation": validation}
-        features = None if args.exact_only else backbone_features(config, sources)
-        report = audit(sources, data_dir, output_dir,
-                       AuditSettings(class_floor=args.class_floor, near_threshold=args.near_threshold),
-                       features=features, head=config)
+        report = audit_data(config, {"train": train, "validation": validation}, data_dir, output_dir,
+                            AuditSettings(class_floor=args.class_floor, near_threshold=args.near_threshold),
+                            exact_only=args.exact_only)
         print(summary(report, output_dir))
 
     return run_command(body, quiet=args.quiet)

@@ -23,9 +23,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--keep", type=int, default=5,
                         help="model directories kept, newest first; the champion is always kept (default 5)")
     parser.add_argument("--force", action="store_true", help="retrain even if the data has not changed")
-    parser.add_argument("--audit", choices=("record", "strict"), default="record",
-                        help="record: the ledger has each run's exact copies of validation images in train/ (leakage) and "
-                        "its exact-duplicate groups; strict: also never promote a challenger whose validation images "
+    parser.add_argument("--audit", choices=("record", "strict"), default="record", dest="audit_policy",
+                        help="record: the ledger has each run's exact copies of validation images in train/ (leakage), "
+                        "its exact-duplicate groups and, from the run's own audit, its validation images near a "
+                        "training image and likely label errors; strict: also never promote a challenger whose validation images "
                         "overlap train/ (default record)")
     add_training_arguments(parser, exclude=("output_dir",))  # each challenger gets its own run directory
     add_tracking_arguments(parser, registry=True)
@@ -43,7 +44,7 @@ def main(argv=None) -> int:
         from tl_core.registry.retrain import retrain
 
         retrain(config_from_args(args), args.registry, min_improvement=args.min_improvement, keep=args.keep,
-                force=args.force, audit=args.audit, trackers=trackers_from_args(args),
+                force=args.force, audit=args.audit_policy, trackers=trackers_from_args(args),
                 mirror=registry_mirror_from_args(args))
 
     def note(error: BaseException) -> str | None:

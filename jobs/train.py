@@ -64,9 +64,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode.add_argument("--show-batch", nargs="?", const="augmented_batch.png", metavar="PNG",
                       help="check the data, draw the first training batch exactly as the model would receive it "
                       "(decoded, resized, augmented) into PNG (default augmented_batch.png), and stop: no run, no training")
+    parser.add_argument("--audit", action="store_true", dest="audit_first",
+                        help="with --check: audit the data too (docs/audit.md), into runs/audit-<UTC timestamp>")
     add_tracking_arguments(parser)
     add_quiet_argument(parser)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.audit_first and not args.check:
+        parser.error("--audit goes with --check (a run audits its data itself; --no-audit turns that off)")
+    return args
 
 
 # The options only Ray Train has (config.py's RAY_GROUP): giving any of them runs the job on Ray.
@@ -132,12 +137,19 @@ def main(argv=None) -> int:
             from tl_core.data.sources import BadFilesError
 
             try:
-                _, skipped = job.check(config)
+                checked, skipped = job.check(config)
             except BadFilesError as error:
                 print(f"error: {error}", file=sys.stderr)
                 return CHECK_FOUND_BAD_FILES
             print(f"Check passed: the data and the configuration are ready to train"
                   f"{f' ({len(skipped)} file(s) would be skipped)' if skipped else ''}.")
+            if args.audit_first:  # the data audit too, before any training
+                from tl_core.audit import audit_data, summary
+
+                sources, audit_dir = checked.sources(skipped), Path(default_output_dir("audit-"))
+                report = audit_data(config, {"train": sources.train, "validation": sources.validation}, sources.data_dir,
+                                    audit_dir)
+                print(summary(report, audit_dir))
             return
         metrics = job.run(config, overwrite=args.overwrite, resume=args.resume, trackers=trackers_from_args(args))
         print(f"Validation accuracy {metrics['accuracy']:.4f}, loss {metrics['loss']:.4f}; "

@@ -2,6 +2,7 @@
 balance."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -96,10 +97,13 @@ def test_the_built_in_sample_has_five_groups_of_exact_copies_across_its_splits(r
     report = json.loads((tmp_path / "audit" / "audit.json").read_text())
     assert report["exact_duplicate_groups"]["leakage"] == 5 and report["validation_images_also_in_train"] == 5
     assert report["images"] == {"train": 1400, "validation": 600}
-    # The silhouettes hold many near copies (docs/audit.md); the exact copies are not counted among them again.
-    assert report["near_duplicate_pairs"]["near_leakage"] > 100 and report["label_issues"]["train"] >= 1
-    exact = {tuple(sorted(f["paths"])) for f in findings_of(tmp_path / "audit") if f["kind"] == "leakage"}
-    assert not exact & {tuple(sorted(f["paths"])) for f in findings_of(tmp_path / "audit") if f["kind"] == "near_leakage"}
+    findings = findings_of(tmp_path / "audit")
+    near = [f for f in findings if f["kind"] in ("near_leakage", "near_duplicate")]
+    assert sorted(report["near_duplicate_pairs"]) == ["near_duplicate", "near_leakage"] and report["label_issues"]["train"] >= 1
+    assert all(f["score"] >= 0.97 for f in near) and report["thresholds"]["near_similarity"] == 0.97
+    # The exact copies are not counted among the near ones again.
+    exact = {tuple(sorted(f["paths"])) for f in findings if f["kind"] == "leakage"}
+    assert not exact & {tuple(sorted(f["paths"])) for f in near}
 
 
 def test_exact_only_runs_no_backbone(planted, tmp_path, capsys):
@@ -123,8 +127,8 @@ def test_the_near_duplicate_search_in_chunks_finds_what_all_pairs_would(monkeypa
 
     rng = np.random.default_rng(0)
     features = np.maximum(rng.standard_normal((50, 16)), 0).astype(np.float32)
-    features[10] = features[3] * 2 + 0.01  # near copies of row 3 (the similarity ignores scale)
-    features[40] = features[3] * 0.5
+    features[10] = features[3] + 0.01 * rng.random(16)  # near copies of row 3
+    features[40] = features[3] + 0.01 * rng.random(16)
     unit = near.normalised(features)
     similarity = unit @ unit.T
     expected = {(i, j) for i in range(50) for j in range(i + 1, 50) if similarity[i, j] >= 0.9}
@@ -136,3 +140,48 @@ def test_the_near_duplicate_search_in_chunks_finds_what_all_pairs_would(monkeypa
                                   same_bytes=lambda a, b: {a, b} == {("train", 3), ("train", 10)})
     kinds = {tuple(map(tuple, finding["rows"])): finding["kind"] for finding in splits}
     assert kinds[(("train", 3), ("validation", 10))] == "near_leakage" and (("train", 3), ("train", 10)) not in kinds
+
+
+def test_a_default_run_audits_its_data_from_its_own_features(planted, tiny_backbone, tmp_path, capsys):
+    from conftest import tiny_config
+    from tl_core.run_dir import prepare_run_dir
+    from tl_core.training.train import train
+
+    config = prepare_run_dir(tiny_config(tiny_backbone, planted, tmp_path / "run", recipe="default"))
+    assert config.audit and config.uses_feature_cache
+    metrics = train(config)
+    out = capsys.readouterr().out
+    run_dir = tmp_path / "run"
+    report = json.loads((run_dir / "audit.json").read_text())
+    assert report["validation_images_also_in_train"] == metrics["audit"]["validation_images_in_train"] >= 1
+    assert metrics["audit"]["label_issues"] == sum(report["label_issues"].values())
+    assert json.loads((run_dir / "metrics.json").read_text())["audit"] == metrics["audit"]
+    assert {"leakage", "label_issue"} <= {f["kind"] for f in findings_of(run_dir)}
+    assert all((run_dir / sheet).exists() for sheet in ("exact_duplicates.png", "near_duplicates.png", "label_issues.png"))
+    assert "validation image(s) also in train/ (leakage)" in out and str(run_dir / "audit.json") in out
+
+
+@pytest.mark.parametrize("settings", [{"audit": False}, {"recipe": "seed"}])
+def test_a_run_without_audit_or_without_features_writes_none(planted, tiny_backbone, tmp_path, capsys, settings):
+    from conftest import tiny_config
+    from tl_core.run_dir import prepare_run_dir
+    from tl_core.training.train import train
+
+    config = prepare_run_dir(tiny_config(tiny_backbone, planted, tmp_path / "run", **{"recipe": "default", **settings}))
+    metrics = train(config)
+    assert "audit" not in metrics and not (tmp_path / "run" / "audit.json").exists()
+    said = "Audit: not from this run" in capsys.readouterr().out
+    assert said == config.audit  # a run on images every epoch points to jobs.audit; --no-audit says nothing
+
+
+def test_check_with_audit_audits_before_any_training(planted, tmp_path, monkeypatch, capsys):
+    from jobs import train as train_job
+
+    monkeypatch.chdir(tmp_path)
+    assert train_job.main(["--data-dir", str(planted), "--check", "--audit", "--epochs", "1", "--batch-size", "8"]) == 0
+    out = capsys.readouterr().out
+    [audit_dir] = (tmp_path / "runs").iterdir()
+    assert audit_dir.name.startswith("audit-") and sorted(p.name for p in (tmp_path / "runs").iterdir()) == [audit_dir.name]
+    report = json.loads((audit_dir / "audit.json").read_text())
+    assert report["validation_images_also_in_train"] >= 1 and report["label_issues"]["train"] >= 1
+    assert "Check passed" in out and f"{Path('runs') / audit_dir.name / 'audit.json'}" in out

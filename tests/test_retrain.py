@@ -1,6 +1,7 @@
 """Scheduled retraining: champion and challenger, a ledger, a lock, recovery and rollback."""
 import dataclasses
 import hashlib
+import json
 import subprocess
 import sys
 import textwrap
@@ -14,7 +15,7 @@ import tensorflow as tf
 from conftest import TINY_IMAGE_SIZE, colour_image, encode, write_colour_dataset, tiny_config
 from jobs import registry as registry_job
 from tl_core.config import TrainConfig
-from tl_core.registry.store import Registry, RegistryBusy, RegistryError
+from tl_core.registry.store import Registry, RegistryBusy, RegistryError, format_ledger
 from tl_core.registry.retrain import decide, restore, retrain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -247,10 +248,10 @@ def test_sigterm_stops_a_retrain_and_the_next_one_continues_it(data, tiny_backbo
     assert Registry(root).champion() is not None
 
 
-def test_the_ledger_records_leakage_and_audit_strict_refuses_to_promote_on_it(data, tiny_backbone, tmp_path):
+def test_the_ledger_records_leakage_and_audit_strict_refuses_to_promote_on_it(data, tiny_backbone, tmp_path, capsys):
     import shutil
 
-    config = config_for(data, tiny_backbone)
+    config = tiny_config(tiny_backbone, data, recipe="default")  # cached features: the run audits its data too
     clean = retrain(config, tmp_path / "clean", log=quiet)
     assert (clean["validation_images_in_train"], clean["exact_duplicate_groups"]) == (0, 0)
     shutil.copy(data / "validation" / "red" / "red_001.png", data / "train" / "red" / "leaked.png")
@@ -259,7 +260,15 @@ def test_the_ledger_records_leakage_and_audit_strict_refuses_to_promote_on_it(da
     assert recorded["action"] == "promoted" and recorded["validation_images_in_train"] == 1
     assert recorded["exact_duplicate_groups"] == 1
     assert "Audit: 1 validation image(s) also in train/ (leakage), 1 group(s) of exact copies in all" in lines
-    assert Registry(tmp_path / "recorded").records()[-1]["validation_images_in_train"] == 1
+    ledger = Registry(tmp_path / "recorded").records()[-1]
+    assert ledger["validation_images_in_train"] == 1
+    # From the run's own audit (its cached features): what it found, in its metrics.json and in the ledger.
+    run_audit = json.loads((tmp_path / "recorded" / "models" / recorded["run_id"] / "metrics.json").read_text())["audit"]
+    assert ledger["label_issues"] == run_audit["label_issues"] is not None
+    assert ledger["validation_images_near_train"] == run_audit["validation_images_near_train"] >= 1
+    assert "\nAudit: 1 validation image(s) also in train/ (leakage);" in capsys.readouterr().out  # the run's own line
+    listed = format_ledger(Registry(tmp_path / "recorded").records()).splitlines()
+    assert listed[0].split()[5:7] == ["leak", "labels?"] and listed[1].split()[5] == "1"
     strict = retrain(config, tmp_path / "strict", audit="strict", log=quiet)
     assert strict["action"] == "rejected" and "--audit strict" in strict["reason"] and "1 validation image" in strict["reason"]
     assert Registry(tmp_path / "strict").champion() is None

@@ -95,6 +95,9 @@ class TrainConfig:
                                "minutes; benchmarks/gpu.py measures whether it pays on a GPU)", negatable=True)
     bf16: bool = option(False, "run the backbone in bfloat16 (built-in mobilenet_v2 only; the head and logits stay "
                         "float32; for GPUs, see benchmarks/gpu.py)")
+    audit: bool = option(True, "audit the data from the run's own cached features once it has trained: leakage, near "
+                         "copies, likely label errors, class balance (audit.json, findings.parquet and contact sheets "
+                         "in the run directory; docs/audit.md)", negative=True)
     export_tflite: bool = option(False, "also write model.tflite (float32), model_dynamic_range.tflite and labels.txt")
     output_dir: str | None = option(None, "the run directory (default runs/<UTC timestamp>)")
     cache_dir: str | None = option(None, "asset cache for weights, SavedModels, the sample data and the folder "

@@ -55,9 +55,9 @@ class RunDirectoryError(ValueError):
     pass
 
 
-def default_output_dir() -> str:
-    """runs/<UTC timestamp>, with a suffix when that directory exists (two runs in one second)."""
-    stamp = Path("runs") / datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S")
+def default_output_dir(prefix: str = "") -> str:
+    """runs/<prefix><UTC timestamp>, with a suffix when that directory exists (two runs in one second)."""
+    stamp = Path("runs") / (prefix + datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M%S"))
     path, suffix = stamp, 1
     while path.exists():
         suffix += 1

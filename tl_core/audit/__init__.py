@@ -25,7 +25,7 @@ CLASS_BELOW_FLOOR = "class_below_floor"
 @dataclasses.dataclass
 class AuditSettings:
     class_floor: float = 0.1  # a class with fewer images than this share of the largest class (in its split) is flagged
-    near_threshold: float = 0.95  # cosine similarity of backbone features from which two images are near duplicates
+    near_threshold: float = 0.97  # cosine similarity of centred backbone features from which two images are near duplicates
     neighbours: int = 10  # nearest neighbours searched per image
     label_folds: int = 5  # out-of-fold probabilities for the label check: k-fold over both splits together
     label_epochs: int = 10  # epochs of each fold's head
@@ -73,6 +73,14 @@ def backbone_features(config, sources: dict) -> dict:
             for split, source in sources.items()}
 
 
+def audit_data(config, sources: dict, data_dir: str, output_dir: Path, settings: AuditSettings = AuditSettings(), *,
+               exact_only: bool = False) -> dict:
+    """jobs.audit and `jobs.train --check --audit`: the audit of sources, with the backbone's features computed here
+    (config: the backbone, image size, batch size and the head's recipe), or without them (exact_only)."""
+    features = None if exact_only else backbone_features(config, sources)
+    return audit(sources, data_dir, output_dir, settings, features=features, head=config)
+
+
 def audit(sources: dict, data_dir: str, output_dir: Path, settings: AuditSettings = AuditSettings(), *,
           features: dict | None = None, head=None, log=print) -> dict:
     """Audit the splits of `sources` ({"train": source, "validation": source}); write the outputs; the audit.json
@@ -113,7 +121,8 @@ def audit(sources: dict, data_dir: str, output_dir: Path, settings: AuditSetting
                              "suggested_class": class_names[suggested]})
                   for row, suggested, quality in label_issues(labels, probabilities)]
         findings += near + issues
-        checked["near_duplicates"] = (f"cosine similarity of the backbone's features >= {settings.near_threshold:g} "
+        checked["near_duplicates"] = (f"cosine similarity of the backbone's features, centred on their mean, >= "
+                                      f"{settings.near_threshold:g} "
                                       f"(each image's {settings.neighbours} nearest neighbours searched; byte-identical "
                                       "pairs are exact duplicates), across splits and within each split")
         checked["label_issues"] = (f"cleanlab's confident learning on out-of-fold class probabilities: {settings.label_folds}"
@@ -169,16 +178,16 @@ def summary(report: dict, output_dir: Path) -> str:
     return "\n".join(lines)
 
 
-def headline(report: dict) -> str:
+def headline(report: dict, output_dir: Path) -> str:
     """One line for a run's summary: what would change how its score reads, or that the audit found none of it."""
     found = []
     if report["validation_images_also_in_train"]:
         found.append(f"{report['validation_images_also_in_train']} validation image(s) also in train/ (leakage)")
     if report.get("validation_images_near_train"):
         found.append(f"{report['validation_images_near_train']} near a training image")
-    if report.get("label_issues"):
+    if report.get("label_issues") and sum(report["label_issues"].values()):
         found.append(f"{sum(report['label_issues'].values())} likely label error(s)")
     if report["classes_below_floor"]:
         found.append(f"{len(report['classes_below_floor'])} class(es) below the balance floor")
     return "Audit: " + ("; ".join(found) if found else "no leakage, near copies or likely label errors found") + \
-        f": see {AUDIT_FILE}"
+        f": see {Path(output_dir) / AUDIT_FILE}"

@@ -50,7 +50,7 @@ def draw_near_pairs(pairs: list[dict], sources: dict, path: Path, data_dir: str,
             images.append(next(taken[split]))
             captions.append(f"{pair['kind']} {pair['score']:.3f}: {split}/{class_name}\n{wrap(shown(where, data_dir))}")
     artifacts.plot_contact_sheet(images, captions, path, columns=4, empty="no near duplicates",
-                                 title=f"Near duplicates (cosine similarity of backbone features >= {threshold:g}): "
+                                 title=f"Near duplicates (cosine similarity of centred backbone features >= {threshold:g}): "
                                        f"the {len(pairs)} most similar pair(s), side by side")
 
 

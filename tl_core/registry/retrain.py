@@ -109,13 +109,14 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: f
                                       f"{reason}")
         if promote:
             registry.promote(run_id)
+        run_metrics = json.loads(storage.read_bytes(storage.join(run_dir, METRICS_FILE)))
         record = {**base, "run_id": run_id, "action": "promoted" if promote else "rejected", "reason": reason,
-                  "train_images": json.loads(storage.read_bytes(storage.join(run_dir, METRICS_FILE)))["run"][
-                      "train_images"],
+                  "train_images": run_metrics["run"]["train_images"],
                   "validation_images": len(validation),
                   "challenger_accuracy": challenger["accuracy"], "challenger_loss": challenger["loss"],
                   "champion_accuracy": champion and champion["accuracy"], "champion_loss": champion and champion["loss"],
-                  "champion_after": registry.champion(), "finished_at": utc_now(), **audited}
+                  "champion_after": registry.champion(), "finished_at": utc_now(), **audited,
+                  **{key: run_metrics.get("audit", {}).get(key) for key in ("validation_images_near_train", "label_issues")}}
         registry.append(record)
         if mirror:
             mirror.record(registry, record)

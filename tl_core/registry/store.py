@@ -43,9 +43,12 @@ LEDGER_SCHEMA = pa.schema([
     ("min_improvement", pa.float64()),
     ("champion_after", pa.string()),
     ("config_json", pa.string()),
-    # The data audit of the challenger's data (tl_core/audit): exact copies only; null in rows written before it.
+    # The data audit of the challenger's data (tl_core/audit); null in rows written before it. Exact copies:
     ("validation_images_in_train", pa.int64()),
     ("exact_duplicate_groups", pa.int64()),
+    # from the run's own audit (its features), null when the run made none (e.g. on several Ray workers):
+    ("validation_images_near_train", pa.int64()),
+    ("label_issues", pa.int64()),
 ])
 TRAINED = ("promoted", "rejected")
 
@@ -197,8 +200,11 @@ class Registry:
 def format_ledger(records: list[dict]) -> str:
     """The ledger as a fixed-width table, oldest first."""
     columns = [("run_id", 22), ("finished_at", 25), ("action", 9), ("challenger_accuracy", 10),
-               ("champion_accuracy", 10), ("champion_after", 22), ("reason", 0)]
-    titles = {"challenger_accuracy": "chall.acc", "champion_accuracy": "champ.acc"}
+               ("champion_accuracy", 10), ("validation_images_in_train", 5), ("label_issues", 7), ("champion_after", 22),
+               ("reason", 0)]
+    # leak: validation images also in train/; labels?: likely label errors (the data audit, docs/audit.md)
+    titles = {"challenger_accuracy": "chall.acc", "champion_accuracy": "champ.acc", "validation_images_in_train": "leak",
+              "label_issues": "labels?"}
 
     def cell(record, name):
         value = record.get(name)

@@ -37,7 +37,7 @@ from tl_core.tracking.tensorboard import VALIDATION, TensorBoard
 from tl_core.serving.export import export_classifier, export_tflite, tflite_logits
 from tl_core.training.distribute import Worker, make_strategy
 from tl_core.training.epoch_progress import EpochProgress
-from tl_core.training.feature_cache import PrecomputedFeatures, cache_feature_bank, cache_features, on_disk
+from tl_core.training.feature_cache import InMemoryBank, PrecomputedFeatures, cache_feature_bank, cache_features, on_disk
 from tl_core.training.models import HEAD, Models, phase_of
 from tl_core.training.recorder import EpochRecorder, LocalCheckpoints, Validation, backbone_feature_batches
 from tl_core.training.step import as_fed
@@ -177,7 +177,8 @@ def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker
         run = {"backbone_handle": handle, **data.summary(worker), "global_batch_size": config.batch_size * worker.world_size,
                "cached_features": config.uses_feature_cache, "features_on_disk": on_disk(features),
                "feature_seconds": feature_seconds, "validation_images_per_worker": validation.images_per_worker}
-        metrics = write_outputs(config, models.classifier, validation, history, run, worker, started, trackers)
+        audited = audit_run(config, data, features, validation, worker, log) if worker.is_chief and config.audit else None
+        metrics = write_outputs(config, models.classifier, validation, history, run, worker, started, trackers, audited)
         trackers.log_results(metrics)
         return metrics
 
@@ -288,13 +289,45 @@ def cached_training_features(config: TrainConfig, models: Models, shard, worker:
                           budget_bytes=budget, path=directory / f"worker-{worker.rank}.parquet")
 
 
+def audit_run(config: TrainConfig, data: RunData, features, validation: Validation, worker: Worker, log) -> dict | None:
+    """The data audit (tl_core/audit) from this run's own backbone features, written into the run directory: its
+    counts for metrics.json, or None where the run holds no features of every image as it is (a run on several
+    workers, on images every epoch, with features on disk, or resumed after its head epochs: `python -m jobs.audit`
+    audits such data). A failure of the audit is a warning: the trained model is kept."""
+    from tl_core.audit import AuditSettings, audit, headline
+
+    plain = getattr(features, "features", None)  # in memory: of the images (or the feature bank's views; view 0 plain)
+    plain = plain[0] if isinstance(features, InMemoryBank) else plain
+    if worker.world_size > 1 or plain is None or validation.features is None:
+        log(f"Audit: not from this run (it holds no features of every image as it is): `python -m jobs.audit "
+            f"--data-dir {data.sources.data_dir}` audits the data", flush=True)
+        return None
+    started = time.perf_counter()
+    try:
+        report = audit({"train": data.train, "validation": data.validation}, data.sources.data_dir, Path(config.output_dir),
+                       AuditSettings(), features={"train": plain, "validation": validation.features}, head=config, log=log)
+    except Exception as error:  # noqa: BLE001 (the audit is advice: the run's model must not be lost to it)
+        log(f"warning: the data audit failed ({type(error).__name__}: {error}); the run is complete without it: "
+            f"`python -m jobs.audit --data-dir {data.sources.data_dir}` audits the data", flush=True)
+        return None
+    counts = {"validation_images_in_train": report["validation_images_also_in_train"],
+              "validation_images_near_train": report["validation_images_near_train"],
+              "label_issues": sum(report["label_issues"].values()), "seconds": time.perf_counter() - started,
+              "headline": headline(report, config.output_dir)}
+    log(f"{counts['headline']} ({counts['seconds']:.1f}s)", flush=True)
+    return counts
+
+
 def write_outputs(config: TrainConfig, classifier, validation: Validation, history: list, run: dict, worker: Worker,
-                  started: float, trackers: Trackers) -> dict:
-    """The final metrics, the exported model (and TFLite), plots and JSON files; the metrics."""
+                  started: float, trackers: Trackers, audited: dict | None = None) -> dict:
+    """The final metrics (with the data audit's counts), the exported model (and TFLite), plots and JSON files; the
+    metrics."""
     run_dir, class_names = Path(config.output_dir), validation.source.class_names
     final_logits = validation.logits(phase_of(config, len(history)))
     metrics = classification_metrics(validation.source.labels, final_logits, class_names)
     metrics["run"] = {**run, "wall_seconds": time.perf_counter() - started, "versions": _versions()}
+    if audited is not None:
+        metrics["audit"] = audited
     # Under MultiWorkerMirroredStrategy every worker must save (the save runs collectives); only
     # the chief's copy is kept.
     with tempfile.TemporaryDirectory() as scratch:
