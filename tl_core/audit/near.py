@@ -41,8 +41,8 @@ def similar_pairs(features: np.ndarray, threshold: float, neighbours: int) -> li
 
 def near_duplicates(features: dict, threshold: float, neighbours: int = 10, same_bytes=None) -> list[dict]:
     """Findings for near-identical pairs among the splits' features ({split: [n, dim] array}): kind, the two
-    (split, row) and the similarity (of the centred features) as score. same_bytes(a, b): True when (split, row) a and b are byte-identical (an
-    exact duplicate, reported as such and not again here)."""
+    (split, row) and the similarity (of the centred features) as score. same_bytes(a, b): True when (split, row) a and
+    b are byte-identical (an exact duplicate, reported as such and not again here)."""
     splits = list(features)
     where = [(split, row) for split in splits for row in range(len(features[split]))]
     stacked = np.concatenate([features[split] for split in splits]).astype(np.float32)
