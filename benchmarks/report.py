@@ -269,6 +269,23 @@ def audit(results: dict) -> str:
     return "\n\n".join(parts)
 
 
+def imbalance(results: dict) -> str:
+    methods = ("none", "weights", "logit_adjust")
+    rows = []
+    for dataset, profiles in results["results"].items():
+        for profile, entry in profiles.items():
+            counts = entry["train_images_per_class"]
+            scores = entry["methods"]
+            cells = [f"{scores[m]['balanced_accuracy']:.3f} / {scores[m]['accuracy']:.3f}" for m in methods]
+            gains = [f"{100 * (scores[m]['balanced_accuracy'] - scores['none']['balanced_accuracy']):+.1f} / "
+                     f"{100 * (scores[m]['accuracy'] - scores['none']['accuracy']):+.1f}" for m in methods[1:]]
+            rows.append([f"{dataset}, {profile} ({max(counts)}:{min(counts)} training images)", *cells, *gains])
+    table = markdown(["training data", *(f"`{m}`: balanced acc. / acc." for m in methods),
+                      *(f"`{m}` against `none` (points)" for m in methods[1:])], rows)
+    return table + (f"\n\nMeans over seeds {', '.join(map(str, results['seeds']))}; validation balanced as shipped; the "
+                    "same backbone features for every method.")
+
+
 # table name -> (benchmark and results file, what makes the table)
 TABLES = {
     "headline": ("accuracy", headline),
@@ -280,6 +297,7 @@ TABLES = {
     "object_storage": ("object_storage", object_storage),
     "tracking": ("tracking", tracking),
     "audit": ("audit", audit),
+    "imbalance": ("imbalance", imbalance),
 }
 
 

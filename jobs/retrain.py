@@ -2,7 +2,8 @@
 
 Trains a challenger when the training data or the configuration changed since the last run,
 evaluates it and the current champion on the same held-out split, and promotes the challenger only
-if it is better by at least --min-improvement. Every run (skipped, rejected, promoted) is a row of
+if it is better in --promote-metric by at least --min-improvement, better beyond chance (McNemar's test at
+--significance) and loses no class's recall by more than --max-class-drop. Every run (skipped, rejected, promoted) is a row of
 DIR/ledger.parquet; serving reads DIR/champion/model. Exit status: 0 done (whatever the decision),
 1 distributed training failed, 2 bad input, 3 another retrain holds the registry, 130 interrupted.
 """
@@ -12,14 +13,27 @@ import sys
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from jobs.cli import add_quiet_argument, add_tracking_arguments, registry_mirror_from_args, run_command, trackers_from_args
 from jobs.train import add_training_arguments, config_from_args
+from tl_core.registry.promotion import PROMOTE_METRICS, PromotionRule
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m jobs.retrain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--registry", required=True, help="registry directory (created on first use)")
-    parser.add_argument("--min-improvement", type=float, default=0.01,
-                        help="accuracy the challenger must gain over the champion to replace it (default 0.01)")
+    rule = PromotionRule()
+    promotion = parser.add_argument_group("when a challenger replaces the champion (all must hold; docs/retraining.md)")
+    promotion.add_argument("--promote-metric", choices=PROMOTE_METRICS, default=rule.metric,
+                           help=f"what the challenger must improve on the held-out images (default {rule.metric})")
+    promotion.add_argument("--min-improvement", type=float, default=rule.min_improvement,
+                           help=f"by at least this much (default {rule.min_improvement})")
+    promotion.add_argument("--significance", type=float, default=rule.significance,
+                           help="and beyond chance: McNemar's exact test on the images only one of the two models gets "
+                           f"right, p at most this (default {rule.significance}; 1 turns the test off)")
+    promotion.add_argument("--max-class-drop", type=float, default=rule.max_class_drop,
+                           help="and no class loses more recall than this against the champion (default "
+                           f"{rule.max_class_drop}), counted for classes with at least --min-class-images held-out images")
+    promotion.add_argument("--min-class-images", type=int, default=rule.min_class_images,
+                           help=f"(default {rule.min_class_images}: one image is then at most 0.05 of a class's recall)")
     parser.add_argument("--keep", type=int, default=5,
                         help="model directories kept, newest first; the champion is always kept (default 5)")
     parser.add_argument("--force", action="store_true", help="retrain even if the data has not changed")
@@ -34,6 +48,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.keep < 1:
         parser.error(f"--keep must be at least 1, got {args.keep}")
+    try:
+        args.rule = PromotionRule(args.promote_metric, args.min_improvement, args.significance, args.max_class_drop,
+                                  args.min_class_images)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
@@ -43,7 +62,7 @@ def main(argv=None) -> int:
     def body() -> None:
         from tl_core.registry.retrain import retrain
 
-        retrain(config_from_args(args), args.registry, min_improvement=args.min_improvement, keep=args.keep,
+        retrain(config_from_args(args), args.registry, rule=args.rule, keep=args.keep,
                 force=args.force, audit=args.audit_policy, trackers=trackers_from_args(args),
                 mirror=registry_mirror_from_args(args))
 

@@ -34,9 +34,12 @@ import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from tl_core.model.backbones import export_feature_extractor  # noqa: E402
+from tl_core.registry.promotion import PromotionRule  # noqa: E402
 from benchmarks.s3_server import S3Server  # noqa: E402,F401  (the tests' S3 server; test modules import it from here)
 
 TINY_IMAGE_SIZE = 32
+# A promotion rule any challenger passes: the retrain tests that need a promotion over a champion.
+ANY_CHALLENGER = PromotionRule(min_improvement=-1.0, significance=1.0, max_class_drop=1.0)
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -236,7 +239,9 @@ def assert_tensorboard_matches_history(run_dir) -> None:
     for board, tag, key in ((train, "epoch_loss", "loss"), (train, "epoch_accuracy", "accuracy"),
                             (train, "epoch_learning_rate", "learning_rate"),
                             (train, "epoch_images_per_second", "images_per_second"),
-                            (validation, "epoch_loss", "val_loss"), (validation, "epoch_accuracy", "val_accuracy")):
+                            (validation, "epoch_loss", "val_loss"), (validation, "epoch_accuracy", "val_accuracy"),
+                            (validation, "epoch_balanced_accuracy", "val_balanced_accuracy"),
+                            (validation, "epoch_macro_f1", "val_macro_f1")):
         assert [step for step, _ in board[tag]] == epochs, tag
         np.testing.assert_allclose([float(value) for _, value in board[tag]], [row[key] for row in history], rtol=1e-6)
     assert [int(value) for _, value in train["epoch_phase"]] == [int(row["phase"] == "fine_tune") for row in history]

@@ -24,3 +24,16 @@ def test_confusion_matrix_and_scores_by_hand():
 def test_a_class_never_predicted_scores_zero_not_nan():
     metrics = classification_metrics([0, 1], np.array([[1.0, 0.0], [1.0, 0.0]]), ["a", "b"])
     assert metrics["per_class"][1] == {"class": "b", "precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 1}
+
+
+def test_balanced_accuracy_and_macro_f1_are_scikit_learns():
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    rng = np.random.default_rng(0)
+    y_true = rng.choice(4, size=300, p=[0.7, 0.2, 0.08, 0.02])  # imbalanced, as where they matter
+    logits = rng.standard_normal((300, 4)) + 2.0 * np.eye(4)[y_true] * rng.random((300, 1))
+    metrics = classification_metrics(y_true, logits, ["a", "b", "c", "d"])
+    y_pred = logits.argmax(axis=1)
+    assert metrics["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_true, y_pred))
+    assert metrics["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
+    assert metrics["balanced_accuracy"] != pytest.approx(metrics["accuracy"])

@@ -14,7 +14,7 @@ from tl_core.tracking.mlflow_run import MLflow, RUN_FILE, UNLOGGED_FILE
 from tl_core.tracking.tensorboard import TensorBoard
 from tl_core.training import job
 
-from conftest import REPO, tiny_config
+from conftest import ANY_CHALLENGER, REPO, tiny_config
 
 mlflow = pytest.importorskip("mlflow")  # the test extra installs it
 
@@ -220,7 +220,7 @@ def test_retrain_registers_each_challenger_and_the_aliases_follow_the_ledger(ser
     assert client.get_model_version("colours", "2").tags["reason"] == second["reason"]
 
     add_images(data)
-    third, _ = retrain_with_mlflow(config, root, server.uri, min_improvement=-1.0)  # promoted whatever it scores
+    third, _ = retrain_with_mlflow(config, root, server.uri, rule=ANY_CHALLENGER)  # promoted whatever it scores
     assert versions(client)[1] == {"champion": "3", "challenger": "3"}
 
     args = ["--registry", str(root), "--tracking-uri", server.uri, "--registered-model", "colours"]
@@ -257,7 +257,8 @@ def test_a_retrain_killed_right_after_promotion_is_repaired_by_the_next(server, 
               "Registry.promote = promote_then_die\nfrom jobs.retrain import main\nmain(sys.argv[1:])\n")
     args = ["--registry", str(root), "--data-dir", str(data), "--backbone", tiny_backbone, "--image-size", "32",
             "--batch-size", "8", "--epochs", "4", "--learning-rate", "0.05", "--seed", "3", "--recipe", "seed",
-            "--min-improvement", "-1", "--tracking-uri", server.uri, "--registered-model", "killed", "--experiment",
+            "--min-improvement", "-1", "--significance", "1", "--max-class-drop", "1", "--tracking-uri", server.uri,
+            "--registered-model", "killed", "--experiment",
             "retrain", "--quiet"]
     done = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300, cwd=REPO,
                           env=_environment())

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import S3Server, TINY_IMAGE_SIZE, upload
+from conftest import ANY_CHALLENGER, S3Server, TINY_IMAGE_SIZE, upload
 from jobs import evaluate as evaluate_job
 from jobs import ingest as ingest_job
 from jobs import predict as predict_job
@@ -641,7 +641,7 @@ def test_an_s3_registry_promotes_skips_rejects_rolls_back_and_serves_through_its
     third = retrain(config, uri, log=quiet)
     assert third["action"] == "rejected" and registry.champion() == first["run_id"]
     add_images(data, seed=10)
-    fourth = retrain(config, uri, min_improvement=-1.0, log=quiet)
+    fourth = retrain(config, uri, rule=ANY_CHALLENGER, log=quiet)
     assert fourth["action"] == "promoted" and registry.champion() == fourth["run_id"]
     assert registry_job.main(["rollback", first["run_id"], "--registry", uri]) == 0
     assert registry.champion() == first["run_id"]

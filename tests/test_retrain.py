@@ -12,11 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_IMAGE_SIZE, colour_image, encode, write_colour_dataset, tiny_config
+from conftest import ANY_CHALLENGER, TINY_IMAGE_SIZE, colour_image, encode, write_colour_dataset, tiny_config
 from jobs import registry as registry_job
 from tl_core.config import TrainConfig
 from tl_core.registry.store import Registry, RegistryBusy, RegistryError, format_ledger
-from tl_core.registry.retrain import decide, restore, retrain
+from tl_core.registry.promotion import PromotionRule, decide
+from tl_core.registry.retrain import restore, retrain
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -70,6 +71,9 @@ def test_first_run_promotes_unchanged_data_skips_new_data_retrains(data, tiny_ba
     # Both classify the separable held-out split perfectly: no gain of min_improvement, so no promotion.
     assert third["challenger_accuracy"] == third["champion_accuracy"] == 1.0
     assert third["action"] == "rejected" and "< required +0.0100" in third["reason"]
+    # No image changes sides: p 1; 10 held-out images per class are too few to gate a class (--min-class-images 20).
+    assert (third["p_value"], third["worst_class"], third["promote_metric"]) == (1.0, None, "balanced_accuracy")
+    assert third["challenger_balanced_accuracy"] == third["champion_macro_f1"] == 1.0
     ledger = pq.read_table(root / "ledger.parquet")  # pyarrow alone reads the ledger
     assert ledger.column("action").to_pylist() == ["promoted", "skipped", "rejected"]
     assert third["train_images"] == 52
@@ -102,7 +106,7 @@ def test_a_crash_before_the_switch_keeps_the_champion_and_the_next_run_recovers(
 
     monkeypatch.setattr(Registry, "promote", crash)
     with pytest.raises(RuntimeError, match="injected crash"):
-        retrain(config, root, min_improvement=-1.0, log=quiet)
+        retrain(config, root, rule=ANY_CHALLENGER, log=quiet)
     monkeypatch.undo()
     registry = Registry(root)
     pending = registry.pending()["run_id"]
@@ -110,7 +114,7 @@ def test_a_crash_before_the_switch_keeps_the_champion_and_the_next_run_recovers(
     assert (root / "models" / pending / "model" / "saved_model.pb").exists()  # the challenger was written
 
     lines = []
-    record = retrain(config, root, min_improvement=-1.0, log=lambda *a, **k: lines.append(" ".join(map(str, a))))
+    record = retrain(config, root, rule=ANY_CHALLENGER, log=lambda *a, **k: lines.append(" ".join(map(str, a))))
     assert any(line.startswith(f"Recovering run {pending}") for line in lines)
     assert record["run_id"] == pending and record["action"] == "promoted"
     assert registry.champion() == pending and registry.pending() is None
@@ -140,7 +144,7 @@ def test_rollback_restores_an_earlier_champion(data, tiny_backbone, tmp_path, ca
     config, root = config_for(data, tiny_backbone), tmp_path / "registry"
     first = retrain(config, root, log=quiet)["run_id"]
     add_images(data)
-    second = retrain(config, root, min_improvement=-1.0, log=quiet)["run_id"]  # promoted whatever it scores
+    second = retrain(config, root, rule=ANY_CHALLENGER, log=quiet)["run_id"]  # promoted whatever it scores
     assert Registry(root).champion() == second
     assert registry_job.main(["rollback", first, "--registry", str(root)]) == 0
     assert Registry(root).champion() == first
@@ -160,18 +164,60 @@ def test_old_models_are_pruned_but_the_champion_is_kept(data, tiny_backbone, tmp
     champion = retrain(config, root, keep=1, log=quiet)["run_id"]
     for seed in (1, 2):
         add_images(data, seed=seed)
-        retrain(config, root, keep=1, min_improvement=1.0, log=quiet)  # rejected: nothing gains a whole 1.0
+        retrain(config, root, keep=1, rule=PromotionRule(min_improvement=1.0), log=quiet)  # rejected: nothing gains a whole 1.0
     registry = Registry(root)
     assert registry.champion() == champion
     assert len(registry.model_runs()) == 2  # the champion and the newest
     assert champion in registry.model_runs()
 
 
-def test_decision_rule():
-    assert decide({"accuracy": 0.9}, None, 0.01) == (True, "no champion yet")
-    assert decide({"accuracy": 0.92}, {"accuracy": 0.9}, 0.01)[0]
-    promote, why = decide({"accuracy": 0.905}, {"accuracy": 0.9}, 0.01)
-    assert not promote and "+0.0050 < required +0.0100" in why
+def held_out(right_per_class: list[list[bool]], classes=("a", "b", "c")):
+    """(metrics, right) of a model on a held-out set given, per class, which of its images the model gets right (a
+    wrong image is predicted as the next class)."""
+    from tl_core.metrics import classification_metrics
+
+    labels = np.concatenate([[k] * len(rights) for k, rights in enumerate(right_per_class)])
+    right = np.concatenate(right_per_class).astype(bool)
+    predicted = np.where(right, labels, (labels + 1) % len(right_per_class))
+    return classification_metrics(labels, np.eye(len(right_per_class))[predicted], list(classes)[:len(right_per_class)]), right
+
+
+def decision(challenger, champion, rule=PromotionRule()):
+    (chall, chall_right), (champ, champ_right) = challenger, champion
+    return decide(chall, champ, rule, challenger_right=chall_right, champion_right=champ_right)
+
+
+def test_the_first_run_is_promoted():
+    metrics, right = held_out([[True] * 9 + [False]] * 2, ("a", "b"))
+    assert decide(metrics, None, PromotionRule(), challenger_right=right).reason == "no champion yet"
+
+
+def test_a_small_gain_within_noise_is_rejected_with_its_p_value():
+    # 100 images: the challenger gets 6 right that the champion misses and misses 5 it got: +0.01, p about 0.5.
+    champion = held_out([[True] * 45 + [False] * 5, [True] * 45 + [False] * 5], ("a", "b"))
+    challenger = held_out([[False] * 5 + [True] * 40 + [True] * 5, [True] * 46 + [False] * 4], ("a", "b"))
+    assert challenger[0]["accuracy"] - champion[0]["accuracy"] == pytest.approx(0.01)
+    result = decision(challenger, champion, PromotionRule(metric="accuracy"))
+    assert not result.promote and "not better beyond chance" in result.reason and 0.3 < result.p_value < 0.7
+    assert "6 image(s) right only by the challenger, 5 only by the champion" in result.reason
+
+
+def test_a_better_challenger_that_loses_a_class_is_rejected_naming_it():
+    champion = held_out([[True] * 27 + [False] * 3] * 3)
+    challenger = held_out([[True] * 30, [True] * 30, [True] * 24 + [False] * 6])
+    assert challenger[0]["balanced_accuracy"] > champion[0]["balanced_accuracy"] + 0.03
+    result = decision(challenger, champion, PromotionRule(significance=1.0))
+    assert not result.promote and result.worst_class == "c" and result.worst_class_drop == pytest.approx(0.1)
+    assert "class 'c' would lose 0.1000 of recall (0.9000 -> 0.8000), more than 0.05" in result.reason
+    # The same drop in a class too small to tell (fewer than --min-class-images held-out images) is not gated.
+    assert decision(challenger, champion, PromotionRule(significance=1.0, min_class_images=31)).promote
+
+
+def test_a_clearly_better_challenger_is_promoted():
+    champion = held_out([[True] * 35 + [False] * 15] * 2, ("a", "b"))
+    challenger = held_out([[True] * 48 + [False] * 2] * 2, ("a", "b"))
+    result = decision(challenger, champion)
+    assert result.promote and result.p_value < 1e-6 and "balanced_accuracy 0.9600 vs champion 0.7000" in result.reason
 
 
 def test_a_crash_after_the_switch_is_recorded_as_a_promotion_on_recovery(data, tiny_backbone, tmp_path, monkeypatch):
@@ -187,7 +233,7 @@ def test_a_crash_after_the_switch_is_recorded_as_a_promotion_on_recovery(data, t
 
     monkeypatch.setattr(Registry, "append", crash_on_append)
     with pytest.raises(RuntimeError, match="injected crash"):
-        retrain(config, root, min_improvement=-1.0, log=quiet)
+        retrain(config, root, rule=ANY_CHALLENGER, log=quiet)
     monkeypatch.undo()
     registry = Registry(root)
     switched = registry.champion()
@@ -268,7 +314,7 @@ def test_the_ledger_records_leakage_and_audit_strict_refuses_to_promote_on_it(da
     assert ledger["validation_images_near_train"] == run_audit["validation_images_near_train"] >= 1
     assert "\nAudit: 1 validation image(s) also in train/ (leakage);" in capsys.readouterr().out  # the run's own line
     listed = format_ledger(Registry(tmp_path / "recorded").records()).splitlines()
-    assert listed[0].split()[5:7] == ["leak", "labels?"] and listed[1].split()[5] == "1"
+    assert listed[0].split()[5:10] == ["chall.bal", "champ.bal", "p", "leak", "labels?"] and listed[1].split()[8] == "1"
     strict = retrain(config, tmp_path / "strict", audit="strict", log=quiet)
     assert strict["action"] == "rejected" and "--audit strict" in strict["reason"] and "1 validation image" in strict["reason"]
     assert Registry(tmp_path / "strict").champion() is None

@@ -42,9 +42,12 @@ def test_every_artifact_is_written_and_well_formed(finished_run):
     assert [row["epoch"] for row in history] == [1, 2, 3, 4]
     table = pq.read_table(run_dir / "history.parquet")
     assert table.to_pylist() == history
-    assert set(table.column_names) >= {"epoch", "loss", "accuracy", "val_loss", "val_accuracy"}
+    assert set(table.column_names) >= {"epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy",
+                                       "val_macro_f1"}
     saved_metrics = json.loads((run_dir / "metrics.json").read_text())
     assert saved_metrics["accuracy"] == metrics["accuracy"] == pytest.approx(history[-1]["val_accuracy"])
+    assert saved_metrics["balanced_accuracy"] == pytest.approx(history[-1]["val_balanced_accuracy"])
+    assert saved_metrics["macro_f1"] == pytest.approx(history[-1]["val_macro_f1"])
     assert np.sum(saved_metrics["confusion_matrix"]) == 20
     assert {row["class"] for row in saved_metrics["per_class"]} == {"blue", "red"}
     for plot in ("history.png", "confusion_matrix.png"):

@@ -96,7 +96,8 @@ def small_search(tiny_backbone, mlflow_server, tmp_path_factory):
     if mlflow_server.process is None:  # a test stopped it
         mlflow_server.start()
     done = run(tune_command(tiny_backbone, data_dir, root / "search", root / "space.json", "--trials", "8",
-                            "--tracking-uri", mlflow_server.uri, "--experiment", "small-search"))
+                            "--tracking-uri", mlflow_server.uri, "--experiment", "small-search",
+                            "--score", "balanced_accuracy"))
     assert done.returncode == 0, done.stderr[-3000:]
     return root, data_dir, done, mlflow_server.uri
 
@@ -112,6 +113,11 @@ def test_a_small_search_runs_stops_poor_trials_and_never_scores_on_validation(sm
     assert any(row["learning_rate"] == 1e-6 for row in stopped)  # ASHA keeps the top third at each rung
     assert all(len(row["accuracy_per_epoch"]) == row["epochs_run"] for row in trials)
     assert sum(line.startswith("[") for line in done.stdout.splitlines()) == 8  # a line per finished trial
+    # Ranked by balanced accuracy (--score), ties broken by the loss; every trial has all three scores.
+    for row in trials:
+        assert row["tuning_score"] == pytest.approx(row["tuning_balanced_accuracy"] - row["tuning_loss"] / 1000)
+        assert 0 <= row["tuning_macro_f1"] <= 1 and 0 <= row["tuning_accuracy"] <= 1
+    assert "by balanced_accuracy: trial" in done.stdout
 
     split = pq.read_table(search / "tuning_split.parquet").to_pylist()
     training = {str(path) for path in (data_dir / "train").rglob("*.*")}
@@ -121,6 +127,7 @@ def test_a_small_search_runs_stops_poor_trials_and_never_scores_on_validation(sm
 
     summary = json.loads((search / "summary.json").read_text())
     best = json.loads((search / "best_config.json").read_text())
+    assert summary["score"] == "balanced_accuracy" and summary["best_tuning_balanced_accuracy"] >= 0.9
     assert summary["best_tuning_accuracy"] >= 0.9  # scored on training images...
     assert summary["final_validation_accuracy"] <= 0.2  # ...while the swapped validation set is used once, at the end
     assert best["learning_rate"] == 0.05 and best["epochs"] == 6 and best["output_dir"] is None

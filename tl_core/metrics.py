@@ -24,18 +24,28 @@ def per_class_scores(counts: np.ndarray, class_names: list[str]) -> list[dict]:
     ]
 
 
+def class_averages(per_class: list[dict]) -> dict:
+    """Balanced accuracy (the mean of the classes' recall) and macro-F1 (the mean of their F1), over the classes that
+    have examples: what accuracy hides when one class is most of the data."""
+    present = [row for row in per_class if row["support"] > 0]
+    return {"balanced_accuracy": float(np.mean([row["recall"] for row in present])) if present else 0.0,
+            "macro_f1": float(np.mean([row["f1"] for row in present])) if present else 0.0}
+
+
 def classification_metrics(y_true, logits: np.ndarray, class_names: list[str]) -> dict:
-    """Accuracy, mean cross-entropy, per-class scores and the confusion matrix of logits."""
+    """Accuracy, balanced accuracy, macro-F1, mean cross-entropy, per-class scores and the confusion matrix of logits."""
     y_true = np.asarray(y_true)
     shifted = logits - logits.max(axis=1, keepdims=True)
     log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
     y_pred = logits.argmax(axis=1)
     counts = confusion_matrix(y_true, y_pred, len(class_names))
+    per_class = per_class_scores(counts, class_names)
     return {
         "accuracy": float((y_pred == y_true).mean()),
+        **class_averages(per_class),
         "loss": float(-log_probs[np.arange(len(y_true)), y_true].mean()),
         "num_examples": int(len(y_true)),
         "class_names": list(class_names),
-        "per_class": per_class_scores(counts, class_names),
+        "per_class": per_class,
         "confusion_matrix": counts.tolist(),
     }

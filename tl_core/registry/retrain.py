@@ -16,31 +16,24 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
+
 from tl_core import storage
 from tl_core.training import job
 from tl_core.model.assets import cache_dir
 from tl_core.config import TrainConfig
-from tl_core.serving.evaluate import ExportedModel, evaluate, evaluate_run
+from tl_core.registry.promotion import PromotionRule, decide
+from tl_core.serving.evaluate import ExportedModel, evaluate
 from tl_core.registry.fingerprint import build_manifest, fingerprint, read_manifest, write_manifest
 from tl_core.registry.store import TRAINED, Registry, RegistryError, new_run_id, utc_now
 from tl_core.data.sources import data_directory
 from tl_core.run_dir import CONFIG_FILE, METRICS_FILE, changed_settings
 
 
-def decide(challenger: dict, champion: dict | None, min_improvement: float) -> tuple[bool, str]:
-    """(promote?, why) from the two models' metrics on the same held-out split."""
-    if champion is None:
-        return True, "no champion yet"
-    gain = challenger["accuracy"] - champion["accuracy"]
-    verdict = ">=" if gain >= min_improvement else "<"
-    why = (f"challenger accuracy {challenger['accuracy']:.4f} vs champion {champion['accuracy']:.4f}: "
-           f"{gain:+.4f} {verdict} required {min_improvement:+.4f}")
-    return gain >= min_improvement, why
-
-
-def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: float = 0.01, keep: int = 5,
+def retrain(config: TrainConfig, registry_dir: str | Path, *, rule: PromotionRule = PromotionRule(), keep: int = 5,
             force: bool = False, audit: str = "record", trackers=None, mirror=None, log=print) -> dict:
-    """One scheduled retrain under the registry's lock; returns the ledger record it appended.
+    """One scheduled retrain under the registry's lock; returns the ledger record it appended. rule: when a challenger
+    replaces the champion (registry/promotion.py).
 
     audit: "record" (the validation images also in train/ and the exact-duplicate groups go into the ledger) or
     "strict" (and a challenger validated on images it trained on is never promoted).
@@ -65,7 +58,8 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: f
         manifest = build_manifest(data_dir, previous)
         data_fingerprint = fingerprint(manifest)
         log(f"Fingerprint of {data_dir}: {data_fingerprint[:12]} ({manifest.num_rows} files)", flush=True)
-        base = {"started_at": started, "data_fingerprint": data_fingerprint, "min_improvement": min_improvement,
+        base = {"started_at": started, "data_fingerprint": data_fingerprint, "min_improvement": rule.min_improvement,
+                "promote_metric": rule.metric,
                 "champion_before": registry.champion(), "config_json": json.dumps(config.to_dict())}
         changed = last and changed_settings(TrainConfig.from_dict(json.loads(last["config_json"])), config,
                                              ignore=("output_dir",))
@@ -88,16 +82,19 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: f
 
         # Both models on the challenger's held-out split, through their exported SavedModels.
         validation = checked.sources(skipped).validation
+        labels = np.asarray(validation.labels)
         with registry.local_model(run_id) as model:
-            challenger = evaluate_run(model, validation)
-        champion_id, champion, champion_classes = registry.champion(), None, None
+            challenger, _, challenger_predicted = evaluate(ExportedModel(model), validation)
+        champion_id, champion, champion_predicted, champion_classes = registry.champion(), None, None, None
         if champion_id:
             with registry.local_model(champion_id) as model:
                 champion_model = ExportedModel(model)
                 champion_classes = champion_model.class_names
                 if champion_classes == validation.class_names:
-                    champion = evaluate(champion_model, validation)[0]
-        promote, reason = decide(challenger, champion, min_improvement)
+                    champion, _, champion_predicted = evaluate(champion_model, validation)
+        decision = decide(challenger, champion, rule, challenger_right=challenger_predicted == labels,
+                          champion_right=None if champion is None else champion_predicted == labels)
+        promote, reason = decision.promote, decision.reason
         if champion_id == run_id:  # switched just before a crash, not yet in the ledger
             promote, reason = True, "promoted before the run was interrupted; recorded on recovery"
         elif champion_id and champion is None:  # a champion that cannot classify this data is no benchmark
@@ -113,8 +110,11 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, min_improvement: f
         record = {**base, "run_id": run_id, "action": "promoted" if promote else "rejected", "reason": reason,
                   "train_images": run_metrics["run"]["train_images"],
                   "validation_images": len(validation),
-                  "challenger_accuracy": challenger["accuracy"], "challenger_loss": challenger["loss"],
-                  "champion_accuracy": champion and champion["accuracy"], "champion_loss": champion and champion["loss"],
+                  **{f"{model}_{name}": metrics and metrics[name] for model, metrics in (("challenger", challenger),
+                                                                                         ("champion", champion))
+                     for name in ("accuracy", "balanced_accuracy", "macro_f1", "loss")},
+                  "p_value": decision.p_value, "worst_class": decision.worst_class,
+                  "worst_class_drop": decision.worst_class_drop,
                   "champion_after": registry.champion(), "finished_at": utc_now(), **audited,
                   **{key: run_metrics.get("audit", {}).get(key) for key in ("validation_images_near_train", "label_issues")}}
         registry.append(record)

@@ -41,6 +41,15 @@ LEDGER_SCHEMA = pa.schema([
     ("champion_accuracy", pa.float64()),
     ("champion_loss", pa.float64()),
     ("min_improvement", pa.float64()),
+    # The promotion rule (registry/promotion.py); null in rows written before it.
+    ("promote_metric", pa.string()),
+    ("challenger_balanced_accuracy", pa.float64()),
+    ("champion_balanced_accuracy", pa.float64()),
+    ("challenger_macro_f1", pa.float64()),
+    ("champion_macro_f1", pa.float64()),
+    ("p_value", pa.float64()),  # McNemar's exact test, challenger better than champion
+    ("worst_class", pa.string()),  # the gated class that lost the most recall, and how much
+    ("worst_class_drop", pa.float64()),
     ("champion_after", pa.string()),
     ("config_json", pa.string()),
     # The data audit of the challenger's data (tl_core/audit); null in rows written before it. Exact copies:
@@ -200,11 +209,13 @@ class Registry:
 def format_ledger(records: list[dict]) -> str:
     """The ledger as a fixed-width table, oldest first."""
     columns = [("run_id", 22), ("finished_at", 25), ("action", 9), ("challenger_accuracy", 10),
-               ("champion_accuracy", 10), ("validation_images_in_train", 5), ("label_issues", 7), ("champion_after", 22),
-               ("reason", 0)]
-    # leak: validation images also in train/; labels?: likely label errors (the data audit, docs/audit.md)
-    titles = {"challenger_accuracy": "chall.acc", "champion_accuracy": "champ.acc", "validation_images_in_train": "leak",
-              "label_issues": "labels?"}
+               ("champion_accuracy", 10), ("challenger_balanced_accuracy", 10), ("champion_balanced_accuracy", 10),
+               ("p_value", 7), ("validation_images_in_train", 5), ("label_issues", 7), ("champion_after", 22), ("reason", 0)]
+    # chall.bal / champ.bal: balanced accuracy; p: McNemar's p-value (registry/promotion.py); leak: validation images
+    # also in train/; labels?: likely label errors (the data audit, docs/audit.md)
+    titles = {"challenger_accuracy": "chall.acc", "champion_accuracy": "champ.acc",
+              "challenger_balanced_accuracy": "chall.bal", "champion_balanced_accuracy": "champ.bal", "p_value": "p",
+              "validation_images_in_train": "leak", "label_issues": "labels?"}
 
     def cell(record, name):
         value = record.get(name)

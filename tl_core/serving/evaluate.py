@@ -46,8 +46,9 @@ class ExportedModel:
 
 
 def evaluate(model: ExportedModel, source, *, batch_size: int = 64, worst: int = 0):
-    """(metrics, mistakes): metrics over the whole source; the `worst` most confidently wrong images as
-    (confidence, position in the source, true index, predicted index, image), most confident first."""
+    """(metrics, mistakes, predictions): metrics over the whole source; the `worst` most confidently wrong images as
+    (confidence, position in the source, true index, predicted index, image), most confident first; the predicted
+    class index of every image, in the source's order (a paired test of two models needs them)."""
     labels = model.labels_of(source)
     logits, mistakes, position = [], [], 0
     batches = make_dataset(source, model.image_size, batch_size)
@@ -65,8 +66,9 @@ def evaluate(model: ExportedModel, source, *, batch_size: int = 64, worst: int =
                 elif item[0] > mistakes[0][0]:
                     heapq.heapreplace(mistakes, (*item, images[row].numpy()))
         position += len(probabilities)
-    metrics = classification_metrics(labels, np.concatenate(logits), model.class_names)
-    return metrics, sorted(mistakes, key=lambda mistake: -mistake[0])
+    logits = np.concatenate(logits)
+    metrics = classification_metrics(labels, logits, model.class_names)
+    return metrics, sorted(mistakes, key=lambda mistake: -mistake[0]), logits.argmax(axis=1)
 
 
 def evaluate_run(run_dir: Path, source) -> dict:
@@ -89,7 +91,7 @@ def evaluate_to_directory(model_path, data_dir, output: Path, *, split: str = "v
     if bad:
         log(f"Leaving out {len(bad)} file(s) that cannot be used:\n{format_bad_files(bad)}")
     log(f"Evaluating {model.path} on {len(source)} images of {display_path(str(data_dir))} ...", flush=True)
-    metrics, mistakes = evaluate(model, source, batch_size=batch_size, worst=worst)
+    metrics, mistakes, _ = evaluate(model, source, batch_size=batch_size, worst=worst)
 
     def name(position):
         return Path(source.paths[position]).name if isinstance(source, ImageFolder) else f"row {position}"
@@ -109,8 +111,9 @@ def evaluate_to_directory(model_path, data_dir, output: Path, *, split: str = "v
 
 
 def format_report(metrics: dict) -> str:
-    """Accuracy, loss and the per-class table, for a terminal."""
-    lines = [f"accuracy {metrics['accuracy']:.4f}  loss {metrics['loss']:.4f}  images {metrics['num_examples']}",
+    """Accuracy, balanced accuracy, macro-F1, loss and the per-class table, for a terminal."""
+    lines = [f"accuracy {metrics['accuracy']:.4f}  balanced accuracy {metrics['balanced_accuracy']:.4f}  "
+             f"macro-F1 {metrics['macro_f1']:.4f}  loss {metrics['loss']:.4f}  images {metrics['num_examples']}",
              f"{'class':<20} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>9}"]
     lines += [f"{row['class']:<20} {row['precision']:>9.4f} {row['recall']:>9.4f} {row['f1']:>9.4f} {row['support']:>9}"
               for row in metrics["per_class"]]

@@ -29,7 +29,8 @@ from tl_core.tracking import FINISHED, Tracker
 RUN_FILE = MLFLOW_RUN_FILE  # {tracking_uri, experiment_id, run_id}: the MLflow run a resumed run continues
 UNLOGGED_FILE = MLFLOW_UNLOGGED_FILE  # what could not reach the server, when it was still gone at the end
 DEFAULT_EXPERIMENT = "tl-job"
-EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "learning_rate", "images_per_second")
+EPOCH_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_balanced_accuracy", "val_macro_f1", "learning_rate",
+                 "images_per_second")
 RUN_FILES = (CONFIG_FILE, HISTORY_JSON, HISTORY_PARQUET, METRICS_FILE, CLASS_NAMES_FILE, SKIPPED_FILES, HISTORY_PLOT,
              CONFUSION_PLOT, FED_BATCH_PLOT)
 MODEL_ARTIFACT = "model"  # runs:/<run id>/model
@@ -172,7 +173,7 @@ class MLflow(Tracker):
         from mlflow.entities import Metric
 
         metrics = [Metric(name, float(row[name]), int(row["finished_at"] * 1000), row["epoch"])
-                   for row in rows for name in EPOCH_METRICS]
+                   for row in rows for name in EPOCH_METRICS if name in row]  # (a row of an older version lacks some)
         for first in range(0, len(metrics), METRICS_PER_REQUEST):
             self.client.log_batch(self.run_id, metrics=metrics[first:first + METRICS_PER_REQUEST])
 
@@ -257,9 +258,9 @@ def artifact_location(uri: str) -> str | None:
 
 
 def final_metrics(metrics: dict) -> dict:
-    """final_accuracy, final_loss and final_<precision|recall|f1>.<class> (MLflow's names allow letters, digits,
-    _ - . / and spaces: other characters of a class name become _)."""
-    values = {"final_accuracy": metrics["accuracy"], "final_loss": metrics["loss"]}
+    """final_accuracy, final_balanced_accuracy, final_macro_f1, final_loss and final_<precision|recall|f1>.<class>
+    (MLflow's names allow letters, digits, _ - . / and spaces: other characters of a class name become _)."""
+    values = {f"final_{name}": metrics[name] for name in ("accuracy", "balanced_accuracy", "macro_f1", "loss")}
     for row in metrics["per_class"]:
         name = "".join(c if c.isalnum() or c in "_-. /" else "_" for c in row["class"])
         values.update({f"final_{score}.{name}": row[score] for score in ("precision", "recall", "f1")})

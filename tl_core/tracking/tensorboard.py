@@ -28,7 +28,8 @@ TRAIN, VALIDATION = "train", "validation"
 PHASE_NUMBERS = {HEAD: 0, FINE_TUNE: 1}
 TRAIN_SCALARS = {"epoch_loss": "loss", "epoch_accuracy": "accuracy", "epoch_learning_rate": "learning_rate",
                  "epoch_images_per_second": "images_per_second"}
-VALIDATION_SCALARS = {"epoch_loss": "val_loss", "epoch_accuracy": "val_accuracy"}
+VALIDATION_SCALARS = {"epoch_loss": "val_loss", "epoch_accuracy": "val_accuracy",
+                      "epoch_balanced_accuracy": "val_balanced_accuracy", "epoch_macro_f1": "val_macro_f1"}
 
 
 def write_event(writer, event: tf.compat.v1.Event) -> None:
@@ -71,7 +72,8 @@ class TensorBoard(Tracker):
         self.directory = Path(run_dir) / TENSORBOARD_DIR
         self.logged = {name: logged_steps(self.directory / name) for name in (TRAIN, VALIDATION)}
         # An epoch counts as logged when every one of its scalars is (a process stopped while writing one leaves a part).
-        per_epoch = [(TRAIN, tag) for tag in [*TRAIN_SCALARS, "epoch_phase"]] + [(VALIDATION, tag) for tag in VALIDATION_SCALARS]
+        per_epoch = [(TRAIN, tag) for tag in [*TRAIN_SCALARS, "epoch_phase"]] + [(VALIDATION, tag) for tag in
+                                                                                   ("epoch_loss", "epoch_accuracy")]
         self.logged_epochs = min([self.logged[split].get(tag, 0) for split, tag in per_epoch] + [completed_epochs])
         for name in (TRAIN, VALIDATION):
             wait_for_a_later_second(self.directory / name)
@@ -99,7 +101,8 @@ class TensorBoard(Tracker):
                 tf.summary.scalar("epoch_phase", PHASE_NUMBERS[row["phase"]], description="0: head, 1: fine-tuning")
             with self.writers[VALIDATION].as_default(step=row["epoch"]):
                 for tag, key in VALIDATION_SCALARS.items():
-                    tf.summary.scalar(tag, row[key])
+                    if key in row:  # a run resumed from a version before balanced accuracy has epochs without it
+                        tf.summary.scalar(tag, row[key])
             self.logged_epochs = row["epoch"]
         self.flush()
 

@@ -181,6 +181,7 @@ class EpochRecorder(tf.keras.callbacks.Callback):
         validation = self.validation.metrics(self.phase)
         row = {"epoch": epoch + 1, "phase": self.phase, "loss": logs["loss"], "accuracy": logs["accuracy"],
                "val_loss": validation["loss"], "val_accuracy": validation["accuracy"],
+               "val_balanced_accuracy": validation["balanced_accuracy"], "val_macro_f1": validation["macro_f1"],
                "learning_rate": float(tf.keras.backend.get_value(self.model.optimizer.learning_rate)), "seconds": seconds,
                "images_per_second": self.images_per_epoch / seconds, "finished_at": time.time()}
         self.history.append(row)

@@ -6,7 +6,7 @@ import numpy as np
 
 from tl_core import artifacts
 from tl_core.tuning.space import SEARCHABLE
-from tl_core.tuning.trial import TUNING_ACCURACY, TUNING_LOSS, TUNING_SCORE
+from tl_core.tuning.trial import TUNING_ACCURACY, TUNING_LOSS, TUNING_METRICS, TUNING_SCORE
 
 COMPLETED, STOPPED, FAILED = "completed", "stopped early", "failed"
 
@@ -33,7 +33,8 @@ def trial_rows(results, base: dict) -> list[dict]:
         rows.append({"trial": trial_number(trial_id), "trial_id": trial_id, **params,
                      "status": status, "epochs_run": epochs_run,
                      TUNING_SCORE: float(history[TUNING_SCORE].iloc[-1]) if epochs_run else None,
-                     TUNING_ACCURACY: float(history[TUNING_ACCURACY].iloc[-1]) if epochs_run else None,
+                     **{column: float(history[column].iloc[-1]) if epochs_run and column in history else None
+                        for column in TUNING_METRICS.values()},  # (a search from before balanced accuracy: accuracy)
                      TUNING_LOSS: float(history[TUNING_LOSS].iloc[-1]) if epochs_run else None,
                      "seconds": float(history["seconds"].iloc[-1]) if epochs_run else None,
                      "accuracy_per_epoch": [float(value) for value in history[TUNING_ACCURACY]] if epochs_run else [],

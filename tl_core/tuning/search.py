@@ -30,7 +30,7 @@ from tl_core.run_dir import CONFIG_FILE, METRICS_FILE, MLFLOW_RUN_FILE, RunDirec
 from tl_core.tuning import features as tuning_features
 from tl_core.tuning.report import FAILED, STOPPED, best_trial, plot_trials, trial_number, trial_rows
 from tl_core.tuning.space import DEFAULT_SPACE, SEARCHABLE, check_space, max_epochs, read_space, to_tune
-from tl_core.tuning.trial import TUNING_ACCURACY, TUNING_LOSS, TUNING_SCORE, run_trial
+from tl_core.tuning.trial import SCORES, TUNING_ACCURACY, TUNING_LOSS, TUNING_METRICS, TUNING_SCORE, run_trial
 
 # Files of a search directory.
 SEARCH_FILE = "tune.json"  # the base configuration, these settings and the search space: what --resume continues
@@ -60,6 +60,9 @@ class TuneSettings:
     grace_period: int = option(10, "epochs every trial runs before the early-stopping scheduler (ASHA) may stop it")
     cpus_per_trial: int = option(1, "CPUs Ray reserves for each trial (its TensorFlow threads)")
     gpus_per_trial: float = option(0.0, "GPUs (or a fraction) for each trial: a head on features is small, CPUs suffice")
+    score: str = option("accuracy", "what the trials are ranked by on the tuning images: 'accuracy', "
+                        "'balanced_accuracy' (the mean of the classes' recall: for imbalanced classes) or 'macro_f1'; "
+                        "ties broken by the tuning loss")
 
     def __post_init__(self):
         for name in ("trials", "grace_period", "cpus_per_trial"):
@@ -71,6 +74,8 @@ class TuneSettings:
                 raise ValueError(f"{name} must be a non-negative integer, got {getattr(self, name)!r}")
         if not 0 < self.tuning_split < 1:
             raise ValueError(f"tuning_split must be between 0 and 1, got {self.tuning_split!r}")
+        if self.score not in SCORES:
+            raise ValueError(f"score must be one of {', '.join(SCORES)}, got {self.score!r}")
         if not self.gpus_per_trial >= 0:
             raise ValueError(f"gpus_per_trial must be zero or positive, got {self.gpus_per_trial!r}")
 
@@ -153,7 +158,8 @@ def make_tuner(config: TrainConfig, settings: TuneSettings, space: dict, data, l
     from ray.tune.search import BasicVariantGenerator
 
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, data=data, base=dataclasses.asdict(config), threads=settings.cpus_per_trial),
+        tune.with_parameters(run_trial, data=data, base=dataclasses.asdict(config), threads=settings.cpus_per_trial,
+                             score=settings.score),
         {"cpu": settings.cpus_per_trial, "gpu": settings.gpus_per_trial})
     path, filesystem = storage.ray_storage(storage.absolute(location))  # Ray Tune's experiment in the search
     experiment = f"{path}/{RAY_TUNE_DIR}"
@@ -289,17 +295,19 @@ def _search(config: TrainConfig, settings: TuneSettings, location, directory: Pa
     artifacts.write_json(directory / BEST_CONFIG, best_config.to_dict())
     publish()
     stopped = sum(row["status"] == STOPPED for row in rows)
-    log(f"Best of {len(rows)} trials ({stopped} stopped early): trial {best['trial']}, tuning accuracy "
-        f"{best[TUNING_ACCURACY]:.4f} ({', '.join(f'{key} {best[key]}' for key in SEARCHABLE if key in space)}); "
+    settings_text = ", ".join(f"{key} {best[key]}" for key in SEARCHABLE if key in space)
+    log(f"Best of {len(rows)} trials ({stopped} stopped early) by {settings.score}: trial {best['trial']}, tuning "
+        f"{settings.score.replace('_', ' ')} {best[TUNING_METRICS[settings.score]]:.4f} ({settings_text}); "
         f"written to {storage.join(location, BEST_CONFIG)}", flush=True)
 
     metrics = final_run(dataclasses.replace(best_config, output_dir=storage.join(location, FINAL_RUN)), (checked, skipped),
                         features, log, trackers=tracking.final_run_trackers() if tracking else None)
     finished = time.perf_counter()
     summary = {"trials": len(rows), "stopped_early": stopped, "failed": sum(row["status"] == FAILED for row in rows),
-               "folds": folds, "best_trial": best["trial"], "best_tuning_accuracy": best[TUNING_ACCURACY],
+               "folds": folds, "score": settings.score, "best_trial": best["trial"],
+               **{f"best_{TUNING_METRICS[name]}": best[TUNING_METRICS[name]] for name in SCORES},
                "best_settings": {key: best[key] for key in SEARCHABLE},
-               "final_validation_accuracy": metrics["accuracy"], "final_validation_loss": metrics["loss"],
+               **{f"final_validation_{name}": metrics[name] for name in (*SCORES, "loss")},
                "seconds": {"check": checked_at - started, "features": features_at - checked_at,
                            "trials": searched_at - features_at, "final_run": finished - searched_at,
                            "total": finished - started}}

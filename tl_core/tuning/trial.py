@@ -20,12 +20,15 @@ from tl_core.training.feature_cache import InMemoryFeatures
 from tl_core.training.models import compile_head
 
 TUNING_ACCURACY, TUNING_LOSS, TUNING_SCORE = "tuning_accuracy", "tuning_loss", "tuning_score"
+SCORES = ("accuracy", "balanced_accuracy", "macro_f1")  # what a search may maximise (TuneSettings.score)
+TUNING_METRICS = {name: f"tuning_{name}" for name in SCORES}
 
 
-def tuning_score(accuracy: float, loss: float) -> float:
-    """What the search maximises: the tuning accuracy, ties broken by the tuning loss. Accuracy on a few hundred
-    images moves in coarse steps and many trials tie; a loss gap of 1 weighs as 0.1 % of accuracy."""
-    return accuracy - loss / 1000
+def tuning_score(value: float, loss: float) -> float:
+    """What the search maximises: the tuning accuracy (or balanced accuracy, or macro-F1), ties broken by the tuning
+    loss. Accuracy on a few hundred images moves in coarse steps and many trials tie; a loss gap of 1 weighs as 0.1 %
+    of accuracy."""
+    return value - loss / 1000
 
 
 def _use_threads(threads: int) -> None:
@@ -56,9 +59,9 @@ class FoldHead:
         return classification_metrics(self.fold.tune_labels, logits, self.class_names)
 
 
-def run_trial(params: dict, *, data, base: dict, threads: int) -> None:
+def run_trial(params: dict, *, data, base: dict, threads: int, score: str = "accuracy") -> None:
     """Ray Tune's function trainable: base (a TrainConfig dict) with the trial's params, trained on data
-    (features.TuningData) epoch by epoch."""
+    (features.TuningData) epoch by epoch, scored by `score` (one of SCORES)."""
     interrupts.drop_exit_signals_in_callbacks()
     os.environ.setdefault("TF_FORCE_GPU_ALLOW_GROWTH", "true")  # read when the GPU is first used: trials may share one
     _use_threads(threads)
@@ -67,8 +70,8 @@ def run_trial(params: dict, *, data, base: dict, threads: int) -> None:
     started = time.perf_counter()
     heads = [FoldHead(config, fold, data.class_names) for fold in data.folds]
     for epoch in range(config.epochs):
-        scores = [head.train_epoch(epoch) for head in heads]
-        accuracy = sum(score["accuracy"] for score in scores) / len(scores)
-        loss = sum(score["loss"] for score in scores) / len(scores)
-        tune.report({TUNING_SCORE: tuning_score(accuracy, loss), TUNING_ACCURACY: accuracy, TUNING_LOSS: loss,
+        folds = [head.train_epoch(epoch) for head in heads]
+        means = {name: sum(fold[name] for fold in folds) / len(folds) for name in (*SCORES, "loss")}
+        tune.report({TUNING_SCORE: tuning_score(means[score], means["loss"]),
+                     **{TUNING_METRICS[name]: means[name] for name in SCORES}, TUNING_LOSS: means["loss"],
                      "epochs_run": epoch + 1, "seconds": time.perf_counter() - started})
