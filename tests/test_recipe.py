@@ -209,6 +209,13 @@ def test_a_hand_written_config_means_the_chosen_recipe_plus_its_values(tmp_path)
         TrainConfig.from_json(tmp_path / "broken.json")
 
 
+def test_a_config_of_version_2_keeps_the_plain_loss_it_trained_with():
+    saved = {**TrainConfig().to_dict(), VERSION_KEY: 2}
+    del saved["class_balance"]  # added in version 3, whose default is logit_adjust
+    assert TrainConfig.from_dict(saved) == TrainConfig(class_balance="none")
+    assert TrainConfig().class_balance == "logit_adjust" and TrainConfig(**SEED_RECIPE).class_balance == "none"
+
+
 def test_a_run_saved_before_versions_resumes_and_reproduces_as_before(tiny_backbone, colour_dataset, tmp_path):
     straight = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "straight", augment=False, epochs=3))
     train(straight)

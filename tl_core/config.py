@@ -21,19 +21,21 @@ RAY_GROUP = "distributed training on Ray Train"
 # The seed's recipe exactly (`--recipe seed`): the fields whose defaults differ from it. Frozen
 # backbone, one Dense layer, Adam 1e-3, 6 epochs, a fresh augmentation and backbone pass per epoch.
 SEED_RECIPE = {"augment": True, "epochs": 6, "head_hidden": 0, "feature_views": 0, "head_schedule": "constant",
-               "head_dropout": 0.0, "learning_rate": 1e-3}
+               "head_dropout": 0.0, "learning_rate": 1e-3, "class_balance": "none"}
 
 # config.json's schema. Every file the job writes carries it (to_dict); a file without it is either a run saved before
 # it existed (it names every field of the first release, FIRST_FIELDS, as every saved config.json did) or written
-# by hand. Version 2: the first with the key; head_cycle_ends added.
-CONFIG_VERSION = 2
+# by hand. Version 2: the first with the key; head_cycle_ends added. Version 3: class_balance added, default
+# logit_adjust (a file of version 2 trained with the plain loss: VERSION_2_ADDED).
+CONFIG_VERSION = 3
 VERSION_KEY = "config_version"
 FIRST_FIELDS = {"data_dir", "backbone", "image_size", "batch_size", "epochs", "learning_rate", "augment", "seed",
                 "output_dir", "cache_dir"}
 # Fields added before the version existed, with the value a run saved without them trained with: such a
 # config.json reproduces and resumes that run, not today's default.
 ADDED_FIELDS = {"feature_views": 0, "head_schedule": "constant", "head_hidden": 0, "head_dropout": 0.0, "head_l2": 0.0,
-                "label_smoothing": 0.0, "adapt_batchnorm": False}
+                "label_smoothing": 0.0, "adapt_batchnorm": False, "class_balance": "none"}
+VERSION_2_ADDED = {"class_balance": "none"}  # fields added since version 2, with the value such a run trained with
 
 
 @dataclasses.dataclass
@@ -74,6 +76,11 @@ class TrainConfig:
     head_hidden: int = option(256, "units of a hidden ReLU layer in the head (0: the seed recipe's single Dense layer)")
     head_dropout: float = option(0.0, "dropout in front of each Dense layer of the head, while training")
     head_l2: float = option(0.0, "L2 penalty on the kernels of the head's Dense layers (0: none)")
+    class_balance: str = option("logit_adjust", "how training treats class frequency: 'none' (the plain loss), 'weights' (each "
+                                "class's examples weighted by 1 / its share of the training set) or 'logit_adjust' (the "
+                                "loss on logits plus log of the class prior: balanced predictions; Menon et al. 2021). "
+                                "Both are the plain loss when every class has as many training images; the default "
+                                "by measurement, docs/imbalance.md")
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy loss being trained (0: none; the reported "
                                     "losses are never smoothed)")
     adapt_batchnorm: bool = option(False, "let the backbone's BatchNorm layers adapt to the data (batch statistics, "
@@ -166,6 +173,8 @@ class TrainConfig:
             raise ValueError(f"fine_tune_learning_rate must be positive, got {self.fine_tune_learning_rate!r}")
         if not 0 < self.validation_split < 1:
             raise ValueError(f"validation_split must be between 0 and 1, got {self.validation_split!r}")
+        if self.class_balance not in ("none", "weights", "logit_adjust"):
+            raise ValueError(f"class_balance must be 'none', 'weights' or 'logit_adjust', got {self.class_balance!r}")
         if self.bad_files not in ("fail", "skip"):
             raise ValueError(f"bad_files must be 'fail' or 'skip', got {self.bad_files!r}")
         if self.cache_features and self.augment and not self.feature_views:
@@ -219,6 +228,8 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"unknown configuration keys {sorted(unknown)}; known keys: {sorted(known)}")
         saved_before_versions = version is None and FIRST_FIELDS <= set(values)
+        if version == 2:
+            return cls(**{**VERSION_2_ADDED, **values})
         return cls(**{**(ADDED_FIELDS if saved_before_versions else base or {}), **values})
 
     @classmethod

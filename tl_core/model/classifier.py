@@ -1,6 +1,7 @@
 """The classifier: a frozen TF Hub feature extractor and a new Dense head producing logits."""
 import re
 
+import numpy as np
 import tensorflow as tf
 import tensorflow_hub as hub
 
@@ -115,6 +116,43 @@ def unfreeze_top_layers(model: keras.Model, count: int) -> list[str]:
     return [layer.name for layer in backbone.layers if layer.trainable and layer.weights]
 
 
+CLASS_BALANCES = ("none", "weights", "logit_adjust")
+
+
+def class_prior(labels, num_classes: int) -> np.ndarray:
+    """Each class's share of the training images (of the whole training set, not one worker's shard)."""
+    return np.bincount(np.asarray(labels, np.int64), minlength=num_classes) / max(len(labels), 1)
+
+
+def training_loss(label_smoothing: float = 0.0, class_balance: str = "none", prior: np.ndarray | None = None):
+    """The loss being trained: cross_entropy, or with the class frequencies of the training set (`prior`) taken into
+    account, per example:
+      weights       each example's loss times 1 / (classes x its class's share): every class weighs the same in
+                    the mean, and the weights average 1 over the training set;
+      logit_adjust  the loss of logits + log(prior) (Menon et al., "Long-tail learning via logit adjustment", ICLR
+                    2021, tau = 1): the model's own logits then estimate the class given the image under a uniform
+                    prior, so that its predictions are balanced; nothing else changes at inference.
+    With every class equally frequent both are the plain loss: it is returned as it is (the same weights)."""
+    if class_balance == "none" or prior is None or np.allclose(prior, prior[0]):
+        return cross_entropy(label_smoothing)
+    prior = np.maximum(np.asarray(prior, np.float64), 1e-12)  # a class absent from training: a finite offset
+    offset = tf.constant(np.log(prior), tf.float32)
+    weight = tf.constant(1 / (len(prior) * prior), tf.float32)
+
+    def balanced_cross_entropy(labels, logits):
+        labels = tf.cast(tf.reshape(labels, [-1]), tf.int32)
+        if class_balance == "logit_adjust":
+            logits = logits + offset
+        if label_smoothing:
+            loss = keras.losses.categorical_crossentropy(tf.one_hot(labels, tf.shape(logits)[-1]), logits, from_logits=True,
+                                                         label_smoothing=label_smoothing)
+        else:
+            loss = keras.losses.sparse_categorical_crossentropy(labels, logits, from_logits=True)
+        return loss * tf.gather(weight, labels) if class_balance == "weights" else loss
+
+    return balanced_cross_entropy
+
+
 def cross_entropy(label_smoothing: float = 0.0):
     """Sparse categorical cross-entropy on logits; with label smoothing, on one-hot labels (Keras 2's sparse loss has
     no smoothing), per example, so that Keras reduces it as it reduces its own losses."""
@@ -128,11 +166,13 @@ def cross_entropy(label_smoothing: float = 0.0):
     return smoothed_cross_entropy
 
 
-def compile_classifier(model: keras.Model, optimizer, jit_compile: bool = False, label_smoothing: float = 0.0) -> None:
-    """The run's loss on logits and accuracy, with the given optimizer (one the run's checkpoint tracks)."""
+def compile_classifier(model: keras.Model, optimizer, jit_compile: bool = False, label_smoothing: float = 0.0,
+                       class_balance: str = "none", prior: np.ndarray | None = None) -> None:
+    """The run's loss on logits (training_loss) and accuracy, with the given optimizer (one the run's checkpoint
+    tracks)."""
     model.compile(
         optimizer=optimizer,
-        loss=cross_entropy(label_smoothing),
+        loss=training_loss(label_smoothing, class_balance, prior),
         metrics=["accuracy"],
         jit_compile=jit_compile,
     )

@@ -6,6 +6,7 @@ config.fine_tune_epochs. Everything is built under the strategy's scope.
 """
 import math
 
+import numpy as np
 import tensorflow as tf
 import tf_keras
 
@@ -50,10 +51,12 @@ def head_learning_rate(config: TrainConfig, steps_per_epoch: int):
     return config.learning_rate
 
 
-def compile_head(model: tf.keras.Model, config: TrainConfig, steps_per_epoch: int):
-    """Compile the model that trains the head as every run does (Adam on head_learning_rate, the run's loss); its optimizer."""
+def compile_head(model: tf.keras.Model, config: TrainConfig, steps_per_epoch: int, prior: np.ndarray | None = None):
+    """Compile the model that trains the head as every run does (Adam on head_learning_rate, the run's loss, with the
+    training set's class `prior` when config.class_balance uses it); its optimizer."""
     optimizer = tf_keras.optimizers.Adam(head_learning_rate(config, steps_per_epoch))
-    compile_classifier(model, optimizer, config.jit_compile, label_smoothing=config.label_smoothing)
+    compile_classifier(model, optimizer, config.jit_compile, label_smoothing=config.label_smoothing,
+                       class_balance=config.class_balance, prior=prior)
     return optimizer
 
 
@@ -64,8 +67,8 @@ def phase_of(config: TrainConfig, epoch: int) -> str:
 
 class Models:
     def __init__(self, config: TrainConfig, handle: str, num_classes: int, strategy: tf.distribute.Strategy, log, *,
-                 steps_per_epoch: int):
-        self.config, self.strategy, self.log = config, strategy, log
+                 steps_per_epoch: int, prior: np.ndarray | None = None):
+        self.config, self.strategy, self.log, self.prior = config, strategy, log, prior
         with strategy.scope():
             # Fine-tuning needs the backbone's layers and bf16 its Keras layers: the built-in one is then
             # built as a Keras model (the same weights as its SavedModel).
@@ -79,7 +82,7 @@ class Models:
             self.on_images = training_model(self.classifier, config.image_size, config.augment)
             # With cached features only the head runs in the head phase: it is fitted on its own.
             self.on_features = head_model(self.classifier) if config.uses_feature_cache else None
-            self.optimizer = compile_head(self.head_trainer, config, steps_per_epoch)
+            self.optimizer = compile_head(self.head_trainer, config, steps_per_epoch, prior)
             self.fine_tune_optimizer = tf_keras.optimizers.Adam(config.fine_tune_learning_rate)
         # A frozen backbone never changes, and its SavedModel's thousands of objects made every epoch's checkpoint
         # cost 0.7 s of graph traversal alone: the checkpoint holds the head, unless the backbone trains.
@@ -115,7 +118,8 @@ class Models:
             with self.strategy.scope():
                 unfrozen = unfreeze_top_layers(self.classifier, self.config.fine_tune_layers)
                 compile_classifier(self.on_images, self.fine_tune_optimizer, self.config.jit_compile,
-                                   label_smoothing=self.config.label_smoothing)
+                                   label_smoothing=self.config.label_smoothing, class_balance=self.config.class_balance,
+                                   prior=self.prior)
             self.fine_tuning = True
             self.log(f"Fine-tuning {len(unfrozen)} backbone layers ({unfrozen[0]} ... {unfrozen[-1]}) and the head at "
                      f"learning rate {self.config.fine_tune_learning_rate:g}", flush=True)

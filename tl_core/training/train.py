@@ -28,7 +28,7 @@ from tl_core.data.sources import Sources, load_splits
 from tl_core.metrics import classification_metrics
 from tl_core.model import assets
 from tl_core.model.backbones import check_backbone_options, resolve_backbone
-from tl_core.model.classifier import build_classifier, feature_dim
+from tl_core.model.classifier import build_classifier, class_prior, feature_dim
 from tl_core.progress import labelled_batch_size, track
 from tl_core.run_dir import (CLASS_NAMES_FILE, CONFUSION_PLOT, FEATURES_DIR, FED_BATCH_PLOT, HISTORY_JSON, HISTORY_PLOT,
                              METRICS_FILE, MODEL_DIR, SHARDS_DIR)
@@ -154,7 +154,8 @@ def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker
     log(data.describe(worker, config.batch_size, handle), flush=True)
 
     models = Models(config, handle, len(data.train.class_names), strategy, log,
-                    steps_per_epoch=math.ceil(len(data.shard) / config.batch_size))
+                    steps_per_epoch=math.ceil(len(data.shard) / config.batch_size),
+                    prior=class_prior(data.train.labels, len(data.train.class_names)))  # the whole set's, on every worker
     checkpoints = checkpoints or LocalCheckpoints(run_dir)
     history = restore(models, checkpoints, config, log)
     trackers = open_trackers(config, data, handle, trackers, tags, len(history)) if worker.is_chief else Trackers()

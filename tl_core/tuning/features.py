@@ -16,7 +16,7 @@ from tl_core.config import TrainConfig
 from tl_core.data.images import stratified_split
 from tl_core.model.assets import cache_dir
 from tl_core.model.backbones import resolve_backbone
-from tl_core.model.classifier import build_classifier
+from tl_core.model.classifier import build_classifier, class_prior
 from tl_core.training.feature_cache import InMemoryFeatures, PrecomputedFeatures, cache_features, read_features
 from tl_core.training.recorder import backbone_features
 
@@ -111,10 +111,11 @@ class Fold:
 class TuningData:
     folds: list
     class_names: list
+    prior: np.ndarray  # the class frequencies of all the training images (what a run's --class-balance uses)
 
     @classmethod
     def split(cls, train: InMemoryFeatures, fold_of_row: np.ndarray, class_names: list) -> "TuningData":
         count = int(fold_of_row.max()) + 1
         folds = [Fold(train.features[fold_of_row != k], train.labels[fold_of_row != k],
                       train.features[fold_of_row == k], train.labels[fold_of_row == k]) for k in range(count)]
-        return cls(folds, list(class_names))
+        return cls(folds, list(class_names), class_prior(train.labels, len(class_names)))

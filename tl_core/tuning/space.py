@@ -18,7 +18,7 @@ from pathlib import Path
 from tl_core.config import TrainConfig
 
 SEARCHABLE = ("learning_rate", "epochs", "batch_size", "head_hidden", "head_dropout", "head_l2", "label_smoothing",
-              "head_schedule")
+              "head_schedule", "class_balance")
 DISTRIBUTIONS = {"loguniform": 2, "uniform": 2, "randint": 2, "choice": None}  # name -> number of arguments
 
 # The default space: around the default recipe (Adam one-cycle 3e-3, 60 epochs, batch 100, no regularisation).

@@ -43,13 +43,13 @@ def _use_threads(threads: int) -> None:
 class FoldHead:
     """A trial's head for one fold: fits on the fold's fitting part, scored on its tuning part."""
 
-    def __init__(self, config: TrainConfig, fold, class_names: list):
+    def __init__(self, config: TrainConfig, fold, class_names: list, prior):
         self.config, self.fold, self.class_names = config, fold, class_names
         self.features = InMemoryFeatures(fold.fit_features, fold.fit_labels)
         tf.keras.utils.set_random_seed(config.seed)
         head = make_head(len(class_names), config.head_hidden, config.head_dropout, config.seed, config.head_l2)
         self.model = tf.keras.Sequential([tf.keras.Input((fold.fit_features.shape[1],)), head])
-        compile_head(self.model, config, steps_per_epoch=math.ceil(len(fold.fit_labels) / config.batch_size))
+        compile_head(self.model, config, steps_per_epoch=math.ceil(len(fold.fit_labels) / config.batch_size), prior=prior)
 
     def train_epoch(self, epoch: int) -> dict:
         """One epoch (0-based) of fitting; the metrics on the tuning part."""
@@ -68,7 +68,7 @@ def run_trial(params: dict, *, data, base: dict, threads: int, score: str = "acc
     tf.get_logger().setLevel("ERROR")  # not a retracing warning for every fold's new model
     config = TrainConfig.from_dict({**base, **params})
     started = time.perf_counter()
-    heads = [FoldHead(config, fold, data.class_names) for fold in data.folds]
+    heads = [FoldHead(config, fold, data.class_names, data.prior) for fold in data.folds]
     for epoch in range(config.epochs):
         folds = [head.train_epoch(epoch) for head in heads]
         means = {name: sum(fold[name] for fold in folds) / len(folds) for name in (*SCORES, "loss")}
