@@ -286,6 +286,25 @@ def imbalance(results: dict) -> str:
                     "same backbone features for every method.")
 
 
+def floor(results: dict) -> str:
+    figures = results["results"]
+    floor_, job = figures["floor"], figures["job"]
+    rows = [["whole process (wall time)", f"{floor_['seconds']:.1f} s", f"{job['seconds']:.1f} s",
+             f"{figures['job_over_floor']:.2f}x", "1.25x"],
+            ["backbone pass over the 2,000 images", f"{floor_['images_per_second']:.0f} images/s",
+             f"{job['images_per_second']:.0f} images/s", f"{figures['feature_rate_job_over_floor']:.2f}x", "0.95x"],
+            ["peak memory", f"{floor_['peak_mib']:.0f} MiB", f"{job['peak_mib']:.0f} MiB",
+             f"{figures['peak_job_over_floor']:.2f}x", "1.15x"]]
+    table = markdown(["", "floor (import, load, one backbone pass)", "the default job", "job / floor", "target"], rows)
+    floor_phases = {"start, imports and check": f"{floor_['imports']:.1f} (imports)",
+                    "backbone load": f"{floor_['load']:.1f}", "feature pass": f"{floor_['pass']:.1f}",
+                    "exit": f"{floor_['start_and_exit']:.1f} (interpreter start and exit)"}
+    breakdown = markdown(["phase of the job", "seconds", "the floor's"],
+                         [[name, f"{seconds:.1f}", floor_phases.get(name, "")] for name, seconds in job["phases"].items()])
+    return (table + f"\n\nMedians of {results['repeats']} runs each, alternated. The job's time by phase (from when its "
+            "log lines appeared; the floor's own phases beside):\n\n" + breakdown)
+
+
 # table name -> (benchmark and results file, what makes the table)
 TABLES = {
     "headline": ("accuracy", headline),
@@ -298,6 +317,7 @@ TABLES = {
     "tracking": ("tracking", tracking),
     "audit": ("audit", audit),
     "imbalance": ("imbalance", imbalance),
+    "floor": ("floor", floor),
 }
 
 

@@ -28,9 +28,9 @@ def test_with_balanced_classes_either_option_is_the_plain_loss(balance):
     assert type(training_loss(0.0, balance, None)) is type(cross_entropy(0.0))
 
 
-def test_logit_adjustment_moves_predictions_towards_the_rare_class(tiny_backbone, tmp_path):
-    """Colour images, 40 blue against 4 red in train/: the adjusted head predicts red at least as often, and its
-    training sees the whole set's prior."""
+@pytest.mark.parametrize("recipe", ["default", "seed"])  # cached features; images (augmented) every epoch
+def test_logit_adjustment_moves_predictions_towards_the_rare_class(tiny_backbone, tmp_path, recipe):
+    """Colour images, 40 blue against 4 red in train/: the adjusted model recalls red at least as well."""
     from tl_core.run_dir import prepare_run_dir
     from tl_core.training.train import train
 
@@ -39,7 +39,7 @@ def test_logit_adjustment_moves_predictions_towards_the_rare_class(tiny_backbone
         extra.unlink()
     results = {}
     for balance in ("none", "logit_adjust"):
-        config = prepare_run_dir(tiny_config(tiny_backbone, data, tmp_path / balance, recipe="default", audit=False,
+        config = prepare_run_dir(tiny_config(tiny_backbone, data, tmp_path / balance, recipe=recipe, audit=False,
                                              class_balance=balance, epochs=2, learning_rate=0.01))
         results[balance] = train(config)
     red = {balance: next(row for row in metrics["per_class"] if row["class"] == "red")["recall"]

@@ -37,3 +37,11 @@ def test_balanced_accuracy_and_macro_f1_are_scikit_learns():
     assert metrics["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y_true, y_pred))
     assert metrics["macro_f1"] == pytest.approx(f1_score(y_true, y_pred, average="macro"))
     assert metrics["balanced_accuracy"] != pytest.approx(metrics["accuracy"])
+
+
+def test_the_evaluation_table_leads_with_the_three_scores():
+    from tl_core.serving.evaluate import format_report
+
+    metrics = classification_metrics([0, 0, 0, 1], np.eye(2)[[0, 0, 0, 0]], ["a", "b"])
+    assert format_report(metrics).splitlines()[0] == ("accuracy 0.7500  balanced accuracy 0.5000  macro-F1 0.4286  "
+                                                      f"loss {metrics['loss']:.4f}  images 4")
