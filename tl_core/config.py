@@ -36,6 +36,7 @@ FIRST_FIELDS = {"data_dir", "backbone", "image_size", "batch_size", "epochs", "l
 ADDED_FIELDS = {"feature_views": 0, "head_schedule": "constant", "head_hidden": 0, "head_dropout": 0.0, "head_l2": 0.0,
                 "label_smoothing": 0.0, "adapt_batchnorm": False, "class_balance": "none"}
 VERSION_2_ADDED = {"class_balance": "none"}  # fields added since version 2, with the value such a run trained with
+CLASS_BALANCES = ("none", "weights", "logit_adjust")  # how training treats class frequency (model/classifier.py)
 
 
 @dataclasses.dataclass
@@ -173,7 +174,7 @@ class TrainConfig:
             raise ValueError(f"fine_tune_learning_rate must be positive, got {self.fine_tune_learning_rate!r}")
         if not 0 < self.validation_split < 1:
             raise ValueError(f"validation_split must be between 0 and 1, got {self.validation_split!r}")
-        if self.class_balance not in ("none", "weights", "logit_adjust"):
+        if self.class_balance not in CLASS_BALANCES:
             raise ValueError(f"class_balance must be 'none', 'weights' or 'logit_adjust', got {self.class_balance!r}")
         if self.bad_files not in ("fail", "skip"):
             raise ValueError(f"bad_files must be 'fail' or 'skip', got {self.bad_files!r}")

@@ -116,9 +116,6 @@ def unfreeze_top_layers(model: keras.Model, count: int) -> list[str]:
     return [layer.name for layer in backbone.layers if layer.trainable and layer.weights]
 
 
-CLASS_BALANCES = ("none", "weights", "logit_adjust")
-
-
 def class_prior(labels, num_classes: int) -> np.ndarray:
     """Each class's share of the training images (of the whole training set, not one worker's shard)."""
     return np.bincount(np.asarray(labels, np.int64), minlength=num_classes) / max(len(labels), 1)
