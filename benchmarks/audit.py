@@ -233,9 +233,7 @@ def main(argv=None) -> int:
         if "run" in args.parts:
             results["run"] = run_cost(work, args.repeats)
     output = {**provenance(), "repeats": args.repeats, "results": results}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(output, indent=2) + "\n")
-    print(report.render("audit", output))
+    report.save(args.output, "audit", output)
     return 0
 
 

@@ -140,9 +140,7 @@ def main(argv=None) -> int:
     results["feature_rate_job_over_floor"] = results["job"]["images_per_second"] / results["floor"]["images_per_second"]
     results["peak_job_over_floor"] = results["job"]["peak_mib"] / results["floor"]["peak_mib"]
     output = {**provenance(), "repeats": args.repeats, "results": results}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(output, indent=2) + "\n")
-    print(report.render("floor", output))
+    report.save(args.output, "floor", output)
     return 0
 
 

@@ -11,7 +11,6 @@ validation balanced accuracy (the mean of the classes' recall), accuracy and mac
 `none` (the plain loss). Writes JSON (--output) and prints the docs' table (benchmarks/report.py: "imbalance").
 """
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -94,9 +93,7 @@ def main(argv=None) -> int:
                           f"{entry['methods'][method]['balanced_accuracy']:.4f}, accuracy "
                           f"{entry['methods'][method]['accuracy']:.4f}", flush=True)
     output = {**provenance(), "seeds": args.seeds, "results": results}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(output, indent=2) + "\n")
-    print(report.render("imbalance", output))
+    report.save(args.output, "imbalance", output)
     return 0
 
 

@@ -321,6 +321,13 @@ TABLES = {
 }
 
 
+def save(path: Path, name: str, results: dict) -> None:
+    """A benchmark's results file written, and its docs table (`name`) printed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(render(name, results))
+
+
 def render(name: str, results: dict) -> str:
     """A block's text: the caption, then the table and what is derived from it."""
     benchmark, make = TABLES[name]

@@ -7,7 +7,6 @@ run logs its parameters, one request of metrics per epoch, its files and the mod
 through the server). Loopback has no network latency: a remote server adds its round trips. Writes JSON (--output).
 """
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -54,9 +53,7 @@ def main(argv=None) -> int:
     medians = {name: statistics.median(values) for name, values in seconds.items()}
     results = {**provenance(), "repeats": args.repeats,
                "results": {"seconds": medians, "runs": seconds, "mlflow_over_off": medians["mlflow"] / medians["off"]}}
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    print(report.render("tracking", results))
+    report.save(args.output, "tracking", results)
     return 0
 
 

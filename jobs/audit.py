@@ -50,7 +50,7 @@ def main(argv=None) -> int:
 
     def body() -> None:
         from tl_core import storage
-        from tl_core.audit import audit_data, summary
+        from tl_core.audit import audit_sources, summary
         from tl_core.data.sources import load_splits
         from tl_core.model.assets import cache_dir
         from tl_core.run_dir import default_output_dir
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
         output_dir = storage.local_path(args.output_dir or default_output_dir("audit-"), "--output-dir")
         config = TrainConfig(**given_fields(args, TrainConfig))
         train, validation, data_dir = load_splits(config, cache_dir(config.cache_dir), check_batch=False)
-        report = audit_data(config, {"train": train, "validation": validation}, data_dir, output_dir,
+        report = audit_sources(config, {"train": train, "validation": validation}, data_dir, output_dir,
                             AuditSettings(class_floor=args.class_floor, near_threshold=args.near_threshold),
                             exact_only=args.exact_only)
         print(summary(report, output_dir))

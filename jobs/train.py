@@ -144,10 +144,10 @@ def main(argv=None) -> int:
             print(f"Check passed: the data and the configuration are ready to train"
                   f"{f' ({len(skipped)} file(s) would be skipped)' if skipped else ''}.")
             if args.audit_first:  # the data audit too, before any training
-                from tl_core.audit import audit_data, summary
+                from tl_core.audit import audit_sources, summary
 
                 sources, audit_dir = checked.sources(skipped), Path(default_output_dir("audit-"))
-                report = audit_data(config, {"train": sources.train, "validation": sources.validation}, sources.data_dir,
+                report = audit_sources(config, {"train": sources.train, "validation": sources.validation}, sources.data_dir,
                                     audit_dir)
                 print(summary(report, audit_dir))
             return

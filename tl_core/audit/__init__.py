@@ -73,7 +73,7 @@ def backbone_features(config, sources: dict) -> dict:
             for split, source in sources.items()}
 
 
-def audit_data(config, sources: dict, data_dir: str, output_dir: Path, settings: AuditSettings = AuditSettings(), *,
+def audit_sources(config, sources: dict, data_dir: str, output_dir: Path, settings: AuditSettings = AuditSettings(), *,
                exact_only: bool = False) -> dict:
     """jobs.audit and `jobs.train --check --audit`: the audit of sources, with the backbone's features computed here
     (config: the backbone, image size, batch size and the head's recipe), or without them (exact_only)."""
