@@ -69,6 +69,7 @@ class Models:
     def __init__(self, config: TrainConfig, handle: str, num_classes: int, strategy: tf.distribute.Strategy, log, *,
                  steps_per_epoch: int, prior: np.ndarray | None = None):
         self.config, self.strategy, self.log, self.prior = config, strategy, log, prior
+        self.steps_per_epoch = steps_per_epoch
         with strategy.scope():
             # Fine-tuning needs the backbone's layers and bf16 its Keras layers: the built-in one is then
             # built as a Keras model (the same weights as its SavedModel).

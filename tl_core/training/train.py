@@ -4,9 +4,9 @@ Recipe: frozen backbone + new head (config.py: the default, and the seed's recip
 categorical cross-entropy on logits; the head trains on backbone features computed once (of the
 images, or of augmented views: the feature bank) or, with per-epoch augmentation, on the images;
 optionally fine-tuning the backbone's top after the head's epochs. train() reads top to bottom: the data,
-the models (training/models.py), restore, one fit() per epoch with the epoch's data (its order and
-augmentations drawn from (seed, epoch)) and the EpochRecorder callback (training/recorder.py:
-validation, history, checkpoint, log), then the outputs.
+the models (training/models.py), restore, one fit() per phase over the epochs' data, each epoch's (its order and
+augmentations drawn from (seed, epoch)) made when it starts, with the EpochRecorder callback (training/recorder.py:
+validation, history, checkpoint, log after every epoch), then the outputs.
 """
 import dataclasses
 import json
@@ -23,7 +23,7 @@ import tf_keras
 from tl_core import artifacts, interrupts
 from tl_core.config import TrainConfig
 from tl_core.data.checks import read_skipped
-from tl_core.data.images import make_dataset
+from tl_core.data.images import make_dataset, unsharded
 from tl_core.data.sources import Sources, load_splits
 from tl_core.metrics import classification_metrics
 from tl_core.model import assets
@@ -38,13 +38,15 @@ from tl_core.serving.export import export_classifier, export_tflite, tflite_logi
 from tl_core.training.distribute import Worker, make_strategy
 from tl_core.training.epoch_progress import EpochProgress
 from tl_core.training.feature_cache import InMemoryBank, PrecomputedFeatures, cache_feature_bank, cache_features, on_disk
-from tl_core.training.models import HEAD, Models, phase_of
+from tl_core.training.models import FINE_TUNE, HEAD, Models, phase_of
 from tl_core.training.recorder import EpochRecorder, LocalCheckpoints, Validation, backbone_feature_batches
 from tl_core.training.step import as_fed
 
 def check_backbone(config: TrainConfig, num_classes: int) -> None:
-    """Load the backbone and build the classifier at config.image_size: BackboneError if either fails."""
-    build_classifier(resolve_backbone(config.backbone, assets.cache_dir(config.cache_dir)), num_classes, config.image_size)
+    """Load the backbone and build the classifier at config.image_size: BackboneError if either fails. The loaded
+    backbone is kept for the run that follows in this process (classifier.load_backbone)."""
+    build_classifier(resolve_backbone(config.backbone, assets.cache_dir(config.cache_dir)), num_classes, config.image_size,
+                     keep_backbone=True)
 
 
 def write_tflite_exports(model, class_names, run_dir: Path, validation, labels: np.ndarray,
@@ -167,12 +169,12 @@ def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker
                                  total_epochs=config.epochs + config.fine_tune_epochs, log=log, trackers=trackers)
         progress = [EpochProgress(images_per_epoch=images_per_epoch, global_batch=config.batch_size * worker.world_size,
                                   epochs=config.epochs, fine_tune_epochs=config.fine_tune_epochs)] if worker.is_chief else []
-        for epoch in range(len(history), config.epochs + config.fine_tune_epochs):
+        for phase, first, end in phase_spans(config, len(history)):  # the head's epochs, then fine-tuning's
             interrupts.check()
-            recorder.phase = phase_of(config, epoch)  # the head's epochs, then fine-tuning's
-            models.trainer(recorder.phase).fit(epoch_dataset(config, data.shard, features, recorder.phase, epoch),
-                                               initial_epoch=epoch, epochs=epoch + 1, verbose=0,
-                                               callbacks=[*progress, recorder, *callbacks, SafePoint()])
+            recorder.phase = phase
+            models.trainer(phase).fit(epochs_dataset(config, data.shard, features, phase, first, end, models.steps_per_epoch),
+                                      steps_per_epoch=models.steps_per_epoch, initial_epoch=first, epochs=end, verbose=0,
+                                      callbacks=[*progress, recorder, *callbacks, SafePoint()])
         interrupts.check()
 
         run = {"backbone_handle": handle, **data.summary(worker), "global_batch_size": config.batch_size * worker.world_size,
@@ -261,6 +263,30 @@ def backbone_passes(config: TrainConfig, models: Models, data: RunData, worker: 
         log(f"Backbone features of {len(data.validation)} validation{shared}{training} images computed once{views}: "
             f"{seconds:.1f}s", flush=True)
     return validation, features, seconds
+
+
+def phase_spans(config: TrainConfig, completed: int) -> list[tuple[str, int, int]]:
+    """(phase, first epoch, end) of each phase still to train after `completed` epochs: one fit() each."""
+    spans = [(HEAD, completed, config.epochs), (FINE_TUNE, max(completed, config.epochs), config.epochs + config.fine_tune_epochs)]
+    return [(phase, first, end) for phase, first, end in spans if first < end]
+
+
+def epochs_dataset(config: TrainConfig, shard, features, phase: str, first: int, end: int, steps: int) -> tf.data.Dataset:
+    """The batches of epochs first .. end - 1, one after another: each epoch's own (epoch_dataset), made when the epoch
+    before it is done (one epoch's data held at a time), so that one fit() trains them all: a fit() per epoch cost more
+    than the head's 14 steps on the sample (its iterator, its callbacks' start and end, ~0.1 s). `steps`: batches per
+    epoch, as fit() is told."""
+
+    def batches():
+        for epoch in range(first, end):
+            count = 0
+            for count, batch in enumerate(epoch_dataset(config, shard, features, phase, epoch), 1):
+                yield batch
+            if count != steps:  # fit() would end the run early, without a word, on an epoch that ran short
+                raise RuntimeError(f"epoch {epoch + 1} gave {count} batches, not {steps}")
+
+    spec = epoch_dataset(config, shard, features, phase, first).element_spec
+    return unsharded(tf.data.Dataset.from_generator(batches, output_signature=spec)).prefetch(1)
 
 
 def epoch_dataset(config: TrainConfig, shard, features, phase: str, epoch: int) -> tf.data.Dataset:
