@@ -17,6 +17,9 @@ when each of its log lines appeared:
   outputs                    until "Validation accuracy" (SavedModel, plots, metrics)
   exit                       until the process ended
 
+--before DIR adds the default job of another checkout (e.g. `git worktree add /tmp/before <commit>`), run from DIR with
+this interpreter, alternated with the others: the job before and after a change, side by side in one run.
+
 Writes JSON (--output, default benchmarks/results/floor.json) and prints the docs' table ("floor").
 """
 import argparse
@@ -71,11 +74,11 @@ def floor_child() -> None:
                       "images": images, "images_per_second": images / (passed - loaded)}))
 
 
-def measured(command: list[str]) -> tuple[float, float, list[tuple[float, str]]]:
-    """(wall seconds, peak RSS MiB, [(seconds since start, line)]) of a whole process."""
+def measured(command: list[str], checkout: Path = REPO) -> tuple[float, float, list[tuple[float, str]]]:
+    """(wall seconds, peak RSS MiB, [(seconds since start, line)]) of a whole process, run from a checkout's code."""
     started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen(command, cwd=checkout, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(checkout)})
     lines = [(time.perf_counter() - started, line.rstrip("\n")) for line in process.stdout]
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
@@ -100,31 +103,40 @@ def phases(lines: list[tuple[float, str]], wall: float, feature_seconds: float) 
     return seconds
 
 
+def job_run(checkout: Path, run_dir: Path) -> dict:
+    """The default `python -m jobs.train` of a checkout, measured: wall time, peak memory, phases, feature rate."""
+    wall, peak, lines = measured([sys.executable, "-m", "jobs.train", "--output-dir", str(run_dir)], checkout)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    images = metrics["run"]["train_images"] + metrics["run"]["validation_images"]
+    return {"seconds": wall, "peak_mib": peak, "phases": phases(lines, wall, metrics["run"]["feature_seconds"]),
+            "images_per_second": images / metrics["run"]["feature_seconds"]}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.floor", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--output", type=Path, default=REPO / "benchmarks" / "results" / "floor.json")
+    parser.add_argument("--before", type=Path, metavar="DIR", help="a checkout of an earlier commit: its default job "
+                        "runs alternated with this one's")
     parser.add_argument("--floor-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.floor_child:
         floor_child()
         return 0
-    runs = {"floor": [], "job": []}
+    jobs = {"job": REPO, **({"before": args.before.resolve()} if args.before else {})}
+    runs = {"floor": [], **{name: [] for name in jobs}}
     with tempfile.TemporaryDirectory() as work:
         for repeat in range(args.repeats):
             wall, peak, lines = measured([sys.executable, "-m", "benchmarks.floor", "--floor-child"])
             child = json.loads(lines[-1][1])
             runs["floor"].append({"seconds": wall, "peak_mib": peak, **child,
                                   "start_and_exit": wall - child["imports"] - child["load"] - child["pass"]})
-            wall, peak, lines = measured([sys.executable, "-m", "jobs.train", "--output-dir", f"{work}/run-{repeat}"])
-            metrics = json.loads((Path(work) / f"run-{repeat}" / "metrics.json").read_text())
-            images = metrics["run"]["train_images"] + metrics["run"]["validation_images"]
-            runs["job"].append({"seconds": wall, "peak_mib": peak,
-                                "phases": phases(lines, wall, metrics["run"]["feature_seconds"]),
-                                "images_per_second": images / metrics["run"]["feature_seconds"]})
-            print(f"repeat {repeat + 1}/{args.repeats}: floor {runs['floor'][-1]['seconds']:.1f} s, job "
-                  f"{runs['job'][-1]['seconds']:.1f} s", flush=True)
+            for name, checkout in jobs.items():
+                run_dir = Path(work) / f"{name}-{repeat}"
+                runs[name].append(job_run(checkout, run_dir))
+            print(f"repeat {repeat + 1}/{args.repeats}: "
+                  + ", ".join(f"{name} {entries[-1]['seconds']:.1f} s" for name, entries in runs.items()), flush=True)
 
     def median(which: str, key: str) -> float:
         return statistics.median(entry[key] for entry in runs[which])
@@ -132,10 +144,14 @@ def main(argv=None) -> int:
     results = {"runs": runs,
                "floor": {key: median("floor", key) for key in ("seconds", "peak_mib", "images_per_second", "imports",
                                                               "load", "pass", "start_and_exit")},
-               "job": {"seconds": median("job", "seconds"), "peak_mib": median("job", "peak_mib"),
-                       "images_per_second": median("job", "images_per_second"),
-                       "phases": {name: statistics.median(entry["phases"].get(name, 0.0) for entry in runs["job"])
-                                  for name in runs["job"][0]["phases"]}}}
+               **{name: {"seconds": median(name, "seconds"), "peak_mib": median(name, "peak_mib"),
+                         "images_per_second": median(name, "images_per_second"),
+                         "phases": {phase: statistics.median(entry["phases"].get(phase, 0.0) for entry in runs[name])
+                                    for phase in runs[name][0]["phases"]}} for name in jobs}}
+    if args.before:
+        results["before"]["commit"] = subprocess.run(["git", "-C", str(args.before), "rev-parse", "--short", "HEAD"],
+                                                     capture_output=True, text=True).stdout.strip()
+        results["before_over_floor"] = results["before"]["seconds"] / results["floor"]["seconds"]
     results["job_over_floor"] = results["job"]["seconds"] / results["floor"]["seconds"]
     results["feature_rate_job_over_floor"] = results["job"]["images_per_second"] / results["floor"]["images_per_second"]
     results["peak_job_over_floor"] = results["job"]["peak_mib"] / results["floor"]["peak_mib"]

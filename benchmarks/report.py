@@ -295,12 +295,17 @@ def floor(results: dict) -> str:
              f"{job['images_per_second']:.0f} images/s", f"{figures['feature_rate_job_over_floor']:.2f}x", "0.95x"],
             ["peak memory", f"{floor_['peak_mib']:.0f} MiB", f"{job['peak_mib']:.0f} MiB",
              f"{figures['peak_job_over_floor']:.2f}x", "1.15x"]]
+    before = figures.get("before")
+    if before:  # --before: the job of an earlier commit, alternated with these
+        rows.insert(1, [f"the job before (commit {before['commit']})", f"{floor_['seconds']:.1f} s",
+                        f"{before['seconds']:.1f} s", f"{figures['before_over_floor']:.2f}x", ""])
     table = markdown(["", "floor (import, load, one backbone pass)", "the default job", "job / floor", "target"], rows)
     floor_phases = {"start, imports and check": f"{floor_['imports']:.1f} (imports)",
                     "backbone load": f"{floor_['load']:.1f}", "feature pass": f"{floor_['pass']:.1f}",
                     "exit": f"{floor_['start_and_exit']:.1f} (interpreter start and exit)"}
-    breakdown = markdown(["phase of the job", "seconds", "the floor's"],
-                         [[name, f"{seconds:.1f}", floor_phases.get(name, "")] for name, seconds in job["phases"].items()])
+    columns = ["phase of the job", *(["before (s)"] if before else []), "seconds", "the floor's"]
+    breakdown = markdown(columns, [[name, *([f"{before['phases'].get(name, 0.0):.1f}"] if before else []), f"{seconds:.1f}",
+                                    floor_phases.get(name, "")] for name, seconds in job["phases"].items()])
     return (table + f"\n\nMedians of {results['repeats']} runs each, alternated. The job's time by phase (from when its "
             "log lines appeared; the floor's own phases beside):\n\n" + breakdown)
 
