@@ -1,6 +1,7 @@
 import contextlib
 import faulthandler
 import io
+import json
 import os
 import secrets
 import shutil
@@ -198,6 +199,28 @@ def head_weights_digest(run_dir) -> dict:
             directions = np.random.default_rng(0).standard_normal((3, values.size))
             digest[name] = [float(values.sum()), *(directions @ values).tolist()]
     return digest
+
+
+def findings_of(output_dir) -> list[dict]:
+    """The rows of an audit's findings.parquet."""
+    import pyarrow.parquet as pq
+
+    return pq.read_table(Path(output_dir) / "findings.parquet").to_pylist()
+
+
+def assert_the_sample_audit(output_dir) -> None:
+    """The audit of the built-in sample (jobs.audit's, or a default run's from its own features) finds what the sample
+    holds: 5 groups of exact copies across its splits, near pairs of both kinds above the threshold (none of them an
+    exact copy again), at least one likely label error."""
+    report = json.loads((Path(output_dir) / "audit.json").read_text())
+    assert report["exact_duplicate_groups"]["leakage"] == 5 and report["validation_images_also_in_train"] == 5
+    assert report["images"] == {"train": 1400, "validation": 600}
+    findings = findings_of(output_dir)
+    near = [f for f in findings if f["kind"] in ("near_leakage", "near_duplicate")]
+    assert sorted(report["near_duplicate_pairs"]) == ["near_duplicate", "near_leakage"] and report["label_issues"]["train"] >= 1
+    assert all(f["score"] >= 0.97 for f in near) and report["thresholds"]["near_similarity"] == 0.97
+    exact = {tuple(sorted(f["paths"])) for f in findings if f["kind"] == "leakage"}
+    assert not exact & {tuple(sorted(f["paths"])) for f in near}
 
 
 class StopAfter(tf.keras.callbacks.Callback):

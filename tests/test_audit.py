@@ -5,12 +5,11 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 import skimage
 import tensorflow as tf
 
-from conftest import write_colour_dataset
+from conftest import assert_the_sample_audit, findings_of, write_colour_dataset
 from jobs import audit as audit_job
 
 
@@ -35,10 +34,6 @@ def planted(tmp_path):
         for i in range(count):
             shutil.copy(root / split / "blue" / f"blue_{2 * i:03d}.jpg", root / split / "rare" / f"rare_{i}.jpg")
     return root
-
-
-def findings_of(output_dir) -> list[dict]:
-    return pq.read_table(output_dir / "findings.parquet").to_pylist()
 
 
 def test_the_audit_finds_each_planted_problem_of_class_folders(planted, tmp_path, capsys):
@@ -92,18 +87,10 @@ def test_the_audit_of_parquet_shards_finds_what_it_finds_in_their_folders(plante
     assert any(path.startswith(str(planted / "train" / "red" / "leaked.png") + " (") for path in row_paths)
 
 
+@pytest.mark.slow  # the default run's test audits the sample from the run's own features (tests/test_train.py)
 def test_the_built_in_sample_has_five_groups_of_exact_copies_across_its_splits(real_cache, tmp_path, capsys):
     assert audit_job.main(["--cache-dir", str(real_cache), "--output-dir", str(tmp_path / "audit"), "--quiet"]) == 0
-    report = json.loads((tmp_path / "audit" / "audit.json").read_text())
-    assert report["exact_duplicate_groups"]["leakage"] == 5 and report["validation_images_also_in_train"] == 5
-    assert report["images"] == {"train": 1400, "validation": 600}
-    findings = findings_of(tmp_path / "audit")
-    near = [f for f in findings if f["kind"] in ("near_leakage", "near_duplicate")]
-    assert sorted(report["near_duplicate_pairs"]) == ["near_duplicate", "near_leakage"] and report["label_issues"]["train"] >= 1
-    assert all(f["score"] >= 0.97 for f in near) and report["thresholds"]["near_similarity"] == 0.97
-    # The exact copies are not counted among the near ones again.
-    exact = {tuple(sorted(f["paths"])) for f in findings if f["kind"] == "leakage"}
-    assert not exact & {tuple(sorted(f["paths"])) for f in near}
+    assert_the_sample_audit(tmp_path / "audit")
 
 
 def test_exact_only_runs_no_backbone(planted, tmp_path, capsys):

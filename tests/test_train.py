@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import tensorflow as tf
 
-from conftest import TINY_IMAGE_SIZE, StopAfter, assert_tensorboard_matches_history, head_weights_digest, tiny_config
+from conftest import (TINY_IMAGE_SIZE, StopAfter, assert_tensorboard_matches_history, assert_the_sample_audit, head_weights_digest,
+                      tiny_config)
 from tl_core.config import SEED_RECIPE, TrainConfig
 from tl_core.data.images import list_image_folder, make_dataset, to_unit_range
 from tl_core.training.recorder import LocalCheckpoints
@@ -197,6 +198,8 @@ def test_default_job_reaches_fastais_accuracy_with_the_weights_it_always_had(tmp
     config = prepare_run_dir(TrainConfig(output_dir=str(tmp_path / "run")))
     metrics = train(config)
     assert metrics["accuracy"] >= 0.975  # fastai's figure on this sample (issue 15)
+    assert_the_sample_audit(tmp_path / "run")  # from the run's own features
+    assert metrics["audit"]["validation_images_in_train"] == 5
     expected = json.loads((Path(__file__).parent / "data" / "default_recipe_head_digest.json").read_text())
     got = head_weights_digest(tmp_path / "run")
     assert got.keys() == expected.keys()

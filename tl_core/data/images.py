@@ -163,8 +163,6 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return seed * 100_003 + epoch
 
 
-
-
 PARQUET_SHUFFLE_BUFFER = 2048  # rows; Parquet shards stream, so they shuffle within a window
 
 
@@ -235,12 +233,46 @@ def make_dataset(source, image_size: int, batch_size: int, *, shuffle: bool = Fa
     return unsharded(ds).prefetch(AUTOTUNE)
 
 
+def shuffled_order(count: int, *, seed: int, epoch: int) -> np.ndarray:
+    """The order in which tf.data's shuffle, seeded from (seed, epoch), yields `count` elements: every epoch's order of
+    the features (the one drawn before one fit() trained all epochs: the same weights)."""
+    indices = tf.data.Dataset.range(count).shuffle(count, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
+    return next(iter(indices.batch(count))).numpy()
+
+
 def make_feature_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, *,
                          seed: int, epoch: int) -> tf.data.Dataset:
     """Batches of (backbone features, labels) for training the head alone, shuffled per (seed, epoch)."""
-    ds = tf.data.Dataset.from_tensor_slices((features, labels))
-    ds = ds.shuffle(len(labels), seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
-    return unsharded(ds.batch(batch_size)).prefetch(AUTOTUNE)
+    order = shuffled_order(len(labels), seed=seed, epoch=epoch)
+    return unsharded(tf.data.Dataset.from_tensor_slices((features[order], labels[order])).batch(batch_size)).prefetch(AUTOTUNE)
+
+
+def make_feature_epochs(features: np.ndarray, labels: np.ndarray, batch_size: int, rows, first: int,
+                        end: int) -> tf.data.Dataset:
+    """The batches of epochs first .. end - 1 of (features, labels) rows, one dataset for one fit(): rows(epoch) is the
+    epoch's order of rows, drawn when the epoch starts; each epoch's batches are its own (the last may be smaller). The
+    features are held once, as one tensor."""
+    orders = tf.data.Dataset.from_generator(lambda: (rows(epoch) for epoch in range(first, end)),
+                                            output_signature=tf.TensorSpec([None], tf.int64))
+    features, labels = tf.constant(features), tf.constant(labels)
+    batches = orders.flat_map(lambda order: tf.data.Dataset.from_tensor_slices(order).batch(batch_size))
+    return unsharded(batches.map(lambda batch: (tf.gather(features, batch), tf.gather(labels, batch)))).prefetch(AUTOTUNE)
+
+
+def chained_epochs(epoch_dataset, first: int, end: int, steps: int) -> tf.data.Dataset:
+    """The batches of epochs first .. end - 1, one dataset for one fit(): epoch_dataset(epoch) made when the epoch before
+    it is done (one epoch's data held at a time) and each of its batches passed on through Python: for epochs far longer
+    than that costs (images, features streamed from disk). `steps`: the batches each epoch must have, as fit() is told."""
+    def batches():
+        for epoch in range(first, end):
+            count = 0
+            for count, batch in enumerate(epoch_dataset(epoch), 1):
+                yield batch
+            if count != steps:  # fit() would end the run early, without a word, on an epoch that ran short
+                raise RuntimeError(f"epoch {epoch + 1} gave {count} batches, not {steps}")
+
+    spec = epoch_dataset(first).element_spec
+    return unsharded(tf.data.Dataset.from_generator(batches, output_signature=spec)).prefetch(1)
 
 
 def unsharded(ds: tf.data.Dataset) -> tf.data.Dataset:

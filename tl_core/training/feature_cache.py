@@ -17,7 +17,7 @@ import tensorflow as tf
 
 from tl_core import storage
 from tl_core.artifacts import atomic_path
-from tl_core.data.images import unsharded, epoch_seed, make_feature_dataset
+from tl_core.data.images import chained_epochs, epoch_seed, make_feature_dataset, make_feature_epochs, shuffled_order, unsharded
 
 SHUFFLE_BUFFER = 8192  # rows of features held while streaming from disk
 ROWS_PER_GROUP = 1024
@@ -30,6 +30,11 @@ class InMemoryFeatures:
 
     def dataset(self, batch_size: int, *, seed: int, epoch: int) -> tf.data.Dataset:
         return make_feature_dataset(self.features, self.labels, batch_size, seed=seed, epoch=epoch)
+
+    def epochs(self, batch_size: int, *, seed: int, first: int, end: int, steps: int) -> tf.data.Dataset:
+        """The batches of epochs first .. end - 1, each epoch's as dataset(epoch) gives them."""
+        return make_feature_epochs(self.features, self.labels, batch_size,
+                                   lambda epoch: shuffled_order(len(self.labels), seed=seed, epoch=epoch), first, end)
 
 
 @dataclasses.dataclass
@@ -46,11 +51,18 @@ class InMemoryBank:
     features: np.ndarray  # [views, images, dim]
     labels: np.ndarray
 
-    def dataset(self, batch_size: int, *, seed: int, epoch: int) -> tf.data.Dataset:
+    def epochs(self, batch_size: int, *, seed: int, first: int, end: int, steps: int) -> tf.data.Dataset:
+        """The batches of epochs first .. end - 1: each epoch draws one view of each image from (seed, epoch), then
+        shuffles the images as the features of the images are shuffled (rows of the views stacked: view v, image i is
+        row v x images + i)."""
         count = len(self.labels)
-        views = np.random.default_rng(epoch_seed(seed, epoch)).integers(len(self.features), size=count)
-        return make_feature_dataset(self.features[views, np.arange(count)], self.labels, batch_size, seed=seed,
-                                    epoch=epoch)
+
+        def rows(epoch: int) -> np.ndarray:
+            views = np.random.default_rng(epoch_seed(seed, epoch)).integers(len(self.features), size=count)
+            return (views * count + np.arange(count))[shuffled_order(count, seed=seed, epoch=epoch)]
+
+        return make_feature_epochs(self.features.reshape(-1, self.features.shape[-1]), np.tile(self.labels, len(self.features)),
+                                   batch_size, rows, first, end)
 
 
 @dataclasses.dataclass
@@ -60,6 +72,9 @@ class SpilledBank:
     def dataset(self, batch_size: int, *, seed: int, epoch: int) -> tf.data.Dataset:
         view = np.random.default_rng(epoch_seed(seed, epoch)).integers(len(self.views))
         return self.views[view].dataset(batch_size, seed=seed, epoch=epoch)
+
+    def epochs(self, batch_size: int, *, seed: int, first: int, end: int, steps: int) -> tf.data.Dataset:
+        return chained_epochs(lambda epoch: self.dataset(batch_size, seed=seed, epoch=epoch), first, end, steps)
 
 
 @dataclasses.dataclass
@@ -82,6 +97,9 @@ class FeatureFile:
             output_signature=(tf.TensorSpec([None, self.dim], tf.float32), tf.TensorSpec([None], tf.int32)))
         ds = ds.unbatch().shuffle(SHUFFLE_BUFFER, seed=epoch_seed(seed, epoch), reshuffle_each_iteration=False)
         return unsharded(ds.batch(batch_size)).prefetch(tf.data.AUTOTUNE)
+
+    def epochs(self, batch_size: int, *, seed: int, first: int, end: int, steps: int) -> tf.data.Dataset:
+        return chained_epochs(lambda epoch: self.dataset(batch_size, seed=seed, epoch=epoch), first, end, steps)
 
 
 def read_features(path) -> InMemoryFeatures:

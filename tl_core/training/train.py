@@ -23,7 +23,7 @@ import tf_keras
 from tl_core import artifacts, interrupts
 from tl_core.config import TrainConfig
 from tl_core.data.checks import read_skipped
-from tl_core.data.images import make_dataset, unsharded
+from tl_core.data.images import chained_epochs, make_dataset
 from tl_core.data.sources import Sources, load_splits
 from tl_core.metrics import classification_metrics
 from tl_core.model import assets
@@ -222,7 +222,7 @@ def fed_batch(config: TrainConfig, shard, limit: int) -> tuple[list, list[str], 
         captions = [f"{shard.class_names[label]}, view {view}" for label in labels for view in (0, 1)]
         return images, captions, (f"The feature bank: the first {len(plain)} training images in view 0 (as they are) "
                                   f"and view 1 (augmented), of {config.feature_views} views, {size}")
-    images, labels = first(epoch_dataset(config, shard, None, HEAD, 0), limit)
+    images, labels = first(epoch_dataset(config, shard, 0), limit)
     augmentation = "augmented as in training" if config.augment else "augmentation off"
     return list(images), [shard.class_names[label] for label in labels], (
         f"The first training batch as the model receives it: {len(images)} of {config.batch_size} images, {size}, "
@@ -272,27 +272,16 @@ def phase_spans(config: TrainConfig, completed: int) -> list[tuple[str, int, int
 
 
 def epochs_dataset(config: TrainConfig, shard, features, phase: str, first: int, end: int, steps: int) -> tf.data.Dataset:
-    """The batches of epochs first .. end - 1, one after another: each epoch's own (epoch_dataset), made when the epoch
-    before it is done (one epoch's data held at a time), so that one fit() trains them all: a fit() per epoch cost more
-    than the head's 14 steps on the sample (its iterator, its callbacks' start and end, ~0.1 s). `steps`: batches per
-    epoch, as fit() is told."""
-
-    def batches():
-        for epoch in range(first, end):
-            count = 0
-            for count, batch in enumerate(epoch_dataset(config, shard, features, phase, epoch), 1):
-                yield batch
-            if count != steps:  # fit() would end the run early, without a word, on an epoch that ran short
-                raise RuntimeError(f"epoch {epoch + 1} gave {count} batches, not {steps}")
-
-    spec = epoch_dataset(config, shard, features, phase, first).element_spec
-    return unsharded(tf.data.Dataset.from_generator(batches, output_signature=spec)).prefetch(1)
-
-
-def epoch_dataset(config: TrainConfig, shard, features, phase: str, epoch: int) -> tf.data.Dataset:
-    """This epoch's training batches, in the order (and with the augmentations) drawn from (seed, epoch)."""
+    """The batches of epochs first .. end - 1, each epoch's in the order (and with the augmentations) drawn from (seed,
+    epoch), in one dataset: one fit() trains them all (a fit() per epoch cost more than the head's steps). `steps`:
+    batches per epoch, as fit() is told."""
     if features is not None and phase == HEAD:
-        return features.dataset(config.batch_size, seed=config.seed, epoch=epoch)
+        return features.epochs(config.batch_size, seed=config.seed, first=first, end=end, steps=steps)
+    return chained_epochs(lambda epoch: epoch_dataset(config, shard, epoch), first, end, steps)
+
+
+def epoch_dataset(config: TrainConfig, shard, epoch: int) -> tf.data.Dataset:
+    """This epoch's training batches of the images, in the order (and with the augmentations) drawn from (seed, epoch)."""
     return make_dataset(shard, config.image_size, config.batch_size, shuffle=True, augment_images=config.augment,
                         seed=config.seed, epoch=epoch)
 
