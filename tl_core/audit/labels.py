@@ -32,7 +32,7 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, num_clas
     model = tf.keras.Sequential([tf.keras.Input((features.shape[1],)),
                                  make_head(num_classes, head.head_hidden, head.head_dropout, head.seed, head.head_l2)])
     largest_fit = max(int((fold_of_row != fold).sum()) for fold in range(folds))
-    optimizer = compile_head(model, head, steps_per_epoch=math.ceil(largest_fit / head.batch_size))
+    optimizer = compile_head(model, head, steps_per_epoch=math.ceil(largest_fit / head.batch_size), whole_epochs=True)
     initial = model.get_weights()
     probabilities = np.zeros((len(labels), num_classes), np.float32)
     for fold in range(folds):

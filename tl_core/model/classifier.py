@@ -176,14 +176,16 @@ def cross_entropy(label_smoothing: float = 0.0):
 
 
 def compile_classifier(model: keras.Model, optimizer, jit_compile: bool = False, label_smoothing: float = 0.0,
-                       class_balance: str = "none", prior: np.ndarray | None = None) -> None:
+                       class_balance: str = "none", prior: np.ndarray | None = None, steps_per_execution: int = 1) -> None:
     """The run's loss on logits (training_loss) and accuracy, with the given optimizer (one the run's checkpoint
-    tracks)."""
+    tracks). steps_per_execution: training steps per call into the compiled step (the callbacks' batch hooks run once
+    per call)."""
     model.compile(
         optimizer=optimizer,
         loss=training_loss(label_smoothing, class_balance, prior),
         metrics=["accuracy"],
         jit_compile=jit_compile,
+        steps_per_execution=steps_per_execution,
     )
 
 

@@ -51,12 +51,16 @@ def head_learning_rate(config: TrainConfig, steps_per_epoch: int):
     return config.learning_rate
 
 
-def compile_head(model: tf.keras.Model, config: TrainConfig, steps_per_epoch: int, prior: np.ndarray | None = None):
+def compile_head(model: tf.keras.Model, config: TrainConfig, steps_per_epoch: int, prior: np.ndarray | None = None,
+                 whole_epochs: bool = False):
     """Compile the model that trains the head as every run does (Adam on head_learning_rate, the run's loss, with the
-    training set's class `prior` when config.class_balance uses it); its optimizer."""
+    training set's class `prior` when config.class_balance uses it); its optimizer. whole_epochs: each call into the
+    compiled step runs a whole epoch's steps (for the head on features, whose steps take a millisecond or two: the
+    step-by-step calls from Python cost as much)."""
     optimizer = tf_keras.optimizers.Adam(head_learning_rate(config, steps_per_epoch))
     compile_classifier(model, optimizer, config.jit_compile, label_smoothing=config.label_smoothing,
-                       class_balance=config.class_balance, prior=prior)
+                       class_balance=config.class_balance, prior=prior,
+                       steps_per_execution=steps_per_epoch if whole_epochs else 1)
     return optimizer
 
 
@@ -83,7 +87,8 @@ class Models:
             self.on_images = training_model(self.classifier, config.image_size, config.augment)
             # With cached features only the head runs in the head phase: it is fitted on its own.
             self.on_features = head_model(self.classifier) if config.uses_feature_cache else None
-            self.optimizer = compile_head(self.head_trainer, config, steps_per_epoch, prior)
+            self.optimizer = compile_head(self.head_trainer, config, steps_per_epoch, prior,
+                                          whole_epochs=self.on_features is not None)
             self.fine_tune_optimizer = tf_keras.optimizers.Adam(config.fine_tune_learning_rate)
         # A frozen backbone never changes, and its SavedModel's thousands of objects made every epoch's checkpoint
         # cost 0.7 s of graph traversal alone: the checkpoint holds the head, unless the backbone trains.
