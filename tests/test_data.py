@@ -90,3 +90,47 @@ def test_folder_errors_name_the_path(tmp_path):
     _touch_image(tmp_path / "cat" / "a.png")
     with pytest.raises(DatasetError, match="same class folders"):
         list_image_folder(tmp_path, class_names=["cat", "dog"])
+
+
+def _batches(dataset) -> list[tuple]:
+    return [(features.numpy(), labels.numpy()) for features, labels in dataset]
+
+
+def test_every_epochs_batches_in_one_dataset_are_each_epochs_own():
+    """One fit() trains a phase's epochs from one dataset: its batches are exactly those of each epoch's own dataset, in
+    turn (the order drawn from (seed, epoch); an epoch's last, smaller batch is its own), for features of the images and
+    for the feature bank (one view of each image drawn per epoch)."""
+    from tl_core.data.images import make_feature_dataset
+    from tl_core.training.feature_cache import InMemoryBank, InMemoryFeatures
+
+    rng = np.random.default_rng(0)
+    features = InMemoryFeatures(rng.random((23, 4), dtype=np.float32), np.arange(23, dtype=np.int32))
+    expected = [batch for epoch in (2, 3, 4) for batch in _batches(features.dataset(5, seed=7, epoch=epoch))]
+    got = _batches(features.epochs(5, seed=7, first=2, end=5, steps=5))
+    assert len(got) == len(expected) == 15 and [len(labels) for _, labels in got[:5]] == [5, 5, 5, 5, 3]
+    for (got_features, got_labels), (features_, labels) in zip(got, expected):
+        np.testing.assert_array_equal(got_labels, labels)
+        np.testing.assert_array_equal(got_features, features_)
+    assert not np.array_equal(expected[0][1], expected[5][1])  # each epoch its own order
+
+    bank = InMemoryBank(rng.random((3, 23, 4), dtype=np.float32), np.arange(23, dtype=np.int32))
+    for epoch, rows in zip((0, 1), np.split(np.arange(10), 2)):
+        views = np.random.default_rng(7 * 100_003 + epoch).integers(3, size=23)  # images.epoch_seed
+        drawn = _batches(make_feature_dataset(bank.features[views, np.arange(23)], bank.labels, 5, seed=7, epoch=epoch))
+        chained = _batches(bank.epochs(5, seed=7, first=0, end=2, steps=5))[rows[0]:rows[-1] + 1]
+        for (got_features, got_labels), (features_, labels) in zip(chained, drawn):
+            np.testing.assert_array_equal(got_labels, labels)
+            np.testing.assert_array_equal(got_features, features_)
+
+
+def test_chained_epochs_pass_each_epoch_on_and_refuse_a_short_one():
+    import tensorflow as tf
+
+    from tl_core.data.images import chained_epochs
+
+    def epoch_dataset(epoch: int):
+        return tf.data.Dataset.range(epoch * 10, epoch * 10 + (3 if epoch < 2 else 2)).batch(1)
+
+    assert [int(batch[0]) for batch in chained_epochs(epoch_dataset, 0, 2, steps=3)] == [0, 1, 2, 10, 11, 12]
+    with pytest.raises(tf.errors.OpError, match="epoch 3 gave 2 batches, not 3"):
+        list(chained_epochs(epoch_dataset, 1, 3, steps=3))
