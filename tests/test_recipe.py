@@ -68,7 +68,8 @@ def test_each_epoch_draws_one_view_per_image_from_seed_and_epoch(tiny_backbone, 
     _, shard, _, bank = _bank(tiny_backbone, colour_dataset, tmp_path)
 
     def epoch(number):
-        return np.concatenate([features for features, _ in bank.dataset(8, seed=3, epoch=number).as_numpy_iterator()])
+        batches = bank.epochs(8, seed=3, first=number, end=number + 1, steps=-(-len(shard) // 8))
+        return np.concatenate([features for features, _ in batches.as_numpy_iterator()])
 
     np.testing.assert_array_equal(epoch(0), epoch(0))
     rows = {tuple(np.round(row, 5)) for row in bank.features.reshape(-1, bank.features.shape[-1])}
