@@ -13,7 +13,8 @@ import sys
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from jobs.cli import add_quiet_argument, add_tracking_arguments, registry_mirror_from_args, run_command, trackers_from_args
 from jobs.train import add_training_arguments, config_from_args
-from tl_core.registry.promotion import PROMOTE_METRICS, PromotionRule
+from tl_core.metrics import SCORES
+from tl_core.registry.promotion import PromotionRule
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -22,7 +23,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--registry", required=True, help="registry directory (created on first use)")
     rule = PromotionRule()
     promotion = parser.add_argument_group("when a challenger replaces the champion (all must hold; docs/retraining.md)")
-    promotion.add_argument("--promote-metric", choices=PROMOTE_METRICS, default=rule.metric,
+    promotion.add_argument("--promote-metric", choices=SCORES, default=rule.metric,
                            help=f"what the challenger must improve on the held-out images (default {rule.metric})")
     promotion.add_argument("--min-improvement", type=float, default=rule.min_improvement,
                            help=f"by at least this much (default {rule.min_improvement})")

@@ -24,6 +24,9 @@ def per_class_scores(counts: np.ndarray, class_names: list[str]) -> list[dict]:
     ]
 
 
+SCORES = ("accuracy", "balanced_accuracy", "macro_f1")  # what classification_metrics gives that models are ranked by
+
+
 def class_averages(per_class: list[dict]) -> dict:
     """Balanced accuracy (the mean of the classes' recall) and macro-F1 (the mean of their F1), over the classes that
     have examples: what accuracy hides when one class is most of the data."""

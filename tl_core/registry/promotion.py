@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-PROMOTE_METRICS = ("accuracy", "balanced_accuracy", "macro_f1")
+from tl_core.metrics import SCORES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,8 +26,8 @@ class PromotionRule:
     min_class_images: int = 20
 
     def __post_init__(self):
-        if self.metric not in PROMOTE_METRICS:
-            raise ValueError(f"--promote-metric must be one of {', '.join(PROMOTE_METRICS)}, got {self.metric!r}")
+        if self.metric not in SCORES:
+            raise ValueError(f"--promote-metric must be one of {', '.join(SCORES)}, got {self.metric!r}")
         if not 0 < self.significance <= 1:
             raise ValueError(f"--significance must be in (0, 1], got {self.significance}")
         if self.max_class_drop < 0 or self.min_class_images < 1:

@@ -22,6 +22,7 @@ from tl_core import storage
 from tl_core.training import job
 from tl_core.model.assets import cache_dir
 from tl_core.config import TrainConfig
+from tl_core.metrics import SCORES
 from tl_core.registry.promotion import PromotionRule, decide
 from tl_core.serving.evaluate import ExportedModel, evaluate
 from tl_core.registry.fingerprint import build_manifest, fingerprint, read_manifest, write_manifest
@@ -112,7 +113,7 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, rule: PromotionRul
                   "validation_images": len(validation),
                   **{f"{model}_{name}": metrics and metrics[name] for model, metrics in (("challenger", challenger),
                                                                                          ("champion", champion))
-                     for name in ("accuracy", "balanced_accuracy", "macro_f1", "loss")},
+                     for name in (*SCORES, "loss")},
                   "p_value": decision.p_value, "worst_class": decision.worst_class,
                   "worst_class_drop": decision.worst_class_drop,
                   "champion_after": registry.champion(), "finished_at": utc_now(), **audited,

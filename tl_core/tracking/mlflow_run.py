@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 
 from tl_core import artifacts
+from tl_core.metrics import SCORES
 from tl_core.run_dir import (CLASS_NAMES_FILE, CONFIG_FILE, CONFUSION_PLOT, FED_BATCH_PLOT, HISTORY_JSON, HISTORY_PARQUET,
                              HISTORY_PLOT, METRICS_FILE, MLFLOW_RUN_FILE, MLFLOW_UNLOGGED_FILE, MODEL_DIR, SKIPPED_FILES)
 from tl_core.tracking import FINISHED, Tracker
@@ -260,7 +261,7 @@ def artifact_location(uri: str) -> str | None:
 def final_metrics(metrics: dict) -> dict:
     """final_accuracy, final_balanced_accuracy, final_macro_f1, final_loss and final_<precision|recall|f1>.<class>
     (MLflow's names allow letters, digits, _ - . / and spaces: other characters of a class name become _)."""
-    values = {f"final_{name}": metrics[name] for name in ("accuracy", "balanced_accuracy", "macro_f1", "loss")}
+    values = {f"final_{name}": metrics[name] for name in (*SCORES, "loss")}
     for row in metrics["per_class"]:
         name = "".join(c if c.isalnum() or c in "_-. /" else "_" for c in row["class"])
         values.update({f"final_{score}.{name}": row[score] for score in ("precision", "recall", "f1")})

@@ -26,11 +26,12 @@ from pathlib import Path
 
 from tl_core import artifacts, interrupts, progress, storage
 from tl_core.config import TrainConfig, option
+from tl_core.metrics import SCORES
 from tl_core.run_dir import CONFIG_FILE, METRICS_FILE, MLFLOW_RUN_FILE, RunDirectoryError, holds_files, remove_temporaries
 from tl_core.tuning import features as tuning_features
 from tl_core.tuning.report import FAILED, STOPPED, best_trial, plot_trials, trial_number, trial_rows
 from tl_core.tuning.space import DEFAULT_SPACE, SEARCHABLE, check_space, max_epochs, read_space, to_tune
-from tl_core.tuning.trial import SCORES, TUNING_ACCURACY, TUNING_LOSS, TUNING_METRICS, TUNING_SCORE, run_trial
+from tl_core.tuning.trial import TUNING_ACCURACY, TUNING_LOSS, TUNING_METRICS, TUNING_SCORE, run_trial
 
 # Files of a search directory.
 SEARCH_FILE = "tune.json"  # the base configuration, these settings and the search space: what --resume continues

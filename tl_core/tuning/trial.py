@@ -14,13 +14,12 @@ from ray import tune
 
 from tl_core import interrupts
 from tl_core.config import TrainConfig
-from tl_core.metrics import classification_metrics
+from tl_core.metrics import SCORES, classification_metrics
 from tl_core.model.classifier import make_head
 from tl_core.training.feature_cache import InMemoryFeatures
 from tl_core.training.models import compile_head
 
 TUNING_ACCURACY, TUNING_LOSS, TUNING_SCORE = "tuning_accuracy", "tuning_loss", "tuning_score"
-SCORES = ("accuracy", "balanced_accuracy", "macro_f1")  # what a search may maximise (TuneSettings.score)
 TUNING_METRICS = {name: f"tuning_{name}" for name in SCORES}
 
 
