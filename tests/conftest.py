@@ -186,21 +186,6 @@ def tiny_config(tiny_backbone: str, data_dir, output_dir=None, recipe: str = "se
     return TrainConfig(**{**values, **overrides})
 
 
-def head_weights_digest(run_dir) -> dict:
-    """The head's weights in the run's last checkpoint, each variable as its sum and three projections on fixed random
-    directions (float64): equal weights give equal digests; a changed batch order or step changes every figure."""
-    from tl_core.training.recorder import LocalCheckpoints
-
-    reader = tf.train.load_checkpoint(str(LocalCheckpoints(Path(run_dir)).latest() / "state"))
-    digest = {}
-    for name in sorted(reader.get_variable_to_shape_map()):
-        if name.startswith("head/") and "OPTIMIZER_SLOT" not in name:
-            values = reader.get_tensor(name).astype(np.float64).ravel()
-            directions = np.random.default_rng(0).standard_normal((3, values.size))
-            digest[name] = [float(values.sum()), *(directions @ values).tolist()]
-    return digest
-
-
 def findings_of(output_dir) -> list[dict]:
     """The rows of an audit's findings.parquet."""
     import pyarrow.parquet as pq

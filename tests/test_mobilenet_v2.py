@@ -129,6 +129,9 @@ def real_state_dict(real_cache):
 def test_real_weights_names_shapes_and_fingerprint(real_state_dict):
     assert len(real_state_dict) == 314
     assert {name: value.shape for name, value in real_state_dict.items()} == torch_shapes()
+    # Pinned, and the same on every CPU: the stored float32 weights themselves, summed in float64 (a sum of at most a
+    # few thousand float32 values is exact to ~1e-13 in any order, far inside abs=1e-9); nothing here is computed in
+    # float32 by a kernel that differs between instruction sets.
     assert float(real_state_dict["features.0.0.weight"].astype(np.float64).sum()) == pytest.approx(-0.7730716340520303, abs=1e-9)
     assert float(real_state_dict["features.18.1.running_var"].astype(np.float64).sum()) == pytest.approx(24.652515053749084, abs=1e-9)
     assert int(real_state_dict["features.0.1.num_batches_tracked"]) == 1431430
