@@ -5,10 +5,9 @@ the built-in MobileNetV2 SavedModel and writes the cats-vs-dogs sample folders i
 Training does this on first use anyway; run it ahead of time on a machine that will be offline.
 """
 import argparse
-import sys
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from jobs.cli import run_command
+from jobs.cli import exit_after, run_command
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -34,4 +33,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after(main)

@@ -12,13 +12,12 @@ features, run once over every image: a resized or re-encoded copy); likely label
 learning on out-of-fold probabilities of the run's head); class balance. --exact-only skips the backbone.
 """
 import argparse
-import sys
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from tl_core.audit import AuditSettings
 from tl_core.config import TrainConfig
 
-from jobs.cli import add_quiet_argument, run_command
+from jobs.cli import add_quiet_argument, exit_after, run_command
 from jobs.train import add_field_arguments, given_fields
 
 DATA_FIELDS = ("data_dir", "validation_split", "seed", "cache_dir", "backbone", "image_size", "batch_size")
@@ -67,4 +66,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after(main)

@@ -7,12 +7,15 @@
   3    the model registry is busy (another retrain holds its lock)
   130  interrupted (Ctrl-C or SIGTERM)
 """
+import os
 import signal
 import sys
-from typing import Callable
+from typing import Callable, NoReturn
 
 DISTRIBUTED_FAILURE, BAD_INPUT, BUSY, INTERRUPTED = 1, 2, 3, 130
 CHECK_FOUND_BAD_FILES = 1
+# How long a command's exit waits for a thread still writing to the store (an epoch's upload that began before the end).
+STORE_WAIT_SECONDS = 60
 
 
 def is_ray_failure(error: BaseException) -> bool:
@@ -124,3 +127,22 @@ def run_command(body: Callable[[], int | None], *, note: Callable[[BaseException
         if is_ray_failure(error):
             return fail(DISTRIBUTED_FAILURE, f"error: {ray_work} failed: {first_line(error)}", error)
         raise
+
+
+def exit_after(main: Callable[[], int]) -> NoReturn:
+    """A command's process: exit with main()'s status, after what would crash in the interpreter's teardown is shut
+    down in order (storage.shut_down: a crash there would replace the status that a scheduler's retry policy acts on)."""
+    from tl_core import storage
+
+    try:
+        status = main()
+    except BaseException:
+        storage.shut_down(STORE_WAIT_SECONDS)  # then the traceback or SystemExit as usual
+        raise
+    if not storage.shut_down(STORE_WAIT_SECONDS):
+        print(f"warning: a write to the store was still running after {STORE_WAIT_SECONDS}s; exiting without it",
+              file=sys.stderr)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+    sys.exit(status)

@@ -10,10 +10,9 @@ Image files that cannot be used are left out and listed, not fatal; a bad Parque
 """
 import argparse
 import datetime
-import sys
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from jobs.cli import add_quiet_argument, run_command
+from jobs.cli import add_quiet_argument, exit_after, run_command
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,4 +47,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after(main)

@@ -19,10 +19,9 @@ parallel; the files are those the local ingest writes). Under `ray job submit` i
 otherwise it starts Ray on this machine. On a cluster, --data-dir and --output are shared storage or s3:// URIs.
 """
 import argparse
-import sys
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from jobs.cli import CHECK_FOUND_BAD_FILES, add_quiet_argument, run_command
+from jobs.cli import CHECK_FOUND_BAD_FILES, add_quiet_argument, exit_after, run_command
 from jobs.train import add_field_arguments, given_fields
 from tl_core.config import TrainConfig
 
@@ -93,4 +92,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after(main)

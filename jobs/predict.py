@@ -10,10 +10,9 @@ streams in chunks with bounded memory; with --ray it runs as a Ray Data map_batc
 cluster (--concurrency model replicas, one GPU each with --use-gpu).
 """
 import argparse
-import sys
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from jobs.cli import add_quiet_argument, run_command
+from jobs.cli import add_quiet_argument, exit_after, run_command
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,4 +68,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after(main)

@@ -6,9 +6,8 @@
 With MLflow (--tracking-uri, or $MLFLOW_TRACKING_URI), both also set MLflow's champion alias as the ledger says.
 """
 import argparse
-import sys
 
-from jobs.cli import add_registry_mirror_arguments, registry_mirror_from_args, run_command
+from jobs.cli import add_registry_mirror_arguments, exit_after, registry_mirror_from_args, run_command
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,4 +47,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after(main)

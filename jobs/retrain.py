@@ -8,10 +8,9 @@ DIR/ledger.parquet; serving reads DIR/champion/model. Exit status: 0 done (whate
 1 distributed training failed, 2 bad input, 3 another retrain holds the registry, 130 interrupted.
 """
 import argparse
-import sys
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from jobs.cli import add_quiet_argument, add_tracking_arguments, registry_mirror_from_args, run_command, trackers_from_args
+from jobs.cli import add_quiet_argument, add_tracking_arguments, exit_after, registry_mirror_from_args, run_command, trackers_from_args
 from jobs.train import add_training_arguments, config_from_args
 from tl_core.metrics import SCORES
 from tl_core.registry.promotion import PromotionRule
@@ -80,4 +79,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after(main)

@@ -12,7 +12,7 @@ from pathlib import Path
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from tl_core.config import RAY_GROUP, SEED_RECIPE, TrainConfig
 
-from jobs.cli import CHECK_FOUND_BAD_FILES, add_quiet_argument, add_tracking_arguments, run_command, trackers_from_args
+from jobs.cli import CHECK_FOUND_BAD_FILES, add_quiet_argument, add_tracking_arguments, exit_after, run_command, trackers_from_args
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, exclude=()) -> None:
@@ -172,4 +172,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after(main)

@@ -9,10 +9,9 @@ starts from (data, backbone, seed, and the head settings the search space leaves
 """
 import argparse
 import dataclasses
-import sys
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from jobs.cli import add_quiet_argument, add_tracking_arguments, ray_job_tags, run_command
+from jobs.cli import add_quiet_argument, add_tracking_arguments, exit_after, ray_job_tags, run_command
 from jobs.train import add_field_arguments, add_training_arguments, config_from_args, given_fields
 from tl_core.tuning.search import TuneSettings
 
@@ -90,4 +89,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after(main)

@@ -112,6 +112,10 @@ def end_hung_session(item, limit: float) -> None:
 
 def pytest_unconfigure(config=None):
     shutil.rmtree(RAY_TMPDIR, ignore_errors=True)
+    if config is not None:  # the session's own end (a hung session's ends with os._exit): S3 shut down in order, as
+        from tl_core import storage  # every command's process does (jobs/cli.py: exit_after)
+
+        storage.shut_down(wait_seconds=60)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -13,11 +13,15 @@ import contextlib
 import dataclasses
 import errno
 import functools
+import gc
 import io
 import os
 import stat
 import tempfile
+import threading
+import time
 import urllib.parse
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -67,6 +71,41 @@ def _filesystem(root: str, environment: tuple) -> pafs.FileSystem:
         return pafs.FileSystem.from_uri(root)[0]
     except (OSError, ValueError) as error:
         raise StorageError(f"{root}: {_reason(error)}") from None
+
+
+# The threads of this process that call the store while the main thread goes on (a run's uploader): shut_down() waits
+# for them before it finalises S3.
+_store_threads: "weakref.WeakSet[threading.Thread]" = weakref.WeakSet()
+
+
+def calls_store(thread: threading.Thread) -> threading.Thread:
+    """thread (not started yet) calls the store: a command's exit waits for it, for a while (shut_down)."""
+    _store_threads.add(thread)
+    return thread
+
+
+def shut_down(wait_seconds: float) -> bool:
+    """At the end of a process, before the interpreter tears it down, in this order: abandoned readers collected
+    (a tf.data iterator's threads reading objects are stopped as it goes), the threads that call the store joined (for
+    at most wait_seconds in all), the file systems made here released, and pyarrow's S3 finalised (the AWS SDK shut
+    down). pyarrow finalises S3 on its own at exit, but a request still running in another thread then ends the process
+    with SIGSEGV or an abort instead of its exit status (apache/arrow#38352, #39503, #41087; a command that exits while a
+    thread is still in a request does so here most times, tests/test_object_storage.py).
+
+    False when a thread that calls the store is still running after wait_seconds: S3 is then left as it is, and the
+    caller must end the process without the interpreter's teardown (os._exit). S3 cannot be used after this."""
+    gc.collect()
+    deadline = time.monotonic() + wait_seconds
+    for thread in list(_store_threads):
+        if thread.ident is not None and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+    if any(thread.is_alive() for thread in _store_threads):
+        return False
+    _filesystem.cache_clear()
+    gc.collect()
+    if hasattr(pafs, "ensure_s3_finalized"):  # pyarrow built with S3; nothing to do where it was never used
+        pafs.ensure_s3_finalized()
+    return True
 
 
 # Where the store is, without any secret: what Ray workers are given (Ray shows a job's runtime_env in its dashboard,

@@ -151,10 +151,13 @@ class Uploader(threading.Thread):
     """Uploads the newest epoch snapshot handed to it, one at a time, while training goes on. A failure (the store
     gone for longer than its retries) is raised in the training thread at the next epoch's end, and at the end."""
 
+    WAIT_SECONDS = 600  # at the end, for the epoch being uploaded and the one waiting (each request has its timeouts)
+
     def __init__(self, mirror: Mirror):
         super().__init__(daemon=True, name="run-upload")
         self.mirror, self.pending, self.error = mirror, None, None
         self.changed, self.finishing = threading.Condition(), False
+        storage.calls_store(self)  # the process's exit waits for it before S3 is shut down
 
     def submit(self, snapshot: Path | None) -> None:
         self.raise_failure()
@@ -184,12 +187,15 @@ class Uploader(threading.Thread):
         if self.error is not None:
             raise self.error
 
-    def finish(self) -> None:
-        """Wait for the snapshot being uploaded and the one waiting; raise what failed."""
+    def finish(self, wait_seconds: float = WAIT_SECONDS) -> None:
+        """Wait for the snapshot being uploaded and the one waiting, for at most wait_seconds; raise what failed."""
         with self.changed:
             self.finishing = True
             self.changed.notify()
-        self.join()
+        self.join(wait_seconds)
+        if self.is_alive():
+            raise storage.StorageError(f"the store {storage.display(self.mirror.location)} did not take the last "
+                                       f"epoch's files within {wait_seconds:.0f}s")
         self.raise_failure()
 
 
