@@ -648,10 +648,14 @@ def test_a_command_that_ends_while_its_threads_call_a_gone_store_exits_with_its_
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     environment = {**os.environ, **S3Server.ENVIRONMENT, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    for _ in range(3):
-        ended = subprocess.run([sys.executable, "-c", EXIT_WHILE_THREADS_CALL_THE_STORE], cwd=REPO, env=environment,
-                               capture_output=True, text=True, timeout=120)
-        assert ended.returncode == 2 and ended.stderr.strip().splitlines() == ["error: the store is gone"], ended.stderr[-3000:]
+    processes = [subprocess.Popen([sys.executable, "-c", EXIT_WHILE_THREADS_CALL_THE_STORE], cwd=REPO, env=environment,
+                                  stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for process in processes:
+        try:
+            _, err = process.communicate(timeout=120)
+        finally:
+            process.kill()
+        assert process.returncode == 2 and err.strip().splitlines() == ["error: the store is gone"], err[-3000:]
 
 
 def test_an_s3_registry_promotes_skips_rejects_rolls_back_and_serves_through_its_pointer(s3, colour_dataset,
