@@ -30,6 +30,12 @@ def test_flags_override_a_saved_config(tmp_path):
     ({"batch_size": -3}, "batch_size must be a positive integer"),
     ({"learning_rate": 0.0}, "learning_rate must be positive"),
     ({"epoch": 3}, "unknown configuration keys"),
+    # Values as exporters write them: refused, never guessed ("false" is true in Python).
+    ({"learning_rate": "0.001"}, r"'learning_rate' is \"0.001\", which is not a number: write it without quotes"),
+    ({"augment": "false"}, r"'augment' is \"false\", which is not true or false: write it without quotes"),
+    ({"head_dropout": None}, "'head_dropout' is null, which is not a number"),
+    ({"epochs": 3.5}, "'epochs' is 3.5, which is not a whole number"),
+    ({"head_cycle_ends": [3, "4"]}, "which is not a list of whole numbers or null"),
 ])
 def test_bad_configuration_is_refused(values, message):
     with pytest.raises(ValueError, match=message):
@@ -49,6 +55,19 @@ def test_cli_reports_a_missing_data_dir_without_a_traceback(tmp_path):
     assert result.returncode == 2
     assert f"error: {tmp_path / 'nope'} is not a directory" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cli_refuses_a_config_value_of_the_wrong_type_in_one_line_writing_nothing(tmp_path):
+    from pathlib import Path
+
+    (tmp_path / "config.json").write_text('{"learning_rate": "0.001", "epochs": 2}')
+    result = run_job("--config", str(tmp_path / "config.json"), "--output-dir", str(tmp_path / "run"),
+                     cwd=Path(__file__).resolve().parents[1])
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (f"error: {tmp_path / 'config.json'}: configuration key 'learning_rate' "
+                                                      'is "0.001", which is not a number: write it without quotes, '
+                                                      '"learning_rate": 0.001')
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["config.json"]
 
 
 def test_cli_reports_an_unreachable_backbone(tmp_path, colour_dataset, tiny_backbone):

@@ -6,6 +6,8 @@ Each field carries its documentation; the command line's flags are made from the
 """
 import dataclasses
 import json
+import types
+import typing
 from pathlib import Path
 
 
@@ -37,6 +39,46 @@ ADDED_FIELDS = {"feature_views": 0, "head_schedule": "constant", "head_hidden": 
                 "label_smoothing": 0.0, "adapt_batchnorm": False, "class_balance": "none"}
 VERSION_2_ADDED = {"class_balance": "none"}  # fields added since version 2, with the value such a run trained with
 CLASS_BALANCES = ("none", "weights", "logit_adjust")  # how training treats class frequency (model/classifier.py)
+
+
+# A configuration file's values as JSON spells them: a string is never taken for a number or a boolean ("false" would
+# be true in Python), and null only where a field may be unset.
+_JSON_TYPES = {bool: "true or false", int: "a whole number", float: "a number", str: "a string", type(None): "null"}
+
+
+def _accepts(kind, value) -> bool:
+    if typing.get_origin(kind) in (types.UnionType, typing.Union):
+        return any(_accepts(option, value) for option in typing.get_args(kind))
+    if typing.get_origin(kind) is list:
+        return isinstance(value, list) and all(_accepts(typing.get_args(kind)[0], item) for item in value)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _describe(kind) -> str:
+    if typing.get_origin(kind) in (types.UnionType, typing.Union):
+        return " or ".join(_describe(option) for option in typing.get_args(kind))
+    if typing.get_origin(kind) is list:
+        return "a list of " + {int: "whole numbers", float: "numbers", str: "strings"}[typing.get_args(kind)[0]]
+    return _JSON_TYPES.get(kind, kind.__name__)
+
+
+def check_type(name: str, value, kind) -> None:
+    """A ValueError naming the key, its value and what it must be, unless value (as read from JSON) is of type kind."""
+    if _accepts(kind, value):
+        return
+    hint = ""
+    if isinstance(value, str):
+        try:
+            unquoted = json.loads(value)
+        except ValueError:
+            unquoted = None
+        if unquoted is not None and _accepts(kind, unquoted):
+            hint = f": write it without quotes, \"{name}\": {value}"
+    raise ValueError(f"configuration key {name!r} is {json.dumps(value)}, which is not {_describe(kind)}{hint}")
 
 
 @dataclasses.dataclass
@@ -228,6 +270,9 @@ class TrainConfig:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown configuration keys {sorted(unknown)}; known keys: {sorted(known)}")
+        types_of = {field.name: field.type for field in dataclasses.fields(cls)}
+        for name, value in values.items():
+            check_type(name, value, types_of[name])
         saved_before_versions = version is None and FIRST_FIELDS <= set(values)
         if version == 2:
             return cls(**{**VERSION_2_ADDED, **values})
@@ -243,7 +288,10 @@ class TrainConfig:
         if not isinstance(values, dict):
             raise ValueError(f"{path} holds a JSON {type(values).__name__}, not an object of settings such as "
                              "{\"epochs\": 10}")
-        return cls.from_dict(values, base)
+        try:
+            return cls.from_dict(values, base)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"{path}: {error}") from None
 
     def describe(self) -> str:
         values = self.to_dict()
