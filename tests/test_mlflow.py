@@ -39,9 +39,13 @@ def assert_epochs_match_history(client, run_id: str, run_dir: Path) -> None:
 
 
 def test_a_run_is_one_mlflow_run_with_its_config_epochs_files_and_a_servable_model(server, tiny_backbone, colour_dataset,
-                                                                                 tmp_path):
+                                                                                 tmp_path, capfd):
     config = tiny_config(tiny_backbone, colour_dataset, tmp_path / "run", "default", epochs=3)
-    metrics = run_with_mlflow(config, server.uri, "complete")
+    secret = "tl-tracking-token-8f2a"  # credentials in the URI (the server takes any): never printed or written
+    metrics = run_with_mlflow(config, server.uri.replace("://", f"://alice:{secret}@", 1), "complete")
+    printed = capfd.readouterr()
+    assert secret not in printed.out + printed.err and "://***@" in printed.out
+    assert not [path for path in (tmp_path / "run").rglob("*") if path.is_file() and secret.encode() in path.read_bytes()]
     client = mlflow.MlflowClient(server.uri)
     run, run_dir = the_run(client, "complete"), tmp_path / "run"
     assert run.info.status == "FINISHED" and run.info.run_name == "run"
@@ -154,10 +158,12 @@ def test_a_wrong_tracking_uri_is_one_line_and_nothing_is_written(tiny_backbone, 
         closed = f"http://127.0.0.1:{probe.getsockname()[1]}"
     done = run_train(tmp_path, "--data-dir", str(colour_dataset), "--backbone", tiny_backbone, "--image-size", "32",
                      "--epochs", "1", "--output-dir", str(tmp_path / "run"), "--quiet",
-                     environment={"MLFLOW_TRACKING_URI": closed})
+                     environment={"MLFLOW_TRACKING_URI": closed.replace("://", "://alice:tl-token-31c9@")})
     assert done.returncode == 2, done.stderr[-3000:]
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and errors[0].startswith(f"error: MLflow at {closed} does not answer"), done.stderr[-3000:]
+    masked = closed.replace("://", "://***@")
+    assert len(errors) == 1 and errors[0].startswith(f"error: MLflow at {masked} does not answer"), done.stderr[-3000:]
+    assert "tl-token-31c9" not in done.stdout + done.stderr
     assert "Traceback" not in done.stderr and "unset it to train without MLflow" in errors[0]
     assert not (tmp_path / "run").exists()
 

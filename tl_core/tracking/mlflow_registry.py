@@ -11,7 +11,7 @@ import json
 import sys
 
 from tl_core import storage
-from tl_core.tracking.mlflow_run import RUN_FILE, check_server, client, first_line
+from tl_core.tracking.mlflow_run import RUN_FILE, check_server, client, first_line, shown
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 RUN_TAG = "tl_run_id"  # the ledger's run id of a version
@@ -94,6 +94,6 @@ class MlflowRegistry:
             return None
 
     def warn(self, error: BaseException) -> None:
-        self.log(f"warning: MLflow's registry at {self.uri} was not updated ({first_line(error)}); the project's registry "
-                 "decides, and the next retrain or `jobs.registry list` repairs MLflow's aliases", file=sys.stderr,
-                 flush=True)
+        self.log(f"warning: MLflow's registry at {shown(self.uri)} was not updated ({shown(first_line(error), self.uri)}); "
+                 "the project's registry decides, and the next retrain or `jobs.registry list` repairs MLflow's aliases",
+                 file=sys.stderr, flush=True)

@@ -15,6 +15,7 @@ waits, is sent when the run ends if the server is back, and is otherwise listed 
 """
 import json
 import os
+import urllib.parse
 import sys
 import tempfile
 import time
@@ -55,6 +56,16 @@ def tracking_uri(given: str | None) -> str | None:
     return given or os.environ.get(ENVIRONMENT_VARIABLE) or None
 
 
+def shown(text: str, uri: str | None = None) -> str:
+    """text (default: the URI itself) with the credentials of uri (https://user:token@host) masked: what may be printed
+    or written into a run's files, which go to the bucket and the tracking server."""
+    uri = text if uri is None else uri
+    parts = urllib.parse.urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return text
+    return text.replace(parts.netloc.rsplit("@", 1)[0] + "@", "***@")
+
+
 def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
 
@@ -73,10 +84,10 @@ def check_server(uri: str, what: str = "--tracking-uri / MLFLOW_TRACKING_URI") -
     try:
         client(uri).search_experiments(max_results=1)
     except ImportError:
-        raise TrackingError(f"tracking runs in MLflow ({uri}) needs the MLflow client: pip install -e '.[mlflow]'; "
+        raise TrackingError(f"tracking runs in MLflow ({shown(uri)}) needs the MLflow client: pip install -e '.[mlflow]'; "
                             f"or unset {what} to train without it") from None
     except Exception as error:  # MLflow raises its own, requests', or sqlalchemy's errors
-        raise TrackingError(f"MLflow at {uri} does not answer: {first_line(error)}. Check {what} (a server such as "
+        raise TrackingError(f"MLflow at {shown(uri)} does not answer: {shown(first_line(error), uri)}. Check {what} (a server such as "
                             "http://host:5000, or sqlite:///path/mlflow.db), or unset it to train without MLflow") from None
 
 
@@ -101,7 +112,7 @@ class MLflow(Tracker):
             self.logged_epochs = self.attempt("the epochs logged", self.last_logged_epoch, default=completed_epochs)
             self.attempt("the parameters", lambda: self.log_params(config, resumed=True))
             self.attempt("the tags", lambda: self.log_tags(tags))
-            self.log(f"MLflow: continuing run {self.run_id} at {self.uri}", flush=True)
+            self.log(f"MLflow: continuing run {self.run_id} at {shown(self.uri)}", flush=True)
         else:
             self.logged_epochs = 0
             self.attempt("the run", lambda: self.create_run(tags, config))
@@ -137,8 +148,8 @@ class MLflow(Tracker):
     def where(self) -> str:
         """The run's page in MLflow's UI, or its id and store."""
         if self.uri.startswith(("http://", "https://")):
-            return f"{self.uri.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
-        return f"run {self.run_id} of experiment {self.experiment!r} in {self.uri}"
+            return f"{shown(self.uri).rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return f"run {self.run_id} of experiment {self.experiment!r} in {shown(self.uri)}"
 
     # -- MLflow requests --
 
@@ -147,7 +158,7 @@ class MLflow(Tracker):
         run = self.client.create_run(experiment_id, tags=tags, run_name=self.run_dir.name)
         self.experiment_id = experiment_id
         self.run_id = run.info.run_id
-        artifacts.write_json(self.run_dir / RUN_FILE, {"tracking_uri": self.uri, "experiment_id": experiment_id,
+        artifacts.write_json(self.run_dir / RUN_FILE, {"tracking_uri": shown(self.uri), "experiment_id": experiment_id,
                                                        "run_id": self.run_id})
         self.log_params(config, resumed=False)
 
@@ -200,7 +211,7 @@ class MLflow(Tracker):
         """The MLflow run this run directory began in, when it was tracked at this URI."""
         path = self.run_dir / RUN_FILE
         saved = json.loads(path.read_text()) if path.exists() else None
-        return saved if saved and saved.get("tracking_uri") == self.uri else None
+        return saved if saved and saved.get("tracking_uri") == shown(self.uri) else None
 
     def attempt(self, what: str, request, default=None):
         """Send a request now, or keep it for the end once the server has failed one."""
@@ -209,8 +220,8 @@ class MLflow(Tracker):
                 return request()
             except Exception as error:
                 self.offline = True
-                self.log(f"warning: MLflow at {self.uri} stopped answering ({first_line(error)}); training goes on, and "
-                         "what is not logged is sent when the run ends", file=sys.stderr, flush=True)
+                self.log(f"warning: MLflow at {shown(self.uri)} stopped answering ({shown(first_line(error), self.uri)}); "
+                         "training goes on, and what is not logged is sent when the run ends", file=sys.stderr, flush=True)
         self.pending.append((what, request))
         return default
 
@@ -223,13 +234,14 @@ class MLflow(Tracker):
             except Exception as error:
                 self.pending = waiting[number:]
                 unlogged = [what for what, _ in self.pending]
-                artifacts.write_json(self.run_dir / UNLOGGED_FILE, {"tracking_uri": self.uri, "run_id": self.run_id,
-                                                                    "error": first_line(error), "not_logged": unlogged})
-                self.log(f"warning: MLflow at {self.uri} is still gone: not logged ({', '.join(unlogged)}), listed in "
+                artifacts.write_json(self.run_dir / UNLOGGED_FILE, {
+                    "tracking_uri": shown(self.uri), "run_id": self.run_id, "error": shown(first_line(error), self.uri),
+                    "not_logged": unlogged})
+                self.log(f"warning: MLflow at {shown(self.uri)} is still gone: not logged ({', '.join(unlogged)}), listed in "
                          f"{self.run_dir / UNLOGGED_FILE}; the run's files are complete in {self.run_dir}",
                          file=sys.stderr, flush=True)
                 return
-        self.log(f"MLflow at {self.uri} answers again: everything waiting was logged", flush=True)
+        self.log(f"MLflow at {shown(self.uri)} answers again: everything waiting was logged", flush=True)
 
 
 def config_params(config) -> dict[str, str]:

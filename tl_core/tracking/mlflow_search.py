@@ -19,7 +19,7 @@ from pathlib import Path
 from tl_core import artifacts
 from tl_core.tracking import FAILED, FINISHED, KILLED
 from tl_core.tracking.mlflow_run import (METRICS_PER_REQUEST, RUN_FILE, MLflow, check_server, client, config_params,
-                                         experiment_named, first_line, log_in_batches)
+                                         experiment_named, first_line, log_in_batches, shown)
 
 TRIAL_STATUS = {"completed": FINISHED, "stopped early": KILLED, "failed": FAILED}  # tuning/report.py's statuses
 PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a run under its parent
@@ -41,14 +41,14 @@ class MlflowSearch:
             request(*args, **kwargs)
         except Exception as error:
             self.gone = True
-            self.log(f"warning: MLflow at {self.uri} did not take {what} ({first_line(error)}); the search goes on "
-                     "without MLflow", file=sys.stderr, flush=True)
+            self.log(f"warning: MLflow at {shown(self.uri)} did not take {what} ({shown(first_line(error), self.uri)}); the "
+                     "search goes on without MLflow", file=sys.stderr, flush=True)
 
     def open(self, directory: Path, config, settings: dict, space: dict) -> None:
         """The parent run: created, or (its id in directory/RUN_FILE, a search continued) continued."""
         self.client, path = client(self.uri), Path(directory) / RUN_FILE
         saved = json.loads(path.read_text()) if path.exists() else None
-        if saved and saved.get("tracking_uri") == self.uri:
+        if saved and saved.get("tracking_uri") == shown(self.uri):
             self.run_id, self.experiment_id = saved["run_id"], saved["experiment_id"]
             self.client.update_run(self.run_id, status="RUNNING")
             return
@@ -57,7 +57,7 @@ class MlflowSearch:
                 "search_directory": str(config.output_dir)}
         self.run_id = self.client.create_run(self.experiment_id, tags=tags,
                                              run_name=f"search {Path(str(config.output_dir)).name}").info.run_id
-        artifacts.write_json(path, {"tracking_uri": self.uri, "experiment_id": self.experiment_id, "run_id": self.run_id})
+        artifacts.write_json(path, {"tracking_uri": shown(self.uri), "experiment_id": self.experiment_id, "run_id": self.run_id})
         from mlflow.entities import Param
 
         values = {**config_params(config), **{f"search.{name}": str(value) for name, value in settings.items()}}
