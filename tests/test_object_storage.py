@@ -119,6 +119,29 @@ def test_the_check_of_s3_folders_remembers_unchanged_objects_and_names_bad_ones(
     assert f"{uri}/train/red/broken.png: empty file (0 bytes)" in printed.out + printed.err
 
 
+def test_keys_and_pointers_that_climb_out_of_their_directory_are_refused_before_anything_is_written(s3, tmp_path):
+    import boto3
+
+    from tl_core.training.run_store import Mirror
+
+    bucket = s3.new_bucket()
+    client = boto3.client("s3")
+    client.put_object(Bucket=bucket, Key="runs/x/checkpoints/epoch-00001/state.index", Body=b"checkpoint")
+    client.put_object(Bucket=bucket, Key="runs/x/../../escaped.txt", Body=b"outside")
+    storage.download(f"s3://{bucket}/runs/x", tmp_path / "local" / "x")  # pyarrow's listing passes the '..' key over
+    assert sorted(path.relative_to(tmp_path).as_posix() for path in tmp_path.rglob("*") if path.is_file()) == [
+        "local/x/checkpoints/epoch-00001/state.index"]
+    for climbing in ("../x", "a/../b", "/etc/passwd", "a//b", ".", ""):  # and download() refuses any that it lists
+        with pytest.raises(storage.StorageError, match="is not a plain relative path"):
+            storage.plain_relative(climbing, f"s3://{bucket}/runs/x")
+
+    # A checkpoint pointer read back from the bucket on --resume names a directory below the checkpoints, or nothing.
+    client.put_object(Bucket=bucket, Key="runs/y/checkpoints/latest.json", Body=b'{"directory": "../../../../tmp", "epoch": 1}')
+    (tmp_path / "staging").mkdir()
+    with pytest.raises(storage.StorageError, match=r"'../../../../tmp' is not a plain relative path"):
+        Mirror(f"s3://{bucket}/runs/y", tmp_path / "staging").pull()
+
+
 def test_evaluate_predict_and_ingest_read_s3(s3, s3_data, tiny_backbone, tmp_path):
     run_dir = tmp_path / "run"
     assert train_job.main(["--data-dir", s3_data["folders"], "--backbone", tiny_backbone, "--image-size",

@@ -408,10 +408,22 @@ def upload(local, location) -> None:
         raise _store_error("write", location, error) from None
 
 
+def plain_relative(path: str, where) -> str:
+    """path, a relative path read from a store or a file (an object's key below a prefix, a pointer's directory), if
+    every segment is a plain name; a StorageError, before any local path is made of it, if a '..', '.', empty or
+    absolute segment (or a backslash) could make it land outside the directory it is joined to."""
+    if not path or path.startswith("/") or "\\" in path or any(part in ("", ".", "..") for part in path.split("/")):
+        raise StorageError(f"{display(where)}: {display(path)!r} is not a plain relative path (it has a '..', '.', empty or "
+                           "absolute segment): refused, nothing is written outside its directory")
+    return path
+
+
 def download(location, local) -> None:
-    """Copy a file or directory tree at location to a local path (its folders made as needed)."""
+    """Copy a file or directory tree at location to a local path (its folders made as needed); a key below it that is
+    not a plain relative path is refused before anything is written."""
     files = [(location, str(local))] if not is_dir(location) else [
-        (path, os.path.join(str(local), *relative(path, location).split("/"))) for path in walk(location).paths]
+        (path, os.path.join(str(local), *plain_relative(relative(path, location), location).split("/")))
+        for path in walk(location).paths]
     for source, destination in files:
         os.makedirs(os.path.dirname(os.path.abspath(destination)), exist_ok=True)
         filesystem, path = resolve(source)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from tl_core import artifacts
+from tl_core import artifacts, storage
 from tl_core.data.images import make_dataset, to_unit_range
 from tl_core.metrics import classification_metrics
 from tl_core.progress import labelled_batch_size, track
@@ -139,8 +139,8 @@ class LocalCheckpoints:
 
     def latest(self) -> Path | None:
         pointer = self.path / self.POINTER
-        if pointer.exists():
-            return self.path / json.loads(pointer.read_text())["directory"]
+        if pointer.exists():  # read back from a store on --resume: its directory must stay below the checkpoints
+            return self.path / storage.plain_relative(json.loads(pointer.read_text())["directory"], pointer)
         return self.path if (self.path / HISTORY_JSON).exists() else None  # saved before the pointer existed
 
     def save(self, write, metrics: dict, worker: Worker) -> None:

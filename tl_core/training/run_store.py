@@ -54,7 +54,8 @@ class Mirror:
                 (self.local / name).parent.mkdir(parents=True, exist_ok=True)
                 storage.download(self.remote(name), self.local / name)
         if (self.local / POINTER).exists():
-            epoch_dir = f"{CHECKPOINT_DIR}/{json.loads((self.local / POINTER).read_text())['directory']}"
+            name = storage.plain_relative(json.loads((self.local / POINTER).read_text())["directory"], self.remote(POINTER))
+            epoch_dir = f"{CHECKPOINT_DIR}/{name}"
             storage.download(self.remote(epoch_dir), self.local / epoch_dir)
             self.holds_epoch = True
         if (self.local / CONFIG_FILE).exists():
