@@ -1,5 +1,7 @@
 """Writing a run's artifacts: every file appears complete under its final name, or not at all."""
 import contextlib
+import ctypes
+import errno
 import json
 import os
 import shutil
@@ -33,7 +35,8 @@ def atomic_path(path: str | Path):
 
 @contextlib.contextmanager
 def atomic_directory(path: str | Path, *, replace: bool = True):
-    """Yield a temporary directory beside `path`; on success it becomes `path` in one rename.
+    """Yield a temporary directory beside `path`; on success it becomes `path` in one step: a reader finds the old
+    directory or the new one, whole, never neither (an existing one is swapped out, then removed).
 
     replace=False is for caches that several processes may fill at once: whoever renames first
     wins and the others' identical copies are discarded.
@@ -45,7 +48,8 @@ def atomic_directory(path: str | Path, *, replace: bool = True):
         yield tmp
         os.chmod(tmp, 0o755)
         if replace and path.exists():
-            shutil.rmtree(path)
+            _swap(tmp, path)  # tmp now holds the old directory, removed below
+            return
         try:
             os.replace(tmp, path)
         except OSError:
@@ -53,6 +57,25 @@ def atomic_directory(path: str | Path, *, replace: bool = True):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _swap(new: Path, path: Path) -> None:
+    """Exchange two directories in one rename (Linux: renameat2 with RENAME_EXCHANGE). Where the system or the file
+    system has no such rename, the old one is renamed aside and the new one in: the name is missing for the moment
+    between two renames."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is not None:
+        at_current_directory, rename_exchange = -100, 2
+        if renameat2(at_current_directory, os.fsencode(new), at_current_directory, os.fsencode(path), rename_exchange) == 0:
+            return
+        code = ctypes.get_errno()
+        if code not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise OSError(code, os.strerror(code), str(path))
+    aside = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+    os.replace(path, aside / path.name)
+    os.replace(new, path)
+    os.replace(aside / path.name, new)  # for the caller to remove, as after an exchange
+    aside.rmdir()
 
 
 def write_json(path, value) -> None:
