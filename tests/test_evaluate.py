@@ -54,3 +54,20 @@ def test_evaluate_refuses_classes_the_model_does_not_know(tmp_path, capsys):
     assert evaluate_job.main(["--model", str(tmp_path / "model"), "--data-dir", str(tmp_path / "data"),
                               "--output-dir", str(tmp_path / "eval")]) == 2
     assert "classes ['green'] that the model does not know" in capsys.readouterr().err
+
+
+def test_evaluate_and_predict_refuse_a_savedmodel_this_project_did_not_export_in_one_line(tmp_path, capsys):
+    from jobs import predict as predict_job
+
+    foreign = tf.keras.Sequential([tf.keras.Input((8, 8, 3)), tf.keras.layers.GlobalAveragePooling2D()])
+    tf.saved_model.save(foreign, str(tmp_path / "foreign"))  # a plain Keras SavedModel: no class names, no image size
+    write(tmp_path / "data" / "red", "r.png", (255, 0, 0))
+    assert evaluate_job.main(["--model", str(tmp_path / "foreign"), "--data-dir", str(tmp_path / "data"),
+                              "--output-dir", str(tmp_path / "eval")]) == 2
+    assert predict_job.main(["--model", str(tmp_path / "foreign"), "--input", str(tmp_path / "data"),
+                             "--output", str(tmp_path / "predictions")]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 2 and all(line == f"error: {tmp_path / 'foreign'} is a SavedModel this project did not export "
+                                   "(it has no class_names and no image_size): give a run directory or its model/ "
+                                   "(`python -m jobs.train` exports one)" for line in lines), lines
+    assert not (tmp_path / "eval").exists() and not (tmp_path / "predictions").exists()

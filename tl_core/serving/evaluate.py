@@ -31,6 +31,13 @@ class ExportedModel:
         self.path = chosen if storage.is_uri(chosen) else Path(chosen)  # where it was loaded from
         with storage.local_copy(chosen) as local:
             loaded = tf.saved_model.load(str(local))
+        missing = [what for what, there in (("its serving_default signature", "serving_default" in loaded.signatures),
+                                            ("class_names", hasattr(loaded, "class_names")),
+                                            ("image_size", hasattr(loaded, "image_size"))) if not there]
+        if missing:
+            raise DatasetError(f"{storage.display(chosen)} is a SavedModel this project did not export (it has no "
+                               f"{' and no '.join(missing)}): give a run directory or its model/ (`python -m jobs.train` "
+                               "exports one)")
         self.serve = loaded.signatures["serving_default"]
         self.class_names = [name.decode() for name in loaded.class_names.numpy()]
         self.image_size = int(loaded.image_size.numpy())
