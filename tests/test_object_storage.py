@@ -723,7 +723,7 @@ def test_an_s3_registry_promotes_skips_rejects_rolls_back_and_serves_through_its
 
 
 def test_a_second_retrain_on_an_s3_registry_is_refused_and_a_killed_holders_lock_is_taken_over_after_its_lease(
-        s3, colour_dataset, tiny_backbone, tmp_path, capsys):
+        s3, colour_dataset, tiny_backbone, tmp_path, capsys, monkeypatch):
     import os
     import subprocess
     import sys
@@ -734,6 +734,7 @@ def test_a_second_retrain_on_an_s3_registry_is_refused_and_a_killed_holders_lock
     from tl_core.registry.object_store import ObjectRegistry
 
     uri = f"s3://{s3.new_bucket()}/registry"
+    monkeypatch.setattr(ObjectRegistry, "lease_seconds", ObjectRegistry.lease_seconds)
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
         from tl_core.registry.object_store import ObjectRegistry
@@ -754,10 +755,21 @@ def test_a_second_retrain_on_an_s3_registry_is_refused_and_a_killed_holders_lock
         holder.wait(timeout=30)
     assert retrain_job.main(flags) == 3  # the dead holder's lease has not run out yet
     capsys.readouterr()
-    time.sleep(3.5)
+    time.sleep(5)  # its lease, and the store's timestamps' whole second
     assert retrain_job.main(flags) == 0
     assert f"Took over the registry's lock from pid {holder.pid} on " in capsys.readouterr().out
     assert not storage.exists(f"{uri}/.lock") and ObjectRegistry(uri).champion() is not None
+
+    # A lock object this project did not write (not JSON) is judged by its age in the store, like a dead holder's.
+    import boto3
+
+    boto3.client("s3").put_object(Bucket=uri.split("/")[2], Key="registry/.lock", Body=b"held by hand")
+    ObjectRegistry.lease_seconds = 2.0  # this process's retrains (restored by the monkeypatch below)
+    assert retrain_job.main(flags) == 3
+    assert "a lock object this project did not write" in capsys.readouterr().err
+    time.sleep(4)
+    assert retrain_job.main(flags) == 0
+    assert "Took over the registry's lock from a lock object this project did not write" in capsys.readouterr().out
 
 
 def test_credentials_the_store_refuses_are_one_line_and_exit_2(s3, tmp_path, capsys, monkeypatch):

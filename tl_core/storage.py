@@ -11,6 +11,8 @@ show one. Every other module asks this one; none looks at a location's scheme it
 """
 import contextlib
 import dataclasses
+import datetime
+import email.utils
 import errno
 import functools
 import gc
@@ -532,12 +534,16 @@ def replace_object_if(location, data: bytes, token: str) -> str | None:
         raise StorageError(f"cannot write {display(location)}: {_reason(error)}") from None
 
 
-def read_object(location) -> tuple[bytes, str] | None:
-    """(content, token) of an object, or None when there is none."""
+def read_object(location) -> tuple[bytes, str, float] | None:
+    """(content, token, age) of an object, or None when there is none. age: seconds since it was last written, by the
+    store's own clock (its LastModified against the Date of the same answer; whole seconds), so that no two machines'
+    clocks are compared."""
     client, bucket, key = _s3(location)
     try:
         answer = client.get_object(Bucket=bucket, Key=key)
-        return answer["Body"].read(), answer["ETag"]
+        date = answer["ResponseMetadata"].get("HTTPHeaders", {}).get("date")
+        now = email.utils.parsedate_to_datetime(date) if date else datetime.datetime.now(datetime.timezone.utc)
+        return answer["Body"].read(), answer["ETag"], (now - answer["LastModified"]).total_seconds()
     except Exception as error:
         if getattr(error, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
             return None

@@ -4,10 +4,12 @@ guarantees of a file system made from what S3 offers.
   champion.json   {"run_id", "model"}: the champion, a small pointer object replaced with one PUT, so a reader sees
                   the old champion or the new one, never a mix (there are no symbolic links)
   .lock           the one retrain or rollback running: created only if absent (PUT If-None-Match: *), holding its
-                  owner, host and a lease that the holder renews while it works (PUT If-Match on the version it
-                  wrote). A second retrain is refused while the lease runs; a holder that died stops renewing, and
-                  after its lease the next retrain takes the lock over (PUT If-Match on the dead holder's version:
-                  of two retrains taking over at once, one wins)
+                  owner, host and lease, and rewritten by the holder every quarter lease while it works (PUT If-Match
+                  on the version it wrote). A second retrain is refused while the lock changes; a holder that died
+                  stops renewing, and once the object has stood unchanged for a whole lease, by the store's own clock
+                  (its LastModified against the Date of the same answer: no two machines' clocks compared), the next
+                  retrain takes the lock over (PUT If-Match on the dead holder's version: of two retrains taking over
+                  at once, one wins). A lock object this project did not write is judged by its age the same way
   ledger.parquet, pending.json, manifests/, models/<run id>/   as on disk; each file one object, replaced whole
 """
 import contextlib
@@ -16,7 +18,6 @@ import os
 import socket
 import tempfile
 import threading
-import time
 from pathlib import Path
 
 from tl_core import storage
@@ -46,7 +47,7 @@ class ObjectRegistry(Registry):
 
     def _holder(self) -> bytes:
         return json.dumps({"owner": f"pid {os.getpid()} on {socket.gethostname()}", "since": utc_now(),
-                           "expires": time.time() + self.lease_seconds}).encode()
+                           "lease_seconds": self.lease_seconds}).encode()
 
     @contextlib.contextmanager
     def lock(self, log=print):
@@ -56,16 +57,20 @@ class ObjectRegistry(Registry):
             if found is None:  # released between our two requests
                 token = storage.create_object(self.lock_file, self._holder())
                 continue
-            held = json.loads(found[0])
-            if held["expires"] > time.time():
+            content, version, age = found
+            held = _holder_of(content)
+            lease = held.get("lease_seconds", self.lease_seconds)
+            # Renewed by its holder every quarter lease; unchanged for a whole lease (by the store's clock, whose
+            # timestamps have whole seconds), its holder is gone.
+            if age <= lease + 1:
                 raise RegistryBusy(f"another retrain is using the registry {self.root} ({held['owner']} since "
                                    f"{held['since']}); this run stops here: try again when it has finished")
-            token = storage.replace_object_if(self.lock_file, self._holder(), found[1])
+            token = storage.replace_object_if(self.lock_file, self._holder(), version)
             if token is None:
                 raise RegistryBusy(f"another retrain took over the expired lock of the registry {self.root} first; "
                                    "this run stops here: try again when it has finished")
-            log(f"Took over the registry's lock from {held['owner']} (since {held['since']}): its lease ran out "
-                f"{time.time() - held['expires']:.0f} s ago without being renewed", flush=True)
+            log(f"Took over the registry's lock from {held['owner']} (since {held['since']}): unchanged for {age:.0f} s "
+                f"by the store's clock, longer than its lease of {lease:g} s", flush=True)
         renewal = LeaseRenewal(self, token)
         renewal.start()
         try:
@@ -91,6 +96,19 @@ class ObjectRegistry(Registry):
         self.check_promotable(run_id)
         pointer = {"run_id": run_id, "model": f"models/{run_id}/{MODEL_DIR}", "promoted_at": utc_now()}
         storage.replace_bytes(self.champion_file, (json.dumps(pointer, indent=2) + "\n").encode())
+
+
+def _holder_of(content: bytes) -> dict:
+    """Who holds the lock, as its object says; a lock object this project did not write (not JSON, keys missing) is
+    described as such, and judged by its age alone like any other."""
+    try:
+        held = json.loads(content)
+        lease = held.get("lease_seconds", ObjectRegistry.lease_seconds)
+        if isinstance(held["owner"], str) and isinstance(held["since"], str) and isinstance(lease, (int, float)):
+            return {"owner": held["owner"], "since": held["since"], "lease_seconds": float(lease)}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        pass
+    return {"owner": "a lock object this project did not write", "since": "an unknown time"}
 
 
 class LeaseRenewal(threading.Thread):
