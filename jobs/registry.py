@@ -35,7 +35,7 @@ def main(argv=None) -> int:
         if mirror:
             mirror.check()
         if args.command == "list":
-            registry = Registry.at(args.registry)
+            registry = Registry.existing(args.registry)
             print(format_ledger(registry.records()))
             print(f"champion: {registry.champion() or '-'} ({registry.champion_model()})")
             if mirror:

@@ -122,6 +122,7 @@ def test_a_crash_before_the_switch_keeps_the_champion_and_the_next_run_recovers(
 
 def test_a_second_run_is_refused_and_a_dead_holders_lock_is_recovered(data, tiny_backbone, tmp_path):
     root = tmp_path / "registry"
+    assert retrain(config_for(data, tiny_backbone), root, log=quiet)["action"] == "promoted"
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import time
         from tl_core.registry.store import Registry
@@ -137,7 +138,15 @@ def test_a_second_run_is_refused_and_a_dead_holders_lock_is_recovered(data, tiny
     finally:
         holder.kill()  # SIGKILL: no chance to clean up
         holder.wait(timeout=30)
-    assert retrain(config_for(data, tiny_backbone), root, log=quiet)["action"] == "promoted"
+    assert retrain(config_for(data, tiny_backbone), root, log=quiet)["action"] == "skipped"  # the same data: it ran
+
+
+def test_list_and_rollback_on_a_mistyped_registry_say_so_and_make_nothing(tmp_path, capsys):
+    for command in (["list"], ["rollback", "some-run"]):
+        assert registry_job.main([*command, "--registry", str(tmp_path / "regsitry")]) == 2
+        assert capsys.readouterr().err.strip() == (f"error: no registry at {tmp_path / 'regsitry'} (no ledger.parquet): "
+                                                   "check --registry; `python -m jobs.retrain --registry ...` makes one")
+    assert not list(tmp_path.iterdir())
 
 
 def test_rollback_restores_an_earlier_champion(data, tiny_backbone, tmp_path, capsys):

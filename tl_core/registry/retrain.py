@@ -161,7 +161,7 @@ def _start_or_recover(registry: Registry, config: TrainConfig, data_fingerprint:
 def restore(registry_dir: str | Path, run_id: str, mirror=None, log=print) -> dict:
     """Make an earlier run's model the champion again (one atomic switch), recorded in the ledger (and, with `mirror`,
     MLflow's champion alias moved back)."""
-    registry = Registry.at(registry_dir)
+    registry = Registry.existing(registry_dir)
     with registry.lock(log):
         trained = {record["run_id"]: record for record in registry.records() if record["action"] in TRAINED}
         if run_id not in trained:

@@ -91,6 +91,16 @@ class Registry:
             return ObjectRegistry(root)
         return Registry(root)
 
+    @staticmethod
+    def existing(root) -> "Registry":
+        """The registry at a path or URI that a retrain made (it has a ledger); a RegistryError in one line otherwise:
+        a command that reads a registry (list, rollback) never makes one at a mistyped path."""
+        registry = Registry.at(root)
+        if not storage.exists(registry.ledger):
+            raise RegistryError(f"no registry at {storage.display(registry.root)} (no {storage.name(registry.ledger)}): "
+                                "check --registry; `python -m jobs.retrain --registry ...` makes one")
+        return registry
+
     def __init__(self, root: str | Path):
         self._locations(str(storage.local_path(root, "--registry")))
         self.champion_link = Path(self.root) / "champion"
