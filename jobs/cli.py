@@ -5,14 +5,17 @@
        (jobs.train, jobs.ingest)
   2    bad input, configuration or file system: one line, `error: ...`, no stack trace (a run that stops on bad files)
   3    the model registry is busy (another retrain holds its lock)
-  130  interrupted (Ctrl-C or SIGTERM)
+  130  interrupted (Ctrl-C or SIGTERM; a second one ends the command at once)
 """
 import os
 import signal
 import sys
 from typing import Callable, NoReturn
 
-DISTRIBUTED_FAILURE, BAD_INPUT, BUSY, INTERRUPTED = 1, 2, 3, 130
+from tl_core import interrupts
+
+DISTRIBUTED_FAILURE, BAD_INPUT, BUSY = 1, 2, 3
+INTERRUPTED = interrupts.INTERRUPTED  # 130, as a shell reports a process Ctrl-C ended
 CHECK_FOUND_BAD_FILES = 1
 # How long a command's exit waits for a thread still writing to the store (an epoch's upload that began before the end).
 STORE_WAIT_SECONDS = 60
@@ -95,7 +98,7 @@ def run_command(body: Callable[[], int | None], *, note: Callable[[BaseException
 
     note(error) may add a line after the message (how to resume, what state things were left in).
     quiet: the command's --quiet (tl_core/progress.py). ray_work: what failed when Ray gives up, in its message."""
-    from tl_core import interrupts, progress
+    from tl_core import progress
 
     # Ctrl-C and a scheduler's SIGTERM alike: the epoch in progress is dropped, and the last completed epoch's
     # checkpoint (written atomically) is what --resume continues from. Never lost (tl_core/interrupts.py).

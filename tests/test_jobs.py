@@ -237,3 +237,47 @@ def test_a_sigterm_landing_in_a_callback_still_stops_the_command():
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 130 and "not interrupted" not in done.stdout, done.stderr
     assert done.stderr.strip() == "Interrupted.", done.stderr
+
+
+def test_a_second_sigterm_ends_a_run_stuck_where_no_safe_point_comes_at_once(tiny_backbone, colour_dataset, tmp_path):
+    """The first SIGTERM is recorded for the next safe point; an export that never reaches one (stuck here on purpose)
+    would need SIGKILL: the second ends the command at once, with the interrupt status, the completed epochs intact."""
+    import json
+    import signal
+    import time
+    from pathlib import Path
+
+    script = textwrap.dedent(f"""
+        import sys, time
+        import tl_core.training.train as train_module
+        from jobs.cli import exit_after
+        from jobs.train import main
+
+        def stuck_export(*args, **kwargs):
+            print("exporting", flush=True)
+            time.sleep(300)
+
+        train_module.export_classifier = stuck_export
+        exit_after(lambda: main(["--data-dir", {str(colour_dataset)!r}, "--backbone", {tiny_backbone!r}, "--image-size",
+                                 "32", "--batch-size", "8", "--epochs", "2", "--output-dir", {str(tmp_path / "run")!r},
+                                 "--cache-dir", {str(tmp_path / "cache")!r}, "--quiet"]))
+    """)
+    process = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[1],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while process.stdout.readline().strip() != "exporting":
+            assert process.poll() is None, process.stderr.read()[-3000:]
+        process.send_signal(signal.SIGTERM)
+        time.sleep(1)
+        assert process.poll() is None  # recorded: the stuck export goes on
+        process.send_signal(signal.SIGTERM)
+        started = time.monotonic()
+        _, err = process.communicate(timeout=30)
+        ended_after = time.monotonic() - started
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+    assert process.returncode == 130 and ended_after < 10, (process.returncode, ended_after, err[-3000:])
+    assert err.strip().splitlines()[-1].startswith("Interrupted again: stopping at once")
+    pointer = json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())
+    assert pointer["epoch"] == 2 and (tmp_path / "run" / "checkpoints" / pointer["directory"]).is_dir()

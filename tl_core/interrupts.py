@@ -12,16 +12,29 @@ in every tracked loop (progress.track: feature passes, validation), and at the e
 """
 import _thread
 import contextlib
+import os
 import sys
 import threading
 
+INTERRUPTED = 130  # the exit status of a stopped command (jobs/cli.py)
 requested = threading.Event()  # a Ctrl-C or SIGTERM came since the command started
 _deferred = threading.Event()  # inside at_safe_points()
+_redelivered = threading.Event()  # a stop lost in a callback, raised again through the handler
 
 
 def stop(signum, frame) -> None:
     """The commands' handler of SIGINT and SIGTERM (a scheduler's SIGTERM takes the same path as Ctrl-C): record the
-    request and, outside at_safe_points(), raise KeyboardInterrupt where the main thread is."""
+    request and, outside at_safe_points(), raise KeyboardInterrupt where the main thread is. A second one ends the
+    process at once, with the interrupt status: work that reaches no safe point for long (an export, a TFLite
+    conversion, the audit, a stuck op) would otherwise need SIGKILL. Every file is written whole or not at all, so
+    what is complete stays complete; the step that was running is lost, and --resume continues from the last epoch."""
+    if _redelivered.is_set():  # the first one again (redeliver_interrupts), not a second
+        _redelivered.clear()
+        raise KeyboardInterrupt
+    if requested.is_set():
+        print("Interrupted again: stopping at once (what was complete stays so; the step that was running is lost).",
+              file=sys.stderr, flush=True)
+        os._exit(INTERRUPTED)
     requested.set()
     if not _deferred.is_set():
         raise KeyboardInterrupt
@@ -65,6 +78,7 @@ def redeliver_interrupts() -> None:
     the main thread takes it once it has left the callback and this hook (in another callback: once more)."""
     def handle(unraisable) -> bool:
         if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            _redelivered.set()
             later = threading.Timer(0.05, _thread.interrupt_main)
             later.daemon = True
             later.start()
