@@ -28,6 +28,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     add_field_arguments(parser, TrainConfig, only=DATA_FIELDS)
     parser.add_argument("--output-dir", help="where the audit goes (default runs/audit-<UTC timestamp>)")
+    parser.add_argument("--overwrite", action="store_true", help="write into an --output-dir that already holds files "
+                        "(never a training run's directory)")
     parser.add_argument("--class-floor", type=float, default=0.1,
                         help="flag a class with fewer images than this share of its split's largest class (default 0.1)")
     parser.add_argument("--near-threshold", type=float, default=AuditSettings.near_threshold,
@@ -52,9 +54,10 @@ def main(argv=None) -> int:
         from tl_core.audit import audit_sources, summary
         from tl_core.data.sources import load_splits
         from tl_core.model.assets import cache_dir
-        from tl_core.run_dir import default_output_dir
+        from tl_core.run_dir import check_results_dir, default_output_dir
 
         output_dir = storage.local_path(args.output_dir or default_output_dir("audit-"), "--output-dir")
+        check_results_dir(output_dir, overwrite=args.overwrite, what="the audit")
         config = TrainConfig(**given_fields(args, TrainConfig))
         train, validation, data_dir = load_splits(config, cache_dir(config.cache_dir), check_batch=False)
         report = audit_sources(config, {"train": train, "validation": validation}, data_dir, output_dir,

@@ -22,6 +22,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--data-dir", help="labelled images (default: the built-in sample's validation split)")
     parser.add_argument("--split", default="validation", help="used when --data-dir has split folders (default validation)")
     parser.add_argument("--output-dir", help="where the results go, a path or an s3:// URI (default runs/evaluate-<UTC timestamp>)")
+    parser.add_argument("--overwrite", action="store_true", help="write into an --output-dir that already holds files "
+                        "(never a training run's directory)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per model call (default 64)")
     parser.add_argument("--worst", type=int, default=16, help="mistakes shown in most_confident_errors.png (default 16)")
     parser.add_argument("--cache-dir", help="asset cache, for the built-in sample")
@@ -36,8 +38,10 @@ def main(argv=None) -> int:
 
     def body() -> None:
         from tl_core import storage
+        from tl_core.run_dir import check_results_dir
         from tl_core.serving.evaluate import evaluate_to_directory, format_report
 
+        check_results_dir(output, overwrite=args.overwrite, what="the evaluation")
         with storage.written_locally(output) as local:  # on disk, or uploaded to a URI once complete
             metrics = evaluate_to_directory(args.model, args.data_dir, local, split=args.split,
                                             batch_size=args.batch_size, worst=args.worst, cache_dir=args.cache_dir)

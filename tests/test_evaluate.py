@@ -71,3 +71,30 @@ def test_evaluate_and_predict_refuse_a_savedmodel_this_project_did_not_export_in
                                    "(it has no class_names and no image_size): give a run directory or its model/ "
                                    "(`python -m jobs.train` exports one)" for line in lines), lines
     assert not (tmp_path / "eval").exists() and not (tmp_path / "predictions").exists()
+
+
+def test_evaluate_and_audit_never_write_into_a_run_nor_into_files_they_were_not_told_to_replace(tmp_path, capsys):
+    from jobs import audit as audit_job
+
+    colour_model(tmp_path / "model")
+    write(tmp_path / "data" / "blue", "b.png", (0, 0, 255))
+    write(tmp_path / "data" / "red", "r.png", (255, 0, 0))
+    run = tmp_path / "run"  # a training run's directory: its metrics.json is what retraining reads
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    (run / "metrics.json").write_text('{"accuracy": 0.9}')
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("the user's own file")
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()}
+    evaluating = ["--model", str(tmp_path / "model"), "--data-dir", str(tmp_path / "data"), "--quiet"]
+    auditing = ["--data-dir", str(tmp_path / "data"), "--exact-only", "--quiet"]
+    for command, flags in ((evaluate_job, evaluating), (audit_job, auditing)):
+        for output in (run, used):
+            for overwrite in ([], ["--overwrite"]) if output == run else ([],):
+                assert command.main([*flags, "--output-dir", str(output), *overwrite]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert "is a training run's directory" in err[0] and "already holds files; pass --overwrite" in err[-1], err
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*") if path.is_file()} == before
+    assert evaluate_job.main([*evaluating, "--output-dir", str(used), "--overwrite"]) == 0
+    assert (used / "metrics.json").exists() and (used / "notes.txt").exists()

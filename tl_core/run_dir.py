@@ -139,6 +139,19 @@ def holds_files(location) -> bool:
     return directory.is_dir() and any(not TEMPORARY.match(entry.name) for entry in directory.iterdir())
 
 
+def check_results_dir(location, *, overwrite: bool, what: str) -> None:
+    """Where a command that is not a training run (jobs.evaluate, jobs.audit) writes its results, a path or a URI:
+    never a training run's directory (its metrics.json and audit are the run's own, which retraining reads), and an
+    existing directory that holds files only with overwrite. A RunDirectoryError in one line, before anything is
+    written."""
+    if storage.exists(storage.join(location, CONFIG_FILE)):
+        raise RunDirectoryError(f"{storage.display(location)} is a training run's directory: {what} would replace its "
+                                f"own files (retraining reads its {METRICS_FILE}); give --output-dir a directory of its own")
+    if holds_files(location) and not overwrite:
+        raise RunDirectoryError(f"{storage.display(location)} already holds files; pass --overwrite to write {what} "
+                                "into it, or choose another --output-dir")
+
+
 def remove_temporaries(run_dir: Path) -> None:
     """What a killed process was writing when it died, anywhere in the run directory (Ray's own ray/ excepted)."""
     for folder, folders, files in os.walk(run_dir, topdown=True):
