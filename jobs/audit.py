@@ -57,7 +57,7 @@ def main(argv=None) -> int:
         from tl_core.run_dir import check_results_dir, default_output_dir
 
         output_dir = storage.local_path(args.output_dir or default_output_dir("audit-"), "--output-dir")
-        check_results_dir(output_dir, overwrite=args.overwrite, what="the audit")
+        check_results_dir(output_dir, overwrite=args.overwrite, what="the audit", data_dir=args.data_dir)
         config = TrainConfig(**given_fields(args, TrainConfig))
         train, validation, data_dir = load_splits(config, cache_dir(config.cache_dir), check_batch=False)
         report = audit_sources(config, {"train": train, "validation": validation}, data_dir, output_dir,

@@ -41,7 +41,7 @@ def main(argv=None) -> int:
         from tl_core.run_dir import check_results_dir
         from tl_core.serving.evaluate import evaluate_to_directory, format_report
 
-        check_results_dir(output, overwrite=args.overwrite, what="the evaluation")
+        check_results_dir(output, overwrite=args.overwrite, what="the evaluation", data_dir=args.data_dir)
         with storage.written_locally(output) as local:  # on disk, or uploaded to a URI once complete
             metrics = evaluate_to_directory(args.model, args.data_dir, local, split=args.split,
                                             batch_size=args.batch_size, worst=args.worst, cache_dir=args.cache_dir)

@@ -281,3 +281,26 @@ def test_a_second_sigterm_ends_a_run_stuck_where_no_safe_point_comes_at_once(tin
     assert err.strip().splitlines()[-1].startswith("Interrupted again: stopping at once")
     pointer = json.loads((tmp_path / "run" / "checkpoints" / "latest.json").read_text())
     assert pointer["epoch"] == 2 and (tmp_path / "run" / "checkpoints" / pointer["directory"]).is_dir()
+
+
+def test_an_output_dir_among_the_data_or_a_folder_that_is_not_a_run_is_never_written_into(colour_dataset, tiny_backbone,
+                                                                                          tmp_path, capsys):
+    import shutil
+    from pathlib import Path
+
+    from jobs import train as train_job
+
+    data = Path(shutil.copytree(colour_dataset, tmp_path / "data"))
+    (data / "train" / "model").mkdir()  # a class called "model": what a run writes under that name would replace it
+    (data / "train" / "model" / "m.png").write_bytes((data / "train" / "red").iterdir().__next__().read_bytes())
+    listing = sorted(tmp_path.rglob("*"))
+    for output, relation in ((data, "is"), (data / "train", "sits inside"), (tmp_path, "holds")):
+        assert train_job.main(["--data-dir", str(data), "--output-dir", str(output), "--overwrite", "--quiet"]) == 2
+        assert capsys.readouterr().err.strip() == (f"error: --output-dir {output} {relation} the data directory {data}: "
+                                                   "outputs would land among the images, or replace some; choose an "
+                                                   "--output-dir outside the data")
+    # --overwrite of a folder that is not a run's replaces nothing in it: refused where a run's name is taken.
+    assert train_job.main(["--data-dir", str(colour_dataset), "--output-dir", str(data / "train"), "--overwrite",
+                           "--batch-size", "8", "--backbone", tiny_backbone, "--image-size", "32", "--quiet"]) == 2
+    assert "is not a run's directory (no config.json of a run) and holds model" in capsys.readouterr().err
+    assert sorted(tmp_path.rglob("*")) == listing

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from tl_core import artifacts, storage
-from tl_core.config import TrainConfig
+from tl_core.config import VERSION_KEY, TrainConfig
 
 # Files of a run directory.
 CONFIG_FILE = "config.json"
@@ -113,6 +113,11 @@ def prepare_run_dir(config: TrainConfig, *, overwrite: bool = False, resume: boo
                 f"{run_dir} already holds files; pass --resume to continue that run, "
                 "--overwrite to replace it, or choose another --output-dir"
             )
+        if not _is_run(run_dir):  # nothing in it is a run's to replace: a name a run writes is someone else's file
+            clashing = [name for name in (CONFIG_FILE, *RUN_FILES) if (run_dir / name).exists()]
+            if clashing:
+                raise RunDirectoryError(f"--overwrite: {run_dir} is not a run's directory (no {CONFIG_FILE} of a run) and "
+                                        f"holds {', '.join(clashing)}, which a run would replace: choose another --output-dir")
         for name in RUN_FILES:  # nothing of the old run survives next to the new one
             _remove(run_dir / name)
     remove_temporaries(run_dir)
@@ -123,6 +128,27 @@ def prepare_run_dir(config: TrainConfig, *, overwrite: bool = False, resume: boo
         raise RunDirectoryError(f"cannot write the run directory {run_dir}: {error.strerror}; "
                                 "choose another --output-dir, or fix its permissions or free space") from None
     return config
+
+
+def _is_run(directory: Path) -> bool:
+    """A run's directory: its config.json is a configuration this job wrote."""
+    try:
+        return VERSION_KEY in json.loads((directory / CONFIG_FILE).read_text())
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def check_apart(output_dir, data_dir) -> None:
+    """An output directory that is, holds or sits inside the data directory is refused in one line, before anything is
+    written: outputs would land among the data, or --overwrite replace a part of it."""
+    if not data_dir or not output_dir:
+        return
+    output, data = storage.canonical(output_dir), storage.canonical(data_dir)
+    if output == data or output.startswith(data.rstrip("/") + "/") or data.startswith(output.rstrip("/") + "/"):
+        relation = "is" if output == data else "sits inside" if output.startswith(data) else "holds"
+        raise RunDirectoryError(f"--output-dir {storage.display(output)} {relation} the data directory "
+                                f"{storage.display(data)}: outputs would land among the images, or replace some; choose "
+                                "an --output-dir outside the data")
 
 
 # The names artifacts.atomic_path and atomic_directory write under: "." + name + "." + 8 random characters.
@@ -139,11 +165,12 @@ def holds_files(location) -> bool:
     return directory.is_dir() and any(not TEMPORARY.match(entry.name) for entry in directory.iterdir())
 
 
-def check_results_dir(location, *, overwrite: bool, what: str) -> None:
+def check_results_dir(location, *, overwrite: bool, what: str, data_dir=None) -> None:
     """Where a command that is not a training run (jobs.evaluate, jobs.audit) writes its results, a path or a URI:
-    never a training run's directory (its metrics.json and audit are the run's own, which retraining reads), and an
-    existing directory that holds files only with overwrite. A RunDirectoryError in one line, before anything is
-    written."""
+    never a training run's directory (its metrics.json and audit are the run's own, which retraining reads), never
+    among the data, and an existing directory that holds files only with overwrite. A RunDirectoryError in one line,
+    before anything is written."""
+    check_apart(location, data_dir)
     if storage.exists(storage.join(location, CONFIG_FILE)):
         raise RunDirectoryError(f"{storage.display(location)} is a training run's directory: {what} would replace its "
                                 f"own files (retraining reads its {METRICS_FILE}); give --output-dir a directory of its own")

@@ -13,7 +13,7 @@ from tl_core.data.sources import DatasetCheck, check_dataset, describe_check, en
 from tl_core.model.assets import cache_dir
 from tl_core.model.backbones import check_backbone_options
 from tl_core.run_dir import (CHECKPOINT_DIR, CONFIG_FILE, HISTORY_JSON, METRICS_FILE, RAY_DIR, SKIPPED_FILES, RunDirectoryError,
-                             prepare_run_dir)
+                             check_apart, prepare_run_dir)
 from tl_core.training.distribute import driver_without_gpus
 from tl_core.training.recorder import LocalCheckpoints
 from tl_core.training.run_store import POINTER, staged
@@ -96,6 +96,7 @@ def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, c
     checked sources are what training uses. Locally, or on Ray Train when config.uses_ray. features: the
     backbone's features of those sources, computed already (jobs.tune), for a local run; Ray workers compute
     their own. trackers: what records the run (tl_core/tracking; default: TensorBoard's files), checked first."""
+    check_apart(config.output_dir, config.data_dir)  # before anything is written
     for tracker in trackers or ():
         tracker.check()  # a tracking server that does not answer: refused before anything is written
     if config.uses_ray:
