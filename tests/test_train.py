@@ -187,6 +187,14 @@ def test_run_directory_is_never_mixed(tiny_backbone, colour_dataset, tmp_path):
     prepare_run_dir(config, overwrite=True)
     assert not (tmp_path / "run" / "history.json").exists() and not (tmp_path / "run" / "model").exists()
     assert (tmp_path / "run" / "notes.txt").exists()  # only the run's own files are replaced
+    # A run saved before config.json had a version is a run too: --overwrite replaces its files.
+    from test_recipe import saved_before_versions
+
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "config.json").write_text(json.dumps(saved_before_versions(config)))
+    (tmp_path / "old" / "model").mkdir()
+    prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "old"), overwrite=True)
+    assert not (tmp_path / "old" / "model").exists()
     with pytest.raises(RunDirectoryError, match="no run to resume"):
         prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "other"), resume=True)
 

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 
 from tl_core import artifacts, storage
-from tl_core.config import VERSION_KEY, TrainConfig
+from tl_core.config import FIRST_FIELDS, VERSION_KEY, TrainConfig
 
 # Files of a run directory.
 CONFIG_FILE = "config.json"
@@ -131,10 +131,11 @@ def prepare_run_dir(config: TrainConfig, *, overwrite: bool = False, resume: boo
 
 
 def _is_run(directory: Path) -> bool:
-    """A run's directory: its config.json is a configuration this job wrote."""
+    """A run's directory: its config.json is a configuration this job wrote (of any version: config.py)."""
     try:
-        return VERSION_KEY in json.loads((directory / CONFIG_FILE).read_text())
-    except (OSError, ValueError, TypeError):
+        saved = json.loads((directory / CONFIG_FILE).read_text())
+        return isinstance(saved, dict) and (VERSION_KEY in saved or FIRST_FIELDS <= set(saved))
+    except (OSError, ValueError):
         return False
 
 
