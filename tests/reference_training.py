@@ -11,7 +11,7 @@ import tf_keras
 
 from tl_core.config import TrainConfig
 from tl_core.model.classifier import make_head
-from tl_core.training.models import HEAD, compile_head
+from tl_core.training.models import HEAD, Models, compile_head
 from tl_core.training.train import epoch_dataset
 
 
@@ -56,7 +56,7 @@ def trained_on_images_epoch_by_epoch(config: TrainConfig, seen: dict, shard) -> 
     seed's recipe) as the job did before issue 31: one fit() per epoch of that epoch's dataset, in a fresh copy of the
     run's models."""
     args, kwargs = seen["made_with"]
-    fresh = type(seen["models"])(*args, **kwargs)
+    fresh = Models(*args, **kwargs)
     fresh.classifier.get_layer("head").set_weights(seen["initial_head"])
     for epoch in range(config.epochs):
         fresh.trainer(HEAD).fit(epoch_dataset(config, shard, epoch), initial_epoch=epoch, epochs=epoch + 1, verbose=0)

@@ -6,6 +6,7 @@ import tensorflow as tf
 
 from conftest import encode
 from jobs import evaluate as evaluate_job
+from tl_core.config import TrainConfig
 from tl_core.serving.export import export_classifier
 
 
@@ -81,7 +82,7 @@ def test_evaluate_and_audit_never_write_into_a_run_nor_into_files_they_were_not_
     write(tmp_path / "data" / "red", "r.png", (255, 0, 0))
     run = tmp_path / "run"  # a training run's directory: its metrics.json is what retraining reads
     run.mkdir()
-    (run / "config.json").write_text("{}")
+    (run / "config.json").write_text(json.dumps(TrainConfig().to_dict()))
     (run / "metrics.json").write_text('{"accuracy": 0.9}')
     used = tmp_path / "used"
     used.mkdir()

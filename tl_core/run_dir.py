@@ -113,7 +113,7 @@ def prepare_run_dir(config: TrainConfig, *, overwrite: bool = False, resume: boo
                 f"{run_dir} already holds files; pass --resume to continue that run, "
                 "--overwrite to replace it, or choose another --output-dir"
             )
-        if not _is_run(run_dir):  # nothing in it is a run's to replace: a name a run writes is someone else's file
+        if not is_run(run_dir):  # nothing in it is a run's to replace: a name a run writes is someone else's file
             clashing = [name for name in (CONFIG_FILE, *RUN_FILES) if (run_dir / name).exists()]
             if clashing:
                 raise RunDirectoryError(f"--overwrite: {run_dir} is not a run's directory (no {CONFIG_FILE} of a run) and "
@@ -130,13 +130,15 @@ def prepare_run_dir(config: TrainConfig, *, overwrite: bool = False, resume: boo
     return config
 
 
-def _is_run(directory: Path) -> bool:
-    """A run's directory: its config.json is a configuration this job wrote (of any version: config.py)."""
+def is_run(location) -> bool:
+    """A run's directory (a path or a URI): its config.json is a configuration this job wrote (of any version:
+    config.py)."""
+    saved = storage.join(location, CONFIG_FILE)
     try:
-        saved = json.loads((directory / CONFIG_FILE).read_text())
-        return isinstance(saved, dict) and (VERSION_KEY in saved or FIRST_FIELDS <= set(saved))
+        values = json.loads(storage.read_bytes(saved)) if storage.exists(saved) else None
     except (OSError, ValueError):
         return False
+    return isinstance(values, dict) and (VERSION_KEY in values or FIRST_FIELDS <= set(values))
 
 
 def check_apart(output_dir, data_dir) -> None:
@@ -172,7 +174,7 @@ def check_results_dir(location, *, overwrite: bool, what: str, data_dir=None) ->
     among the data, and an existing directory that holds files only with overwrite. A RunDirectoryError in one line,
     before anything is written."""
     check_apart(location, data_dir)
-    if storage.exists(storage.join(location, CONFIG_FILE)):
+    if is_run(location):
         raise RunDirectoryError(f"{storage.display(location)} is a training run's directory: {what} would replace its "
                                 f"own files (retraining reads its {METRICS_FILE}); give --output-dir a directory of its own")
     if holds_files(location) and not overwrite:

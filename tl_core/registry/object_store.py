@@ -103,9 +103,10 @@ def _holder_of(content: bytes) -> dict:
     described as such, and judged by its age alone like any other."""
     try:
         held = json.loads(content)
-        lease = held.get("lease_seconds", ObjectRegistry.lease_seconds)
-        if isinstance(held["owner"], str) and isinstance(held["since"], str) and isinstance(lease, (int, float)):
-            return {"owner": held["owner"], "since": held["since"], "lease_seconds": float(lease)}
+        if isinstance(held["owner"], str) and isinstance(held["since"], str):
+            lease = held.get("lease_seconds")  # locks written before it was recorded: the contender's own
+            return {"owner": held["owner"], "since": held["since"],
+                    **({"lease_seconds": float(lease)} if isinstance(lease, (int, float)) else {})}
     except (ValueError, KeyError, TypeError, AttributeError):
         pass
     return {"owner": "a lock object this project did not write", "since": "an unknown time"}

@@ -94,6 +94,6 @@ class MlflowRegistry:
             return None
 
     def warn(self, error: BaseException) -> None:
-        self.log(f"warning: MLflow's registry at {shown(self.uri)} was not updated ({shown(first_line(error), self.uri)}); "
+        self.log(f"warning: MLflow's registry at {shown(self.uri)} was not updated ({first_line(error, self.uri)}); "
                  "the project's registry decides, and the next retrain or `jobs.registry list` repairs MLflow's aliases",
                  file=sys.stderr, flush=True)

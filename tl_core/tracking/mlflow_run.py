@@ -15,10 +15,10 @@ waits, is sent when the run ends if the server is back, and is otherwise listed 
 """
 import json
 import os
-import urllib.parse
 import sys
 import tempfile
 import time
+import urllib.parse
 import warnings
 from pathlib import Path
 
@@ -66,8 +66,10 @@ def shown(text: str, uri: str | None = None) -> str:
     return text.replace(parts.netloc.rsplit("@", 1)[0] + "@", "***@")
 
 
-def first_line(error: BaseException) -> str:
-    return (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+def first_line(error: BaseException, uri: str | None = None) -> str:
+    """The error's first line, with the credentials of uri (if any) masked."""
+    line = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+    return shown(line, uri) if uri else line
 
 
 def client(uri: str):
@@ -87,7 +89,7 @@ def check_server(uri: str, what: str = "--tracking-uri / MLFLOW_TRACKING_URI") -
         raise TrackingError(f"tracking runs in MLflow ({shown(uri)}) needs the MLflow client: pip install -e '.[mlflow]'; "
                             f"or unset {what} to train without it") from None
     except Exception as error:  # MLflow raises its own, requests', or sqlalchemy's errors
-        raise TrackingError(f"MLflow at {shown(uri)} does not answer: {shown(first_line(error), uri)}. Check {what} (a server such as "
+        raise TrackingError(f"MLflow at {shown(uri)} does not answer: {first_line(error, uri)}. Check {what} (a server such as "
                             "http://host:5000, or sqlite:///path/mlflow.db), or unset it to train without MLflow") from None
 
 
@@ -220,7 +222,7 @@ class MLflow(Tracker):
                 return request()
             except Exception as error:
                 self.offline = True
-                self.log(f"warning: MLflow at {shown(self.uri)} stopped answering ({shown(first_line(error), self.uri)}); "
+                self.log(f"warning: MLflow at {shown(self.uri)} stopped answering ({first_line(error, self.uri)}); "
                          "training goes on, and what is not logged is sent when the run ends", file=sys.stderr, flush=True)
         self.pending.append((what, request))
         return default
@@ -235,7 +237,7 @@ class MLflow(Tracker):
                 self.pending = waiting[number:]
                 unlogged = [what for what, _ in self.pending]
                 artifacts.write_json(self.run_dir / UNLOGGED_FILE, {
-                    "tracking_uri": shown(self.uri), "run_id": self.run_id, "error": shown(first_line(error), self.uri),
+                    "tracking_uri": shown(self.uri), "run_id": self.run_id, "error": first_line(error, self.uri),
                     "not_logged": unlogged})
                 self.log(f"warning: MLflow at {shown(self.uri)} is still gone: not logged ({', '.join(unlogged)}), listed in "
                          f"{self.run_dir / UNLOGGED_FILE}; the run's files are complete in {self.run_dir}",

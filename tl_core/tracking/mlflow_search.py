@@ -41,7 +41,7 @@ class MlflowSearch:
             request(*args, **kwargs)
         except Exception as error:
             self.gone = True
-            self.log(f"warning: MLflow at {shown(self.uri)} did not take {what} ({shown(first_line(error), self.uri)}); the "
+            self.log(f"warning: MLflow at {shown(self.uri)} did not take {what} ({first_line(error, self.uri)}); the "
                      "search goes on without MLflow", file=sys.stderr, flush=True)
 
     def open(self, directory: Path, config, settings: dict, space: dict) -> None:
