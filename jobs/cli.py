@@ -113,6 +113,7 @@ def run_command(body: Callable[[], int | None], *, note: Callable[[BaseException
 
     def fail(status: int, message: str, error: BaseException) -> int:
         extra = note(error)
+        disconnect_ray()
         print(message + (f"\n{extra}" if extra else ""), file=sys.stderr)
         return status
 
@@ -130,6 +131,15 @@ def run_command(body: Callable[[], int | None], *, note: Callable[[BaseException
         if is_ray_failure(error):
             return fail(DISTRIBUTED_FAILURE, f"error: {ray_work} failed: {first_line(error)}", error)
         raise
+
+
+def disconnect_ray() -> None:
+    """End this process's Ray session, if it has one, so that no Ray worker's log line, which Ray forwards to the
+    driver's stderr a moment late, lands after the command's last lines (the resume command a user copies).
+    Ray's exit handler would do the same a moment later; the command's files do not depend on it."""
+    ray = sys.modules.get("ray")  # imported by the commands that use Ray, not here
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
 
 
 def exit_after(main: Callable[[], int]) -> NoReturn:
