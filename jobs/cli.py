@@ -4,7 +4,7 @@
   1    distributed training (or an ingest on Ray) failed: Ray gave up after its restarts; or `--check` found bad files
        (jobs.train, jobs.ingest)
   2    bad input, configuration or file system: one line, `error: ...`, no stack trace (a run that stops on bad files)
-  3    the model registry is busy (another retrain holds its lock)
+  3    the model registry is busy (another retrain holds its lock, or took it over from this one)
   130  interrupted (Ctrl-C or SIGTERM; a second one ends the command at once)
 """
 import os
@@ -102,7 +102,7 @@ def run_command(body: Callable[[], int | None], *, note: Callable[[BaseException
 
     # Ctrl-C and a scheduler's SIGTERM alike: the epoch in progress is dropped, and the last completed epoch's
     # checkpoint (written atomically) is what --resume continues from. Never lost (tl_core/interrupts.py).
-    interrupts.requested.clear()
+    interrupts.reset()
     for number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(number, interrupts.stop)
     interrupts.redeliver_interrupts()
@@ -118,7 +118,12 @@ def run_command(body: Callable[[], int | None], *, note: Callable[[BaseException
         return status
 
     try:
-        return body() or 0
+        try:
+            return body() or 0
+        except KeyboardInterrupt:
+            if interrupts.reason() is None:
+                raise
+            raise interrupts.reason() from None  # stopped by the command itself (a registry's lock lost)
     except KeyboardInterrupt as error:
         return fail(INTERRUPTED, "Interrupted.", error)
     except Exception as error:

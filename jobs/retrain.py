@@ -68,11 +68,11 @@ def main(argv=None) -> int:
 
     def note(error: BaseException) -> str | None:
         from tl_core.ray_session import RayUnreachable
-        from tl_core.registry.store import RegistryBusy
+        from tl_core.registry.store import RegistryBusy, RegistryUnusable
         from tl_core.tracking.mlflow_run import TrackingError
 
-        # Refused before the registry was touched: nothing to continue.
-        return None if isinstance(error, (RegistryBusy, RayUnreachable, TrackingError)) else \
+        # Refused before the registry was touched, or another retrain carries on: nothing to continue.
+        return None if isinstance(error, (RegistryBusy, RegistryUnusable, RayUnreachable, TrackingError)) else \
             "The champion is unchanged; the next retrain continues this one."
 
     return run_command(body, note=note, quiet=args.quiet)

@@ -164,6 +164,8 @@ def main(argv=None) -> int:
         from tl_core.training.job import has_checkpoint
         from tl_core.training.run_store import StoreLost
 
+        if isinstance(error, StoreLost) and error.kept:
+            return None  # its message says how to finish the upload of the finished run
         if has_checkpoint(config) or (isinstance(error, StoreLost) and error.resumable):
             return resume_hint(config)  # e.g. the disk filled up, Ctrl-C, or the store gone (its epochs stay there)
         return "No epoch was completed." if isinstance(error, KeyboardInterrupt) else None

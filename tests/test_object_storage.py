@@ -635,6 +635,54 @@ def test_a_store_gone_mid_run_stops_it_in_one_line_and_resume_continues_once_it_
     assert [row["epoch"] for row in json.loads(storage.read_bytes(f"{uri}/history.json"))] == list(range(1, epochs + 1))
 
 
+def test_a_store_gone_at_the_final_upload_keeps_the_finished_run_and_the_printed_command_uploads_it(
+        s3, colour_dataset, tiny_backbone, tmp_path, capsys, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+    from tl_core.training.run_store import Mirror
+
+    uri = f"s3://{s3.new_bucket()}/runs/finished"
+    proxy = Proxy(s3.port)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{proxy.port}")
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    monkeypatch.setenv("TMPDIR", str(staging))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
+    push_all = Mirror.push_all
+
+    def gone_at_the_end(mirror):
+        proxy.stop()  # the training is over: the store goes away as the run's files are uploaded
+        push_all(mirror)
+
+    monkeypatch.setattr(Mirror, "push_all", gone_at_the_end)
+    try:
+        status = train_job.main(seed_recipe_flags(colour_dataset, tiny_backbone, tmp_path / "cache", 2)
+                                + ["--output-dir", uri])
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert status == 2 and lines[0].startswith("error: cannot write ") and "Traceback" not in err, err
+        kept = next(staging.glob("tl-run-*"))
+        assert (kept / "model" / "saved_model.pb").is_file()
+        metrics = json.loads((kept / "metrics.json").read_text())
+        assert lines[-2] == f"The finished run is kept in {kept}; once the store is back, finish its upload with:", err
+        proxy.start()  # the store is back
+        assert not storage.exists(f"{uri}/metrics.json")
+        monkeypatch.setattr(Mirror, "push_all", push_all)
+        # The printed command, as a user runs it (`python` on the PATH: this environment's).
+        finished = subprocess.run(lines[-1].strip(), shell=True, cwd=REPO, capture_output=True, text=True, timeout=300,
+                                  env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+        assert finished.returncode == 0 and finished.stdout.strip() == f"Uploaded the run to {uri}", finished.stderr
+        assert not kept.exists()
+        assert json.loads(storage.read_bytes(f"{uri}/metrics.json")) == metrics
+        assert json.loads(storage.read_bytes(f"{uri}/config.json"))["output_dir"] == uri
+        assert storage.exists(f"{uri}/model/saved_model.pb")
+    finally:
+        proxy.stop()
+
+
 # A command whose store went away, ending while threads of its own are still in requests to it (an epoch's upload:
 # a request refused and retried). Ended by sys.exit alone, such a process crashed (SIGSEGV or abort) in 4 of 5 runs
 # here: pyarrow finalised S3 at exit under the requests.

@@ -168,6 +168,28 @@ def test_rollback_restores_an_earlier_champion(data, tiny_backbone, tmp_path, ca
     assert table[-1].startswith(f"champion: {first}")
 
 
+def test_a_registry_copied_with_cp_r_is_refused_in_one_line_with_its_repair_and_the_repair_works(
+        data, tiny_backbone, tmp_path, capsys):
+    import shutil
+
+    from jobs import retrain as retrain_job
+
+    config, root, copy = config_for(data, tiny_backbone), tmp_path / "registry", tmp_path / "copy"
+    champion = retrain(config, root, log=quiet)["run_id"]
+    shutil.copytree(root, copy, symlinks=False)  # as `cp -r` does: the champion link becomes a directory
+    before = tree_digest(copy)
+    flags = ["--data-dir", str(data), "--backbone", tiny_backbone, "--image-size", str(TINY_IMAGE_SIZE),
+             "--batch-size", "8", "--epochs", "2", "--cache-dir", str(tmp_path / "cache"), "--force", "--quiet"]
+    assert retrain_job.main(["--registry", str(copy), *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    repair = f"rm -r {copy / 'champion'} && ln -s models/{champion} {copy / 'champion'}"
+    assert len(err) == 1 and err[0].endswith(repair), err
+    assert tree_digest(copy) == before  # nothing trained, nothing written
+    assert registry_job.main(["list", "--registry", str(copy)]) == 2
+    subprocess.run(repair, shell=True, check=True)
+    assert Registry(copy).champion() == champion
+
+
 def test_old_models_are_pruned_but_the_champion_is_kept(data, tiny_backbone, tmp_path):
     config, root = config_for(data, tiny_backbone), tmp_path / "registry"
     champion = retrain(config, root, keep=1, log=quiet)["run_id"]

@@ -13,6 +13,7 @@ in every tracked loop (progress.track: feature passes, validation), and at the e
 import _thread
 import contextlib
 import os
+import signal
 import sys
 import threading
 
@@ -20,6 +21,7 @@ INTERRUPTED = 130  # the exit status of a stopped command (jobs/cli.py)
 requested = threading.Event()  # a Ctrl-C or SIGTERM came since the command started
 _deferred = threading.Event()  # inside at_safe_points()
 _redelivered = threading.Event()  # a stop lost in a callback, raised again through the handler
+_reasons: list[Exception] = []  # why the command stops, when it was not a signal (stop_because)
 
 
 def stop(signum, frame) -> None:
@@ -40,10 +42,30 @@ def stop(signum, frame) -> None:
         raise KeyboardInterrupt
 
 
+def stop_because(error: Exception) -> None:
+    """From another thread of a command: stop it as a Ctrl-C does (at its next safe point in training), to end with
+    error rather than as interrupted (jobs/cli.py reports reason()). Outside a command, whose SIGINT handler is not
+    stop(), error is only kept: the caller raises it itself where it next acts (a registry's fenced writes)."""
+    _reasons.append(error)
+    if signal.getsignal(signal.SIGINT) is stop:
+        _thread.interrupt_main(signal.SIGINT)
+
+
+def reason() -> Exception | None:
+    """The error a stop_because() gave, or None for a Ctrl-C or SIGTERM."""
+    return _reasons[0] if _reasons else None
+
+
+def reset() -> None:
+    """At a command's start: no stop requested."""
+    requested.clear()
+    _reasons.clear()
+
+
 def check() -> None:
-    """A safe point: raise KeyboardInterrupt if a stop was requested."""
+    """A safe point: raise KeyboardInterrupt (or the error of stop_because) if a stop was requested."""
     if requested.is_set():
-        raise KeyboardInterrupt
+        raise reason() or KeyboardInterrupt
 
 
 @contextlib.contextmanager

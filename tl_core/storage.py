@@ -25,6 +25,7 @@ import time
 import urllib.parse
 import weakref
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -401,13 +402,50 @@ def _store_error(action: str, location, error: OSError) -> StorageError:
     return StorageError(f"cannot {action} {display(location)}: {_reason(error)}")
 
 
+# Writes allowed only while a lock is held (a registry's, registry/object_store.py): a location's prefix and the
+# holder's check, which raises when this process may no longer write there.
+_fences: dict[str, Callable[[], None]] = {}
+
+
+@contextlib.contextmanager
+def fenced(root, check: Callable[[], None]):
+    """While the block runs, every write of this process below root (upload, replace_bytes, delete, and so
+    written_locally) first calls check(): a writer that lost its lock writes nothing more. The conditional writes below
+    (create_object, replace_object_if, delete_object_if: what the lock itself is made of) are not fenced."""
+    prefix = absolute(root) + "/"
+    _fences[prefix] = check
+    try:
+        yield
+    finally:
+        _fences.pop(prefix, None)
+
+
+def _check_fence(location) -> None:
+    location = absolute(location) + "/"
+    for prefix, check in list(_fences.items()):
+        if location.startswith(prefix):
+            check()
+
+
 def upload(local, location) -> None:
     """Copy a local file or directory tree to location (on object storage: one PUT per file, each whole or absent)."""
+    _check_fence(location)
     filesystem, path = resolve(location)
     try:
         pafs.copy_files(str(local), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=filesystem)
     except OSError as error:
         raise _store_error("write", location, error) from None
+
+
+def copy(location, destination) -> None:
+    """Copy a file or directory tree to another location of the same store (on object storage: one copy per object)."""
+    _check_fence(destination)
+    filesystem, path = resolve(location)
+    target_filesystem, target = resolve(destination)
+    try:
+        pafs.copy_files(path, target, source_filesystem=filesystem, destination_filesystem=target_filesystem)
+    except OSError as error:
+        raise _store_error("copy", location, error) from None
 
 
 def plain_relative(path: str, where) -> str:
@@ -466,6 +504,7 @@ def written_locally(location):
 
 def delete(location) -> None:
     """Remove a file or a directory tree (on object storage: every object under the prefix); absent is fine."""
+    _check_fence(location)
     filesystem, path = resolve(location)
     try:
         kind = filesystem.get_file_info(path).type
@@ -480,6 +519,7 @@ def delete(location) -> None:
 def replace_bytes(location, data: bytes) -> None:
     """Write a small file whole: a reader sees the old content or the new, never a part (local: a temporary file
     renamed into place; object storage: one PUT)."""
+    _check_fence(location)
     if not is_uri(location):
         from tl_core.artifacts import atomic_path
 
@@ -544,6 +584,17 @@ def read_object(location) -> tuple[bytes, str, float] | None:
         date = answer["ResponseMetadata"].get("HTTPHeaders", {}).get("date")
         now = email.utils.parsedate_to_datetime(date) if date else datetime.datetime.now(datetime.timezone.utc)
         return answer["Body"].read(), answer["ETag"], (now - answer["LastModified"]).total_seconds()
+    except Exception as error:
+        if getattr(error, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+            return None
+        raise StorageError(f"cannot read {display(location)}: {_reason(error)}") from None
+
+
+def object_token(location) -> str | None:
+    """The token of the object's current version, or None when there is none."""
+    client, bucket, key = _s3(location)
+    try:
+        return client.head_object(Bucket=bucket, Key=key)["ETag"]
     except Exception as error:
         if getattr(error, "response", {}).get("Error", {}).get("Code") in ("NoSuchKey", "404"):
             return None

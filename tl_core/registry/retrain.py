@@ -147,8 +147,17 @@ def _start_or_recover(registry: Registry, config: TrainConfig, data_fingerprint:
         run_dir = registry.model_dir(pending["run_id"])
         same = pending["data_fingerprint"] == data_fingerprint and pending["config"] == config.to_dict()
         if same and storage.exists(storage.join(run_dir, CONFIG_FILE)):
-            log(f"Recovering run {pending['run_id']}, interrupted at {pending['started_at']}", flush=True)
-            return pending["run_id"], True
+            if not registry.taken_over:
+                log(f"Recovering run {pending['run_id']}, interrupted at {pending['started_at']}", flush=True)
+                return pending["run_id"], True
+            # Its retrain may be alive, paused: it may still make the one write it had begun, so its directory is left
+            # to it, and the run continues in a copy.
+            run_id = new_run_id()
+            storage.copy(run_dir, registry.model_dir(run_id))
+            registry.set_pending({**pending, "run_id": run_id})
+            log(f"Recovering run {pending['run_id']} (interrupted at {pending['started_at']}) as run {run_id}: the "
+                "lock was taken over, so the run continues in a copy of its directory", flush=True)
+            return run_id, True
         if storage.exists(run_dir) and pending["run_id"] != registry.champion():
             log(f"Discarding run {pending['run_id']}: interrupted, and the data or configuration changed since")
             storage.delete(run_dir)

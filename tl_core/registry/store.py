@@ -66,6 +66,10 @@ class RegistryError(ValueError):
     pass
 
 
+class RegistryUnusable(RegistryError):
+    """The registry cannot be used as it is (found before anything is written)."""
+
+
 class RegistryBusy(RuntimeError):
     pass
 
@@ -81,6 +85,8 @@ def new_run_id() -> str:
 class Registry:
     """A registry on a local (or shared) file system: the champion a symbolic link, the lock flock's. A registry at a
     URI is an ObjectRegistry (registry/object_store.py): the same records, its own champion pointer and lock."""
+
+    taken_over = False  # the lock was taken over from a holder that may still be alive (never on disk: flock)
 
     @staticmethod
     def at(root) -> "Registry":
@@ -132,7 +138,7 @@ class Registry:
             root.mkdir(parents=True, exist_ok=True)
             handle = open(root / ".lock", "a+")
         except OSError as error:
-            raise RegistryError(f"cannot use the registry {self.root}: {error.strerror}") from None
+            raise RegistryUnusable(f"cannot use the registry {self.root}: {error.strerror}") from None
         with handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -159,11 +165,8 @@ class Registry:
         return pq.read_table(storage.parquet_source(self.ledger), schema=LEDGER_SCHEMA).to_pylist()
 
     def append(self, record: dict) -> None:
-        """The ledger with one more row, replaced whole (one rename, or one PUT)."""
-        rows = self.records() + [{name: record.get(name) for name in LEDGER_SCHEMA.names}]
-        buffer = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pylist(rows, schema=LEDGER_SCHEMA), buffer)
-        storage.replace_bytes(self.ledger, buffer.getvalue().to_pybytes())
+        """The ledger with one more row, replaced whole (one rename)."""
+        storage.replace_bytes(self.ledger, ledger_bytes(self.records() + [record]))
 
     def last_trained(self) -> dict | None:
         trained = [record for record in self.records() if record["action"] in TRAINED]
@@ -172,8 +175,17 @@ class Registry:
     # The champion.
 
     def champion(self) -> str | None:
-        """The champion's run id, or None before the first promotion."""
-        return os.readlink(self.champion_link).split("/")[-1] if self.champion_link.is_symlink() else None
+        """The champion's run id, or None before the first promotion. A `champion` that is not a link (a registry
+        copied with `cp -r`, which copies what links point at) is refused in one line, before anything is written."""
+        if self.champion_link.is_symlink():
+            return os.readlink(self.champion_link).split("/")[-1]
+        if not os.path.lexists(self.champion_link):
+            return None
+        last = next((record["champion_after"] for record in reversed(self.records()) if record["champion_after"]), None)
+        raise RegistryUnusable(f"{self.champion_link} is a copy, not the symbolic link to models/<run id> that a registry "
+                            f"keeps (was the registry copied with `cp -r`? copy one with `cp -a` or `rsync -a`, which keep "
+                            f"links); to repair it: rm -r {self.champion_link} && ln -s models/{last or '<run id>'} "
+                            f"{self.champion_link}")
 
     def champion_model(self) -> str:
         """Where serving loads the champion's model from."""
@@ -214,6 +226,14 @@ class Registry:
         for run in removed:
             storage.delete(self.model_dir(run))
         return removed
+
+
+def ledger_bytes(records: list[dict]) -> bytes:
+    """The ledger's Parquet file holding records (a field a record lacks: null)."""
+    rows = [{name: record.get(name) for name in LEDGER_SCHEMA.names} for record in records]
+    buffer = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pylist(rows, schema=LEDGER_SCHEMA), buffer)
+    return buffer.getvalue().to_pybytes()
 
 
 def format_ledger(records: list[dict]) -> str:

@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shlex
 import shutil
 import tempfile
 import threading
@@ -150,7 +151,8 @@ class Mirror:
 
 class Uploader(threading.Thread):
     """Uploads the newest epoch snapshot handed to it, one at a time, while training goes on. A failure (the store
-    gone for longer than its retries) is raised in the training thread at the next epoch's end, and at the end."""
+    gone for longer than its retries, a registry's lock lost) is raised in the training thread at the next epoch's
+    end, and at the end."""
 
     WAIT_SECONDS = 600  # at the end, for the epoch being uploaded and the one waiting (each request has its timeouts)
 
@@ -179,7 +181,7 @@ class Uploader(threading.Thread):
             try:
                 if self.error is None:
                     self.mirror.push_epoch(snapshot)
-            except storage.StorageError as error:
+            except Exception as error:  # the store gone (StorageError), or the registry's lock lost (its fence)
                 self.error = error
             finally:
                 shutil.rmtree(snapshot, ignore_errors=True)
@@ -233,23 +235,45 @@ class StagedRun:
 
 class StoreLost(storage.StorageError):
     """The store failed while a run was written to it (longer than pyarrow's retries). resumable: an epoch is in the
-    store, and --resume continues from the last one there once the store is back."""
+    store, and --resume continues from the last one there once the store is back. kept: the local copy of a run that
+    finished training but not its upload (finish_upload completes it)."""
 
-    def __init__(self, message: str, resumable: bool):
+    def __init__(self, message: str, resumable: bool, kept: Path | None = None, location: str | None = None):
+        if kept is not None:
+            # JSON strings are Python literals: double quotes, so that the shell's single quotes need no escapes
+            command = (f"from tl_core.training.run_store import finish_upload; "
+                       f"finish_upload({json.dumps(str(kept))}, {json.dumps(location)})")
+            message += (f"\nThe finished run is kept in {kept}; once the store is back, finish its upload with:\n"
+                        f"  python -c {shlex.quote(command)}")
         super().__init__(message)
-        self.resumable = resumable
+        self.resumable, self.kept = resumable, kept
+
+
+def finish_upload(local, location: str) -> None:
+    """Upload a finished run that the store failed to take at its end (StoreLost.kept) to its location, as the run's
+    end would have (metrics.json last), then remove the local copy."""
+    local = Path(local)
+    if not (local / METRICS_FILE).is_file():
+        raise RunDirectoryError(f"{local} holds no finished run ({METRICS_FILE} missing): nothing to upload")
+    Mirror(location, local).push_all()
+    shutil.rmtree(local)
+    print(f"Uploaded the run to {location}")
 
 
 @contextlib.contextmanager
 def uploading(mirror: Mirror, *, per_epoch: bool, final: bool = True):
     """[EpochUpload] (or [] without per_epoch) while the run trains; at its end, however it ends, the last epoch and
-    (with final) every other file of the staging directory in the store, and the directory removed (also when the
-    store failed: --resume continues from the store's last epoch, to the same weights)."""
+    (with final) every other file of the staging directory in the store, and the directory removed. When the store
+    fails: a run that finished training keeps its directory (StoreLost says how to finish the upload: nothing
+    finished is deleted); any other run's directory goes, and --resume continues from the store's last epoch, to the
+    same weights."""
     uploader = Uploader(mirror) if per_epoch else None
     if uploader:
         uploader.start()
+    finished, kept = False, None
     try:
         yield [EpochUpload(uploader)] if uploader else []
+        finished = True
     finally:
         try:
             if uploader:
@@ -257,9 +281,11 @@ def uploading(mirror: Mirror, *, per_epoch: bool, final: bool = True):
             if final:
                 mirror.push_all()
         except storage.StorageError as error:
-            raise StoreLost(str(error), resumable=mirror.holds_epoch) from None
+            kept = mirror.local if finished and final else None
+            raise StoreLost(str(error), resumable=mirror.holds_epoch, kept=kept, location=mirror.location) from None
         finally:
-            shutil.rmtree(mirror.local, ignore_errors=True)
+            if kept is None:
+                shutil.rmtree(mirror.local, ignore_errors=True)
 
 
 @contextlib.contextmanager
