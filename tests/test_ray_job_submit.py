@@ -40,7 +40,8 @@ def free_ports(count: int) -> list[int]:
 @pytest.fixture()
 def ray_head(tmp_path):
     """`ray start --head --block` on loopback at free ports, with token auth and its own temporary directory; the
-    head and everything it started (its process group) are stopped after the test."""
+    head and everything it started (its process group) are stopped after the test. Yields the `ray` command, the
+    environment to reach it with (the address a driver joins: RAY_ADDRESS_OF_HEAD) and the dashboard's URL."""
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS")  # the head's jobs are told its address by Ray
@@ -65,7 +66,7 @@ def ray_head(tmp_path):
             except OSError:
                 assert head.poll() is None and time.monotonic() < deadline, log.read_text()[-4000:]
                 time.sleep(1)
-        yield ray, env, dashboard
+        yield ray, {**env, "RAY_ADDRESS_OF_HEAD": f"127.0.0.1:{ports['port']}"}, dashboard
     finally:
         # The group at once: stopped by SIGTERM, the head waits 30 s to drain itself through the GCS it stopped first.
         try:
@@ -98,3 +99,21 @@ def test_ray_job_submit_runs_the_job(ray_head, tiny_backbone, colour_dataset, tm
         assert log.count(line) == 1, (line, log[-4000:])
     assert "Reporting training result" not in log
     assert LOCAL_RUN_FILES <= {p.name for p in output_dir.iterdir()}
+
+
+def test_a_job_that_asks_a_joined_cluster_for_more_than_it_can_grow_to_waits_a_bounded_time_then_says_so(
+        ray_head, tiny_backbone, colour_dataset, tmp_path):
+    """Ray would wait for the GPUs without end; the command asks the cluster to grow, waits at most its bound (here
+    3 s), then stops in one line, exit 2, having started nothing on the cluster."""
+    _, env, _ = ray_head
+    script = ("import sys; from tl_core import ray_session; ray_session.RESOURCE_WAIT_SECONDS = 3; "
+              "from jobs import train; from jobs.cli import exit_after; exit_after(lambda: train.main(sys.argv[1:]))")
+    result = subprocess.run(
+        [sys.executable, "-c", script, "--data-dir", str(colour_dataset), "--backbone", tiny_backbone, "--image-size",
+         str(TINY_IMAGE_SIZE), "--batch-size", "8", "--epochs", "1", "--num-workers", "2", "--use-gpu",
+         "--output-dir", str(tmp_path / "run")],
+        cwd=REPO, env={**env, "RAY_ADDRESS": env["RAY_ADDRESS_OF_HEAD"]}, capture_output=True, text=True, timeout=300)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-4000:]
+    assert errors[0].startswith("error: training on 2 Ray Train worker(s) asks Ray for 2 x (1 CPU, 1 GPU); after "), errors
+    assert "the cluster still has only (4 CPU)" in errors[0], errors

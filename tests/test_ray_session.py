@@ -128,3 +128,27 @@ def test_sigterm_while_the_command_checks_its_ray_stops_it_at_once(listener, tin
     assert process.returncode == 130, errors[-3000:]
     assert stopped_after < ray_session.CHECK_SECONDS and errors.strip().splitlines()[-1] == "Interrupted.", errors
     assert not output.exists()
+
+
+@pytest.mark.parametrize("command", ["train", "tune"])
+def test_a_request_the_ray_started_here_cannot_meet_is_refused_in_one_line(command, tiny_backbone, colour_dataset,
+                                                                           tmp_path):
+    """GPUs on a machine without one: Ray would wait for them without end. Refused once Ray started, before any work."""
+    argv = commands(tiny_backbone, colour_dataset, tmp_path / "out")[command] + ["--use-gpu"]
+    result = subprocess.run(argv, cwd=REPO, env={**os.environ, "RAY_ADDRESS": "local"}, capture_output=True, text=True,
+                            timeout=ENDS_WITHIN * 2)
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr, result.stderr[-4000:]
+    asked = {"train": "training on 2 Ray Train worker(s) asks Ray for 2 x (1 CPU, 1 GPU)",
+             "tune": "the search's backbone features asks Ray for (1 CPU, 1 GPU)"}[command]
+    assert errors[0].startswith(f"error: {asked}, which the Ray this command started on this machine cannot give "
+                                f"(node 1: {os.cpu_count()} CPU)"), errors
+
+
+def test_bundles_fit_a_node_each_and_the_cluster_together():
+    two_cpu_nodes = [{"CPU": 2}, {"CPU": 2}]
+    assert ray_session._fits([{"CPU": 2}] * 2, two_cpu_nodes)
+    assert not ray_session._fits([{"CPU": 3}], two_cpu_nodes)  # 4 CPUs in all, but no node has 3
+    assert not ray_session._fits([{"CPU": 1}] * 5, two_cpu_nodes)
+    assert not ray_session._fits([{"CPU": 1, "GPU": 1}], two_cpu_nodes + [{"GPU": 1}])  # not on one node
+    assert ray_session._fits([{"CPU": 1, "GPU": 1}], [{"CPU": 8, "GPU": 1}])

@@ -18,12 +18,15 @@ import dataclasses
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import ray
 
 CHECK_SECONDS = 5.0  # to open a connection, then to complete gRPC's handshake: a live cluster answers in milliseconds
+# How long a command waits for a joined cluster to grow to what it asks for (its autoscaler asked for it), then gives up.
+RESOURCE_WAIT_SECONDS = 600.0
 
 
 class RayUnreachable(ConnectionError):
@@ -137,3 +140,67 @@ def connect() -> None:
         raise
     finally:
         signal.signal(signal.SIGTERM, handler)
+
+
+def _fits(bundles: list[dict], nodes: list[dict]) -> bool:
+    """Whether every bundle fits a node of its own capacity and the bundles fit the nodes' totals together (the
+    check a user makes by eye: one worker's CPUs and GPU on one machine, all workers in the cluster)."""
+    totals = {}
+    for node in nodes:
+        for name, amount in node.items():
+            totals[name] = totals.get(name, 0) + amount
+    needed = {}
+    for bundle in bundles:
+        for name, amount in bundle.items():
+            needed[name] = needed.get(name, 0) + amount
+    return all(any(all(node.get(name, 0) >= amount for name, amount in bundle.items()) for node in nodes)
+               for bundle in bundles) and all(totals.get(name, 0) >= amount for name, amount in needed.items())
+
+
+def _describe(bundles: list[dict]) -> str:
+    bundle = bundles[0]
+    parts = ", ".join(f"{amount:g} {name}" for name, amount in bundle.items() if amount)
+    return f"{len(bundles)} x ({parts})" if len(bundles) > 1 else f"({parts})"
+
+
+def _capacity() -> list[dict]:
+    return [{name: amount for name, amount in node["Resources"].items() if name in ("CPU", "GPU")}
+            for node in ray.nodes() if node.get("Alive")]
+
+
+def require(bundles: list[dict], what: str, *, wait_seconds: float | None = None, log=print) -> None:
+    """Before `what` asks Ray for bundles of resources ({"CPU": 2, "GPU": 1} per worker), once connected: a Ray that
+    this command started on this machine, which cannot grow, is refused at once in one line (what was asked, what it
+    has) if they cannot fit it; a joined cluster is asked to grow (its autoscaler: request_resources) and waited for
+    at most wait_seconds, with a line every 30 s, then refused the same way. Ray itself would wait without end."""
+    wait_seconds = RESOURCE_WAIT_SECONDS if wait_seconds is None else wait_seconds
+    bundles = [{name: amount for name, amount in bundle.items() if amount} for bundle in bundles]
+    nodes = _capacity()
+    if _fits(bundles, nodes):
+        return
+    has = "; ".join(f"node {index + 1}: " + ", ".join(f"{amount:g} {name}" for name, amount in sorted(node.items()))
+                    for index, node in enumerate(nodes)) or "no node"
+    if ray_address().address is None:  # a new instance on this machine, with what this machine has
+        raise ValueError(f"{what} asks Ray for {_describe(bundles)}, which the Ray this command started on this machine "
+                         f"cannot give ({has}): ask for fewer workers, CPUs or GPUs, or join a cluster that has them "
+                         "(RAY_ADDRESS)")
+    from ray.autoscaler.sdk import request_resources
+
+    request_resources(bundles=bundles)
+    started = last_said = time.monotonic()
+    try:
+        while not _fits(bundles, nodes := _capacity()):
+            waited = time.monotonic() - started
+            if waited >= wait_seconds:
+                has = "; ".join(", ".join(f"{amount:g} {name}" for name, amount in sorted(node.items()))
+                                for node in nodes) or "no node"
+                raise ValueError(f"{what} asks Ray for {_describe(bundles)}; after {waited:.0f} s the cluster still has "
+                                 f"only ({has}): ask for fewer workers, CPUs or GPUs, or check that the cluster can "
+                                 "grow to that (max_workers and node types in its cluster.yaml)")
+            if time.monotonic() - last_said >= 30:
+                log(f"Waiting for the cluster to grow to {_describe(bundles)} for {what} ({waited:.0f} s of at most "
+                    f"{wait_seconds:.0f} s)", flush=True)
+                last_said = time.monotonic()
+            time.sleep(2)
+    finally:
+        request_resources(bundles=[])  # the request is this command's: the autoscaler may scale down after it

@@ -33,6 +33,7 @@ def predict_on_ray(model_path, inputs: list, output, *, batch_size: int = 64, ch
     """Predict every input on the cluster; Ray writes output/*.parquet. Returns counts of rows and errors. model_path
     and output: paths every node reaches, or URIs (each actor copies the model for itself)."""
     ray_session.connect()
+    ray_session.require([{"CPU": 1, "GPU": 1 if use_gpu else 0}] * concurrency, f"prediction by {concurrency} model replicas")
     from tl_core.serving.predict import ParquetFiles
 
     if isinstance(inputs, ParquetFiles):

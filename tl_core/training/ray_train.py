@@ -73,6 +73,7 @@ def train_on_ray(config: TrainConfig, *, sources=None, callbacks=None, trackers=
     resources = {"CPU": config.cpus_per_worker}
     if config.use_gpu:
         resources["GPU"] = config.gpus_per_worker
+    ray_session.require([resources] * config.num_workers, f"training on {config.num_workers} Ray Train worker(s)")
     trainer = TensorflowTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "sources": sources, "callbacks": callbacks, "trackers": trackers,

@@ -266,6 +266,8 @@ def _search(config: TrainConfig, settings: TuneSettings, location, directory: Pa
     checked_at = time.perf_counter()
     ray_session.connect()
     gpus = config.gpus_per_worker if config.use_gpu else 0
+    ray_session.require([{"CPU": config.cpus_per_worker, "GPU": gpus}], "the search's backbone features")
+    ray_session.require([{"CPU": settings.cpus_per_trial, "GPU": settings.gpus_per_trial}], "a trial")
     features = tuning_features.compute_features(config, sources, storage.join(location, FEATURES_DIR), workers=config.num_workers,
                                                 gpus=gpus)
     features_at = time.perf_counter()
