@@ -80,3 +80,47 @@ def test_nodes_share_a_bucket_not_a_file_system(cluster):
     assert worker["IamInstanceProfile"] == {"Name": "tl-job-bucket"}
     assert not cluster["initialization_commands"]
     assert not any("/mnt/shared" in option for option in cluster["docker"]["run_options"])
+
+
+def documented_policies() -> list[dict]:
+    """The IAM policies docs/cluster.md gives for the instance profiles: the workers', then the head's."""
+    text = (REPO / "docs" / "cluster.md").read_text()
+    return [json.loads(block) for block in re.findall(r"```json\n(.*?)```", text, re.S)]
+
+
+def allowed(policy: dict) -> dict[str, list[str]]:
+    """action -> the resources a policy allows it on."""
+    found = {}
+    for statement in policy["Statement"]:
+        assert statement["Effect"] == "Allow"
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        for action in actions:
+            found.setdefault(action, []).append(statement["Resource"])
+    return found
+
+
+# The EC2 calls of Ray's AWS node provider (the autoscaler on the head), by the boto3 names it uses, and the IAM action
+# each needs.
+NODE_PROVIDER_CALLS = {"create_instances": "ec2:RunInstances", "terminate_instances": "ec2:TerminateInstances",
+                       "stop_instances": "ec2:StopInstances", "start_instances": "ec2:StartInstances",
+                       "create_tags": "ec2:CreateTags", "instances.filter": "ec2:DescribeInstances",
+                       "describe_instance_types": "ec2:DescribeInstanceTypes", "describe_images": "ec2:DescribeImages"}
+
+
+def test_each_node_has_its_own_instance_profile_allowed_the_one_bucket_and_no_more(cluster):
+    """The head runs every job's driver: never Ray's default profile (AmazonS3FullAccess, AmazonEC2FullAccess)."""
+    nodes = cluster["available_node_types"]
+    head = nodes[cluster["head_node_type"]]["node_config"]
+    assert head["IamInstanceProfile"] == {"Name": "tl-job-head"}
+    assert nodes["worker.gpu"]["node_config"]["IamInstanceProfile"] == {"Name": "tl-job-bucket"}
+    workers, head_policy = (allowed(policy) for policy in documented_policies())
+    bucket = {"s3:ListBucket": ["arn:aws:s3:::pets"], "s3:GetObject": ["arn:aws:s3:::pets/*"],
+              "s3:PutObject": ["arn:aws:s3:::pets/*"], "s3:DeleteObject": ["arn:aws:s3:::pets/*"]}
+    assert workers == bucket
+    assert {action: where for action, where in head_policy.items() if action.startswith("s3:")} == bucket
+    assert head_policy["iam:PassRole"] == ["arn:aws:iam::ACCOUNT:role/tl-job-bucket"]  # only the workers' role
+    assert not any("*" in action for action in head_policy)
+    source = (Path(validate_config.__code__.co_filename).parent / "aws" / "node_provider.py").read_text()
+    for call, action in NODE_PROVIDER_CALLS.items():
+        assert call in source, call  # Ray still makes it (a new call would be missed: see the list above)
+        assert action in head_policy, action
