@@ -13,8 +13,11 @@ guarantees of a file system made from what S3 offers.
                   Fenced: before each of its writes below the registry (storage.fenced), the holder makes sure that
                   the lock is still the version it last wrote; a holder that lost it (paused, or cut off from the
                   store, for longer than its lease, and taken over meanwhile) writes nothing more and stops with
-                  LockLost. The ledger is replaced only if it is still the version this holder read (PUT If-Match),
-                  so no row is ever lost to two writers.
+                  LockLost. The objects every retrain shares (ledger, pending.json, champion.json) are replaced only
+                  if still the version this holder last saw (PUT If-Match), so no ledger row is lost to two writers
+                  and a write begun before a pause fails once the new holder has written that object. A pending run
+                  recovered after a takeover continues in a copy of its directory (registry/retrain.py): the old
+                  holder may still make the one write it had begun, into its own directory only.
   ledger.parquet, pending.json, manifests/, models/<run id>/   as on disk; each file one object, replaced whole
 """
 import contextlib
