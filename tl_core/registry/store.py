@@ -182,10 +182,10 @@ class Registry:
         if not os.path.lexists(self.champion_link):
             return None
         last = next((record["champion_after"] for record in reversed(self.records()) if record["champion_after"]), None)
-        raise RegistryUnusable(f"{self.champion_link} is a copy, not the symbolic link to models/<run id> that a registry "
-                            f"keeps (was the registry copied with `cp -r`? copy one with `cp -a` or `rsync -a`, which keep "
-                            f"links); to repair it: rm -r {self.champion_link} && ln -s models/{last or '<run id>'} "
-                            f"{self.champion_link}")
+        raise RegistryUnusable(f"{self.champion_link} is a copy, not the symbolic link to models/<run id> that a "
+                               f"registry keeps (was the registry copied with `cp -r`? copy one with `cp -a` or `rsync -a`, "
+                               f"which keep links); to repair it: rm -r {self.champion_link} && ln -s "
+                               f"models/{last or '<run id>'} {self.champion_link}")
 
     def champion_model(self) -> str:
         """Where serving loads the champion's model from."""
