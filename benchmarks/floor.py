@@ -54,7 +54,7 @@ def floor_child() -> None:
     from tl_core.model.assets import cache_dir
     from tl_core.model.backbones import resolve_backbone
     from tl_core.model.classifier import build_classifier
-    from tl_core.training.step import as_fed
+    from tl_core.data.step import as_fed
 
     imported = time.perf_counter()
     config = TrainConfig()

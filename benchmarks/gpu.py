@@ -36,7 +36,7 @@ from tl_core.config import SEED_RECIPE, TrainConfig
 from tl_core.data.images import list_image_folder, make_dataset
 from tl_core.data.sources import list_split
 from tl_core.model.classifier import build_classifier, compile_classifier
-from tl_core.training.step import training_model
+from tl_core.data.step import training_model
 from tl_core.data.parquet import write_parquet_shards
 from tl_core.data.sample import prepare_cats_vs_dogs
 from tl_core.training.train import train

@@ -29,13 +29,14 @@ def main(argv=None) -> int:
 
     def body() -> None:
         from tl_core.registry.retrain import restore
-        from tl_core.registry.store import Registry, format_ledger
+        from tl_core.registry import existing_registry
+        from tl_core.registry.store import format_ledger
 
         mirror = registry_mirror_from_args(args)
         if mirror:
             mirror.check()
         if args.command == "list":
-            registry = Registry.existing(args.registry)
+            registry = existing_registry(args.registry)
             print(format_ledger(registry.records()))
             print(f"champion: {registry.champion() or '-'} ({registry.champion_model()})")
             if mirror:

@@ -11,7 +11,9 @@ import tf_keras
 
 from tl_core.config import TrainConfig
 from tl_core.model.classifier import make_head
-from tl_core.training.models import HEAD, Models, compile_head
+from tl_core.config import HEAD
+from tl_core.model.head import compile_head
+from tl_core.training.models import Models
 from tl_core.training.train import epoch_dataset
 
 

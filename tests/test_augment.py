@@ -125,7 +125,7 @@ def test_the_step_warps_as_image_data_generator_does(tmp_path):
     """The pipeline hands uint8 images and transforms; the training step's preprocessing warps them
     on the device exactly as ImageDataGenerator's formula (scipy), flips included."""
     from tl_core.data.images import epoch_seed
-    from tl_core.training.step import DevicePreprocessing
+    from tl_core.data.step import DevicePreprocessing
 
     folder = _folder(tmp_path, n=8)
     seed, epoch = 3, 2

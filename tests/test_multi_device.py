@@ -32,7 +32,7 @@ def test_each_replica_warps_its_own_images_on_its_own_device(tiny_backbone, colo
         import numpy as np
         from tl_core.data.images import list_image_folder, make_dataset
         from tl_core.model.classifier import build_classifier
-        from tl_core.training.step import training_model
+        from tl_core.data.step import training_model
         folder = list_image_folder(sys.argv[1] + "/train")
         dataset = make_dataset(folder, 32, 8, augment_images=True, seed=4)
         with mirrored.scope():

@@ -273,8 +273,8 @@ def test_retrain_on_s3_data_fingerprints_it_once_and_skips_it_unchanged(s3, colo
 
     uri = upload(colour_dataset, f"s3://{s3.new_bucket()}/data")
     hashed = []
-    real_sha256 = fingerprint.file_sha256
-    monkeypatch.setattr(fingerprint, "file_sha256", lambda path: hashed.append(path) or real_sha256(path))
+    real_sha256 = storage.sha256
+    monkeypatch.setattr(storage, "sha256", lambda path: hashed.append(path) or real_sha256(path))
     on_s3 = fingerprint.build_manifest(uri)
     # The same files under the same relative paths: the fingerprint does not depend on where the data is.
     assert fingerprint.fingerprint(on_s3) == fingerprint.fingerprint(fingerprint.build_manifest(colour_dataset))
@@ -380,14 +380,14 @@ def test_a_retrain_on_ray_with_its_registry_in_s3_promotes_a_challenger_trained_
         s3, colour_dataset, tiny_backbone, tmp_path):
     from conftest import local_ray, tiny_config
     from tl_core.registry.retrain import retrain
-    from tl_core.registry.store import Registry
+    from tl_core.registry import registry_at
 
     uri = f"s3://{s3.new_bucket()}/registry"
     config = tiny_config(tiny_backbone, colour_dataset, epochs=2, num_workers=2, max_failures=0,
                          cache_dir=str(tmp_path / "cache"))
     with local_ray(s3.environment()):
         record = retrain(config, uri, log=lambda *args, **kwargs: None)
-    registry = Registry.at(uri)
+    registry = registry_at(uri)
     assert record["action"] == "promoted" and registry.champion() == record["run_id"]
     run = f"{uri}/models/{record['run_id']}"
     metrics = json.loads(storage.read_bytes(f"{run}/metrics.json"))
@@ -737,14 +737,14 @@ def test_an_s3_registry_promotes_skips_rejects_rolls_back_and_serves_through_its
     from jobs import registry as registry_job
     from test_retrain import add_images
     from tl_core.registry.retrain import retrain
-    from tl_core.registry.store import Registry
+    from tl_core.registry import registry_at
 
     data = Path(shutil.copytree(colour_dataset, tmp_path / "data"))
     uri = f"s3://{s3.new_bucket()}/registry"
     config = tiny_config(tiny_backbone, data, cache_dir=str(tmp_path / "cache"))
     quiet = lambda *args, **kwargs: None  # noqa: E731
     first = retrain(config, uri, log=quiet)
-    registry = Registry.at(uri)
+    registry = registry_at(uri)
     assert first["action"] == "promoted" and registry.champion() == first["run_id"]
     pointer = json.loads(storage.read_bytes(f"{uri}/champion.json"))
     assert pointer["model"] == f"models/{first['run_id']}/model"

@@ -15,8 +15,8 @@ from tl_core.model.classifier import build_classifier
 from tl_core.run_dir import prepare_run_dir
 from tl_core.training.distribute import Worker
 from tl_core.training.feature_cache import InMemoryBank
-from tl_core.training.models import OneCycle
-from tl_core.training.step import as_fed
+from tl_core.model.head import OneCycle
+from tl_core.data.step import as_fed
 from tl_core.training.train import Models, cached_training_features, train
 
 def test_recipe_seed_is_the_classic_recipe():

@@ -11,7 +11,7 @@ import tensorflow as tf
 from conftest import TINY_IMAGE_SIZE, manual_text, tiny_config
 from jobs.train import config_from_args, main as train_job, parse_args
 from tl_core.run_dir import prepare_run_dir
-from tl_core.training.models import OneCycle
+from tl_core.model.head import OneCycle
 
 def head_weights(run_dir: Path) -> np.ndarray:
     """Every weight of the exported model, in order (the frozen backbone's too: equal in every run anyway)."""

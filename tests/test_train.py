@@ -222,11 +222,10 @@ def test_the_seed_recipe_reaches_its_accuracy(tmp_path):
 
 
 def test_cached_features_train_the_same_head_with_one_backbone_pass(tiny_backbone, colour_dataset, tmp_path, monkeypatch):
-    import tl_core.training.recorder as recorder_module
-    import tl_core.training.train as train_module
+    import tl_core.data.features as features_module
 
     images_through_backbone = []
-    real = recorder_module.backbone_feature_batches
+    real = features_module.backbone_feature_batches
 
     def counting(model, dataset):
         count = 0
@@ -235,8 +234,7 @@ def test_cached_features_train_the_same_head_with_one_backbone_pass(tiny_backbon
             yield features, labels
         images_through_backbone.append(count)
 
-    for module in (train_module, recorder_module):  # training features; validation features
-        monkeypatch.setattr(module, "backbone_feature_batches", counting)
+    monkeypatch.setattr(features_module, "backbone_feature_batches", counting)  # every backbone pass of the run
     cached = prepare_run_dir(tiny_config(tiny_backbone, colour_dataset, tmp_path / "cached", augment=False))
     assert cached.uses_feature_cache
     cached_metrics = train(cached)

@@ -13,7 +13,8 @@ import pytest
 
 from conftest import TINY_IMAGE_SIZE, write_colour_dataset
 from tl_core.config import TrainConfig
-from tl_core.tuning.features import default_folds, tuning_folds
+from tl_core.data.images import tuning_folds
+from tl_core.tuning.features import default_folds
 from tl_core.tuning.space import DEFAULT_SPACE, SearchSpaceError, check_space, max_epochs, read_space
 
 ROOT = Path(__file__).resolve().parents[1]

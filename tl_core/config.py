@@ -10,6 +10,9 @@ import types
 import typing
 from pathlib import Path
 
+# The two phases of a run: the head on the frozen backbone for `epochs`, then fine-tuning for `fine_tune_epochs`.
+HEAD, FINE_TUNE = "head", "fine_tune"
+
 
 def option(default, help: str, **flag):
     """A configuration field and its documentation. flag: how its command-line flag differs from the

@@ -16,6 +16,7 @@ import email.utils
 import errno
 import functools
 import gc
+import hashlib
 import io
 import os
 import stat
@@ -396,6 +397,15 @@ def parquet_source(location):
     if not is_uri(location):
         return str(location)
     return _read_object(location, lambda filesystem, path: filesystem.open_input_file(path))
+
+
+def sha256(location) -> str:
+    """The SHA-256 of a file's bytes (hex), read in blocks of 1 MiB."""
+    digest = hashlib.sha256()
+    with open_input(location) as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _store_error(action: str, location, error: OSError) -> StorageError:

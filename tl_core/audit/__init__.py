@@ -65,7 +65,7 @@ def backbone_features(config, sources: dict) -> dict:
     from tl_core.model.assets import cache_dir
     from tl_core.model.backbones import resolve_backbone
     from tl_core.model.classifier import build_classifier
-    from tl_core.training.recorder import backbone_features as features_of
+    from tl_core.data.features import backbone_features as features_of
 
     classifier = build_classifier(resolve_backbone(config.backbone, cache_dir(config.cache_dir)),
                                   len(next(iter(sources.values())).class_names), config.image_size)

@@ -13,7 +13,6 @@ import pyarrow.parquet as pq
 
 from tl_core import storage
 from tl_core.progress import track
-from tl_core.registry.fingerprint import file_sha256
 
 LEAKAGE, CONFLICTING_LABELS, REDUNDANT_COPY = "leakage", "conflicting_labels", "redundant_copy"
 
@@ -33,7 +32,7 @@ def hashed_examples(source, split: str, known: dict | None = None) -> list[tuple
     if hasattr(source, "paths"):
         known = known or {}
         with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            digests = list(track(pool.map(lambda path: known.get(path) or file_sha256(path), source.paths), len(source),
+            digests = list(track(pool.map(lambda path: known.get(path) or storage.sha256(path), source.paths), len(source),
                                  description, unit="files"))
         return [(digest, Example(split, path, source.class_names[label]))
                 for digest, path, label in zip(digests, source.paths, source.labels)]

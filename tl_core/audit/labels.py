@@ -1,7 +1,7 @@
 """Likely label errors: images whose given class the rest of the data disagrees with.
 
 Every image gets out-of-fold class probabilities: the images (both splits together) are cut into stratified folds,
-and each fold is predicted by the head the run trains (classifier.make_head, compiled by models.compile_head: the
+and each fold is predicted by the head the run trains (classifier.make_head, compiled by model/head.compile_head: the
 same optimizer, schedule and loss), fitted on the other folds' backbone features. Confident learning (cleanlab's
 find_label_issues) then names the images whose given class is unlikely under those probabilities, ranked by
 cleanlab's label-quality score (low: likely wrong), with the class the heads suggest instead.
@@ -14,9 +14,9 @@ import tensorflow as tf
 
 from tl_core import interrupts
 from tl_core.config import TrainConfig
+from tl_core.data.images import tuning_folds
 from tl_core.model.classifier import make_head
-from tl_core.training.models import compile_head
-from tl_core.tuning.features import tuning_folds
+from tl_core.model.head import compile_head
 
 LABEL_ISSUE = "label_issue"
 

@@ -99,6 +99,20 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> np.ndarr
     return is_validation
 
 
+def tuning_folds(labels: np.ndarray, folds: int, fraction: float, seed: int) -> np.ndarray:
+    """The fold of each training image whose tuning part it is in: stratified and seeded. folds == 1: a holdout
+    of `fraction` of each class (fold 0; -1 for the rest, which every trial fits on); folds > 1: k-fold, every
+    image in the tuning part of exactly one fold."""
+    if folds == 1:
+        return np.where(stratified_split(labels, fraction, seed), 0, -1)
+    fold = np.empty(len(labels), dtype=np.int64)
+    rng = np.random.default_rng(seed)
+    for label in np.unique(labels):
+        rows = rng.permutation(np.flatnonzero(labels == label))
+        fold[rows] = (np.arange(len(rows)) + rng.integers(folds)) % folds  # class sizes need not divide evenly
+    return fold
+
+
 def is_os_metadata(name: str) -> bool:
     return name in OS_METADATA_FILES or name.startswith("._")
 

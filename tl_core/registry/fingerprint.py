@@ -16,14 +16,6 @@ from tl_core.progress import track
 SCHEMA = pa.schema([("path", pa.string()), ("size", pa.int64()), ("mtime_ns", pa.int64()), ("sha256", pa.string())])
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with storage.open_input(path) as file:
-        for block in iter(lambda: file.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def build_manifest(data_dir: Path, previous: pa.Table | None = None) -> pa.Table:
     """Every file under data_dir (a path or URI; relative paths, sorted), with size, mtime (an object's
     last-modified time) and SHA-256."""
@@ -36,7 +28,7 @@ def build_manifest(data_dir: Path, previous: pa.Table | None = None) -> pa.Table
                                         f"Fingerprinting {storage.display(data_dir)}", unit="files"):
         relative = storage.relative(path, data_dir).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
         rows.append({"path": relative, "size": size, "mtime_ns": mtime_ns,
-                     "sha256": known.get((relative, size, mtime_ns)) or file_sha256(path)})
+                     "sha256": known.get((relative, size, mtime_ns)) or storage.sha256(path)})
     return pa.Table.from_pylist(rows, schema=SCHEMA)
 
 

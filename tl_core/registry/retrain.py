@@ -23,6 +23,7 @@ from tl_core.training import job
 from tl_core.model.assets import cache_dir
 from tl_core.config import TrainConfig
 from tl_core.metrics import SCORES
+from tl_core.registry import existing_registry, registry_at
 from tl_core.registry.promotion import PromotionRule, decide
 from tl_core.serving.evaluate import ExportedModel, evaluate
 from tl_core.registry.fingerprint import build_manifest, fingerprint, read_manifest, write_manifest
@@ -47,7 +48,7 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, rule: PromotionRul
         ray_session.check()  # before the lock: ray.init() would wait without end where no Ray answers
     for service in [*(trackers or []), *([mirror] if mirror else [])]:
         service.check()  # a tracking server that does not answer: refused before the registry is touched
-    registry = Registry.at(registry_dir)
+    registry = registry_at(registry_dir)
     with registry.lock(log):
         if mirror:
             mirror.sync_or_warn(registry)  # a retrain killed between promoting and moving MLflow's alias
@@ -170,7 +171,7 @@ def _start_or_recover(registry: Registry, config: TrainConfig, data_fingerprint:
 def restore(registry_dir: str | Path, run_id: str, mirror=None, log=print) -> dict:
     """Make an earlier run's model the champion again (one atomic switch), recorded in the ledger (and, with `mirror`,
     MLflow's champion alias moved back)."""
-    registry = Registry.existing(registry_dir)
+    registry = existing_registry(registry_dir)
     with registry.lock(log):
         trained = {record["run_id"]: record for record in registry.records() if record["action"] in TRAINED}
         if run_id not in trained:

@@ -84,28 +84,10 @@ def new_run_id() -> str:
 
 class Registry:
     """A registry on a local (or shared) file system: the champion a symbolic link, the lock flock's. A registry at a
-    URI is an ObjectRegistry (registry/object_store.py): the same records, its own champion pointer and lock."""
+    URI is an ObjectRegistry (registry/object_store.py): the same records, its own champion pointer and lock. Open
+    either with tl_core.registry.registry_at (or existing_registry)."""
 
     taken_over = False  # the lock was taken over from a holder that may still be alive (never on disk: flock)
-
-    @staticmethod
-    def at(root) -> "Registry":
-        """The registry at a path or URI."""
-        if storage.is_uri(root):
-            from tl_core.registry.object_store import ObjectRegistry
-
-            return ObjectRegistry(root)
-        return Registry(root)
-
-    @staticmethod
-    def existing(root) -> "Registry":
-        """The registry at a path or URI that a retrain made (it has a ledger); a RegistryError in one line otherwise:
-        a command that reads a registry (list, rollback) never makes one at a mistyped path."""
-        registry = Registry.at(root)
-        if not storage.exists(registry.ledger):
-            raise RegistryError(f"no registry at {storage.display(registry.root)} (no {storage.name(registry.ledger)}): "
-                                "check --registry; `python -m jobs.retrain --registry ...` makes one")
-        return registry
 
     def __init__(self, root: str | Path):
         self._locations(str(storage.local_path(root, "--registry")))

@@ -22,7 +22,7 @@ import tensorflow as tf
 
 from tl_core.run_dir import TENSORBOARD_DIR
 from tl_core.tracking import Tracker
-from tl_core.training.models import FINE_TUNE, HEAD
+from tl_core.config import FINE_TUNE, HEAD
 
 TRAIN, VALIDATION = "train", "validation"
 PHASE_NUMBERS = {HEAD: 0, FINE_TUNE: 1}

@@ -16,31 +16,12 @@ import numpy as np
 import tensorflow as tf
 
 from tl_core import artifacts, storage
+from tl_core.data.features import backbone_features
 from tl_core.data.images import make_dataset, to_unit_range
 from tl_core.metrics import classification_metrics
-from tl_core.progress import labelled_batch_size, track
 from tl_core.run_dir import CHECKPOINT_DIR, HISTORY_JSON, HISTORY_PARQUET, TEMPORARY
 from tl_core.training.distribute import Worker
-from tl_core.training.models import HEAD
-from tl_core.training.step import as_fed
-
-
-def backbone_feature_batches(model: tf.keras.Model, dataset: tf.data.Dataset):
-    """(features, labels) numpy batches: the frozen backbone run once over the pipeline's batches, fed as the
-    training step feeds them (uint8 scaled to [0, 1]; warped when the batch carries transforms)."""
-    backbone = model.get_layer("backbone")
-    extract = tf.function(lambda inputs: tf.cast(backbone(as_fed(inputs), training=False), tf.float32))
-
-    for inputs, labels in dataset:
-        yield extract(inputs).numpy(), labels.numpy()
-
-
-def backbone_features(model: tf.keras.Model, source, image_size: int, batch_size: int,
-                      description: str) -> tuple[np.ndarray, np.ndarray]:
-    """(features [N, D], labels [N]) of every image of a source, in its order: the frozen backbone run once."""
-    batches = track(make_dataset(source, image_size, batch_size), len(source), description, size=labelled_batch_size)
-    features, labels = zip(*backbone_feature_batches(model, batches))
-    return np.concatenate(features), np.concatenate(labels).astype(np.int32)
+from tl_core.config import HEAD
 
 
 def head_logits(model: tf.keras.Model, features: np.ndarray) -> np.ndarray:

@@ -22,6 +22,7 @@ import tf_keras
 
 from tl_core import artifacts, interrupts
 from tl_core.config import TrainConfig
+from tl_core.data import features as data_features
 from tl_core.data.checks import read_skipped
 from tl_core.data.images import chained_epochs, make_dataset
 from tl_core.data.sources import Sources, load_splits
@@ -38,9 +39,10 @@ from tl_core.serving.export import export_classifier, export_tflite, tflite_logi
 from tl_core.training.distribute import Worker, make_strategy
 from tl_core.training.epoch_progress import EpochProgress
 from tl_core.training.feature_cache import InMemoryBank, PrecomputedFeatures, cache_feature_bank, cache_features, on_disk
-from tl_core.training.models import FINE_TUNE, HEAD, Models, phase_of
-from tl_core.training.recorder import EpochRecorder, LocalCheckpoints, Validation, backbone_feature_batches
-from tl_core.training.step import as_fed
+from tl_core.config import FINE_TUNE, HEAD
+from tl_core.training.models import Models, phase_of
+from tl_core.training.recorder import EpochRecorder, LocalCheckpoints, Validation
+from tl_core.data.step import as_fed
 
 def check_backbone(config: TrainConfig, num_classes: int) -> None:
     """Load the backbone and build the classifier at config.image_size: BackboneError if either fails. The loaded
@@ -295,7 +297,8 @@ def cached_training_features(config: TrainConfig, models: Models, shard, worker:
 
     def batches(view: int, description: str):
         images = bank_view_dataset(config, shard, view)
-        return backbone_feature_batches(models.classifier, track(images, len(shard), description, size=labelled_batch_size))
+        return data_features.backbone_feature_batches(models.classifier,
+                                                      track(images, len(shard), description, size=labelled_batch_size))
 
     if config.uses_feature_bank:
         return cache_feature_bank(lambda view: batches(view, f"Training features, view {view + 1}/{config.feature_views}"),

@@ -13,12 +13,11 @@ import numpy as np
 
 from tl_core import interrupts, storage, worker_env
 from tl_core.config import TrainConfig
-from tl_core.data.images import stratified_split
 from tl_core.model.assets import cache_dir
 from tl_core.model.backbones import resolve_backbone
 from tl_core.model.classifier import build_classifier, class_prior
 from tl_core.training.feature_cache import InMemoryFeatures, PrecomputedFeatures, cache_features, read_features
-from tl_core.training.recorder import backbone_features
+from tl_core.data.features import backbone_features
 
 SPLITS = ("train", "validation")
 DONE = "done.json"  # written last: the feature pass completed
@@ -75,20 +74,6 @@ def compute_features(config: TrainConfig, sources, directory, *, workers: int, g
 def _concatenate(paths: list) -> InMemoryFeatures:
     read = [read_features(path) for path in paths]
     return InMemoryFeatures(np.concatenate([part.features for part in read]), np.concatenate([part.labels for part in read]))
-
-
-def tuning_folds(labels: np.ndarray, folds: int, fraction: float, seed: int) -> np.ndarray:
-    """The fold of each training image whose tuning part it is in: stratified and seeded. folds == 1: a holdout
-    of `fraction` of each class (fold 0; -1 for the rest, which every trial fits on); folds > 1: k-fold, every
-    image in the tuning part of exactly one fold."""
-    if folds == 1:
-        return np.where(stratified_split(labels, fraction, seed), 0, -1)
-    fold = np.empty(len(labels), dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    for label in np.unique(labels):
-        rows = rng.permutation(np.flatnonzero(labels == label))
-        fold[rows] = (np.arange(len(rows)) + rng.integers(folds)) % folds  # class sizes need not divide evenly
-    return fold
 
 
 def default_folds(train_images: int, fraction: float) -> int:

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from tl_core import artifacts, interrupts, progress, storage
 from tl_core.config import TrainConfig, option
+from tl_core.data.images import tuning_folds
 from tl_core.metrics import SCORES
 from tl_core.run_dir import CONFIG_FILE, METRICS_FILE, MLFLOW_RUN_FILE, RunDirectoryError, holds_files, remove_temporaries
 from tl_core.tuning import features as tuning_features
@@ -275,7 +276,7 @@ def _search(config: TrainConfig, settings: TuneSettings, location, directory: Pa
         f"(Ray started): {features_at - checked_at:.1f}s", flush=True)
 
     folds = settings.folds or tuning_features.default_folds(len(sources.train), settings.tuning_split)
-    fold_of_row = tuning_features.tuning_folds(features.train.labels, folds, settings.tuning_split, config.seed)
+    fold_of_row = tuning_folds(features.train.labels, folds, settings.tuning_split, config.seed)
     write_tuning_split(directory / TUNING_SPLIT_FILE, sources.train, fold_of_row)
     publish()
     data = tuning_features.TuningData.split(features.train, fold_of_row, sources.train.class_names)

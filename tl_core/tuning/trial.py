@@ -1,5 +1,5 @@
 """One trial of a search: the head a configuration describes, trained on precomputed features as every run trains
-it (the head of classifier.make_head, compiled by models.compile_head: the same optimizer, schedule and loss; the
+it (the head of classifier.make_head, compiled by model/head.compile_head: the same optimizer, schedule and loss; the
 epochs' batches drawn from (seed, epoch)), scored after each epoch on the tuning part of each fold (tuning_score).
 
 The trial reports to Ray Tune after every epoch (the mean over folds); the early-stopping scheduler may end it
@@ -17,7 +17,7 @@ from tl_core.config import TrainConfig
 from tl_core.metrics import SCORES, classification_metrics
 from tl_core.model.classifier import make_head
 from tl_core.training.feature_cache import InMemoryFeatures
-from tl_core.training.models import compile_head
+from tl_core.model.head import compile_head
 
 TUNING_ACCURACY, TUNING_LOSS, TUNING_SCORE = "tuning_accuracy", "tuning_loss", "tuning_score"
 TUNING_METRICS = {name: f"tuning_{name}" for name in SCORES}
