@@ -102,7 +102,7 @@ def test_two_retrains_racing_to_take_over_a_dead_holders_lock_hold_it_one_at_a_t
     time.sleep(3)  # its lease, and the store's whole second
     flags = retrain_flags(colour_dataset, tiny_backbone, tmp_path, epochs=4)
     racers = [retrain_process(uri, flags) for _ in range(2)]
-    results = [(racer.wait(timeout=300), *racer.communicate()) for racer in racers]
+    results = [(racer.wait(timeout=300), *racer.communicate(timeout=60)) for racer in racers]
     statuses = sorted(status for status, _, _ in results)
     assert statuses in ([0, 0], [0, 3]), results
     took_over = [out for status, out, _ in results if "Took over the registry's lock from pid 1 on a node that died" in out]

@@ -186,7 +186,7 @@ def test_a_registry_copied_with_cp_r_is_refused_in_one_line_with_its_repair_and_
     assert len(err) == 1 and err[0].endswith(repair), err
     assert tree_digest(copy) == before  # nothing trained, nothing written
     assert registry_job.main(["list", "--registry", str(copy)]) == 2
-    subprocess.run(repair, shell=True, check=True)
+    subprocess.run(repair, shell=True, check=True, timeout=60)
     assert Registry(copy).champion() == champion
 
 

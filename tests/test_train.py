@@ -336,10 +336,11 @@ def test_sigkill_at_a_random_moment_leaves_only_complete_files_and_resume_finish
 
     repo = Path(__file__).resolve().parents[1]
     run_dir = tmp_path / "killed"
+    epochs = 40  # epochs of a fifth of a second here: far more than the 1.5 s the kill may wait (8 were all done once)
     process = subprocess.Popen(
         [sys.executable, "-m", "jobs.train", "--data-dir", str(colour_dataset), "--backbone", tiny_backbone,
-         "--image-size", str(TINY_IMAGE_SIZE), "--batch-size", "8", "--learning-rate", "0.05", "--recipe", "seed", "--epochs", "8",
-         "--output-dir", str(run_dir)], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+         "--image-size", str(TINY_IMAGE_SIZE), "--batch-size", "8", "--learning-rate", "0.05", "--recipe", "seed",
+         "--epochs", str(epochs), "--output-dir", str(run_dir)], cwd=repo, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and not (run_dir / "history.json").exists():
         time.sleep(0.01)
@@ -348,7 +349,7 @@ def test_sigkill_at_a_random_moment_leaves_only_complete_files_and_resume_finish
     process.wait(timeout=60)
     # The kill landed while the run was still training: not every epoch was done, no final metrics.
     assert process.returncode == -signal.SIGKILL
-    assert len(json.loads((run_dir / "history.json").read_text())) < 8 and not (run_dir / "metrics.json").exists()
+    assert len(json.loads((run_dir / "history.json").read_text())) < epochs and not (run_dir / "metrics.json").exists()
     for path in run_dir.rglob("*.json"):
         if not any(part.startswith(".") for part in path.relative_to(run_dir).parts):
             json.loads(path.read_text())  # complete under its final name, or absent
@@ -357,7 +358,7 @@ def test_sigkill_at_a_random_moment_leaves_only_complete_files_and_resume_finish
     resumed = subprocess.run([sys.executable, "-m", "jobs.train", "--config", str(run_dir / "config.json"), "--resume"],
                              cwd=repo, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert [row["epoch"] for row in json.loads((run_dir / "history.json").read_text())] == list(range(1, 9))
+    assert [row["epoch"] for row in json.loads((run_dir / "history.json").read_text())] == list(range(1, epochs + 1))
     assert not list(run_dir.rglob(".*"))  # the killed run's temporaries are gone, at every depth
 
 

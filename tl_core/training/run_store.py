@@ -281,7 +281,7 @@ def uploading(mirror: Mirror, *, per_epoch: bool, final: bool = True):
             if final:
                 mirror.push_all()
         except storage.StorageError as error:
-            kept = mirror.local if finished and final else None
+            kept = mirror.local if finished and final and (mirror.local / METRICS_FILE).is_file() else None
             raise StoreLost(str(error), resumable=mirror.holds_epoch, kept=kept, location=mirror.location) from None
         finally:
             if kept is None:
