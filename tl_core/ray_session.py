@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import time
+from collections import Counter
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -145,27 +146,25 @@ def connect() -> None:
 def _fits(bundles: list[dict], nodes: list[dict]) -> bool:
     """Whether every bundle fits a node of its own capacity and the bundles fit the nodes' totals together (the
     check a user makes by eye: one worker's CPUs and GPU on one machine, all workers in the cluster)."""
-    totals = {}
-    for node in nodes:
-        for name, amount in node.items():
-            totals[name] = totals.get(name, 0) + amount
-    needed = {}
-    for bundle in bundles:
-        for name, amount in bundle.items():
-            needed[name] = needed.get(name, 0) + amount
+    totals, needed = sum(map(Counter, nodes), Counter()), sum(map(Counter, bundles), Counter())
     return all(any(all(node.get(name, 0) >= amount for name, amount in bundle.items()) for node in nodes)
-               for bundle in bundles) and all(totals.get(name, 0) >= amount for name, amount in needed.items())
+               for bundle in bundles) and all(totals[name] >= amount for name, amount in needed.items())
 
 
 def _describe(bundles: list[dict]) -> str:
-    bundle = bundles[0]
-    parts = ", ".join(f"{amount:g} {name}" for name, amount in bundle.items() if amount)
+    parts = ", ".join(f"{amount:g} {name}" for name, amount in bundles[0].items())
     return f"{len(bundles)} x ({parts})" if len(bundles) > 1 else f"({parts})"
 
 
 def _capacity() -> list[dict]:
     return [{name: amount for name, amount in node["Resources"].items() if name in ("CPU", "GPU")}
             for node in ray.nodes() if node.get("Alive")]
+
+
+def _described_nodes(nodes: list[dict], numbered: bool) -> str:
+    return "; ".join((f"node {index + 1}: " if numbered else "") + ", ".join(f"{amount:g} {name}" for name, amount in
+                                                                               sorted(node.items()))
+                     for index, node in enumerate(nodes)) or "no node"
 
 
 def require(bundles: list[dict], what: str, *, wait_seconds: float | None = None, log=print) -> None:
@@ -178,12 +177,10 @@ def require(bundles: list[dict], what: str, *, wait_seconds: float | None = None
     nodes = _capacity()
     if _fits(bundles, nodes):
         return
-    has = "; ".join(f"node {index + 1}: " + ", ".join(f"{amount:g} {name}" for name, amount in sorted(node.items()))
-                    for index, node in enumerate(nodes)) or "no node"
     if ray_address().address is None:  # a new instance on this machine, with what this machine has
         raise ValueError(f"{what} asks Ray for {_describe(bundles)}, which the Ray this command started on this machine "
-                         f"cannot give ({has}): ask for fewer workers, CPUs or GPUs, or join a cluster that has them "
-                         "(RAY_ADDRESS)")
+                         f"cannot give ({_described_nodes(nodes, numbered=True)}): ask for fewer workers, CPUs or GPUs, or join a "
+                         "cluster that has them (RAY_ADDRESS)")
     from ray.autoscaler.sdk import request_resources
 
     request_resources(bundles=bundles)
@@ -192,11 +189,9 @@ def require(bundles: list[dict], what: str, *, wait_seconds: float | None = None
         while not _fits(bundles, nodes := _capacity()):
             waited = time.monotonic() - started
             if waited >= wait_seconds:
-                has = "; ".join(", ".join(f"{amount:g} {name}" for name, amount in sorted(node.items()))
-                                for node in nodes) or "no node"
                 raise ValueError(f"{what} asks Ray for {_describe(bundles)}; after {waited:.0f} s the cluster still has "
-                                 f"only ({has}): ask for fewer workers, CPUs or GPUs, or check that the cluster can "
-                                 "grow to that (max_workers and node types in its cluster.yaml)")
+                                 f"only ({_described_nodes(nodes, numbered=False)}): ask for fewer workers, CPUs or GPUs, "
+                                 "or check that the cluster can grow to that (max_workers and node types in its cluster.yaml)")
             if time.monotonic() - last_said >= 30:
                 log(f"Waiting for the cluster to grow to {_describe(bundles)} for {what} ({waited:.0f} s of at most "
                     f"{wait_seconds:.0f} s)", flush=True)

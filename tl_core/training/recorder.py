@@ -16,12 +16,12 @@ import numpy as np
 import tensorflow as tf
 
 from tl_core import artifacts, storage
+from tl_core.config import HEAD
 from tl_core.data.features import backbone_features
 from tl_core.data.images import make_dataset, to_unit_range
 from tl_core.metrics import classification_metrics
 from tl_core.run_dir import CHECKPOINT_DIR, HISTORY_JSON, HISTORY_PARQUET, TEMPORARY
 from tl_core.training.distribute import Worker
-from tl_core.config import HEAD
 
 
 def head_logits(model: tf.keras.Model, features: np.ndarray) -> np.ndarray:

@@ -270,10 +270,9 @@ def uploading(mirror: Mirror, *, per_epoch: bool, final: bool = True):
     uploader = Uploader(mirror) if per_epoch else None
     if uploader:
         uploader.start()
-    finished, kept = False, None
+    kept = None
     try:
         yield [EpochUpload(uploader)] if uploader else []
-        finished = True
     finally:
         try:
             if uploader:
@@ -281,7 +280,7 @@ def uploading(mirror: Mirror, *, per_epoch: bool, final: bool = True):
             if final:
                 mirror.push_all()
         except storage.StorageError as error:
-            kept = mirror.local if finished and final and (mirror.local / METRICS_FILE).is_file() else None
+            kept = mirror.local if final and (mirror.local / METRICS_FILE).is_file() else None  # written last: finished
             raise StoreLost(str(error), resumable=mirror.holds_epoch, kept=kept, location=mirror.location) from None
         finally:
             if kept is None:

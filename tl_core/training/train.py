@@ -21,11 +21,12 @@ import tensorflow_hub as hub
 import tf_keras
 
 from tl_core import artifacts, interrupts
-from tl_core.config import TrainConfig
+from tl_core.config import FINE_TUNE, HEAD, TrainConfig
 from tl_core.data import features as data_features
 from tl_core.data.checks import read_skipped
 from tl_core.data.images import chained_epochs, make_dataset
 from tl_core.data.sources import Sources, load_splits
+from tl_core.data.step import as_fed
 from tl_core.metrics import classification_metrics
 from tl_core.model import assets
 from tl_core.model.backbones import check_backbone_options, resolve_backbone
@@ -39,10 +40,8 @@ from tl_core.serving.export import export_classifier, export_tflite, tflite_logi
 from tl_core.training.distribute import Worker, make_strategy
 from tl_core.training.epoch_progress import EpochProgress
 from tl_core.training.feature_cache import InMemoryBank, PrecomputedFeatures, cache_feature_bank, cache_features, on_disk
-from tl_core.config import FINE_TUNE, HEAD
 from tl_core.training.models import Models, phase_of
 from tl_core.training.recorder import EpochRecorder, LocalCheckpoints, Validation
-from tl_core.data.step import as_fed
 
 def check_backbone(config: TrainConfig, num_classes: int) -> None:
     """Load the backbone and build the classifier at config.image_size: BackboneError if either fails. The loaded

@@ -13,11 +13,11 @@ import numpy as np
 
 from tl_core import interrupts, storage, worker_env
 from tl_core.config import TrainConfig
+from tl_core.data.features import backbone_features
 from tl_core.model.assets import cache_dir
 from tl_core.model.backbones import resolve_backbone
 from tl_core.model.classifier import build_classifier, class_prior
 from tl_core.training.feature_cache import InMemoryFeatures, PrecomputedFeatures, cache_features, read_features
-from tl_core.data.features import backbone_features
 
 SPLITS = ("train", "validation")
 DONE = "done.json"  # written last: the feature pass completed
