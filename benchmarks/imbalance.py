@@ -46,7 +46,7 @@ def run(config, sources, features, rows: np.ndarray, work: Path) -> dict:
 
     from tl_core.data.sources import Sources
     from tl_core.run_dir import prepare_run_dir
-    from tl_core.training.feature_cache import InMemoryFeatures, PrecomputedFeatures
+    from tl_core.data.feature_sets import InMemoryFeatures, PrecomputedFeatures
     from tl_core.training.train import train
 
     train_source = sources["train"].select(rows)

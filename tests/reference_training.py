@@ -46,7 +46,7 @@ def head_trained_epoch_by_epoch(config: TrainConfig, seen: dict) -> list[np.ndar
     head = make_head(len(recorded.prior), config.head_hidden, config.head_dropout, config.seed, config.head_l2)
     model = tf_keras.Sequential([tf_keras.Input((features.features.shape[-1],)), head])
     head.set_weights(seen["initial_head"])
-    compile_head(model, config, recorded.steps_per_epoch, recorded.prior)
+    compile_head(model, config.head_recipe, recorded.steps_per_epoch, recorded.prior)
     for epoch in range(config.epochs):
         model.fit(features.dataset(config.batch_size, seed=config.seed, epoch=epoch), initial_epoch=epoch, epochs=epoch + 1,
                   verbose=0)

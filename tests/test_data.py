@@ -101,7 +101,7 @@ def test_every_epochs_batches_in_one_dataset_are_each_epochs_own():
     turn (the order drawn from (seed, epoch); an epoch's last, smaller batch is its own), for features of the images and
     for the feature bank (one view of each image drawn per epoch)."""
     from tl_core.data.images import make_feature_dataset
-    from tl_core.training.feature_cache import InMemoryBank, InMemoryFeatures
+    from tl_core.data.feature_sets import InMemoryBank, InMemoryFeatures
 
     rng = np.random.default_rng(0)
     features = InMemoryFeatures(rng.random((23, 4), dtype=np.float32), np.arange(23, dtype=np.int32))

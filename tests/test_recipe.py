@@ -14,7 +14,7 @@ from tl_core.data.images import list_image_folder, make_dataset
 from tl_core.model.classifier import build_classifier
 from tl_core.run_dir import prepare_run_dir
 from tl_core.training.distribute import Worker
-from tl_core.training.feature_cache import InMemoryBank
+from tl_core.data.feature_sets import InMemoryBank
 from tl_core.model.head import OneCycle
 from tl_core.data.step import as_fed
 from tl_core.training.train import Models, cached_training_features, train

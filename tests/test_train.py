@@ -260,7 +260,7 @@ def test_cached_features_too_large_for_memory_stream_from_disk(tiny_backbone, co
     spilled = pq.read_table(Path(config.output_dir) / "features" / "worker-0.parquet")
     assert spilled.num_rows == 48 and sorted(spilled.column("label").to_pylist()) == [0] * 24 + [1] * 24
     assert metrics["run"]["features_on_disk"] and metrics["accuracy"] >= 0.9
-    from tl_core.training.feature_cache import FeatureFile
+    from tl_core.data.feature_sets import FeatureFile
 
     streamed = FeatureFile(Path(config.output_dir) / "features" / "worker-0.parquet", 11)
     first, again = ([labels.numpy().tolist() for _, labels in streamed.dataset(8, seed=1, epoch=e)] for e in (0, 0))

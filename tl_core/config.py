@@ -84,6 +84,29 @@ def check_type(name: str, value, kind) -> None:
     raise ValueError(f"configuration key {name!r} is {json.dumps(value)}, which is not {_describe(kind)}{hint}")
 
 
+@dataclasses.dataclass(frozen=True)
+class HeadRecipe:
+    """How the head is built and trained on backbone features, wherever it trains (a run, a search's trials, the audit's
+    folds): TrainConfig's head fields, made once by TrainConfig.head_recipe."""
+
+    num_epochs: int
+    batch_size: int
+    seed: int
+    learning_rate: float
+    schedule: str  # "constant" or "one_cycle"
+    cycle_ends: tuple[int, ...]  # the epochs at which each one-cycle ends
+    hidden: int
+    dropout: float
+    l2: float
+    class_balance: str
+    label_smoothing: float
+    jit_compile: bool
+
+    def over(self, epochs: int) -> "HeadRecipe":
+        """The same head trained for `epochs` epochs, in one cycle of its schedule over them."""
+        return dataclasses.replace(self, num_epochs=epochs, cycle_ends=(epochs,))
+
+
 @dataclasses.dataclass
 class TrainConfig:
     data_dir: str | None = option(None, "directory with train/ and validation/ class folders or Parquet shards, or one "
@@ -179,6 +202,14 @@ class TrainConfig:
     def head_cycles(self) -> list[int]:
         """The epochs at which each one-cycle of the head's learning rate ends."""
         return self.head_cycle_ends or [self.epochs]
+
+    @property
+    def head_recipe(self) -> HeadRecipe:
+        return HeadRecipe(num_epochs=self.epochs, batch_size=self.batch_size, seed=self.seed,
+                          learning_rate=self.learning_rate, schedule=self.head_schedule, cycle_ends=tuple(self.head_cycles),
+                          hidden=self.head_hidden, dropout=self.head_dropout, l2=self.head_l2,
+                          class_balance=self.class_balance, label_smoothing=self.label_smoothing,
+                          jit_compile=self.jit_compile)
 
     def trained_longer(self, epochs: int) -> "TrainConfig":
         """This run with `epochs` head epochs (`--resume --epochs`): epochs past the last cycle's end run a one-cycle of

@@ -13,8 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from tl_core import artifacts, storage
-from tl_core.audit.exact import LEAKAGE, example_names, exact_duplicates, hashed_examples
+from tl_core.audit.exact import LEAKAGE, exact_duplicates, hashed_examples
 from tl_core.audit.sheets import draw_exact_groups, draw_label_issues, draw_near_pairs
+from tl_core.config import HeadRecipe
 
 AUDIT_FILE = "audit.json"
 FINDINGS_FILE = "findings.parquet"
@@ -78,14 +79,14 @@ def audit_sources(config, sources: dict, data_dir: str, output_dir: Path, settin
     """jobs.audit and `jobs.train --check --audit`: the audit of sources, with the backbone's features computed here
     (config: the backbone, image size, batch size and the head's recipe), or without them (exact_only)."""
     features = None if exact_only else backbone_features(config, sources)
-    return audit(sources, data_dir, output_dir, settings, features=features, head=config)
+    return audit(sources, data_dir, output_dir, settings, features=features, head=config.head_recipe)
 
 
 def audit(sources: dict, data_dir: str, output_dir: Path, settings: AuditSettings = AuditSettings(), *,
-          features: dict | None = None, head=None, log=print) -> dict:
+          features: dict | None = None, head: HeadRecipe | None = None, log=print) -> dict:
     """Audit the splits of `sources` ({"train": source, "validation": source}); write the outputs; the audit.json
     dict. features ({split: [n, dim] backbone features, in the sources' order}) add near duplicates and likely label
-    errors, the latter found by heads of head's recipe (a TrainConfig)."""
+    errors, the latter found by heads of that recipe."""
     from tl_core.audit.labels import LABEL_ISSUE, label_issues, out_of_fold_probabilities
     from tl_core.audit.near import NEAR_DUPLICATE, NEAR_LEAKAGE, near_duplicates
 
@@ -102,7 +103,7 @@ def audit(sources: dict, data_dir: str, output_dir: Path, settings: AuditSetting
               for kind in ("leakage", "conflicting_labels", "redundant_copy")}
     near, issues = [], []
     if features is not None:
-        names = {split: example_names(source) for split, source in sources.items()}
+        names = {split: source.names() for split, source in sources.items()}
 
         def described(finding: dict) -> dict:
             rows = finding["rows"]

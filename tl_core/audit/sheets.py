@@ -15,7 +15,7 @@ def pictures(source, rows: list[int]) -> list[np.ndarray]:
 
     if not rows:
         return []
-    size = getattr(source, "image_size", None) or THUMBNAIL  # Parquet rows stored as pixels are drawn at their size
+    size = source.image_size or THUMBNAIL  # Parquet rows stored as pixels are drawn at their size
     return [image.numpy() / 255.0 for image, _ in host_images(source.select(rows), size)]
 
 

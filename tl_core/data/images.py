@@ -8,6 +8,7 @@ pipeline adds each image's 8-number transform, drawn for the whole epoch at once
 (shuffle order, augmentation) is derived from (seed, epoch), so epoch k of a run is the same whether
 or not the run was interrupted before it.
 """
+import concurrent.futures
 import dataclasses
 import os
 from pathlib import Path
@@ -17,6 +18,7 @@ import tensorflow as tf
 
 from tl_core import storage
 from tl_core.data import augment
+from tl_core.progress import track
 
 AUTOTUNE = tf.data.AUTOTUNE
 # Files operating systems leave in folders; never images, so they are passed over (and counted).
@@ -40,9 +42,27 @@ class ImageFolder:
     ignored: list[str] = dataclasses.field(default_factory=list)  # OS metadata files, hidden folders
     # (size, mtime_ns) of each file as listed (int64 [n, 2]): what the check's remembered verdicts are keyed by.
     stats: np.ndarray | None = None
+    image_size = None  # files are decoded and resized to any size
 
     def __len__(self):
         return len(self.paths)
+
+    def names(self) -> list[str]:
+        return list(self.paths)
+
+    def content_digests(self, description: str, known: dict | None = None) -> list[str]:
+        """SHA-256 of each file's bytes, read in threads (on object storage each is a request away)."""
+        known = known or {}
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            return list(track(pool.map(lambda path: known.get(path) or storage.sha256(path), self.paths), len(self),
+                              description, unit="files"))
+
+    def identity(self) -> bytes:
+        listed = "\0".join(self.paths).encode()
+        return listed if self.stats is None else listed + self.stats.astype("int64").tobytes()
+
+    def absolute(self) -> "ImageFolder":
+        return dataclasses.replace(self, paths=[storage.absolute(path) for path in self.paths])
 
     def select(self, rows) -> "ImageFolder":
         rows = np.asarray(rows, dtype=np.int64)

@@ -11,6 +11,7 @@ with zstd, for 13 % more bytes). Files are read one row group at a time, so memo
 import collections
 import concurrent.futures
 import dataclasses
+import hashlib
 import itertools
 import json
 import os
@@ -25,7 +26,7 @@ import tensorflow as tf
 from tl_core import storage
 from tl_core.artifacts import atomic_path
 from tl_core.data.images import AUTOTUNE, decode_and_resize, display_path
-from tl_core.progress import Progress
+from tl_core.progress import Progress, track
 
 SCHEMA = pa.schema([("image", pa.binary()), ("label", pa.int32()), ("class_name", pa.string()), ("path", pa.string())])
 CLASS_NAMES_KEY = b"tl_core.class_names"
@@ -112,9 +113,35 @@ class ParquetImages:
     class_names: list[str]
     image_size: int | None = None  # rows hold raw image_size x image_size pixels (jobs.ingest --image-size)
     checked: dict | None = None  # the limits every row passed before jobs.ingest wrote it (CHECKED_KEY)
+    ignored = ()  # shards hold only images
 
     def __len__(self):
         return len(self.labels)
+
+    def names(self) -> list[str]:
+        """Each row by the source file jobs.ingest recorded, with the shard and row that hold it (the path column read
+        alone)."""
+        return [row_name(path, self.files[file], group, begin + row)
+                for (file, group, begin, _), table in zip(self.segments, self._columns(["path"]))
+                for row, path in enumerate(table.column("path").to_pylist())]
+
+    def content_digests(self, description: str, known: dict | None = None) -> list[str]:
+        """SHA-256 of each row's stored image bytes, row group by row group."""
+        return [hashlib.sha256(image).hexdigest()
+                for table in track(self._columns(["image"]), len(self.segments), description, unit="row groups")
+                for image in table.column("image").to_pylist()]
+
+    def identity(self) -> bytes:
+        return repr((list(self.files), list(self.segments))).encode()
+
+    def absolute(self) -> "ParquetImages":
+        return dataclasses.replace(self, files=[storage.absolute(path) for path in self.files])
+
+    def _columns(self, columns: list[str]):
+        """The given columns of each segment, in order."""
+        for file, group, begin, end in self.segments:
+            yield pq.ParquetFile(storage.parquet_source(self.files[file])).read_row_group(
+                group, columns=columns).slice(begin, end - begin)
 
     def shard(self, index: int, count: int, seed: int) -> "ParquetImages":
         """Worker `index` of `count`: equal, disjoint row counts, made of whole row groups where possible.
@@ -199,6 +226,11 @@ class ParquetImages:
                                           f"{size}x{size} RGB pixels: check it with `python -m jobs.train --check`")
             values = np.frombuffer(images.buffers()[2], np.uint8)
             yield values[offsets[0]:offsets[-1]].reshape(-1, size, size, 3), labels
+
+
+def row_name(path: str, file: str, group: int, row: int) -> str:
+    """A Parquet row by the source file jobs.ingest recorded, with the shard and row that hold it."""
+    return f"{path} ({storage.display(file)}, row group {group}, row {row})"
 
 
 def is_parquet_split(directory) -> bool:

@@ -13,33 +13,29 @@ from tl_core.data.checks import BadFile, checked_at_ingest, find_bad_files, find
 from tl_core.data.verdicts import Verdicts
 from tl_core.run_dir import SKIPPED_FILES
 from tl_core.data.images import DatasetError, ImageFolder, check_stored_size, display_path, list_image_folder
-from tl_core.data.parquet import ParquetImages, is_parquet_split, list_parquet_split
+from tl_core.data.parquet import is_parquet_split, list_parquet_split
+from tl_core.data.source import ImageSource
 
 
 @dataclasses.dataclass
 class Sources:
     """The train and validation sources a run uses, checked once, the files it skips left out."""
 
-    train: ImageFolder | ParquetImages
-    validation: ImageFolder | ParquetImages
+    train: ImageSource
+    validation: ImageSource
     data_dir: str  # a path or URI
     skipped: int = 0  # bad files left out
 
     def absolute(self) -> "Sources":
         """The same sources with absolute paths, for Ray workers (they do not share this working directory)."""
-        def absolute(source):
-            if isinstance(source, ImageFolder):
-                return dataclasses.replace(source, paths=[storage.absolute(path) for path in source.paths])
-            return dataclasses.replace(source, files=[storage.absolute(path) for path in source.files])
-
-        return dataclasses.replace(self, train=absolute(self.train), validation=absolute(self.validation),
+        return dataclasses.replace(self, train=self.train.absolute(), validation=self.validation.absolute(),
                                    data_dir=storage.absolute(self.data_dir))
 
 
 @dataclasses.dataclass
 class DatasetCheck:
-    train: ImageFolder | ParquetImages
-    validation: ImageFolder | ParquetImages
+    train: ImageSource
+    validation: ImageSource
     data_dir: str  # a path or URI
     bad_files: list[BadFile]
     decoded: int = 0  # files and rows this check decoded
@@ -49,7 +45,7 @@ class DatasetCheck:
 
     @property
     def ignored(self) -> list[str]:
-        return [path for source in (self.train, self.validation) for path in getattr(source, "ignored", [])]
+        return [path for source in (self.train, self.validation) for path in source.ignored]
 
     def sources(self, skipped: list[BadFile]) -> Sources:
         """What a run trains on: the checked sources without the bad files it skips."""
@@ -138,8 +134,8 @@ def check_dataset(config: TrainConfig, cache: Path, find_bad=None) -> DatasetChe
             decoded += len(source)
     verdicts.save()
     if not bad or config.bad_files == "skip":  # with bad files to fix, those come first
-        bad_in_train = {item.path for item in bad} & set(getattr(train, "paths", []))
-        check_batch_size(config, len(train) - len(bad_in_train))
+        skipped = {item.path for item in bad}
+        check_batch_size(config, len(train) - (len(skipped & set(train.names())) if skipped else 0))
     return DatasetCheck(train, validation, data_dir, bad, decoded + verdicts.decoded, verdicts.remembered, trusted,
                         limits)
 

@@ -193,7 +193,3 @@ def feature_dim(model: keras.Model) -> int:
     """The width of the backbone's features: the input width of the head's first Dense layer."""
     return int(next(weight for weight in model.get_layer("head").weights if len(weight.shape) == 2).shape[0])
 
-
-def head_model(model: keras.Model) -> keras.Sequential:
-    """The classifier's own head (shared weights) as a model on precomputed backbone features."""
-    return keras.Sequential([keras.Input((feature_dim(model),)), model.get_layer("head")], name="head_on_features")

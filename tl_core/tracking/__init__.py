@@ -91,10 +91,5 @@ def data_fingerprint(*sources) -> str:
     for source in sources:
         digest.update(repr(list(source.class_names)).encode())
         digest.update(source.labels.astype("int64").tobytes())
-        if hasattr(source, "paths"):
-            digest.update("\0".join(source.paths).encode())
-            if getattr(source, "stats", None) is not None:
-                digest.update(source.stats.astype("int64").tobytes())
-        else:
-            digest.update(repr((list(source.files), list(source.segments))).encode())
+        digest.update(source.identity())
     return digest.hexdigest()

@@ -12,8 +12,8 @@ from tl_core.config import FINE_TUNE, HEAD, TrainConfig
 from tl_core.data.step import training_model
 from tl_core.model import assets
 from tl_core.model.backbones import keras_backbone
-from tl_core.model.classifier import build_classifier, compile_classifier, head_model, unfreeze_top_layers
-from tl_core.model.head import compile_head
+from tl_core.model.classifier import build_classifier, compile_classifier, feature_dim, unfreeze_top_layers
+from tl_core.model.head import HeadOnFeatures, compile_head
 
 
 def phase_of(config: TrainConfig, epoch: int) -> str:
@@ -38,9 +38,13 @@ class Models:
             # The pipeline's uint8 batches are scaled (and augmented) inside the step, on the device.
             self.on_images = training_model(self.classifier, config.image_size, config.augment)
             # With cached features only the head runs in the head phase: it is fitted on its own.
-            self.on_features = head_model(self.classifier) if config.uses_feature_cache else None
-            self.optimizer = compile_head(self.head_trainer, config, steps_per_epoch, prior,
-                                          whole_epochs=self.on_features is not None)
+            if config.uses_feature_cache:
+                self.on_features = HeadOnFeatures(config.head_recipe, feature_dim(self.classifier), num_classes,
+                                                  steps_per_epoch, prior, head=self.classifier.get_layer("head"))
+                self.optimizer = self.on_features.optimizer
+            else:
+                self.on_features = None
+                self.optimizer = compile_head(self.on_images, config.head_recipe, steps_per_epoch, prior)
             self.fine_tune_optimizer = tf_keras.optimizers.Adam(config.fine_tune_learning_rate)
         # A frozen backbone never changes, and its SavedModel's thousands of objects made every epoch's checkpoint
         # cost 0.7 s of graph traversal alone: the checkpoint holds the head, unless the backbone trains.
@@ -64,14 +68,11 @@ class Models:
         state = self.full_state() if "model" in roots else self.head_state()
         state.read(path).assert_existing_objects_matched()
 
-    @property
-    def head_trainer(self) -> tf.keras.Model:
-        return self.on_features or self.on_images
-
     def trainer(self, phase: str) -> tf.keras.Model:
-        """The model fit() trains in this phase; the first fine-tuning call unfreezes the backbone's top."""
+        """The model on images fit() trains in this phase (the head on cached features is on_features); the first
+        fine-tuning call unfreezes the backbone's top."""
         if phase == HEAD:
-            return self.head_trainer
+            return self.on_images
         if not self.fine_tuning:
             with self.strategy.scope():
                 unfrozen = unfreeze_top_layers(self.classifier, self.config.fine_tune_layers)

@@ -39,7 +39,7 @@ from tl_core.tracking.tensorboard import VALIDATION, TensorBoard
 from tl_core.serving.export import export_classifier, export_tflite, tflite_logits
 from tl_core.training.distribute import Worker, make_strategy
 from tl_core.training.epoch_progress import EpochProgress
-from tl_core.training.feature_cache import InMemoryBank, PrecomputedFeatures, cache_feature_bank, cache_features, on_disk
+from tl_core.data.feature_sets import PrecomputedFeatures, cache_feature_bank, cache_features
 from tl_core.training.models import Models, phase_of
 from tl_core.training.recorder import EpochRecorder, LocalCheckpoints, Validation
 
@@ -93,8 +93,8 @@ class RunData:
             train, validation, data_dir = load_splits(config, assets.cache_dir(config.cache_dir), skip=skipped)
             sources = Sources(train, validation, data_dir, len(skipped))
         shard = sources.train.shard(worker.rank, worker.world_size, seed=config.seed)
-        if worker.world_size > 1 and hasattr(shard, "paths"):  # which images each worker trains on
-            artifacts.write_json(run_dir / SHARDS_DIR / f"worker-{worker.rank}.json", shard.paths)
+        if worker.world_size > 1:  # which images each worker trains on
+            artifacts.write_json(run_dir / SHARDS_DIR / f"worker-{worker.rank}.json", shard.names())
         return cls(sources, shard)
 
     def describe(self, worker: Worker, batch_size: int, handle: str) -> str:
@@ -173,13 +173,17 @@ def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker
         for phase, first, end in phase_spans(config, len(history)):  # the head's epochs, then fine-tuning's
             interrupts.check()
             recorder.phase = phase
-            models.trainer(phase).fit(epochs_dataset(config, data.shard, features, phase, first, end, models.steps_per_epoch),
-                                      steps_per_epoch=models.steps_per_epoch, initial_epoch=first, epochs=end, verbose=0,
-                                      callbacks=[*progress, recorder, *callbacks, SafePoint()])
+            epoch_callbacks = [*progress, recorder, *callbacks, SafePoint()]
+            if phase == HEAD and features is not None:
+                models.on_features.fit(features, first, end, callbacks=epoch_callbacks)
+            else:
+                models.trainer(phase).fit(images_dataset(config, data.shard, first, end, models.steps_per_epoch),
+                                          steps_per_epoch=models.steps_per_epoch, initial_epoch=first, epochs=end,
+                                          verbose=0, callbacks=epoch_callbacks)
         interrupts.check()
 
         run = {"backbone_handle": handle, **data.summary(worker), "global_batch_size": config.batch_size * worker.world_size,
-               "cached_features": config.uses_feature_cache, "features_on_disk": on_disk(features),
+               "cached_features": config.uses_feature_cache, "features_on_disk": bool(features is not None and features.on_disk),
                "feature_seconds": feature_seconds, "validation_images_per_worker": validation.images_per_worker}
         audited = audit_run(config, data, features, validation, worker, log) if worker.is_chief and config.audit else None
         metrics = write_outputs(config, models.classifier, validation, history, run, worker, started, trackers, audited)
@@ -272,12 +276,9 @@ def phase_spans(config: TrainConfig, completed: int) -> list[tuple[str, int, int
     return [(phase, first, end) for phase, first, end in spans if first < end]
 
 
-def epochs_dataset(config: TrainConfig, shard, features, phase: str, first: int, end: int, steps: int) -> tf.data.Dataset:
-    """The batches of epochs first .. end - 1, each epoch's in the order (and with the augmentations) drawn from (seed,
-    epoch), in one dataset: one fit() trains them all (a fit() per epoch cost more than the head's steps). `steps`:
-    batches per epoch, as fit() is told."""
-    if features is not None and phase == HEAD:
-        return features.epochs(config.batch_size, seed=config.seed, first=first, end=end, steps=steps)
+def images_dataset(config: TrainConfig, shard, first: int, end: int, steps: int) -> tf.data.Dataset:
+    """The image batches of epochs first .. end - 1, each epoch's in the order (and with the augmentations) drawn from
+    (seed, epoch), in one dataset: one fit() trains them all. `steps`: batches per epoch, as fit() is told."""
     return chained_epochs(lambda epoch: epoch_dataset(config, shard, epoch), first, end, steps)
 
 
@@ -314,8 +315,7 @@ def audit_run(config: TrainConfig, data: RunData, features, validation: Validati
     audits such data). A failure of the audit is a warning: the trained model is kept."""
     from tl_core.audit import AuditSettings, audit, headline
 
-    plain = getattr(features, "features", None)  # in memory: of the images (or the feature bank's views; view 0 plain)
-    plain = plain[0] if isinstance(features, InMemoryBank) else plain
+    plain = features.plain if features is not None else None  # in memory, of the images as they are
     if worker.world_size > 1 or plain is None or validation.features is None:
         log(f"Audit: not from this run (it holds no features of every image as it is): `python -m jobs.audit "
             f"--data-dir {data.sources.data_dir}` audits the data", flush=True)
@@ -323,7 +323,8 @@ def audit_run(config: TrainConfig, data: RunData, features, validation: Validati
     started = time.perf_counter()
     try:
         report = audit({"train": data.train, "validation": data.validation}, data.sources.data_dir, Path(config.output_dir),
-                       AuditSettings(), features={"train": plain, "validation": validation.features}, head=config, log=log)
+                       AuditSettings(), features={"train": plain, "validation": validation.features}, head=config.head_recipe,
+                       log=log)
     except Exception as error:  # noqa: BLE001 (the audit is advice: the run's model must not be lost to it)
         log(f"warning: the data audit failed ({type(error).__name__}: {error}); the run is complete without it: "
             f"`python -m jobs.audit --data-dir {data.sources.data_dir}` audits the data", flush=True)

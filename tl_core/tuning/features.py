@@ -17,7 +17,7 @@ from tl_core.data.features import backbone_features
 from tl_core.model.assets import cache_dir
 from tl_core.model.backbones import resolve_backbone
 from tl_core.model.classifier import build_classifier, class_prior
-from tl_core.training.feature_cache import InMemoryFeatures, PrecomputedFeatures, cache_features, read_features
+from tl_core.data.feature_sets import InMemoryFeatures, PrecomputedFeatures, cache_features, read_features
 
 SPLITS = ("train", "validation")
 DONE = "done.json"  # written last: the feature pass completed

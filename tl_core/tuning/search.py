@@ -209,7 +209,7 @@ def fit_gracefully(tuner):
 
 def write_tuning_split(path: Path, source, fold_of_row) -> None:
     rows = [{"path": image, "label": int(label), "fold": int(fold)}
-            for image, label, fold in zip(getattr(source, "paths", [None] * len(source)), source.labels, fold_of_row)]
+            for image, label, fold in zip(source.names(), source.labels, fold_of_row)]
     artifacts.write_parquet(path, rows)
 
 

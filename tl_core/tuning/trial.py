@@ -1,6 +1,6 @@
 """One trial of a search: the head a configuration describes, trained on precomputed features as every run trains
-it (the head of classifier.make_head, compiled by model/head.compile_head: the same optimizer, schedule and loss; the
-epochs' batches drawn from (seed, epoch)), scored after each epoch on the tuning part of each fold (tuning_score).
+it (model/head.HeadOnFeatures: the same head, optimizer, schedule and loss; the epochs' batches drawn from (seed,
+epoch)), scored after each epoch on the tuning part of each fold (tuning_score).
 
 The trial reports to Ray Tune after every epoch (the mean over folds); the early-stopping scheduler may end it
 there. It runs in a Ray actor that Tune reuses from trial to trial, so TensorFlow is imported once per actor.
@@ -13,11 +13,10 @@ import tensorflow as tf
 from ray import tune
 
 from tl_core import interrupts
-from tl_core.config import TrainConfig
+from tl_core.config import HeadRecipe, TrainConfig
+from tl_core.data.feature_sets import InMemoryFeatures
 from tl_core.metrics import SCORES, classification_metrics
-from tl_core.model.classifier import make_head
-from tl_core.training.feature_cache import InMemoryFeatures
-from tl_core.model.head import compile_head
+from tl_core.model.head import HeadOnFeatures
 
 TUNING_ACCURACY, TUNING_LOSS, TUNING_SCORE = "tuning_accuracy", "tuning_loss", "tuning_score"
 TUNING_METRICS = {name: f"tuning_{name}" for name in SCORES}
@@ -42,20 +41,16 @@ def _use_threads(threads: int) -> None:
 class FoldHead:
     """A trial's head for one fold: fits on the fold's fitting part, scored on its tuning part."""
 
-    def __init__(self, config: TrainConfig, fold, class_names: list, prior):
-        self.config, self.fold, self.class_names = config, fold, class_names
+    def __init__(self, recipe: HeadRecipe, fold, class_names: list, prior):
+        self.fold, self.class_names = fold, class_names
         self.features = InMemoryFeatures(fold.fit_features, fold.fit_labels)
-        tf.keras.utils.set_random_seed(config.seed)
-        head = make_head(len(class_names), config.head_hidden, config.head_dropout, config.seed, config.head_l2)
-        self.model = tf.keras.Sequential([tf.keras.Input((fold.fit_features.shape[1],)), head])
-        compile_head(self.model, config, steps_per_epoch=math.ceil(len(fold.fit_labels) / config.batch_size), prior=prior)
+        self.head = HeadOnFeatures(recipe, fold.fit_features.shape[1], len(class_names),
+                                   steps_per_epoch=math.ceil(len(self.features) / recipe.batch_size), prior=prior)
 
     def train_epoch(self, epoch: int) -> dict:
         """One epoch (0-based) of fitting; the metrics on the tuning part."""
-        self.model.fit(self.features.dataset(self.config.batch_size, seed=self.config.seed, epoch=epoch),
-                       initial_epoch=epoch, epochs=epoch + 1, verbose=0)
-        logits = self.model(self.fold.tune_features, training=False).numpy()
-        return classification_metrics(self.fold.tune_labels, logits, self.class_names)
+        self.head.fit(self.features, epoch, epoch + 1)
+        return classification_metrics(self.fold.tune_labels, self.head.logits(self.fold.tune_features), self.class_names)
 
 
 def run_trial(params: dict, *, data, base: dict, threads: int, score: str = "accuracy") -> None:
@@ -67,7 +62,7 @@ def run_trial(params: dict, *, data, base: dict, threads: int, score: str = "acc
     tf.get_logger().setLevel("ERROR")  # not a retracing warning for every fold's new model
     config = TrainConfig.from_dict({**base, **params})
     started = time.perf_counter()
-    heads = [FoldHead(config, fold, data.class_names, data.prior) for fold in data.folds]
+    heads = [FoldHead(config.head_recipe, fold, data.class_names, data.prior) for fold in data.folds]
     for epoch in range(config.epochs):
         folds = [head.train_epoch(epoch) for head in heads]
         means = {name: sum(fold[name] for fold in folds) / len(folds) for name in (*SCORES, "loss")}

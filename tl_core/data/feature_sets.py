@@ -1,11 +1,14 @@
-"""Backbone features of the training images, computed once: in memory when they fit the budget, else a
-Parquet file on disk that each epoch streams one row group at a time (memory bounded by the shuffle
-buffer), in an order drawn from (seed, epoch) like every other shuffle of the job.
+"""Backbone features of the training images, computed once (the FeatureSet of model/head.py, which the head trains
+on): in memory when they fit the budget, else a Parquet file on disk that each epoch streams one row group at a time
+(memory bounded by the shuffle buffer), in an order drawn from (seed, epoch) like every other shuffle of the job.
 
 The augmented feature bank holds K views of every image: view 0 the image as it is, view v > 0
 augmented as epoch v of the seed's recipe would be; each head epoch draws one view per image from
 (seed, epoch). Views spilled to disk are streamed one whole view per epoch instead (also drawn from
 (seed, epoch)).
+
+Every kind has: len() (images), epochs() (the head's batches), on_disk, and plain (the features of every image as it
+is, in memory, or None: what the run's data audit reads).
 """
 import dataclasses
 from pathlib import Path
@@ -27,6 +30,14 @@ ROWS_PER_GROUP = 1024
 class InMemoryFeatures:
     features: np.ndarray
     labels: np.ndarray
+    on_disk = False
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def plain(self) -> np.ndarray:
+        return self.features
 
     def dataset(self, batch_size: int, *, seed: int, epoch: int) -> tf.data.Dataset:
         return make_feature_dataset(self.features, self.labels, batch_size, seed=seed, epoch=epoch)
@@ -50,6 +61,14 @@ class PrecomputedFeatures:
 class InMemoryBank:
     features: np.ndarray  # [views, images, dim]
     labels: np.ndarray
+    on_disk = False
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def plain(self) -> np.ndarray:
+        return self.features[0]  # view 0: the images as they are
 
     def epochs(self, batch_size: int, *, seed: int, first: int, end: int, steps: int) -> tf.data.Dataset:
         """The batches of epochs first .. end - 1: each epoch draws one view of each image from (seed, epoch), then
@@ -68,6 +87,10 @@ class InMemoryBank:
 @dataclasses.dataclass
 class SpilledBank:
     views: list  # FeatureFile per view
+    on_disk, plain = True, None
+
+    def __len__(self) -> int:
+        return len(self.views[0])
 
     def dataset(self, batch_size: int, *, seed: int, epoch: int) -> tf.data.Dataset:
         view = np.random.default_rng(epoch_seed(seed, epoch)).integers(len(self.views))
@@ -81,6 +104,10 @@ class SpilledBank:
 class FeatureFile:
     path: Path
     dim: int
+    on_disk, plain = True, None
+
+    def __len__(self) -> int:
+        return pq.ParquetFile(self.path).metadata.num_rows
 
     def row_groups(self, order):
         reader = pq.ParquetFile(self.path)
@@ -146,6 +173,3 @@ def cache_feature_bank(view_batches, views: int, count: int, dim: int, budget_by
     return SpilledBank([cache_features(view_batches(view), count, dim, 0, Path(directory) / f"view-{view}.parquet")
                         for view in range(views)])
 
-
-def on_disk(features) -> bool:
-    return isinstance(features, (FeatureFile, SpilledBank))
