@@ -115,7 +115,7 @@ def quality(name: str, original: Path, work: Path) -> dict:
     root = work / f"{name}-planted"
     truth = plant(original, root)
     config = TrainConfig(data_dir=str(root))
-    train, validation, data_dir = load_splits(config, cache_dir(None), check_batch=False)
+    train, validation, data_dir = load_splits(config.data, cache_dir(None))
     sources = {"train": train, "validation": validation}
     started = time.perf_counter()
     features = backbone_features(config, sources)

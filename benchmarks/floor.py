@@ -58,7 +58,7 @@ def floor_child() -> None:
 
     imported = time.perf_counter()
     config = TrainConfig()
-    train, validation, _ = load_splits(config, cache_dir(None), check_batch=False)
+    train, validation, _ = load_splits(config.data, cache_dir(None))
     classifier = build_classifier(resolve_backbone(config.backbone, cache_dir(None)), len(train.class_names),
                                   config.image_size)
     backbone = classifier.get_layer("backbone")

@@ -76,7 +76,7 @@ def main(argv=None) -> int:
         datasets = {"sample": data_directory(None, cache_dir(None)), "digits": str(write_digits_dataset(work / "digits"))}
         for name, data_dir in datasets.items():
             base = TrainConfig(data_dir=data_dir, audit=False)
-            train, validation, _ = load_splits(base, cache_dir(None), check_batch=False)
+            train, validation, _ = load_splits(base.data, cache_dir(None))
             sources = {"train": train, "validation": validation}
             features = backbone_features(base, sources)
             for profile, ratio in PROFILES.items():

@@ -111,14 +111,14 @@ def stat_every_file(root: Path) -> int:
 
 def checks(root: Path, cache: Path, repeats: int = 3) -> dict:
     """The first check (once: it fills the cache), the second and the stat alone (the medians of `repeats`)."""
-    config = TrainConfig(data_dir=str(root), batch_size=1)
-    first, first_seconds = timed(lambda: check_dataset(config, cache))
+    config = TrainConfig(data_dir=str(root))
+    first, first_seconds = timed(lambda: check_dataset(config.data, cache))
     files = len(first.train) + len(first.validation)
     assert first.decoded == files and not first.bad_files
     del first  # not held while the second check runs
     seconds, stat_seconds = [], []
     for _ in range(repeats):
-        second, elapsed = timed(lambda: check_dataset(config, cache))
+        second, elapsed = timed(lambda: check_dataset(config.data, cache))
         assert second.decoded == 0
         seconds.append(elapsed)
         stated, elapsed = timed(lambda: stat_every_file(root))
@@ -132,8 +132,8 @@ def checks(root: Path, cache: Path, repeats: int = 3) -> dict:
 
 
 def ingest_once(root: Path, work: Path, name: str, find_bad, write) -> dict:
-    config = TrainConfig(data_dir=str(root), batch_size=1)
-    check, check_seconds = timed(lambda: check_dataset(config, work / f"{name}_cache", find_bad))
+    config = TrainConfig(data_dir=str(root))
+    check, check_seconds = timed(lambda: check_dataset(config.data, work / f"{name}_cache", find_bad))
     _, write_seconds = timed(lambda: ingest(check, work / name, skip_bad_files=False, write=write, log=lambda *a, **k: None))
     images = len(check.train) + len(check.validation)
     return {"check_seconds": check_seconds, "write_seconds": write_seconds,

@@ -117,13 +117,13 @@ def check(work: Path, bucket: str, files: int, repeats: int) -> dict:
     _, upload_seconds = timed(lambda: storage.upload(local, remote))
     results = {}
     for where, data_dir in (("disk", str(local)), ("s3", remote)):
-        config = TrainConfig(data_dir=data_dir, batch_size=1)
+        config = TrainConfig(data_dir=data_dir)
         cache = work / f"cache_{where}"
-        first, first_seconds = timed(lambda: check_dataset(config, cache))
+        first, first_seconds = timed(lambda: check_dataset(config.data, cache))
         assert first.decoded == files and not first.bad_files, (first.decoded, first.bad_files[:3])
         seconds = []
         for _ in range(repeats):
-            second, elapsed = timed(lambda: check_dataset(config, cache))
+            second, elapsed = timed(lambda: check_dataset(config.data, cache))
             assert second.decoded == 0 and second.remembered == files
             seconds.append(elapsed)
         results[where] = {"first_seconds": first_seconds, "second_seconds": statistics.median(seconds),

@@ -17,8 +17,7 @@ import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imp
 from tl_core.audit import AuditSettings
 from tl_core.config import TrainConfig
 
-from jobs.cli import add_quiet_argument, exit_after, run_command
-from jobs.train import add_field_arguments, given_fields
+from jobs.cli import add_field_arguments, add_quiet_argument, exit_after, given_fields, run_command
 
 DATA_FIELDS = ("data_dir", "validation_split", "seed", "cache_dir", "backbone", "image_size", "batch_size")
 
@@ -30,19 +29,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--output-dir", help="where the audit goes (default runs/audit-<UTC timestamp>)")
     parser.add_argument("--overwrite", action="store_true", help="write into an --output-dir that already holds files "
                         "(never a training run's directory)")
-    parser.add_argument("--class-floor", type=float, default=0.1,
-                        help="flag a class with fewer images than this share of its split's largest class (default 0.1)")
-    parser.add_argument("--near-threshold", type=float, default=AuditSettings.near_threshold,
-                        help="cosine similarity of two images' backbone features from which they are near duplicates "
-                             f"(default {AuditSettings.near_threshold}, chosen on planted copies: docs/audit.md)")
+    add_field_arguments(parser, AuditSettings)
     parser.add_argument("--exact-only", action="store_true",
                         help="exact duplicates and class balance only: no backbone pass, no near duplicates or label check")
     add_quiet_argument(parser)
     args = parser.parse_args(argv)
-    if not 0 < args.class_floor < 1:
-        parser.error(f"--class-floor must be between 0 and 1, got {args.class_floor}")
-    if not 0 < args.near_threshold <= 1:
-        parser.error(f"--near-threshold must be in (0, 1], got {args.near_threshold}")
+    try:
+        args.settings = AuditSettings(**given_fields(args, AuditSettings))
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
@@ -59,9 +54,9 @@ def main(argv=None) -> int:
         output_dir = storage.local_path(args.output_dir or default_output_dir("audit-"), "--output-dir")
         check_results_dir(output_dir, overwrite=args.overwrite, what="the audit", data_dir=args.data_dir)
         config = TrainConfig(**given_fields(args, TrainConfig))
-        train, validation, data_dir = load_splits(config, cache_dir(config.cache_dir), check_batch=False)
+        train, validation, data_dir = load_splits(config.data, cache_dir(config.cache_dir))
         report = audit_sources(config, {"train": train, "validation": validation}, data_dir, output_dir,
-                            AuditSettings(class_floor=args.class_floor, near_threshold=args.near_threshold),
+                            args.settings,
                             exact_only=args.exact_only)
         print(summary(report, output_dir))
 

@@ -7,9 +7,12 @@
   3    the model registry is busy (another retrain holds its lock, or took it over from this one)
   130  interrupted (Ctrl-C or SIGTERM; a second one ends the command at once)
 """
+import argparse
+import dataclasses
 import os
 import signal
 import sys
+import typing
 from typing import Callable, NoReturn
 
 from tl_core import interrupts
@@ -33,6 +36,42 @@ def first_line(error: BaseException) -> str:
 def _is_op_error(error: BaseException) -> bool:
     tensorflow = sys.modules.get("tensorflow")  # imported by the commands that need it, not here
     return tensorflow is not None and isinstance(error, tensorflow.errors.OpError)
+
+
+def flag_of(field: dataclasses.Field) -> str:
+    return field.metadata.get("flag", f"--{field.name.replace('_', '-')}")
+
+
+def add_field_arguments(parser: argparse.ArgumentParser, settings_class, exclude=(), only=None) -> None:
+    """A flag per field of a settings dataclass (TrainConfig, TuneSettings, PromotionRule, AuditSettings: fields declared
+    with config.option; or per field named in `only`), made from the field's documentation; an unset flag is None (the
+    default, or --config's value, applies). given_fields reads them back; the dataclass checks the values."""
+    groups = {}
+    for field in dataclasses.fields(settings_class):
+        if field.name in exclude or field.metadata.get("command_line") is False or (only and field.name not in only):
+            continue
+        meta, name = field.metadata, field.name.replace("_", "-")
+        group = parser if "group" not in meta else groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
+        kind = next((t for t in typing.get_args(field.type) if t is not type(None)), field.type)
+        shown = f"{field.default:g}" if isinstance(field.default, float) else field.default
+        default = f" (default {shown})" if field.default is not None and kind is not bool else ""
+        flag = flag_of(field)  # --field-name, or another name: PromotionRule.metric is --promote-metric
+        if "const" in meta:  # e.g. --skip-bad-files sets bad_files to "skip"
+            group.add_argument(flag, dest=field.name, action="store_const", const=meta["const"], help=meta["help"])
+        elif meta.get("negative"):  # on by default: only --no-<name> is offered
+            group.add_argument(f"--no-{name}", dest=field.name, action="store_false", default=None, help=meta["help"])
+        elif kind is bool and (meta.get("negatable") or field.default is None):  # --name / --no-name
+            group.add_argument(flag, dest=field.name, action=argparse.BooleanOptionalAction, help=meta["help"])
+        elif kind is bool:
+            group.add_argument(flag, dest=field.name, action="store_true", default=None, help=meta["help"])
+        else:
+            group.add_argument(flag, dest=field.name, type=kind, choices=meta.get("choices"), help=meta["help"] + default)
+
+
+def given_fields(args: argparse.Namespace, settings_class) -> dict:
+    """The settings whose flags were given."""
+    return {field.name: getattr(args, field.name) for field in dataclasses.fields(settings_class)
+            if getattr(args, field.name, None) is not None}
 
 
 TRACKING_URI_HELP = ("an MLflow tracking server (http://host:5000) or store (sqlite:///path/mlflow.db) to record runs in "

@@ -21,8 +21,7 @@ otherwise it starts Ray on this machine. On a cluster, --data-dir and --output a
 import argparse
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from jobs.cli import CHECK_FOUND_BAD_FILES, add_quiet_argument, exit_after, run_command
-from jobs.train import add_field_arguments, given_fields
+from jobs.cli import CHECK_FOUND_BAD_FILES, add_field_arguments, add_quiet_argument, exit_after, given_fields, run_command
 from tl_core.config import TrainConfig
 
 INGEST_FIELDS = ("data_dir", "validation_split", "seed", "bad_files", "min_image_side", "max_image_megapixels", "cache_dir")
@@ -61,9 +60,8 @@ def main(argv=None) -> int:
 
         if not args.check:
             check_arguments(args.output, image_size=args.image_size, rows_per_file=args.rows_per_file)
-        # batch_size=1: a dataset of any size can be ingested; jobs.train checks its own batch size. The check's
-        # limits are recorded in the shards: training with limits no stricter does not decode the rows again.
-        config = TrainConfig(**given_fields(args, TrainConfig), batch_size=1)
+        # The check's limits are recorded in the shards: training with limits no stricter does not decode the rows again.
+        config = TrainConfig(**given_fields(args, TrainConfig))
         if args.ray:
             from tl_core import ray_session
             from tl_core.data.ingest_ray import find_bad_files_on_ray as find_bad, write_parquet_shards_on_ray as write
@@ -72,7 +70,7 @@ def main(argv=None) -> int:
         else:
             from tl_core.data.checks import find_bad_files as find_bad
             from tl_core.data.parquet import write_parquet_shards as write
-        check = check_dataset(config, cache_dir(config.cache_dir), find_bad)
+        check = check_dataset(config.data, cache_dir(config.cache_dir), find_bad)
         print(describe_check(check), flush=True)
         if args.check:
             if check.bad_files:

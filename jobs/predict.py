@@ -35,6 +35,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     def body() -> None:
         from tl_core import storage
+        from tl_core.run_dir import claim_output
         from tl_core.serving.evaluate import ExportedModel
         from tl_core.serving.predict import ParquetFiles, list_inputs, predict_to_parquet
 
@@ -45,8 +46,7 @@ def main(argv=None) -> int:
             from tl_core import ray_session
 
             ray_session.check()  # ray.init() would wait without end where no Ray answers
-        if storage.holds_files(output):
-            raise ValueError(f"{storage.display(output)} already holds files: choose a new --output directory")
+        claim_output(output, flag="--output")
         model = ExportedModel(args.model)
         inputs = list_inputs(args.input)
         if not inputs:

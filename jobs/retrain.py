@@ -10,9 +10,9 @@ DIR/ledger.parquet; serving reads DIR/champion/model. Exit status: 0 done (whate
 import argparse
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from jobs.cli import add_quiet_argument, add_tracking_arguments, exit_after, registry_mirror_from_args, run_command, trackers_from_args
+from jobs.cli import (add_field_arguments, add_quiet_argument, add_tracking_arguments, exit_after, given_fields,
+                      registry_mirror_from_args, run_command, trackers_from_args)
 from jobs.train import add_training_arguments, config_from_args
-from tl_core.metrics import SCORES
 from tl_core.registry.promotion import PromotionRule
 
 
@@ -20,20 +20,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m jobs.retrain", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--registry", required=True, help="registry directory (created on first use)")
-    rule = PromotionRule()
-    promotion = parser.add_argument_group("when a challenger replaces the champion (all must hold; docs/retraining.md)")
-    promotion.add_argument("--promote-metric", choices=SCORES, default=rule.metric,
-                           help=f"what the challenger must improve on the held-out images (default {rule.metric})")
-    promotion.add_argument("--min-improvement", type=float, default=rule.min_improvement,
-                           help=f"by at least this much (default {rule.min_improvement})")
-    promotion.add_argument("--significance", type=float, default=rule.significance,
-                           help="and beyond chance: McNemar's exact test on the images only one of the two models gets "
-                           f"right, p at most this (default {rule.significance}; 1 turns the test off)")
-    promotion.add_argument("--max-class-drop", type=float, default=rule.max_class_drop,
-                           help="and no class loses more recall than this against the champion (default "
-                           f"{rule.max_class_drop}), counted for classes with at least --min-class-images held-out images")
-    promotion.add_argument("--min-class-images", type=int, default=rule.min_class_images,
-                           help=f"(default {rule.min_class_images}: one image is then at most 0.05 of a class's recall)")
+    add_field_arguments(parser.add_argument_group("when a challenger replaces the champion (all must hold; "
+                                                  "docs/retraining.md)"), PromotionRule)
     parser.add_argument("--keep", type=int, default=5,
                         help="model directories kept, newest first; the champion is always kept (default 5)")
     parser.add_argument("--force", action="store_true", help="retrain even if the data has not changed")
@@ -49,8 +37,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.keep < 1:
         parser.error(f"--keep must be at least 1, got {args.keep}")
     try:
-        args.rule = PromotionRule(args.promote_metric, args.min_improvement, args.significance, args.max_class_drop,
-                                  args.min_class_images)
+        args.rule = PromotionRule(**given_fields(args, PromotionRule))
     except ValueError as error:
         parser.error(str(error))
     return args

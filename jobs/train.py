@@ -6,13 +6,13 @@ ImageNet MobileNetV2, so it runs on a machine without internet access.
 import argparse
 import dataclasses
 import sys
-import typing
 from pathlib import Path
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 from tl_core.config import RAY_GROUP, SEED_RECIPE, TrainConfig
 
-from jobs.cli import CHECK_FOUND_BAD_FILES, add_quiet_argument, add_tracking_arguments, exit_after, run_command, trackers_from_args
+from jobs.cli import (CHECK_FOUND_BAD_FILES, add_field_arguments, add_quiet_argument, add_tracking_arguments, exit_after,
+                      given_fields, run_command, trackers_from_args)
 
 
 def add_training_arguments(parser: argparse.ArgumentParser, exclude=()) -> None:
@@ -25,30 +25,6 @@ def add_training_arguments(parser: argparse.ArgumentParser, exclude=()) -> None:
                         help="'seed': the classic recipe exactly (a fresh augmentation and backbone pass every epoch, "
                         f"one Dense layer, constant learning rate: {SEED_RECIPE}); flags given override it")
     add_field_arguments(parser, TrainConfig, exclude)
-
-
-def add_field_arguments(parser: argparse.ArgumentParser, settings_class, exclude=(), only=None) -> None:
-    """A flag per field of a settings dataclass (declared with config.option; or per field named in `only`), made
-    from the field's documentation; an unset flag is None (the default, or --config's value, applies)."""
-    groups = {}
-    for field in dataclasses.fields(settings_class):
-        if field.name in exclude or field.metadata.get("command_line") is False or (only and field.name not in only):
-            continue
-        meta, name = field.metadata, field.name.replace("_", "-")
-        group = parser if "group" not in meta else groups.setdefault(meta["group"], parser.add_argument_group(meta["group"]))
-        kind = next((t for t in typing.get_args(field.type) if t is not type(None)), field.type)
-        shown = f"{field.default:g}" if isinstance(field.default, float) else field.default
-        default = f" (default {shown})" if field.default is not None and kind is not bool else ""
-        if "const" in meta:  # e.g. --skip-bad-files sets bad_files to "skip"
-            group.add_argument(meta["flag"], dest=field.name, action="store_const", const=meta["const"], help=meta["help"])
-        elif meta.get("negative"):  # on by default: only --no-<name> is offered
-            group.add_argument(f"--no-{name}", dest=field.name, action="store_false", default=None, help=meta["help"])
-        elif kind is bool and (meta.get("negatable") or field.default is None):  # --name / --no-name
-            group.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, help=meta["help"])
-        elif kind is bool:
-            group.add_argument(f"--{name}", action="store_true", default=None, help=meta["help"])
-        else:
-            group.add_argument(f"--{name}", type=kind, help=meta["help"] + default)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -76,12 +52,6 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 # The options only Ray Train has (config.py's RAY_GROUP): giving any of them runs the job on Ray.
 RAY_FLAGS = tuple(field.name for field in dataclasses.fields(TrainConfig) if field.metadata.get("group") == RAY_GROUP)
-
-
-def given_fields(args: argparse.Namespace, settings_class) -> dict:
-    """The settings whose flags were given."""
-    return {field.name: getattr(args, field.name) for field in dataclasses.fields(settings_class)
-            if getattr(args, field.name, None) is not None}
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -11,8 +11,10 @@ import argparse
 import dataclasses
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from jobs.cli import add_quiet_argument, add_tracking_arguments, exit_after, ray_job_tags, run_command
-from jobs.train import add_field_arguments, add_training_arguments, config_from_args, given_fields
+from jobs.cli import (add_field_arguments, add_quiet_argument, add_tracking_arguments, exit_after, given_fields,
+                      flag_of, ray_job_tags, run_command)
+from jobs.train import add_training_arguments, config_from_args
+from tl_core.config import TrainConfig
 from tl_core.tuning.search import TuneSettings
 
 
@@ -56,12 +58,12 @@ def main(argv=None) -> int:
         from tl_core.tuning.search import search
 
         if args.resume:
-            given = [f"--{key.replace('_', '-')}" for key, value in vars(args).items()
-                     if value not in (None, False)
-                     and key not in ("resume", "output_dir", "quiet", "recipe", "tracking_uri", "experiment")]
-            if given or args.recipe != "default":
+            given = [flag_of(field) for settings in (TuneSettings, TrainConfig) for field in dataclasses.fields(settings)
+                     if field.name != "output_dir" and field.name in given_fields(args, settings)]
+            given += ["--config"] * bool(args.config) + ["--recipe"] * (args.recipe != "default")
+            if given:
                 raise ValueError(f"--resume continues a search with its saved settings: give only --output-dir "
-                                 f"(got {' '.join(given) or '--recipe'})")
+                                 f"(got {' '.join(given)})")
             if not args.output_dir:
                 raise ValueError("--resume needs the search directory: --output-dir runs/X")
         config = config_from_args(argparse.Namespace(**{**vars(args), "resume": False}))

@@ -254,39 +254,39 @@ def test_only_one_class_is_refused(tmp_path):
     _classes(tmp_path / "train", {"cat": 3})
     _classes(tmp_path / "validation", {"cat": 2})
     with pytest.raises(DatasetError, match=r"only one class, \['cat'\].*point --data-dir there"):
-        load_splits(_config(tmp_path), tmp_path)
+        load_splits(_config(tmp_path).data, tmp_path)
 
 
 def test_class_folders_without_train_and_validation_are_split_per_class(tmp_path):
     _classes(tmp_path, {"cat": 10, "dog": 5})
-    train, validation, _ = load_splits(_config(tmp_path, validation_split=0.2, seed=4), tmp_path)
+    train, validation, _ = load_splits(_config(tmp_path, validation_split=0.2, seed=4).data, tmp_path)
     assert np.bincount(validation.labels).tolist() == [2, 1] and np.bincount(train.labels).tolist() == [8, 4]
     assert not set(train.paths) & set(validation.paths)
-    again, _, _ = load_splits(_config(tmp_path, validation_split=0.2, seed=4), tmp_path)
+    again, _, _ = load_splits(_config(tmp_path, validation_split=0.2, seed=4).data, tmp_path)
     assert again.paths == train.paths  # the seed fixes the split
 
 
 def test_a_class_too_small_to_split_is_named(tmp_path):
     _classes(tmp_path, {"cat": 4, "dog": 1})
     with pytest.raises(DatasetError, match="class 'dog' has 1 image: a train/validation split needs at least 2"):
-        load_splits(_config(tmp_path), tmp_path)
+        load_splits(_config(tmp_path).data, tmp_path)
 
 
 def test_missing_train_folder_and_mismatched_classes(tmp_path):
     _classes(tmp_path / "validation", {"cat": 2, "dog": 2})
     with pytest.raises(DatasetError, match="train is not a directory"):
-        load_splits(_config(tmp_path), tmp_path)
+        load_splits(_config(tmp_path).data, tmp_path)
     _classes(tmp_path / "train", {"cat": 2, "cow": 2})
     with pytest.raises(DatasetError, match="train and validation need the same class folders"):
-        load_splits(_config(tmp_path), tmp_path)
+        load_splits(_config(tmp_path).data, tmp_path)
 
 
 def test_batch_larger_than_the_dataset_is_refused(tmp_path):
     _classes(tmp_path, {"cat": 5, "dog": 5})
     with pytest.raises(DatasetError, match="batch size 100 is larger than the 8 training images: use --batch-size 8"):
-        load_splits(TrainConfig(data_dir=str(tmp_path)), tmp_path)
+        load_splits(TrainConfig(data_dir=str(tmp_path)).data, tmp_path, batch_size=100)
     with pytest.raises(DatasetError, match="4 training images per worker"):
-        load_splits(TrainConfig(data_dir=str(tmp_path), batch_size=5, num_workers=2), tmp_path)
+        load_splits(TrainConfig(data_dir=str(tmp_path)).data, tmp_path, batch_size=5, workers=2)
 
 
 @pytest.mark.parametrize("field, value", [
@@ -408,7 +408,7 @@ def test_bad_parquet_rows_are_named_by_file_and_row(tmp_path):
     (root / "train" / "red" / "zz_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     for split in ("train", "validation"):
         write_parquet_shards(list_image_folder(root / split), tmp_path / "pq" / split, rows_per_file=4)
-    check = check_dataset(_config(tmp_path / "pq"), tmp_path)
+    check = check_dataset(_config(tmp_path / "pq").data, tmp_path)
     assert [(Path(item.path).name, item.row) for item in check.bad_files] == [("part-00001.parquet", 2)]
     from tl_core.data.sources import enforce_policy
 
@@ -470,8 +470,8 @@ def test_disk_full_during_training_is_a_clear_error_and_resume_finishes(colour_d
 
 
 def test_the_batch_size_check_counts_the_images_left_after_skipping(dataset_with_bad_files, tmp_path):
-    skip = TrainConfig(data_dir=str(dataset_with_bad_files), batch_size=25, bad_files="skip")
+    skip = TrainConfig(data_dir=str(dataset_with_bad_files), bad_files="skip").data
     with pytest.raises(DatasetError, match="larger than the 24 training images"):  # 25 files, 1 skipped
-        check_dataset(skip, tmp_path)
-    fail = TrainConfig(data_dir=str(dataset_with_bad_files), batch_size=25)
-    assert len(check_dataset(fail, tmp_path).bad_files) == 2  # the bad files are reported first
+        check_dataset(skip, tmp_path, batch_size=25)
+    fail = TrainConfig(data_dir=str(dataset_with_bad_files)).data
+    assert len(check_dataset(fail, tmp_path, batch_size=25).bad_files) == 2  # the bad files are reported first

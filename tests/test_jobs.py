@@ -121,6 +121,31 @@ def test_every_configuration_field_is_a_documented_flag():
             config.cache_features, config.bf16, config.seed) == (0.3, "skip", 50.0, False, False, True, 7)
 
 
+def test_every_settings_dataclass_gets_its_flags_from_one_generator_and_checks_its_own_values(capsys):
+    """PromotionRule (jobs.retrain) and AuditSettings (jobs.audit) as TrainConfig: a flag per field from its help text,
+    read back into the dataclass, which refuses a bad value (argparse's one line, status 2)."""
+    from jobs.audit import parse_args as audit_args
+    from jobs.retrain import parse_args as retrain_args
+    from tl_core.audit import AuditSettings
+    from tl_core.registry.promotion import PromotionRule
+
+    rule = retrain_args(["--registry", "r", "--promote-metric", "macro_f1", "--significance", "1", "--min-class-images",
+                         "5"]).rule
+    assert rule == PromotionRule(metric="macro_f1", significance=1.0, min_class_images=5)
+    assert retrain_args(["--registry", "r"]).rule == PromotionRule()
+    assert audit_args(["--class-floor", "0.3"]).settings == AuditSettings(class_floor=0.3)
+    for parse, argv, message in ((retrain_args, ["--registry", "r", "--significance", "0"], "--significance must be in"),
+                                 (retrain_args, ["--registry", "r", "--promote-metric", "f2"], "invalid choice: 'f2'"),
+                                 (audit_args, ["--near-threshold", "1.5"], "--near-threshold must be in (0, 1]")):
+        with pytest.raises(SystemExit) as stopped:
+            parse(argv)
+        assert stopped.value.code == 2 and message in capsys.readouterr().err
+    help_text = " ".join(subprocess.run([sys.executable, "-m", "jobs.retrain", "--help"], capture_output=True, text=True,
+                                        timeout=120).stdout.split())
+    assert "--promote-metric {accuracy,balanced_accuracy,macro_f1}" in help_text
+    assert "by at least this much (default 0.01)" in help_text
+
+
 def test_a_ray_run_stopped_before_its_first_epoch_offers_no_resume(tiny_backbone, colour_dataset, tmp_path, monkeypatch,
                                                                   capsys):
     """Ray Train creates <run>/ray/ when it starts; only a checkpoint in it is something --resume continues from."""

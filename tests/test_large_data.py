@@ -16,7 +16,7 @@ from tl_core.data.sources import check_dataset, describe_check
 
 
 def _check(data_dir, cache, **overrides):
-    return check_dataset(TrainConfig(data_dir=str(data_dir), batch_size=1, cache_dir=str(cache), **overrides), cache)
+    return check_dataset(TrainConfig(data_dir=str(data_dir), cache_dir=str(cache), **overrides).data, cache)
 
 
 def test_a_second_check_decodes_only_new_or_changed_files(tmp_path):

@@ -47,6 +47,28 @@ def test_parquet_pipeline_gives_the_same_images_as_folders(colour_dataset, parqu
     np.testing.assert_array_equal(from_parquet, from_folder)
 
 
+def test_folders_and_their_shards_name_and_hash_the_same_images(colour_dataset, parquet_dataset):
+    """Both kinds of source give what callers use (data/source.ImageSource), with no question of which kind they hold:
+    the same SHA-256 per image (shards keep the encoded bytes), each row named by its file, shard and row, and a
+    selection or a worker's shard of either keeps its names and digests in step."""
+    from tl_core.data.source import ImageSource
+
+    folder = list_image_folder(colour_dataset / "train")
+    shards = list_split(parquet_dataset / "train", folder.class_names)
+    for source in (folder, shards):
+        assert all(hasattr(source, member) for member in ImageSource.__annotations__)
+        assert source.image_size is None and list(source.ignored) == []
+    assert shards.content_digests("Hashing") == folder.content_digests("Hashing")
+    names = shards.names()
+    assert [name.split(" (")[0] for name in names] == folder.paths
+    assert names[21].endswith("part-00001.parquet, row group 0, row 1)")  # 20 rows per file
+    for source in (folder, shards):
+        part = source.select([5, 2, 30])
+        assert part.names() == [source.names()[row] for row in (5, 2, 30)]
+        assert part.content_digests("Hashing") == [source.content_digests("Hashing")[row] for row in (5, 2, 30)]
+    assert folder.identity() != shards.identity()
+
+
 def test_parquet_shards_are_equal_disjoint_and_complete(parquet_dataset):
     source = list_split(parquet_dataset / "train")
     seen = []

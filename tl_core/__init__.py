@@ -18,6 +18,6 @@ WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_FORCE_GPU_ALLOW_GROWTH": "true", "
 
 def worker_env() -> dict:
     """WORKER_ENV and where the object store is (tl_core/storage.py: never a credential), for a Ray worker."""
-    from tl_core.storage import store_settings
+    from tl_core.storage import store_settings  # here: the package's own import loads nothing before the switch above
 
     return {**WORKER_ENV, **store_settings()}

@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+from PIL import Image  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -157,8 +158,6 @@ def plot_contact_sheet(images: list, titles: list[str], path, title: str, column
 def fit_into(image, size: int) -> np.ndarray:
     """An image (floats in [0, 1]; grey, RGB or RGBA) as uint8 RGB, resized to fit size x size with its aspect kept:
     enlarged pixel by pixel when at least doubled (tiny images stay sharp), else smoothly."""
-    from PIL import Image
-
     pixels = np.asarray(image, np.float64)
     pixels = np.repeat(pixels[..., None], 3, -1) if pixels.ndim == 2 else pixels
     pixels = np.repeat(pixels, 3, -1) if pixels.shape[-1] == 1 else pixels[..., :3]

@@ -2,7 +2,7 @@
 and the seed's classic recipe one switch away (SEED_RECIPE, `--recipe seed`).
 
 Each field carries its documentation; the command line's flags are made from the fields
-(jobs/train.py: add_training_arguments), so a setting is declared once.
+(jobs/cli.py: add_field_arguments), so a setting is declared once.
 """
 import dataclasses
 import json
@@ -10,14 +10,17 @@ import types
 import typing
 from pathlib import Path
 
+from tl_core import storage
+
 # The two phases of a run: the head on the frozen backbone for `epochs`, then fine-tuning for `fine_tune_epochs`.
 HEAD, FINE_TUNE = "head", "fine_tune"
 
 
 def option(default, help: str, **flag):
-    """A configuration field and its documentation. flag: how its command-line flag differs from the
-    plain --field-name: flag="--skip-bad-files" with const=...; negative=True (only --no-name);
-    negatable=True (--name and --no-name); group=... (an argument group); command_line=False (no flag: the job sets it)."""
+    """A settings field and its documentation, from which jobs/cli.py's add_field_arguments makes its flag. flag: how the
+    flag differs from the plain --field-name: flag="--promote-metric" (another name), with const=... (sets that value,
+    e.g. --skip-bad-files); choices=(...); negative=True (only --no-name); negatable=True (--name and --no-name);
+    group=... (an argument group); command_line=False (no flag: the job sets it)."""
     return dataclasses.field(default=default, metadata={"help": help, **flag})
 
 
@@ -42,6 +45,7 @@ ADDED_FIELDS = {"feature_views": 0, "head_schedule": "constant", "head_hidden": 
                 "label_smoothing": 0.0, "adapt_batchnorm": False, "class_balance": "none"}
 VERSION_2_ADDED = {"class_balance": "none"}  # fields added since version 2, with the value such a run trained with
 CLASS_BALANCES = ("none", "weights", "logit_adjust")  # how training treats class frequency (model/classifier.py)
+MIN_IMAGE_SIDE, MAX_IMAGE_MEGAPIXELS = 8, 100.0  # the data check's default limits (data/checks.py)
 
 
 # A configuration file's values as JSON spells them: a string is never taken for a number or a boolean ("false" would
@@ -85,6 +89,26 @@ def check_type(name: str, value, kind) -> None:
 
 
 @dataclasses.dataclass(frozen=True)
+class DataSettings:
+    """Which images a run reads and how they are split and checked: TrainConfig's data fields, made once by
+    TrainConfig.data (data/sources.py reads them)."""
+
+    data_dir: str | None  # None: the built-in sample
+    validation_split: float
+    seed: int
+    image_size: int
+    bad_files: str  # "fail" or "skip"
+    recheck: bool
+    min_image_side: int
+    max_image_megapixels: float
+
+    @property
+    def limits(self) -> dict:
+        """The check's limits, as the find_* functions of data/checks.py take them."""
+        return dict(min_side=self.min_image_side, max_pixels=int(self.max_image_megapixels * 1e6))
+
+
+@dataclasses.dataclass(frozen=True)
 class HeadRecipe:
     """How the head is built and trained on backbone features, wherever it trains (a run, a search's trials, the audit's
     folds): TrainConfig's head fields, made once by TrainConfig.head_recipe."""
@@ -116,8 +140,8 @@ class TrainConfig:
     bad_files: str = option("fail", "leave out files that cannot be used (a run lists them in its skipped_files.json; "
                             "jobs.ingest leaves them out of the Parquet dataset); default: stop and list them",
                             flag="--skip-bad-files", const="skip")
-    min_image_side: int = option(8, "smaller images (pixels) are bad files: they carry too little to classify")
-    max_image_megapixels: float = option(100.0, "larger images are bad files, refused from their header before "
+    min_image_side: int = option(MIN_IMAGE_SIDE, "smaller images (pixels) are bad files: they carry too little to classify")
+    max_image_megapixels: float = option(MAX_IMAGE_MEGAPIXELS, "larger images are bad files, refused from their header before "
                                          "decoding (decompression bombs)")
     recheck: bool = option(False, "decode every Parquet row before training even when jobs.ingest checked the rows "
                            "(default: trust the check its shards record, with limits at least as strict)")
@@ -204,6 +228,12 @@ class TrainConfig:
         return self.head_cycle_ends or [self.epochs]
 
     @property
+    def data(self) -> DataSettings:
+        return DataSettings(data_dir=self.data_dir, validation_split=self.validation_split, seed=self.seed,
+                            image_size=self.image_size, bad_files=self.bad_files, recheck=self.recheck,
+                            min_image_side=self.min_image_side, max_image_megapixels=self.max_image_megapixels)
+
+    @property
     def head_recipe(self) -> HeadRecipe:
         return HeadRecipe(num_epochs=self.epochs, batch_size=self.batch_size, seed=self.seed,
                           learning_rate=self.learning_rate, schedule=self.head_schedule, cycle_ends=tuple(self.head_cycles),
@@ -230,8 +260,6 @@ class TrainConfig:
         return self.batch_size * self.num_workers
 
     def __post_init__(self):
-        from tl_core import storage
-
         if self.cache_dir:
             storage.local_path(self.cache_dir, "--cache-dir")
         for name in ("image_size", "batch_size", "epochs", "num_workers", "cpus_per_worker", "gpus_per_worker",

@@ -49,7 +49,7 @@ class RayAddress:
 
 def ray_address() -> RayAddress:
     """The Ray that ray.init() would join, by Ray's rule (above)."""
-    from ray._common.utils import get_ray_address_file
+    from ray._common.utils import get_ray_address_file  # Ray's modules take seconds: imported when Ray is asked about
 
     given = os.environ.get("RAY_ADDRESS", "").strip()
     if given and given != "auto":
@@ -75,7 +75,7 @@ def _host_and_port(address: str) -> tuple[str, int]:
         if parts.hostname and parts.port:
             return parts.hostname, parts.port
     else:
-        from ray._private.services import canonicalize_bootstrap_address
+        from ray._private.services import canonicalize_bootstrap_address  # as above
 
         host, _, port = canonicalize_bootstrap_address(address).rpartition(":")
         if host and port.isdigit():
@@ -115,7 +115,7 @@ def check(seconds: float = CHECK_SECONDS) -> RayAddress:
 def _answers_grpc(address: str, seconds: float) -> bool:
     """Whether a gRPC server completes its handshake at address within seconds (Ray's GCS and its Ray Client server
     are gRPC servers; a port that only accepts connections never does)."""
-    import grpc
+    import grpc  # as Ray's modules: only when an address is checked
 
     channel = grpc.insecure_channel(address)
     try:
@@ -181,7 +181,7 @@ def require(bundles: list[dict], what: str, *, wait_seconds: float | None = None
         raise ValueError(f"{what} asks Ray for {_describe(bundles)}, which the Ray this command started on this machine "
                          f"cannot give ({_described_nodes(nodes, numbered=True)}): ask for fewer workers, CPUs or GPUs, or join a "
                          "cluster that has them (RAY_ADDRESS)")
-    from ray.autoscaler.sdk import request_resources
+    from ray.autoscaler.sdk import request_resources  # as above
 
     request_resources(bundles=bundles)
     started = last_said = time.monotonic()

@@ -107,12 +107,7 @@ def prepare_run_dir(config: TrainConfig, *, overwrite: bool = False, resume: boo
                 f"--resume: {', '.join(changed)}: a run resumes with its saved configuration ({saved}); "
                 f"only --epochs and --fine-tune-epochs may change. To train with other settings, start a new run")
         config = dataclasses.replace(previous.trained_longer(config.epochs), fine_tune_epochs=config.fine_tune_epochs)
-    elif holds_files(run_dir):
-        if not overwrite:
-            raise RunDirectoryError(
-                f"{run_dir} already holds files; pass --resume to continue that run, "
-                "--overwrite to replace it, or choose another --output-dir"
-            )
+    elif claim_output(run_dir, overwrite=overwrite, continues="that run", replaces="replace it") == "overwrite":
         if not is_run(run_dir):  # nothing in it is a run's to replace: a name a run writes is someone else's file
             clashing = [name for name in (CONFIG_FILE, *RUN_FILES) if (run_dir / name).exists()]
             if clashing:
@@ -168,6 +163,24 @@ def holds_files(location) -> bool:
     return directory.is_dir() and any(not TEMPORARY.match(entry.name) for entry in directory.iterdir())
 
 
+def claim_output(location, *, resume: bool = False, overwrite: bool = False, continues: str | None = None,
+                 replaces: str | None = None, flag: str = "--output-dir") -> str:
+    """How a command uses its output location (a path or a URI), decided the same way for every command: "resume"
+    (continue what is there: the caller checks it is its own), "new" (nothing there but what a stopped start left) or
+    "overwrite"; files there without resume or overwrite are refused in one line, before anything is written, naming
+    what the command's flags do: continues (what --resume continues, e.g. "that run"; None: the command cannot resume)
+    and replaces (what --overwrite does, e.g. "replace it"; None: the command cannot overwrite)."""
+    if resume and continues:
+        return "resume"
+    if not holds_files(location):
+        return "new"
+    if overwrite and replaces:
+        return "overwrite"
+    options = [f"--resume to continue {continues}"] * bool(continues) + [f"--overwrite to {replaces}"] * bool(replaces)
+    fix = f"pass {', '.join(options)}, or choose another {flag}" if options else f"choose another {flag}"
+    raise RunDirectoryError(f"{storage.display(location)} already holds files; {fix}")
+
+
 def check_results_dir(location, *, overwrite: bool, what: str, data_dir=None) -> None:
     """Where a command that is not a training run (jobs.evaluate, jobs.audit) writes its results, a path or a URI:
     never a training run's directory (its metrics.json and audit are the run's own, which retraining reads), never
@@ -177,9 +190,7 @@ def check_results_dir(location, *, overwrite: bool, what: str, data_dir=None) ->
     if is_run(location):
         raise RunDirectoryError(f"{storage.display(location)} is a training run's directory: {what} would replace its "
                                 f"own files (retraining reads its {METRICS_FILE}); give --output-dir a directory of its own")
-    if holds_files(location) and not overwrite:
-        raise RunDirectoryError(f"{storage.display(location)} already holds files; pass --overwrite to write {what} "
-                                "into it, or choose another --output-dir")
+    claim_output(location, overwrite=overwrite, replaces=f"write {what} into it")
 
 
 def remove_temporaries(run_dir: Path) -> None:

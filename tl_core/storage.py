@@ -484,11 +484,6 @@ def download(location, local) -> None:
             raise _store_error("read", source, error) from None
 
 
-def holds_files(location) -> bool:
-    """Whether a directory (or prefix) at location holds any file."""
-    return is_dir(location) and bool(walk(location).paths)
-
-
 @contextlib.contextmanager
 def local_copy(location):
     """A local path to read location from: the path itself on disk; for a URI, a temporary copy (removed after)."""
@@ -531,7 +526,7 @@ def replace_bytes(location, data: bytes) -> None:
     renamed into place; object storage: one PUT)."""
     _check_fence(location)
     if not is_uri(location):
-        from tl_core.artifacts import atomic_path
+        from tl_core.artifacts import atomic_path  # artifacts loads matplotlib: storage is imported by every command
 
         with atomic_path(location) as tmp:
             tmp.write_bytes(data)
@@ -552,7 +547,7 @@ def _s3(location) -> tuple[object, str, str]:
     parts = _parts(str(location))
     if parts.scheme != "s3":
         raise StorageError(f"{display(location)}: conditional writes (the registry's lock) are supported on s3:// only")
-    import boto3
+    import boto3  # boto3 only for conditional writes (the registry on s3://)
 
     return boto3.client("s3"), parts.netloc, parts.path.lstrip("/")
 
@@ -626,7 +621,7 @@ def delete_object_if(location, token: str) -> bool:
 def tf_read_file(example_location):
     """A tf.data map function: location (tf.string) -> the file's bytes, for locations like example_location.
     Local files are read by TensorFlow itself; TensorFlow 2.21 has no object storage, so objects are read here."""
-    import tensorflow as tf
+    import tensorflow as tf  # only for a tf.data pipeline: commands that read no images never load TensorFlow
 
     if not is_uri(example_location):
         return tf.io.read_file

@@ -15,7 +15,7 @@ import numpy as np
 from tl_core import artifacts, storage
 from tl_core.audit.exact import LEAKAGE, exact_duplicates, hashed_examples
 from tl_core.audit.sheets import draw_exact_groups, draw_label_issues, draw_near_pairs
-from tl_core.config import HeadRecipe
+from tl_core.config import HeadRecipe, option
 
 AUDIT_FILE = "audit.json"
 FINDINGS_FILE = "findings.parquet"
@@ -25,13 +25,21 @@ CLASS_BELOW_FLOOR = "class_below_floor"
 
 @dataclasses.dataclass
 class AuditSettings:
-    class_floor: float = 0.1  # a class with fewer images than this share of the largest class (in its split) is flagged
-    near_threshold: float = 0.97  # cosine similarity of centred backbone features from which two images are near duplicates
-    neighbours: int = 10  # nearest neighbours searched per image
-    label_folds: int = 5  # out-of-fold probabilities for the label check: k-fold over both splits together
-    label_epochs: int = 10  # epochs of each fold's head
-    sheet_groups: int = 12  # duplicate groups / pairs drawn in each contact sheet
-    sheet_issues: int = 16  # label issues drawn
+    class_floor: float = option(0.1, "flag a class with fewer images than this share of its split's largest class")
+    near_threshold: float = option(0.97, "cosine similarity of two images' backbone features (centred on their mean) "
+                                   "from which they are near duplicates (chosen on planted copies: docs/audit.md)")
+    neighbours: int = option(10, "nearest neighbours searched per image", command_line=False)
+    label_folds: int = option(5, "folds of the label check's out-of-fold probabilities, over both splits together",
+                              command_line=False)
+    label_epochs: int = option(10, "epochs of each fold's head", command_line=False)
+    sheet_groups: int = option(12, "duplicate groups or pairs drawn in each contact sheet", command_line=False)
+    sheet_issues: int = option(16, "label issues drawn", command_line=False)
+
+    def __post_init__(self):
+        if not 0 < self.class_floor < 1:
+            raise ValueError(f"--class-floor must be between 0 and 1, got {self.class_floor}")
+        if not 0 < self.near_threshold <= 1:
+            raise ValueError(f"--near-threshold must be in (0, 1], got {self.near_threshold}")
 
 
 def class_balance(sources: dict, floor: float) -> tuple[dict, list[dict]]:
@@ -63,6 +71,7 @@ def leakage(sources: dict, known: dict | None = None) -> dict:
 def backbone_features(config, sources: dict) -> dict:
     """{split: [n, dim] features} of every image, in each source's order: the run's frozen backbone run once (config:
     backbone, image_size, batch_size, cache_dir)."""
+    # The model's modules load TensorFlow: `jobs.audit --exact-only` and --help never do.
     from tl_core.model.assets import cache_dir
     from tl_core.model.backbones import resolve_backbone
     from tl_core.model.classifier import build_classifier
@@ -87,6 +96,7 @@ def audit(sources: dict, data_dir: str, output_dir: Path, settings: AuditSetting
     """Audit the splits of `sources` ({"train": source, "validation": source}); write the outputs; the audit.json
     dict. features ({split: [n, dim] backbone features, in the sources' order}) add near duplicates and likely label
     errors, the latter found by heads of that recipe."""
+    # TensorFlow and cleanlab (labels.py), faiss (near.py): only with features.
     from tl_core.audit.labels import LABEL_ISSUE, label_issues, out_of_fold_probabilities
     from tl_core.audit.near import NEAR_DUPLICATE, NEAR_LEAKAGE, near_duplicates
 

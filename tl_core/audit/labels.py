@@ -41,7 +41,7 @@ def out_of_fold_probabilities(features: np.ndarray, labels: np.ndarray, num_clas
 
 def label_issues(labels: np.ndarray, probabilities: np.ndarray) -> list[tuple[int, int, float]]:
     """(row, suggested class, label-quality score) of each likely label error, most likely first (cleanlab)."""
-    from cleanlab.filter import find_label_issues
+    from cleanlab.filter import find_label_issues  # cleanlab (and scikit-learn) only when the label check runs
     from cleanlab.rank import get_label_quality_scores
 
     quality = get_label_quality_scores(labels, probabilities)

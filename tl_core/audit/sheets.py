@@ -11,7 +11,7 @@ THUMBNAIL = 128  # pixels: what the sheets draw
 
 def pictures(source, rows: list[int]) -> list[np.ndarray]:
     """The images at these rows of a source, decoded and resized to THUMBNAIL pixels, as floats in [0, 1]."""
-    from tl_core.data.images import host_images
+    from tl_core.data.images import host_images  # TensorFlow when a sheet is drawn: `jobs.audit --help` loads none
 
     if not rows:
         return []
@@ -21,7 +21,7 @@ def pictures(source, rows: list[int]) -> list[np.ndarray]:
 
 def draw_exact_groups(groups: list[dict], path: Path, data_dir: str) -> None:
     """The first two copies of each group side by side, captioned with kind, split, class and path."""
-    import tensorflow as tf
+    import tensorflow as tf  # as in pictures()
 
     from tl_core.data.images import decode_and_resize
 

@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 
 from tl_core import artifacts, storage
-from tl_core.config import TrainConfig
+from tl_core.config import MAX_IMAGE_MEGAPIXELS, MIN_IMAGE_SIDE
 from tl_core.data.images import DatasetError, ImageFolder, display_path
 from tl_core.data.parquet import ParquetImages
 from tl_core.progress import track
@@ -106,12 +106,7 @@ def image_dimensions(file) -> tuple[int, int] | None:
     return header_dimensions(head)
 
 
-def limits_of(config: TrainConfig) -> dict:
-    """The check's limits of a configuration, as the find_* functions take them."""
-    return dict(min_side=config.min_image_side, max_pixels=int(config.max_image_megapixels * 1e6))
-
-
-DEFAULT_LIMITS = limits_of(TrainConfig())
+DEFAULT_LIMITS = dict(min_side=MIN_IMAGE_SIDE, max_pixels=int(MAX_IMAGE_MEGAPIXELS * 1e6))  # DataSettings.limits's defaults
 
 
 def checked_at_ingest(source: ParquetImages, *, min_side: int, max_pixels: int) -> bool:

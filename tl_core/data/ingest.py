@@ -10,12 +10,12 @@ from tl_core.data.checks import format_bad_files
 from tl_core.data.images import DatasetError, ImageFolder
 from tl_core.data.parquet import write_parquet_shards
 from tl_core.data.sources import DatasetCheck, enforce_policy
+from tl_core.run_dir import claim_output
 
 
 def check_arguments(output, *, image_size: int | None, rows_per_file: int) -> None:
     """Refuse what would fail later, before the (long) check of every image. output: a path or a URI."""
-    if storage.holds_files(output):
-        raise DatasetError(f"{storage.display(output)} already holds files: choose a new --output directory")
+    claim_output(output, flag="--output")
     if rows_per_file <= 0:
         raise DatasetError(f"--rows-per-file must be positive, got {rows_per_file}")
     if image_size is not None and image_size <= 0:

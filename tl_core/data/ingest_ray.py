@@ -14,9 +14,10 @@ import numpy as np
 import pyarrow as pa
 import ray
 
-from tl_core import interrupts, ray_session, storage
-from tl_core.data.checks import BadFile
+from tl_core import interrupts, progress, ray_session, storage
+from tl_core.data.checks import BadFile, find_bad_files
 from tl_core.data.images import ImageFolder
+from tl_core.data.parquet import write_parquet_shards
 from tl_core.progress import track
 
 # Files per check task: each task builds its tf.data pipelines (about 0.3 s), so a task must hold enough files to
@@ -55,11 +56,7 @@ def _folder_of(batch: pa.Table, class_names: list[str]) -> ImageFolder:
 
 def _check_task(batch: pa.Table, *, min_side: int, max_pixels: int) -> pa.Table:
     """In a Ray task: the bad files of a chunk, as one row (files checked, their paths, their reasons)."""
-    from tl_core import progress
-
     interrupts.drop_exit_signals_in_callbacks()
-    from tl_core.data.checks import find_bad_files
-
     progress.set_quiet(True)  # the driver shows the progress
     bad = find_bad_files(_folder_of(batch, [""]), min_side=min_side, max_pixels=max_pixels)
     return pa.table({"files": [len(batch)], "paths": [[os.fsencode(item.path) for item in bad]],
@@ -86,11 +83,7 @@ def find_bad_files_on_ray(folder: ImageFolder, *, min_side: int, max_pixels: int
 def _write_task(batch: pa.Table, *, class_names: list[str], output_dir: str, rows_per_file: int,
                 image_size: int | None, checked: dict | None) -> pa.Table:
     """In a Ray task: write the part files of the rows in batch (whole parts), each as the local ingest writes it."""
-    from tl_core import progress
-
     interrupts.drop_exit_signals_in_callbacks()
-    from tl_core.data.parquet import write_parquet_shards
-
     progress.set_quiet(True)
     folder, part = _folder_of(batch, class_names), batch.column("part").to_numpy()
     written, rows = [], []

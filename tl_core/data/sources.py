@@ -8,8 +8,8 @@ import dataclasses
 from pathlib import Path
 
 from tl_core import storage
-from tl_core.config import TrainConfig
-from tl_core.data.checks import BadFile, checked_at_ingest, find_bad_files, find_bad_rows, format_bad_files, limits_of
+from tl_core.config import DataSettings
+from tl_core.data.checks import BadFile, checked_at_ingest, find_bad_files, find_bad_rows, format_bad_files
 from tl_core.data.verdicts import Verdicts
 from tl_core.run_dir import SKIPPED_FILES
 from tl_core.data.images import DatasetError, ImageFolder, check_stored_size, display_path, list_image_folder
@@ -66,18 +66,19 @@ def data_directory(data_dir: str | None, cache: Path) -> str:
     """The data directory (a path or URI) asked for, or the built-in cats-vs-dogs sample (prepared in the cache once)."""
     if data_dir:
         return str(data_dir)
-    from tl_core.data.sample import prepare_cats_vs_dogs
+    from tl_core.data.sample import prepare_cats_vs_dogs  # loads TensorFlow: a --data-dir never needs it
 
     return str(prepare_cats_vs_dogs(cache))
 
 
-def load_splits(config: TrainConfig, cache: Path, skip=(), check_batch: bool = True):
-    """(train source, validation source, data directory) of a config; structural errors raise DatasetError.
+def load_splits(data: DataSettings, cache: Path, skip=(), batch_size: int | None = None, workers: int = 1):
+    """(train source, validation source, data directory) of the data settings; structural errors raise DatasetError.
 
     data_dir holds train/ and validation/ (class folders or Parquet shards), or just class folders,
-    which are then split with config.validation_split and config.seed. Files in `skip` are left out.
+    which are then split with data.validation_split and data.seed. Files in `skip` are left out. batch_size: checked
+    against the training images of each of `workers` workers (None: not checked).
     """
-    data_dir = data_directory(config.data_dir, cache)
+    data_dir = data_directory(data.data_dir, cache)
     shown = display_path(data_dir)
     if not storage.is_dir(data_dir):
         raise DatasetError(f"{shown} is not a directory: expected train/ and validation/ folders, "
@@ -89,7 +90,7 @@ def load_splits(config: TrainConfig, cache: Path, skip=(), check_batch: bool = T
         raise DatasetError(f"{shown} holds Parquet files directly: expected {shown}/train/ and {shown}/validation/")
     else:
         folder = list_image_folder(data_dir)
-        train, validation = folder.split(config.validation_split, config.seed)
+        train, validation = folder.split(data.validation_split, data.seed)
         train.problems, train.ignored = folder.problems, folder.ignored
     if len(train.class_names) < 2:
         raise DatasetError(
@@ -98,44 +99,46 @@ def load_splits(config: TrainConfig, cache: Path, skip=(), check_batch: bool = T
     if skip:
         train, validation = train.without(skip), validation.without(skip)
     for source in (train, validation):
-        check_stored_size(source, config.image_size)
-    if check_batch:
-        check_batch_size(config, len(train))
+        check_stored_size(source, data.image_size)
+    if batch_size is not None:
+        check_batch_size(batch_size, workers, len(train))
     return train, validation, data_dir
 
 
-def check_batch_size(config: TrainConfig, train_images: int) -> None:
-    per_worker = train_images // config.num_workers
-    if config.batch_size > per_worker:
+def check_batch_size(batch_size: int, workers: int, train_images: int) -> None:
+    per_worker = train_images // workers
+    if batch_size > per_worker:
         raise DatasetError(
-            f"batch size {config.batch_size} is larger than the {per_worker} training images"
-            f"{' per worker' if config.num_workers > 1 else ''}: use --batch-size {max(per_worker, 1)} or less")
+            f"batch size {batch_size} is larger than the {per_worker} training images"
+            f"{' per worker' if workers > 1 else ''}: use --batch-size {max(per_worker, 1)} or less")
 
 
-def check_dataset(config: TrainConfig, cache: Path, find_bad=None) -> DatasetCheck:
-    """The config's dataset and every bad file or row in it (nothing is skipped here).
+def check_dataset(data: DataSettings, cache: Path, find_bad=None, batch_size: int | None = None,
+                  workers: int = 1) -> DatasetCheck:
+    """The dataset and every bad file or row in it (nothing is skipped here); the batch size checked as load_splits
+    does, against the training images left once the bad files are skipped.
 
     Image folders: only files new or changed since the last check with the same limits are decoded (their
     verdicts are remembered in the cache), by find_bad (default checks.find_bad_files; ingest_ray.find_bad_files_on_ray
-    on a cluster). Parquet: rows that jobs.ingest checked are trusted, unless config.recheck."""
+    on a cluster). Parquet: rows that jobs.ingest checked are trusted, unless data.recheck."""
     find_bad = find_bad or find_bad_files
-    train, validation, data_dir = load_splits(config, cache, check_batch=False)
-    limits = limits_of(config)
+    train, validation, data_dir = load_splits(data, cache)
+    limits = data.limits
     verdicts = Verdicts.load(cache, data_dir, limits)
     bad, decoded, trusted = [], 0, 0
     for split, source in (("train", train), ("validation", validation)):
         description = f"Checking {split}"
         if isinstance(source, ImageFolder):
             bad += verdicts.check(source, lambda folder: find_bad(folder, **limits, description=description))
-        elif checked_at_ingest(source, **limits) and not config.recheck:
+        elif checked_at_ingest(source, **limits) and not data.recheck:
             trusted += len(source)
         else:
             bad += find_bad_rows(source, **limits, description=description)
             decoded += len(source)
     verdicts.save()
-    if not bad or config.bad_files == "skip":  # with bad files to fix, those come first
+    if batch_size is not None and (not bad or data.bad_files == "skip"):  # with bad files to fix, those come first
         skipped = {item.path for item in bad}
-        check_batch_size(config, len(train) - (len(skipped & set(train.names())) if skipped else 0))
+        check_batch_size(batch_size, workers, len(train) - (len(skipped & set(train.names())) if skipped else 0))
     return DatasetCheck(train, validation, data_dir, bad, decoded + verdicts.decoded, verdicts.remembered, trusted,
                         limits)
 

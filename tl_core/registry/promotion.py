@@ -14,16 +14,21 @@ import dataclasses
 
 import numpy as np
 
+from tl_core.config import option
 from tl_core.metrics import SCORES
 
 
 @dataclasses.dataclass(frozen=True)
 class PromotionRule:
-    metric: str = "balanced_accuracy"
-    min_improvement: float = 0.01
-    significance: float = 0.05
-    max_class_drop: float = 0.05
-    min_class_images: int = 20
+    metric: str = option("balanced_accuracy", "what the challenger must improve on the held-out images",
+                         flag="--promote-metric", choices=SCORES)
+    min_improvement: float = option(0.01, "by at least this much")
+    significance: float = option(0.05, "and beyond chance: McNemar's exact test on the images only one of the two "
+                                 "models gets right, p at most this (1 turns the test off)")
+    max_class_drop: float = option(0.05, "and no class loses more recall than this against the champion, counted for "
+                                   "classes with at least --min-class-images held-out images")
+    min_class_images: int = option(20, "classes with fewer held-out images are not gated (with 20, one image is at most "
+                                   "0.05 of a class's recall)")
 
     def __post_init__(self):
         if self.metric not in SCORES:
@@ -46,7 +51,7 @@ class Decision:
 def mcnemar(challenger_right: np.ndarray, champion_right: np.ndarray) -> tuple[int, int, float]:
     """(b, c, p): images right only by the challenger, only by the champion, and the one-sided exact p-value that the
     challenger is better (1.0 when no image changes sides)."""
-    from scipy.stats import binomtest
+    from scipy.stats import binomtest  # scipy only for a decision: `jobs.retrain --help` loads none
 
     b = int(np.sum(challenger_right & ~champion_right))
     c = int(np.sum(~challenger_right & champion_right))

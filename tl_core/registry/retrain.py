@@ -1,12 +1,12 @@
 """Scheduled retraining: train a challenger when the data or the configuration changed, promote it only if it
 beats the champion.
 
-  1. fingerprint the training data; data and configuration unchanged since the last trained run:
-     record "skipped", stop;
+  1. plan: fingerprint the training data; data and configuration unchanged since the last trained run: record
+     "skipped", stop;
   2. train a challenger with the training job (tl_core.training.job.run: locally or on Ray) into models/<run id>;
   3. evaluate the challenger and the champion's exported models on the same held-out split;
-  4. promote the challenger if its accuracy beats the champion's by at least min_improvement;
-  5. append the decision to the ledger; with MLflow, mirror it in MLflow's registry (tracking/mlflow_registry.py).
+  4. decide: promote the challenger if the promotion rule holds (registry/promotion.py);
+  5. record the decision in the ledger; with MLflow, mirror it in MLflow's registry (tracking/mlflow_registry.py).
 
 A crash anywhere leaves the champion link untouched. pending.json names the run in progress; the
 next retrain on the same data resumes that run (from its checkpoints, or just its evaluation)
@@ -18,13 +18,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tl_core import storage
+from tl_core import ray_session, storage
+from tl_core.audit import leakage
 from tl_core.training import job
 from tl_core.model.assets import cache_dir
 from tl_core.config import TrainConfig
 from tl_core.metrics import SCORES
 from tl_core.registry import existing_registry, registry_at
-from tl_core.registry.promotion import PromotionRule, decide
+from tl_core.registry.promotion import Decision, PromotionRule, decide
 from tl_core.serving.evaluate import ExportedModel, evaluate
 from tl_core.registry.fingerprint import build_manifest, fingerprint, read_manifest, write_manifest
 from tl_core.registry.store import TRAINED, Registry, RegistryError, new_run_id, utc_now
@@ -43,8 +44,6 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, rule: PromotionRul
     trackers: what records the challenger's run (job.run's). mirror: MLflow's registry
     (tracking/mlflow_registry.MlflowRegistry), told each decision after the ledger; None: no MLflow."""
     if config.uses_ray:
-        from tl_core import ray_session
-
         ray_session.check()  # before the lock: ray.init() would wait without end where no Ray answers
     for service in [*(trackers or []), *([mirror] if mirror else [])]:
         service.check()  # a tracking server that does not answer: refused before the registry is touched
@@ -52,87 +51,156 @@ def retrain(config: TrainConfig, registry_dir: str | Path, *, rule: PromotionRul
     with registry.lock(log):
         if mirror:
             mirror.sync_or_warn(registry)  # a retrain killed between promoting and moving MLflow's alias
-        started = utc_now()
-        data_dir = data_directory(config.data_dir, cache_dir(config.cache_dir))
-        config = dataclasses.replace(config, data_dir=str(data_dir))
-        last = registry.last_trained()
-        previous = read_manifest(registry.manifest(last["run_id"])) if last else None
-        manifest = build_manifest(data_dir, previous)
-        data_fingerprint = fingerprint(manifest)
-        log(f"Fingerprint of {data_dir}: {data_fingerprint[:12]} ({manifest.num_rows} files)", flush=True)
-        base = {"started_at": started, "data_fingerprint": data_fingerprint, "min_improvement": rule.min_improvement,
-                "promote_metric": rule.metric,
-                "champion_before": registry.champion(), "config_json": json.dumps(config.to_dict())}
-        changed = last and changed_settings(TrainConfig.from_dict(json.loads(last["config_json"])), config,
-                                             ignore=("output_dir",))
-        if last and last["data_fingerprint"] == data_fingerprint and not changed and not force:
-            record = {**base, "run_id": new_run_id(), "action": "skipped", "champion_after": registry.champion(),
-                      "reason": f"data and configuration unchanged since run {last['run_id']}", "finished_at": utc_now()}
-            registry.append(record)
-            log(f"Skipped: {record['reason']} (pass --force to retrain anyway)")
-            return record
-        if changed:
-            log(f"Configuration changed since run {last['run_id']}: {', '.join(changed)}", flush=True)
-
-        run_id, resume = _start_or_recover(registry, config, data_fingerprint, log)
-        run_dir = registry.model_dir(run_id)  # on object storage, job.run stages and uploads it (training/run_store.py)
-        run_config = dataclasses.replace(config, output_dir=run_dir)
-        checked, skipped = job.check(run_config, log)  # once: for training and for the evaluation below
-        audited = audit_data(checked.sources(skipped), data_dir, manifest, log)
-        job.run(run_config, resume=resume, checked=(checked, skipped), trackers=trackers, log=log)
-        write_manifest(manifest, registry.manifest(run_id))
-
-        # Both models on the challenger's held-out split, through their exported SavedModels.
-        validation = checked.sources(skipped).validation
-        labels = np.asarray(validation.labels)
-        with registry.local_model(run_id) as model:
-            challenger, _, challenger_predicted = evaluate(ExportedModel(model), validation)
-        champion_id, champion, champion_predicted, champion_classes = registry.champion(), None, None, None
-        if champion_id:
-            with registry.local_model(champion_id) as model:
-                champion_model = ExportedModel(model)
-                champion_classes = champion_model.class_names
-                if champion_classes == validation.class_names:
-                    champion, _, champion_predicted = evaluate(champion_model, validation)
-        decision = decide(challenger, champion, rule, challenger_right=challenger_predicted == labels,
-                          champion_right=None if champion is None else champion_predicted == labels)
-        promote, reason = decision.promote, decision.reason
-        if champion_id == run_id:  # switched just before a crash, not yet in the ledger
-            promote, reason = True, "promoted before the run was interrupted; recorded on recovery"
-        elif champion_id and champion is None:  # a champion that cannot classify this data is no benchmark
-            promote, reason = True, f"the classes changed (champion {champion_classes}, data {validation.class_names})"
-        if audit == "strict" and audited["validation_images_in_train"] and champion_id != run_id:
-            promote, reason = False, (f"not promoted (--audit strict): {audited['validation_images_in_train']} validation "
-                                      f"image(s) are also in train/, so the score counts images the model trained on "
-                                      f"(`python -m jobs.audit --data-dir {storage.display(data_dir)}` lists them); "
-                                      f"{reason}")
-        if promote:
-            registry.promote(run_id)
-        run_metrics = json.loads(storage.read_bytes(storage.join(run_dir, METRICS_FILE)))
-        record = {**base, "run_id": run_id, "action": "promoted" if promote else "rejected", "reason": reason,
-                  "train_images": run_metrics["run"]["train_images"],
-                  "validation_images": len(validation),
-                  **{f"{model}_{name}": metrics and metrics[name] for model, metrics in (("challenger", challenger),
-                                                                                         ("champion", champion))
-                     for name in (*SCORES, "loss")},
-                  "p_value": decision.p_value, "worst_class": decision.worst_class,
-                  "worst_class_drop": decision.worst_class_drop,
-                  "champion_after": registry.champion(), "finished_at": utc_now(), **audited,
-                  **{key: run_metrics.get("audit", {}).get(key) for key in ("validation_images_near_train", "label_issues")}}
-        registry.append(record)
+        plan = plan_retrain(registry, config, rule, force, log)
+        if plan.skipped:
+            registry.append(plan.skipped)
+            log(f"Skipped: {plan.skipped['reason']} (pass --force to retrain anyway)")
+            return plan.skipped
+        challenger = train_challenger(registry, plan, trackers, log)
+        scores = evaluate_both(registry, challenger)
+        decision = decide_promotion(scores, rule, audit, challenger, plan.data_dir)
+        if decision.promote:
+            registry.promote(challenger.run_id)
+        record = record_retrain(registry, plan, challenger, scores, decision)
         if mirror:
             mirror.record(registry, record)
         registry.clear_pending()
         removed = registry.prune(keep)
-        log(f"{record['action'].capitalize()}: {reason}. Champion: {registry.champion()}"
+        log(f"{record['action'].capitalize()}: {decision.reason}. Champion: {registry.champion()}"
             f"{f'; pruned {len(removed)} old model(s)' if removed else ''}")
         return record
 
 
+@dataclasses.dataclass
+class Plan:
+    """What this retrain works on: the configuration (its data directory resolved), the data's manifest and fingerprint,
+    the ledger's common fields; `skipped`: the record of a retrain with nothing to do."""
+
+    config: TrainConfig
+    data_dir: str
+    manifest: object  # registry/fingerprint.py's table of files
+    base: dict
+    skipped: dict | None = None
+
+    @property
+    def data_fingerprint(self) -> str:
+        return self.base["data_fingerprint"]
+
+
+def plan_retrain(registry: Registry, config: TrainConfig, rule: PromotionRule, force: bool, log) -> Plan:
+    """Fingerprint the training data; skip when data and configuration are unchanged since the last trained run."""
+    started = utc_now()
+    data_dir = str(data_directory(config.data_dir, cache_dir(config.cache_dir)))
+    config = dataclasses.replace(config, data_dir=data_dir)
+    last = registry.last_trained()
+    previous = read_manifest(registry.manifest(last["run_id"])) if last else None
+    manifest = build_manifest(data_dir, previous)
+    data_fingerprint = fingerprint(manifest)
+    log(f"Fingerprint of {data_dir}: {data_fingerprint[:12]} ({manifest.num_rows} files)", flush=True)
+    base = {"started_at": started, "data_fingerprint": data_fingerprint, "min_improvement": rule.min_improvement,
+            "promote_metric": rule.metric, "champion_before": registry.champion(),
+            "config_json": json.dumps(config.to_dict())}
+    plan = Plan(config, data_dir, manifest, base)
+    changed = last and changed_settings(TrainConfig.from_dict(json.loads(last["config_json"])), config,
+                                         ignore=("output_dir",))
+    if last and last["data_fingerprint"] == data_fingerprint and not changed and not force:
+        plan.skipped = {**base, "run_id": new_run_id(), "action": "skipped", "champion_after": registry.champion(),
+                        "reason": f"data and configuration unchanged since run {last['run_id']}", "finished_at": utc_now()}
+    elif changed:
+        log(f"Configuration changed since run {last['run_id']}: {', '.join(changed)}", flush=True)
+    return plan
+
+
+@dataclasses.dataclass
+class Challenger:
+    run_id: str
+    run_dir: str  # a path or URI
+    validation: object  # the held-out split both models are evaluated on (data/source.ImageSource)
+    audited: dict  # the ledger's audit of the data (audit_data)
+
+
+def train_challenger(registry: Registry, plan: Plan, trackers, log) -> Challenger:
+    """Train the challenger (or continue the one an interrupted retrain left) into the registry's models/<run id>."""
+    run_id, resume = _start_or_recover(registry, plan.config, plan.data_fingerprint, log)
+    run_dir = registry.model_dir(run_id)  # on object storage, job.run stages and uploads it (training/run_store.py)
+    run_config = dataclasses.replace(plan.config, output_dir=run_dir)
+    checked, skipped = job.check(run_config, log)  # once: for training and for the evaluation
+    sources = checked.sources(skipped)
+    audited = audit_data(sources, plan.data_dir, plan.manifest, log)
+    job.run(run_config, resume=resume, checked=(checked, skipped), trackers=trackers, log=log)
+    write_manifest(plan.manifest, registry.manifest(run_id))
+    return Challenger(run_id, run_dir, sources.validation, audited)
+
+
+@dataclasses.dataclass
+class Scores:
+    """Both models on the challenger's held-out split, through their exported SavedModels: metrics and, per image,
+    whether each got it right. champion None: no champion, or one whose classes differ (champion_classes)."""
+
+    challenger: dict
+    challenger_right: np.ndarray
+    champion_id: str | None = None
+    champion: dict | None = None
+    champion_right: np.ndarray | None = None
+    champion_classes: list | None = None
+
+
+def evaluate_both(registry: Registry, challenger: Challenger) -> Scores:
+    validation = challenger.validation
+    labels = np.asarray(validation.labels)
+    with registry.local_model(challenger.run_id) as model:
+        metrics, _, predicted = evaluate(ExportedModel(model), validation)
+    scores = Scores(metrics, predicted == labels, champion_id=registry.champion())
+    if scores.champion_id:
+        with registry.local_model(scores.champion_id) as model:
+            champion_model = ExportedModel(model)
+            scores.champion_classes = champion_model.class_names
+            if scores.champion_classes == validation.class_names:
+                scores.champion, _, predicted = evaluate(champion_model, validation)
+                scores.champion_right = predicted == labels
+    return scores
+
+
+def decide_promotion(scores: Scores, rule: PromotionRule, audit: str, challenger: Challenger, data_dir: str) -> Decision:
+    """The promotion rule's decision (registry/promotion.py), but: a run promoted before an interruption is recorded as
+    promoted, a champion that cannot classify this data is replaced, and --audit strict never promotes a challenger
+    whose validation split overlaps train/."""
+    decision = decide(scores.challenger, scores.champion, rule, challenger_right=scores.challenger_right,
+                      champion_right=scores.champion_right)
+    if scores.champion_id == challenger.run_id:  # switched just before a crash, not yet in the ledger
+        return dataclasses.replace(decision, promote=True,
+                                   reason="promoted before the run was interrupted; recorded on recovery")
+    if scores.champion_id and scores.champion is None:  # a champion that cannot classify this data is no benchmark
+        decision = dataclasses.replace(decision, promote=True, reason=(
+            f"the classes changed (champion {scores.champion_classes}, data {challenger.validation.class_names})"))
+    leaked = challenger.audited["validation_images_in_train"]
+    if audit == "strict" and leaked:
+        decision = dataclasses.replace(decision, promote=False, reason=(
+            f"not promoted (--audit strict): {leaked} validation image(s) are also in train/, so the score counts "
+            f"images the model trained on (`python -m jobs.audit --data-dir {storage.display(data_dir)}` lists them); "
+            f"{decision.reason}"))
+    return decision
+
+
+def record_retrain(registry: Registry, plan: Plan, challenger: Challenger, scores: Scores, decision: Decision) -> dict:
+    """The ledger's record of a trained run, appended."""
+    run_metrics = json.loads(storage.read_bytes(storage.join(challenger.run_dir, METRICS_FILE)))
+    record = {**plan.base, "run_id": challenger.run_id, "action": "promoted" if decision.promote else "rejected",
+              "reason": decision.reason, "train_images": run_metrics["run"]["train_images"],
+              "validation_images": len(challenger.validation),
+              **{f"{model}_{name}": metrics and metrics[name]
+                 for model, metrics in (("challenger", scores.challenger), ("champion", scores.champion))
+                 for name in (*SCORES, "loss")},
+              "p_value": decision.p_value, "worst_class": decision.worst_class,
+              "worst_class_drop": decision.worst_class_drop, "champion_after": registry.champion(),
+              "finished_at": utc_now(), **challenger.audited,
+              **{key: run_metrics.get("audit", {}).get(key) for key in ("validation_images_near_train", "label_issues")}}
+    registry.append(record)
+    return record
+
+
 def audit_data(sources, data_dir, manifest, log) -> dict:
     """The ledger's audit of the challenger's data: exact copies, from the manifest's hashes (no file read twice)."""
-    from tl_core.audit import leakage
-
     known = {storage.join(data_dir, *path.split("/")): sha for path, sha in
              zip(manifest.column("path").to_pylist(), manifest.column("sha256").to_pylist())}
     audited = leakage({"train": sources.train, "validation": sources.validation}, known)

@@ -5,20 +5,17 @@ import pyarrow.parquet as pq
 import ray
 
 from tl_core import interrupts, ray_session, storage, worker_env
+from tl_core.serving.evaluate import ExportedModel
+from tl_core.serving.predict import ParquetFiles, output_schema, predict_encoded, read_file
 
 
 class Predictor:
     def __init__(self, model_path: str, batch_size: int):
-        import tl_core  # noqa: F401  (before TensorFlow)
-        from tl_core.serving.evaluate import ExportedModel
-
         interrupts.drop_exit_signals_in_callbacks()
         self.model = ExportedModel(model_path)
         self.batch_size = batch_size
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from tl_core.serving.predict import output_schema, predict_encoded, read_file
-
         names = batch.column("path").to_pylist()
         if "image" in batch.column_names:
             encoded, errors = batch.column("image").to_pylist(), [None] * len(names)
@@ -34,8 +31,6 @@ def predict_on_ray(model_path, inputs: list, output, *, batch_size: int = 64, ch
     and output: paths every node reaches, or URIs (each actor copies the model for itself)."""
     ray_session.connect()
     ray_session.require([{"CPU": 1, "GPU": 1 if use_gpu else 0}] * concurrency, f"prediction by {concurrency} model replicas")
-    from tl_core.serving.predict import ParquetFiles
-
     if isinstance(inputs, ParquetFiles):
         dataset = ray.data.read_parquet(list(inputs))
         if "path" not in dataset.columns():

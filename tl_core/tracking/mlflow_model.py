@@ -25,7 +25,7 @@ def encoded_images(model_input) -> list[bytes]:
 
 class ImageBytesClassifier(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
-        import tensorflow as tf
+        import tensorflow as tf  # when MLflow loads the model: loading this file (the model's code) stays light
 
         self.tf = tf
         self.serve = tf.saved_model.load(context.artifacts["saved_model"]).signatures["serving_bytes"]

@@ -61,7 +61,7 @@ class MlflowRegistry:
 
     def version_of(self, mlflow, registry, run_id: str, record: dict | None = None) -> str:
         """The version of the ledger's run_id, registered now if it is not yet (tagged with record's decision)."""
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # optional (.[mlflow]): imported where used
 
         try:
             mlflow.get_registered_model(self.name)
@@ -86,7 +86,7 @@ class MlflowRegistry:
         return mlflow.create_model_version(self.name, f"runs:/{mlflow_run}/model", run_id=mlflow_run, tags=tags).version
 
     def alias(self, mlflow, alias: str) -> str | None:
-        from mlflow.exceptions import MlflowException
+        from mlflow.exceptions import MlflowException  # optional (.[mlflow]): imported where used
 
         try:
             return mlflow.get_model_version_by_alias(self.name, alias).version

@@ -13,6 +13,7 @@ A tracker is never worth a lost run: MLflow is imported and asked only here, its
 and when the server stops answering mid-run, one warning is printed and training goes on; what could not be logged
 waits, is sent when the run ends if the server is back, and is otherwise listed in the run directory (UNLOGGED_FILE).
 """
+import importlib.metadata
 import json
 import os
 import sys
@@ -76,7 +77,7 @@ def client(uri: str):
     """An MlflowClient for the tracking server and its registry, its requests bounded (CLIENT_DEFAULTS)."""
     for name, value in CLIENT_DEFAULTS.items():
         os.environ.setdefault(name, value)
-    from mlflow import MlflowClient
+    from mlflow import MlflowClient  # optional (.[mlflow]): imported where used
 
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
@@ -167,7 +168,7 @@ class MLflow(Tracker):
     def log_params(self, config, resumed: bool) -> None:
         """Every field of the configuration. A resumed run may train longer (--resume --epochs): MLflow keeps a
         parameter's first value, so a changed one is recorded as a tag, resumed.<name>."""
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param, RunTag  # optional (.[mlflow]): imported where used
 
         values = config_params(config)
         logged = self.client.get_run(self.run_id).data.params if resumed else {}
@@ -176,7 +177,7 @@ class MLflow(Tracker):
         log_in_batches(self.client, self.run_id, params=params, tags=changed)
 
     def log_tags(self, tags: dict) -> None:
-        from mlflow.entities import RunTag
+        from mlflow.entities import RunTag  # optional (.[mlflow]): imported where used
 
         self.client.log_batch(self.run_id, tags=[RunTag(name, value) for name, value in tags.items()])
 
@@ -184,7 +185,7 @@ class MLflow(Tracker):
         return max((metric.step for metric in self.client.get_metric_history(self.run_id, "val_accuracy")), default=0)
 
     def log_metric_rows(self, rows: list[dict]) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # optional (.[mlflow]): imported where used
 
         metrics = [Metric(name, float(row[name]), int(row["finished_at"] * 1000), row["epoch"])
                    for row in rows for name in EPOCH_METRICS if name in row]  # (a row of an older version lacks some)
@@ -192,7 +193,7 @@ class MLflow(Tracker):
             self.client.log_batch(self.run_id, metrics=metrics[first:first + METRICS_PER_REQUEST])
 
     def log_metrics(self, values: dict, step: int) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # optional (.[mlflow]): imported where used
 
         now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(name, value, now, step) for name, value in values.items()])
@@ -285,11 +286,9 @@ def final_metrics(metrics: dict) -> dict:
 def save_pyfunc_model(saved_model: Path, path: Path) -> None:
     """The SavedModel as an MLflow pyfunc model at path (mlflow_model.py, a model from code). Its requirements are
     stated, not inferred: inferring them loads the model in a new process, which takes longer than the rest."""
-    import importlib.metadata
-
-    import mlflow.pyfunc
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema
+    import mlflow.pyfunc  # optional (.[mlflow]): imported where used
+    from mlflow.models import ModelSignature  # optional (.[mlflow]): imported where used
+    from mlflow.types import ColSpec, Schema  # optional (.[mlflow]): imported where used
 
     requirements = [f"{name}=={importlib.metadata.version(name)}" for name in ("mlflow-skinny", "tensorflow", "pandas")]
     with warnings.catch_warnings():  # advice for models whose signature is inferred: this one's is stated

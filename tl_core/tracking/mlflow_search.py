@@ -18,6 +18,7 @@ from pathlib import Path
 
 from tl_core import artifacts
 from tl_core.tracking import FAILED, FINISHED, KILLED
+from tl_core.tracking.tensorboard import TensorBoard
 from tl_core.tracking.mlflow_run import (METRICS_PER_REQUEST, RUN_FILE, MLflow, check_server, client, config_params,
                                          experiment_named, first_line, log_in_batches, shown)
 
@@ -58,7 +59,7 @@ class MlflowSearch:
         self.run_id = self.client.create_run(self.experiment_id, tags=tags,
                                              run_name=f"search {Path(str(config.output_dir)).name}").info.run_id
         artifacts.write_json(path, {"tracking_uri": shown(self.uri), "experiment_id": self.experiment_id, "run_id": self.run_id})
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # optional (.[mlflow]): imported where used
 
         values = {**config_params(config), **{f"search.{name}": str(value) for name, value in settings.items()}}
         log_in_batches(self.client, self.run_id, params=[Param(name, value) for name, value in values.items()])
@@ -66,7 +67,7 @@ class MlflowSearch:
     def log_trials(self, rows: list[dict], searched: list[str]) -> None:
         """Each trial (tuning/report.trial_rows) as a child run, once: trials already logged (a search continued after
         its trials ended) are not logged again."""
-        from mlflow.entities import Metric, Param
+        from mlflow.entities import Metric, Param  # optional (.[mlflow]): imported where used
 
         logged = {run.data.tags.get("trial") for run in self.client.search_runs(
             [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{self.run_id}'")}
@@ -88,8 +89,6 @@ class MlflowSearch:
 
     def final_run_trackers(self) -> list:
         """The trackers of the search's final run: TensorBoard's files, and MLflow, a child of the search's run."""
-        from tl_core.tracking.tensorboard import TensorBoard
-
         if self.run_id is None or self.gone:
             return [TensorBoard()]
         return [TensorBoard(), MLflow(self.uri, self.experiment, tags={**self.tags, PARENT_TAG: self.run_id}, log=self.log)]
@@ -98,7 +97,7 @@ class MlflowSearch:
         if self.run_id is None or self.gone:
             return
         if summary:
-            from mlflow.entities import Metric
+            from mlflow.entities import Metric  # optional (.[mlflow]): imported where used
 
             now = int(time.time() * 1000)
             figures = {"best_tuning_accuracy": summary["best_tuning_accuracy"], "trials": summary["trials"],

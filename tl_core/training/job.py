@@ -6,7 +6,7 @@ import dataclasses
 import json
 from pathlib import Path
 
-from tl_core import progress, storage
+from tl_core import progress, ray_session, storage
 from tl_core.config import TrainConfig
 from tl_core.data.checks import format_bad_files, write_skipped
 from tl_core.data.sources import DatasetCheck, check_dataset, describe_check, enforce_policy
@@ -22,7 +22,8 @@ from tl_core.training.train import check_backbone, train, write_fed_batch
 
 def check_data(config: TrainConfig, log=print) -> tuple[DatasetCheck, list]:
     """The dataset and the files a run would skip; DatasetError if bad files stop the run."""
-    checked = check_dataset(config, cache_dir(config.cache_dir))
+    checked = check_dataset(config.data, cache_dir(config.cache_dir), batch_size=config.batch_size,
+                            workers=config.num_workers)
     log(describe_check(checked), flush=True)
     return checked, enforce_policy(checked, config.bad_files)
 
@@ -100,8 +101,6 @@ def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, c
     for tracker in trackers or ():
         tracker.check()  # a tracking server that does not answer: refused before anything is written
     if config.uses_ray:
-        from tl_core import ray_session
-
         ray_session.check()  # before anything is written: ray.init() would wait without end where no Ray answers
     checked, skipped = checked or check(config, log)  # before the run directory exists: a failed check leaves nothing
     with staged(config, resume=resume, overwrite=overwrite, trains_here=not config.uses_ray, log=log) as run:
@@ -117,7 +116,7 @@ def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, c
         else:
             log(f"Run directory {config.output_dir}\nConfiguration:\n{config.describe()}", flush=True)
         if config.uses_ray:
-            from tl_core.training.ray_train import train_on_ray
+            from tl_core.training.ray_train import train_on_ray  # Ray Train takes seconds to import: a local run never does
 
             run.describe()  # the workers write into the run's location (or their own staging, for a URI)
             train_on_ray(absolute_paths(run.located(config)), sources=checked.sources(skipped).absolute(),

@@ -26,7 +26,8 @@ import tensorflow as tf
 from tl_core import storage
 from tl_core.config import TrainConfig
 from tl_core.run_dir import (CHECKPOINT_DIR, CONFIG_FILE, HISTORY_JSON, HISTORY_PARQUET, METRICS_FILE, MLFLOW_RUN_FILE,
-                             RUN_FILES, SKIPPED_FILES, TENSORBOARD_DIR, TEMPORARY, RunDirectoryError, holds_files)
+                             RUN_FILES, SKIPPED_FILES, TENSORBOARD_DIR, TEMPORARY, RunDirectoryError, claim_output,
+                             holds_files)
 from tl_core.training.recorder import LocalCheckpoints
 
 POINTER = f"{CHECKPOINT_DIR}/{LocalCheckpoints.POINTER}"
@@ -299,14 +300,11 @@ def staged(config: TrainConfig, *, resume: bool, overwrite: bool, trains_here: b
     location = config.output_dir
     mirror = Mirror(location, Path(tempfile.mkdtemp(prefix="tl-run-")))
     try:
-        if holds_files(location):
-            if resume:
-                mirror.pull()
-            elif overwrite:
-                mirror.clear()
-            else:
-                raise RunDirectoryError(f"{location} already holds files; pass --resume to continue that run, "
-                                        "--overwrite to replace it, or choose another --output-dir")
+        claimed = claim_output(location, resume=resume, overwrite=overwrite, continues="that run", replaces="replace it")
+        if claimed == "resume" and holds_files(location):
+            mirror.pull()
+        elif claimed == "overwrite":
+            mirror.clear()
     except BaseException:
         shutil.rmtree(mirror.local, ignore_errors=True)
         raise

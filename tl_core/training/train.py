@@ -21,6 +21,7 @@ import tensorflow_hub as hub
 import tf_keras
 
 from tl_core import artifacts, interrupts
+from tl_core.audit import AuditSettings, audit, headline
 from tl_core.config import FINE_TUNE, HEAD, TrainConfig
 from tl_core.data import features as data_features
 from tl_core.data.checks import read_skipped
@@ -90,7 +91,8 @@ class RunData:
         run_dir = Path(config.output_dir)
         if sources is None:
             skipped = read_skipped(run_dir) if config.bad_files == "skip" else set()
-            train, validation, data_dir = load_splits(config, assets.cache_dir(config.cache_dir), skip=skipped)
+            train, validation, data_dir = load_splits(config.data, assets.cache_dir(config.cache_dir), skip=skipped,
+                                                      batch_size=config.batch_size, workers=config.num_workers)
             sources = Sources(train, validation, data_dir, len(skipped))
         shard = sources.train.shard(worker.rank, worker.world_size, seed=config.seed)
         if worker.world_size > 1:  # which images each worker trains on
@@ -313,8 +315,6 @@ def audit_run(config: TrainConfig, data: RunData, features, validation: Validati
     counts for metrics.json, or None where the run holds no features of every image as it is (a run on several
     workers, on images every epoch, with features on disk, or resumed after its head epochs: `python -m jobs.audit`
     audits such data). A failure of the audit is a warning: the trained model is kept."""
-    from tl_core.audit import AuditSettings, audit, headline
-
     plain = features.plain if features is not None else None  # in memory, of the images as they are
     if worker.world_size > 1 or plain is None or validation.features is None:
         log(f"Audit: not from this run (it holds no features of every image as it is): `python -m jobs.audit "

@@ -10,6 +10,7 @@ import dataclasses
 import json
 
 import numpy as np
+import ray
 
 from tl_core import interrupts, storage, worker_env
 from tl_core.config import TrainConfig
@@ -43,8 +44,6 @@ def _features_of_parts(config: dict, parts: list) -> list[int]:
 def compute_features(config: TrainConfig, sources, directory, *, workers: int, gpus: float) -> PrecomputedFeatures:
     """The features of sources.train and sources.validation, computed once by `workers` Ray tasks, each on its own
     part of both splits (read back from directory, a path or a URI, when an earlier pass completed)."""
-    import ray
-
     directory = storage.absolute(directory)  # Ray tasks have other working directories
     if not storage.exists(storage.join(directory, DONE)):
         task = ray.remote(_features_of_parts).options(num_cpus=config.cpus_per_worker, num_gpus=gpus,

@@ -24,11 +24,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from tl_core import artifacts, interrupts, progress, storage
+from ray import tune
+from ray.tune import Callback
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import BasicVariantGenerator
+
+from tl_core import artifacts, interrupts, progress, ray_session, storage
 from tl_core.config import TrainConfig, option
 from tl_core.data.images import tuning_folds
 from tl_core.metrics import SCORES
-from tl_core.run_dir import CONFIG_FILE, METRICS_FILE, MLFLOW_RUN_FILE, RunDirectoryError, holds_files, remove_temporaries
+from tl_core.tracking import Trackers
+from tl_core.training import job
+from tl_core.run_dir import CONFIG_FILE, METRICS_FILE, MLFLOW_RUN_FILE, RunDirectoryError, claim_output, remove_temporaries
 from tl_core.tuning import features as tuning_features
 from tl_core.tuning.report import FAILED, STOPPED, best_trial, plot_trials, trial_number, trial_rows
 from tl_core.tuning.space import DEFAULT_SPACE, SEARCHABLE, check_space, max_epochs, read_space, to_tune
@@ -96,10 +103,7 @@ def prepare_search_dir(location, *, overwrite: bool, resume: bool) -> None:
     if resume:
         if not storage.exists(storage.join(location, SEARCH_FILE)):
             raise RunDirectoryError(f"--resume: {storage.display(location)} holds no search to continue (no {SEARCH_FILE})")
-    elif holds_files(location):
-        if not overwrite:
-            raise RunDirectoryError(f"{storage.display(location)} already holds files; pass --resume to continue that "
-                                    "search, --overwrite to replace it, or choose another --output-dir")
+    elif claim_output(location, overwrite=overwrite, continues="that search", replaces="replace it") == "overwrite":
         for name in SEARCH_FILES:
             storage.delete(storage.join(location, name))
     if not resume and not storage.is_uri(location) and Path(location).exists():
@@ -128,8 +132,6 @@ def saved_search(directory: Path) -> tuple[TrainConfig, TuneSettings, dict]:
 
 def trial_log(total: int, searched: list):
     """A Ray Tune callback printing a line per finished trial, on the driver (pickled with the Tuner: no closures)."""
-    from ray.tune import Callback
-
     class TrialLines(Callback):
         def __init__(self):
             self.finished = 0
@@ -155,9 +157,6 @@ def trial_log(total: int, searched: list):
 def make_tuner(config: TrainConfig, settings: TuneSettings, space: dict, data, location, *, resume: bool):
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0, no tables of Ray Tune's own: our lines only
     logging.getLogger("ray.tune").setLevel(logging.WARNING)
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import BasicVariantGenerator
 
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=data, base=dataclasses.asdict(config), threads=settings.cpus_per_trial,
@@ -218,9 +217,6 @@ def search(config: TrainConfig, settings: TuneSettings, *, resume: bool = False,
     """Run (or continue) a search into config.output_dir (a path or a URI); the summary (also in summary.json).
     tracking: the search in MLflow (tracking/mlflow_search.MlflowSearch: a parent run, trials and the final run its
     children); None: no MLflow."""
-    from tl_core import ray_session
-    from tl_core.tracking import Trackers
-
     started, location = time.perf_counter(), config.output_dir
     ray_session.check()  # before anything is written: ray.init() would wait without end where no Ray answers
     if tracking:
@@ -242,9 +238,6 @@ def search(config: TrainConfig, settings: TuneSettings, *, resume: bool = False,
 def _search(config: TrainConfig, settings: TuneSettings, location, directory: Path, publish, *, started: float,
             resume: bool, tracking, log) -> dict:
     """search()'s work: the search's own files in directory (published to location), the rest at location."""
-    from tl_core import ray_session
-    from tl_core.training import job
-
     if resume:
         config, settings, space = saved_search(directory)
         log(f"Continuing the search in {storage.display(location)} ({SEARCH_FILE})", flush=True)
@@ -323,8 +316,6 @@ def _search(config: TrainConfig, settings: TuneSettings, location, directory: Pa
 def final_run(config: TrainConfig, checked, features, log, trackers=None) -> dict:
     """The best configuration trained once on all training images, reusing the search's features (locally); a
     final run that was interrupted resumes from its checkpoint. trackers: what records it (job.run's)."""
-    from tl_core.training import job
-
     run_dir = config.output_dir  # a path or a URI
     if storage.exists(storage.join(run_dir, METRICS_FILE)):
         return json.loads(storage.read_bytes(storage.join(run_dir, METRICS_FILE)))

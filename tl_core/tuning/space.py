@@ -15,6 +15,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+from ray import tune
+
 from tl_core.config import TrainConfig
 
 SEARCHABLE = ("learning_rate", "epochs", "batch_size", "head_hidden", "head_dropout", "head_l2", "label_smoothing",
@@ -110,8 +112,6 @@ def max_epochs(space: dict, base: TrainConfig) -> int:
 
 def to_tune(space: dict) -> dict:
     """The space as Ray Tune's param_space."""
-    from ray import tune
-
     def distribution(entry):
         if not isinstance(entry, dict):
             return entry
