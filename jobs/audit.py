@@ -17,7 +17,7 @@ import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imp
 from tl_core.audit import AuditSettings
 from tl_core.config import TrainConfig
 
-from jobs.cli import add_field_arguments, add_quiet_argument, exit_after, given_fields, run_command
+from jobs.cli import add_field_arguments, add_quiet_argument, exit_after, given_fields, run_command, settings_from_args
 
 DATA_FIELDS = ("data_dir", "validation_split", "seed", "cache_dir", "backbone", "image_size", "batch_size")
 
@@ -34,10 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="exact duplicates and class balance only: no backbone pass, no near duplicates or label check")
     add_quiet_argument(parser)
     args = parser.parse_args(argv)
-    try:
-        args.settings = AuditSettings(**given_fields(args, AuditSettings))
-    except ValueError as error:
-        parser.error(str(error))
+    args.settings = settings_from_args(parser, args, AuditSettings)
     return args
 
 

@@ -74,6 +74,15 @@ def given_fields(args: argparse.Namespace, settings_class) -> dict:
             if getattr(args, field.name, None) is not None}
 
 
+def settings_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace, settings_class):
+    """The settings the given flags describe (defaults for the rest); a value the dataclass refuses ends the command
+    as a bad flag does (argparse's one line, status 2)."""
+    try:
+        return settings_class(**given_fields(args, settings_class))
+    except ValueError as error:
+        parser.error(str(error))
+
+
 TRACKING_URI_HELP = ("an MLflow tracking server (http://host:5000) or store (sqlite:///path/mlflow.db) to record runs in "
                      "(default: $MLFLOW_TRACKING_URI; neither: no MLflow)")
 REGISTERED_MODEL_HELP = "MLflow's registered model mirroring the registry (default: the registry folder's name)"

@@ -10,8 +10,8 @@ DIR/ledger.parquet; serving reads DIR/champion/model. Exit status: 0 done (whate
 import argparse
 
 import tl_core  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
-from jobs.cli import (add_field_arguments, add_quiet_argument, add_tracking_arguments, exit_after, given_fields,
-                      registry_mirror_from_args, run_command, trackers_from_args)
+from jobs.cli import (add_field_arguments, add_quiet_argument, add_tracking_arguments, exit_after,
+                      registry_mirror_from_args, run_command, settings_from_args, trackers_from_args)
 from jobs.train import add_training_arguments, config_from_args
 from tl_core.registry.promotion import PromotionRule
 
@@ -36,10 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.keep < 1:
         parser.error(f"--keep must be at least 1, got {args.keep}")
-    try:
-        args.rule = PromotionRule(**given_fields(args, PromotionRule))
-    except ValueError as error:
-        parser.error(str(error))
+    args.rule = settings_from_args(parser, args, PromotionRule)
     return args
 
 

@@ -92,10 +92,12 @@ def resume_config(run_dir: str | Path, overrides: dict) -> TrainConfig:
     return dataclasses.replace(TrainConfig.from_dict(values), **{**overrides, "output_dir": str(run_dir)})
 
 
-def prepare_run_dir(config: TrainConfig, *, overwrite: bool = False, resume: bool = False) -> TrainConfig:
-    """Resolve the output directory; refuse to mix a new run into an existing one."""
+def prepare_run_dir(config: TrainConfig, run_dir: Path | None = None, *, overwrite: bool = False,
+                    resume: bool = False) -> TrainConfig:
+    """Resolve the output directory; refuse to mix a new run into an existing one; the run's configuration, saved in
+    run_dir (default: config.output_dir, a local path; a run at a URI is staged first, training/run_store.py)."""
     config = dataclasses.replace(config, output_dir=config.output_dir or default_output_dir())
-    run_dir = storage.local_path(config.output_dir, "--output-dir")  # a URI is staged first (training/run_store.py)
+    run_dir = Path(run_dir) if run_dir is not None else storage.local_path(config.output_dir, "--output-dir")
     saved = run_dir / CONFIG_FILE
     if resume:
         if not saved.exists():

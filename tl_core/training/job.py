@@ -13,7 +13,7 @@ from tl_core.data.sources import DatasetCheck, check_dataset, describe_check, en
 from tl_core.model.assets import cache_dir
 from tl_core.model.backbones import check_backbone_options
 from tl_core.run_dir import (CHECKPOINT_DIR, CONFIG_FILE, HISTORY_JSON, METRICS_FILE, RAY_DIR, SKIPPED_FILES, RunDirectoryError,
-                             check_apart, prepare_run_dir)
+                             check_apart, default_output_dir, prepare_run_dir)
 from tl_core.training.distribute import driver_without_gpus
 from tl_core.training.recorder import LocalCheckpoints
 from tl_core.training.run_store import POINTER, staged
@@ -91,36 +91,35 @@ def absolute_paths(config: TrainConfig) -> TrainConfig:
 
 def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, checked=None, features=None,
         trackers=None, log=print) -> dict:
-    """Check, then train into config.output_dir (which the caller has chosen); the final metrics.
+    """Check, then train into config.output_dir (a path or a URI; default runs/<UTC timestamp>); the final metrics.
 
     The data is listed and checked once, here (or by the caller: checked=check(config)), and the
     checked sources are what training uses. Locally, or on Ray Train when config.uses_ray. features: the
     backbone's features of those sources, computed already (jobs.tune), for a local run; Ray workers compute
     their own. trackers: what records the run (tl_core/tracking; default: TensorBoard's files), checked first."""
+    config = dataclasses.replace(config, output_dir=config.output_dir or default_output_dir())
     check_apart(config.output_dir, config.data_dir)  # before anything is written
     for tracker in trackers or ():
         tracker.check()  # a tracking server that does not answer: refused before anything is written
     if config.uses_ray:
         ray_session.check()  # before anything is written: ray.init() would wait without end where no Ray answers
     checked, skipped = checked or check(config, log)  # before the run directory exists: a failed check leaves nothing
-    with staged(config, resume=resume, overwrite=overwrite, trains_here=not config.uses_ray, log=log) as run:
-        config = prepare_run_dir(run.config, overwrite=overwrite, resume=resume)
+    with staged(config.output_dir, resume=resume, overwrite=overwrite, trains_here=not config.uses_ray, log=log) as run:
+        config = prepare_run_dir(config, run.local, overwrite=overwrite, resume=resume)
         if resume:
-            check_resume_point(run.located(config), log)
+            check_resume_point(config, log)
         if skipped:
-            write_skipped(Path(config.output_dir), skipped)
-            log(f"Skipping {len(skipped)} bad file(s), listed in {Path(config.output_dir) / SKIPPED_FILES}:\n"
-                f"{format_bad_files(skipped)}")
+            write_skipped(run.local, skipped)
+            log(f"Skipping {len(skipped)} bad file(s), listed in {run.local / SKIPPED_FILES}:\n{format_bad_files(skipped)}")
         if progress.is_quiet():
-            log(f"Run directory {config.output_dir}; configuration in {Path(config.output_dir) / CONFIG_FILE}", flush=True)
+            log(f"Run directory {config.output_dir}; configuration in {run.local / CONFIG_FILE}", flush=True)
         else:
             log(f"Run directory {config.output_dir}\nConfiguration:\n{config.describe()}", flush=True)
         if config.uses_ray:
             from tl_core.training.ray_train import train_on_ray  # Ray Train takes seconds to import: a local run never does
 
             run.describe()  # the workers write into the run's location (or their own staging, for a URI)
-            train_on_ray(absolute_paths(run.located(config)), sources=checked.sources(skipped).absolute(),
-                         trackers=trackers)
-            return json.loads(storage.read_bytes(storage.join(run.located(config).output_dir, METRICS_FILE)))
-        return train(config, sources=checked.sources(skipped), features=features, callbacks=run.callbacks,
-                     trackers=trackers)
+            train_on_ray(absolute_paths(config), sources=checked.sources(skipped).absolute(), trackers=trackers)
+            return json.loads(storage.read_bytes(storage.join(config.output_dir, METRICS_FILE)))
+        return train(config, run_dir=run.local, sources=checked.sources(skipped), features=features,
+                     callbacks=run.callbacks, trackers=trackers)

@@ -57,8 +57,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
     progress.set_quiet(loop_config.get("quiet", False) or not worker.is_chief)
     logging.getLogger().setLevel(logging.WARNING)
     callbacks = loop_config["callbacks"](worker) if loop_config.get("callbacks") else ()
-    with in_ray_worker(TrainConfig.from_dict(loop_config["config"]), worker.rank) as (config, uploads):
-        train(config, sources=loop_config.get("sources"), worker=worker, checkpoints=RayCheckpoints(),
+    config = TrainConfig.from_dict(loop_config["config"])
+    with in_ray_worker(config.output_dir, worker.rank) as (run_dir, uploads):
+        train(config, run_dir=run_dir, sources=loop_config.get("sources"), worker=worker, checkpoints=RayCheckpoints(),
               callbacks=[*callbacks, *uploads], trackers=loop_config.get("trackers"))
 
 

@@ -24,7 +24,6 @@ from pathlib import Path
 import tensorflow as tf
 
 from tl_core import storage
-from tl_core.config import TrainConfig
 from tl_core.run_dir import (CHECKPOINT_DIR, CONFIG_FILE, HISTORY_JSON, HISTORY_PARQUET, METRICS_FILE, MLFLOW_RUN_FILE,
                              RUN_FILES, SKIPPED_FILES, TENSORBOARD_DIR, TEMPORARY, RunDirectoryError, claim_output,
                              holds_files)
@@ -49,7 +48,7 @@ class Mirror:
         return storage.join(self.location, *name.split("/"))
 
     def pull(self, names=RESUMED_FROM + (POINTER,)) -> None:
-        """What --resume needs: the configuration (naming the local directory), the skip list, the history, the
+        """What --resume needs: the configuration, the skip list, the history, the
         TensorBoard files and the last completed epoch's checkpoint (names: a part of it, RAY_CHIEF_RESUMES)."""
         for name in names:
             if storage.exists(self.remote(name)):
@@ -60,8 +59,6 @@ class Mirror:
             epoch_dir = f"{CHECKPOINT_DIR}/{name}"
             storage.download(self.remote(epoch_dir), self.local / epoch_dir)
             self.holds_epoch = True
-        if (self.local / CONFIG_FILE).exists():
-            self._write_config(self.local / CONFIG_FILE, str(self.local))
 
     def clear(self) -> None:
         """--overwrite: nothing of the old run survives in the store next to the new one."""
@@ -128,14 +125,11 @@ class Mirror:
                 storage.upload(entry, self.remote(entry.name))
 
     def push_description(self) -> None:
-        """config.json (naming the store as the run's directory) and skipped_files.json."""
-        if (self.local / SKIPPED_FILES).exists():
-            storage.upload(self.local / SKIPPED_FILES, self.remote(SKIPPED_FILES))
-        if (self.local / CONFIG_FILE).exists():
-            with tempfile.TemporaryDirectory() as tmp:
-                shutil.copy(self.local / CONFIG_FILE, Path(tmp) / CONFIG_FILE)
-                self._write_config(Path(tmp) / CONFIG_FILE, self.location)
-                storage.upload(Path(tmp) / CONFIG_FILE, self.remote(CONFIG_FILE))
+        """config.json (which names the store as the run's directory: the run's location, not its staging) and
+        skipped_files.json."""
+        for name in (SKIPPED_FILES, CONFIG_FILE):
+            if (self.local / name).exists():
+                storage.upload(self.local / name, self.remote(name))
         self.described = True
 
     def _push_files(self, directory: Path, root: Path | None = None) -> None:
@@ -143,11 +137,6 @@ class Mirror:
         for path in sorted(directory.rglob("*")) if directory.is_dir() else []:
             if path.is_file() and not any(TEMPORARY.match(part) for part in path.relative_to(directory).parts):
                 storage.upload(path, self.remote(path.relative_to(root or self.local).as_posix()))
-
-    @staticmethod
-    def _write_config(path: Path, output_dir: str) -> None:
-        values = json.loads(path.read_text())
-        path.write_text(json.dumps({**values, "output_dir": output_dir}, indent=2) + "\n")
 
 
 class Uploader(threading.Thread):
@@ -216,17 +205,13 @@ class EpochUpload(tf.keras.callbacks.Callback):
 
 @dataclasses.dataclass
 class StagedRun:
-    """A run being written: where it is (location: the --output-dir given, a path or a URI), the configuration to
-    train with (config: writing into location, or into a local staging directory for a URI) and the extra Keras
-    callbacks that upload its epochs."""
-    location: str | None
-    config: TrainConfig
+    """A run being written: where it is (location: the --output-dir given, a path or a URI; the configuration keeps
+    it), where its files are written now (local: location itself, or a local staging directory for a URI) and the
+    extra Keras callbacks that upload its epochs."""
+    location: str
+    local: Path
     callbacks: list
     mirror: Mirror | None = None
-
-    def located(self, config: TrainConfig) -> TrainConfig:
-        """config (prepared in the staging directory) writing to the run's location: what Ray Train workers get."""
-        return config if self.mirror is None else dataclasses.replace(config, output_dir=self.location)
 
     def describe(self) -> None:
         """The configuration and skip list in the store now (before Ray Train workers start)."""
@@ -289,15 +274,14 @@ def uploading(mirror: Mirror, *, per_epoch: bool, final: bool = True):
 
 
 @contextlib.contextmanager
-def staged(config: TrainConfig, *, resume: bool, overwrite: bool, trains_here: bool = True, log=print):
-    """The StagedRun of config: for a local output directory, config itself and no callbacks; for a URI, the same
-    configuration writing into a local staging directory, and the epoch upload. The store's copy is refused,
+def staged(location: str, *, resume: bool, overwrite: bool, trains_here: bool = True, log=print):
+    """The StagedRun of a run's location: for a local output directory, that directory and no callbacks; for a URI, a
+    local staging directory, and the epoch upload. The store's copy is refused,
     resumed or cleared here as prepare_run_dir does for a local directory. Without trains_here (a run on Ray Train,
     whose workers upload their own files: in_ray_worker), only the description goes to the store from here."""
-    if not storage.is_uri(config.output_dir):
-        yield StagedRun(config.output_dir, config, [])
+    if not storage.is_uri(location):
+        yield StagedRun(location, Path(location), [])
         return
-    location = config.output_dir
     mirror = Mirror(location, Path(tempfile.mkdtemp(prefix="tl-run-")))
     try:
         claimed = claim_output(location, resume=resume, overwrite=overwrite, continues="that run", replaces="replace it")
@@ -310,7 +294,7 @@ def staged(config: TrainConfig, *, resume: bool, overwrite: bool, trains_here: b
         raise
     log(f"Run directory {location}, staged in {mirror.local}", flush=True)
     with uploading(mirror, per_epoch=trains_here, final=trains_here) as callbacks:
-        yield StagedRun(location, dataclasses.replace(config, output_dir=str(mirror.local)), callbacks, mirror)
+        yield StagedRun(location, mirror.local, callbacks, mirror)
 
 
 # What a Ray Train chief continues of a resumed run (its checkpoint comes from Ray Train).
@@ -318,24 +302,25 @@ RAY_CHIEF_RESUMES = (HISTORY_JSON, HISTORY_PARQUET, TENSORBOARD_DIR, MLFLOW_RUN_
 
 
 @contextlib.contextmanager
-def in_ray_worker(config: TrainConfig, rank: int):
-    """(configuration, extra callbacks) of Ray Train worker `rank`: for a run at a URI, the worker writes into its own
+def in_ray_worker(location: str, rank: int):
+    """(the directory its files are written in, extra callbacks) of Ray Train worker `rank` of the run at location: for
+    a run at a URI, the worker writes into its own
     staging directory (no file system is shared) and uploads its files: the chief its history and TensorBoard files
     after every epoch (Ray Train has uploaded the epoch's checkpoint by then), every worker the rest at the end.
 
     A stopped run's workers are killed by Ray, with no chance to clean up: the staging directory is named after the
     run and the rank (in the node's temporary directory), so the next worker of that run there removes what was left
     (and a finished worker removes its own)."""
-    if not storage.is_uri(config.output_dir):
-        yield config, []
+    if not storage.is_uri(location):
+        yield Path(location), []
         return
-    run = hashlib.sha256(config.output_dir.encode()).hexdigest()[:12]
+    run = hashlib.sha256(location.encode()).hexdigest()[:12]
     local = Path(tempfile.gettempdir()) / f"tl-worker-{run}-{rank}"
     shutil.rmtree(local, ignore_errors=True)  # an earlier, killed worker's
     local.mkdir(parents=True)
-    mirror = Mirror(config.output_dir, local)
+    mirror = Mirror(location, local)
     mirror.described = True  # by the driver, before the workers started
     if rank == 0:
         mirror.pull(RAY_CHIEF_RESUMES)
     with uploading(mirror, per_epoch=rank == 0) as callbacks:
-        yield dataclasses.replace(config, output_dir=str(mirror.local)), callbacks
+        yield mirror.local, callbacks

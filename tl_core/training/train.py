@@ -86,9 +86,8 @@ class RunData:
         return self.sources.validation
 
     @classmethod
-    def load(cls, config: TrainConfig, worker: Worker, sources: Sources | None = None) -> "RunData":
+    def load(cls, config: TrainConfig, worker: Worker, run_dir: Path, sources: Sources | None = None) -> "RunData":
         """The sources the caller checked (job.run), or, without them, listed here (the run's skip list applied)."""
-        run_dir = Path(config.output_dir)
         if sources is None:
             skipped = read_skipped(run_dir) if config.bad_files == "skip" else set()
             train, validation, data_dir = load_splits(config.data, assets.cache_dir(config.cache_dir), skip=skipped,
@@ -131,10 +130,14 @@ class SafePoint(tf.keras.callbacks.Callback):
 
 
 @interrupts.at_safe_points()  # a stop raised inside TensorFlow's own code could be lost, or crash the process
-def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker = Worker(), checkpoints=None,
-          callbacks=(), strategy: tf.distribute.Strategy | None = None, features: PrecomputedFeatures | None = None,
-          trackers: list[Tracker] | None = None, tags: dict | None = None) -> dict:
-    """Train on config's data and write every artifact into config.output_dir; the final validation metrics.
+def train(config: TrainConfig, *, run_dir: str | Path | None = None, sources: Sources | None = None,
+          worker: Worker = Worker(), checkpoints=None, callbacks=(), strategy: tf.distribute.Strategy | None = None,
+          features: PrecomputedFeatures | None = None, trackers: list[Tracker] | None = None,
+          tags: dict | None = None) -> dict:
+    """Train on config's data and write every artifact into run_dir; the final validation metrics.
+
+    `run_dir`: the local directory the run's files are written in: config.output_dir (the default), or, for a run whose
+    location is a URI, its staging directory (training/run_store.py; the configuration keeps the location).
 
     `sources`: the data as job.run checked it (listed here when not given). The same function runs
     in a single local process and on every Ray Train worker: `worker` says which shard of the
@@ -152,9 +155,9 @@ def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker
                            adapt_batchnorm=config.adapt_batchnorm)
     tf.get_logger().setLevel("ERROR")
     tf.keras.utils.set_random_seed(config.seed)
-    started, run_dir = time.perf_counter(), Path(config.output_dir)
+    started, run_dir = time.perf_counter(), Path(run_dir or config.output_dir)
     log = print if worker.is_chief else (lambda *args, **kwargs: None)
-    data = RunData.load(config, worker, sources)
+    data = RunData.load(config, worker, run_dir, sources)
     handle = resolve_backbone(config.backbone, assets.cache_dir(config.cache_dir))
     log(data.describe(worker, config.batch_size, handle), flush=True)
 
@@ -163,9 +166,10 @@ def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker
                     prior=class_prior(data.train.labels, len(data.train.class_names)))  # the whole set's, on every worker
     checkpoints = checkpoints or LocalCheckpoints(run_dir)
     history = restore(models, checkpoints, config, log)
-    trackers = open_trackers(config, data, handle, trackers, tags, len(history)) if worker.is_chief else Trackers()
+    trackers = open_trackers(config, run_dir, data, handle, trackers, tags, len(history)) if worker.is_chief else Trackers()
     with trackers.recording():  # each tracker is told how the run ended: finished, failed or killed
-        validation, features, feature_seconds = backbone_passes(config, models, data, worker, len(history), log, features)
+        validation, features, feature_seconds = backbone_passes(config, run_dir, models, data, worker, len(history), log,
+                                                                features)
         images_per_epoch = len(data.shard) * worker.world_size
         recorder = EpochRecorder(history=history, validation=validation, state=models.state, checkpoints=checkpoints,
                                  worker=worker, run_dir=run_dir, images_per_epoch=images_per_epoch,
@@ -187,16 +191,16 @@ def train(config: TrainConfig, *, sources: Sources | None = None, worker: Worker
         run = {"backbone_handle": handle, **data.summary(worker), "global_batch_size": config.batch_size * worker.world_size,
                "cached_features": config.uses_feature_cache, "features_on_disk": bool(features is not None and features.on_disk),
                "feature_seconds": feature_seconds, "validation_images_per_worker": validation.images_per_worker}
-        audited = audit_run(config, data, features, validation, worker, log) if worker.is_chief and config.audit else None
-        metrics = write_outputs(config, models.classifier, validation, history, run, worker, started, trackers, audited)
+        audited = audit_run(config, run_dir, data, features, validation, worker, log) if worker.is_chief and config.audit else None
+        metrics = write_outputs(config, run_dir, models.classifier, validation, history, run, worker, started, trackers,
+                                audited)
         trackers.log_results(metrics)
         return metrics
 
 
-def open_trackers(config: TrainConfig, data: "RunData", handle: str, trackers: list[Tracker] | None, tags: dict | None,
-                  completed: int) -> Trackers:
+def open_trackers(config: TrainConfig, run_dir: Path, data: "RunData", handle: str, trackers: list[Tracker] | None,
+                  tags: dict | None, completed: int) -> Trackers:
     """The chief's trackers (default: TensorBoard's), opened, with the first batch as the model receives it."""
-    run_dir = Path(config.output_dir)
     opened = Trackers([TensorBoard()] if trackers is None else trackers)
     tags = {"data_dir": str(data.sources.data_dir), "data_fingerprint": data_fingerprint(data.train, data.validation),
             "backbone_handle": handle, **{f"version.{name}": version for name, version in _versions().items()},
@@ -242,7 +246,7 @@ def bank_view_dataset(config: TrainConfig, shard, view: int) -> tf.data.Dataset:
     return make_dataset(shard, config.image_size, config.batch_size, augment_images=view > 0, seed=config.seed, epoch=view)
 
 
-def backbone_passes(config: TrainConfig, models: Models, data: RunData, worker: Worker, completed: int, log,
+def backbone_passes(config: TrainConfig, run_dir: Path, models: Models, data: RunData, worker: Worker, completed: int, log,
                     precomputed: PrecomputedFeatures | None = None):
     """(validation, cached training features or None, seconds): what the frozen backbone computes once (or what
     was computed before the run, `precomputed`)."""
@@ -258,7 +262,8 @@ def backbone_passes(config: TrainConfig, models: Models, data: RunData, worker: 
     if completed >= config.epochs:
         features = None
     else:
-        features = precomputed.train if precomputed else cached_training_features(config, models, data.shard, worker)
+        features = precomputed.train if precomputed else cached_training_features(config, models, data.shard, worker,
+                                                                                  run_dir / FEATURES_DIR)
     seconds = time.perf_counter() - started
     if precomputed is not None:
         log(f"Backbone features of {len(data.validation)} validation and {len(data.shard)} training images: computed "
@@ -290,12 +295,13 @@ def epoch_dataset(config: TrainConfig, shard, epoch: int) -> tf.data.Dataset:
                         seed=config.seed, epoch=epoch)
 
 
-def cached_training_features(config: TrainConfig, models: Models, shard, worker: Worker):
+def cached_training_features(config: TrainConfig, models: Models, shard, worker: Worker, directory: Path):
     """The backbone's features of this worker's training images, computed once: of the images, or of
-    config.feature_views augmented views of each (the feature bank); None without the feature cache."""
+    config.feature_views augmented views of each (the feature bank; in directory when they spill to disk); None without
+    the feature cache."""
     if not config.uses_feature_cache:
         return None
-    budget, directory = config.feature_cache_memory_mb * 2**20, Path(config.output_dir) / FEATURES_DIR
+    budget = config.feature_cache_memory_mb * 2**20
 
     def batches(view: int, description: str):
         images = bank_view_dataset(config, shard, view)
@@ -310,7 +316,8 @@ def cached_training_features(config: TrainConfig, models: Models, shard, worker:
                           budget_bytes=budget, path=directory / f"worker-{worker.rank}.parquet")
 
 
-def audit_run(config: TrainConfig, data: RunData, features, validation: Validation, worker: Worker, log) -> dict | None:
+def audit_run(config: TrainConfig, run_dir: Path, data: RunData, features, validation: Validation, worker: Worker,
+              log) -> dict | None:
     """The data audit (tl_core/audit) from this run's own backbone features, written into the run directory: its
     counts for metrics.json, or None where the run holds no features of every image as it is (a run on several
     workers, on images every epoch, with features on disk, or resumed after its head epochs: `python -m jobs.audit`
@@ -322,7 +329,7 @@ def audit_run(config: TrainConfig, data: RunData, features, validation: Validati
         return None
     started = time.perf_counter()
     try:
-        report = audit({"train": data.train, "validation": data.validation}, data.sources.data_dir, Path(config.output_dir),
+        report = audit({"train": data.train, "validation": data.validation}, data.sources.data_dir, run_dir,
                        AuditSettings(), features={"train": plain, "validation": validation.features}, head=config.head_recipe,
                        log=log)
     except Exception as error:  # noqa: BLE001 (the audit is advice: the run's model must not be lost to it)
@@ -337,11 +344,11 @@ def audit_run(config: TrainConfig, data: RunData, features, validation: Validati
     return counts
 
 
-def write_outputs(config: TrainConfig, classifier, validation: Validation, history: list, run: dict, worker: Worker,
-                  started: float, trackers: Trackers, audited: dict | None = None) -> dict:
+def write_outputs(config: TrainConfig, run_dir: Path, classifier, validation: Validation, history: list, run: dict,
+                  worker: Worker, started: float, trackers: Trackers, audited: dict | None = None) -> dict:
     """The final metrics (with the data audit's counts), the exported model (and TFLite), plots and JSON files; the
     metrics."""
-    run_dir, class_names = Path(config.output_dir), validation.source.class_names
+    class_names = validation.source.class_names
     final_logits = validation.logits(phase_of(config, len(history)))
     metrics = classification_metrics(validation.source.labels, final_logits, class_names)
     metrics["run"] = {**run, "wall_seconds": time.perf_counter() - started, "versions": _versions()}
