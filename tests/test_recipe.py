@@ -43,7 +43,7 @@ def _bank(tiny_backbone, colour_dataset, tmp_path, views=3):
     config = tiny_config(tiny_backbone, colour_dataset, tmp_path, feature_views=views)
     shard = list_image_folder(colour_dataset / "train")
     models = Models(config, tiny_backbone, 2, tf.distribute.get_strategy(), print, steps_per_epoch=6)
-    return config, shard, models, cached_training_features(config, models, shard, Worker())
+    return config, shard, models, cached_training_features(config, models, shard, Worker(), tmp_path / "features")
 
 
 def test_the_feature_bank_holds_reproducible_augmented_views(tiny_backbone, colour_dataset, tmp_path):
