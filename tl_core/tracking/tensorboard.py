@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import tensorflow as tf
-from tensorflow.python.ops.summary_ops_v2 import import_event
 
 from tl_core.run_dir import TENSORBOARD_DIR
 from tl_core.tracking import Tracker
@@ -37,6 +36,10 @@ def write_event(writer, event: tf.compat.v1.Event) -> None:
     """A raw Event into a tf.summary writer's file. tf.summary's public API writes summaries only, not the SessionLog
     restart marker; TensorFlow's private import_event does (tests/test_watching.py fails loudly if an upgrade removes
     it)."""
+    # TensorFlow's private API, imported where used: an upgrade that removes it breaks this function, not every import
+    # of this module.
+    from tensorflow.python.ops.summary_ops_v2 import import_event
+
     with writer.as_default():
         import_event(tf.constant(event.SerializeToString()))
 
