@@ -496,15 +496,27 @@ def local_copy(location):
 
 
 @contextlib.contextmanager
-def written_locally(location):
-    """A local directory to write location's files in: the directory itself on disk; for a URI, a staging directory
-    uploaded to it when the block ends without an error, then removed (a failed block uploads nothing)."""
+def staging(location, *, pull=(), prefix: str = "tl-output-"):
+    """(a local directory to write location's files in, publish): the directory itself on disk (publish does nothing);
+    for a URI, a staging directory, holding first the files named in `pull` that location has, whose publish() uploads
+    it to location, removed at the end. (A run's own staging, uploaded epoch by epoch, is training/run_store.py's.)"""
     if not is_uri(location):
-        yield Path(location)
+        yield Path(location), lambda: None
         return
-    with tempfile.TemporaryDirectory(prefix="tl-output-") as tmp:
-        yield Path(tmp)
-        upload(tmp, location)
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        for file_name in pull:
+            if exists(join(location, file_name)):
+                download(join(location, file_name), Path(tmp) / file_name)
+        yield Path(tmp), lambda: upload(tmp, location)
+
+
+@contextlib.contextmanager
+def written_locally(location):
+    """A local directory to write location's files in (staging): published when the block ends without an error (a
+    failed block uploads nothing)."""
+    with staging(location) as (local, publish):
+        yield local
+        publish()
 
 
 def delete(location) -> None:

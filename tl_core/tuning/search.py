@@ -14,13 +14,11 @@
 An interrupted search continues with --resume: the features are read back, Ray Tune restores its trials
 (finished ones are kept, unfinished ones start again) and the final run resumes from its checkpoint.
 """
-import contextlib
 import dataclasses
 import json
 import logging
 import os
 import signal
-import tempfile
 import time
 from pathlib import Path
 
@@ -108,21 +106,6 @@ def prepare_search_dir(location, *, overwrite: bool, resume: bool) -> None:
             storage.delete(storage.join(location, name))
     if not resume and not storage.is_uri(location) and Path(location).exists():
         remove_temporaries(Path(location))  # what a search stopped before its first file left
-
-
-@contextlib.contextmanager
-def search_files(location, *, resume: bool):
-    """(a local directory for the search's own small files, publish): location itself on disk; for a URI, a staging
-    directory (holding, with resume, the files the search reads back) whose files publish() uploads to location.
-    The features, Ray Tune's experiment and the final run are written to location directly."""
-    if not storage.is_uri(location):
-        yield Path(location), lambda: None
-        return
-    with tempfile.TemporaryDirectory(prefix="tl-search-") as staging:
-        for name in (SEARCH_FILE, TUNING_SPLIT_FILE) if resume else ():
-            if storage.exists(storage.join(location, name)):
-                storage.download(storage.join(location, name), Path(staging) / name)
-        yield Path(staging), lambda: storage.upload(staging, location)
 
 
 def saved_search(directory: Path) -> tuple[TrainConfig, TuneSettings, dict]:
@@ -222,7 +205,10 @@ def search(config: TrainConfig, settings: TuneSettings, *, resume: bool = False,
     if tracking:
         tracking.check()
     prepare_search_dir(location, overwrite=overwrite, resume=resume)
-    with search_files(location, resume=resume) as (directory, publish):
+    # The search's own small files are staged (with resume, those it reads back first) and published as it goes; the
+    # features, Ray Tune's experiment and the final run are written to location directly.
+    with storage.staging(location, pull=(SEARCH_FILE, TUNING_SPLIT_FILE) if resume else (), prefix="tl-search-") as (
+            directory, publish):
         try:
             summary = _search(config, settings, location, directory, publish, started=started, resume=resume,
                               tracking=tracking, log=log)
