@@ -158,8 +158,8 @@ def first_step(parquet: Path, work: Path, *, recheck: bool) -> float:
     config = TrainConfig(**{**SEED_RECIPE, "data_dir": str(parquet), "output_dir": str(output), "epochs": 1,
                             "recheck": recheck})
     started = time.perf_counter()
-    checked, skipped = job.check(config, log=lambda *a, **k: None)
-    train(prepare_run_dir(config), sources=checked.sources(skipped), callbacks=[stop])
+    checked = job.check(config, log=lambda *a, **k: None)
+    train(prepare_run_dir(config), sources=checked.sources, callbacks=[stop])
     shutil.rmtree(output)
     return stop.seconds
 

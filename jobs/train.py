@@ -107,16 +107,16 @@ def main(argv=None) -> int:
             from tl_core.data.sources import BadFilesError
 
             try:
-                checked, skipped = job.check(config)
+                checked = job.check(config)
             except BadFilesError as error:
                 print(f"error: {error}", file=sys.stderr)
                 return CHECK_FOUND_BAD_FILES
             print(f"Check passed: the data and the configuration are ready to train"
-                  f"{f' ({len(skipped)} file(s) would be skipped)' if skipped else ''}.")
+                  f"{f' ({len(checked.skipped)} file(s) would be skipped)' if checked.skipped else ''}.")
             if args.audit_first:  # the data audit too, before any training
                 from tl_core.audit import audit_sources, summary
 
-                sources, audit_dir = checked.sources(skipped), Path(default_output_dir("audit-"))
+                sources, audit_dir = checked.sources, Path(default_output_dir("audit-"))
                 report = audit_sources(config, {"train": sources.train, "validation": sources.validation}, sources.data_dir,
                                     audit_dir)
                 print(summary(report, audit_dir))

@@ -12,26 +12,30 @@ class BackboneError(ValueError):
     pass
 
 
-_checked_loads: dict[str, object] = {}  # handle -> the SavedModel a pre-flight check loaded, for the run to take
-
-
-def load_backbone(handle: str, image_size: int, keep: bool = False) -> hub.KerasLayer:
-    """hub.KerasLayer(handle), frozen. keep: this is the pre-flight check's load: the loaded SavedModel is kept for the run
-    that follows in this process, whose next load of the handle takes it instead of reading it again (3-5 s for
-    MobileNetV2); once, so that no two models share its variables, and not inside a distribution strategy's scope,
-    where the variables must be made."""
-    module = None if tf.distribute.has_strategy() else _checked_loads.pop(handle, None)
+def read_backbone(handle: str):
+    """The backbone's SavedModel, loaded (hub.load); BackboneError if it cannot be."""
     try:
-        module = module or hub.load(handle)
-        if keep:
-            _checked_loads[handle] = module
+        return hub.load(handle)
+    except Exception as error:  # hub raises many types (OSError, ValueError, URLError, ...)
+        raise _unloadable(handle, error) from None
+
+
+def load_backbone(handle: str, image_size: int, loaded=None) -> hub.KerasLayer:
+    """hub.KerasLayer(handle), frozen. loaded: the handle's SavedModel read already (by the run's pre-flight check,
+    read_backbone), taken instead of reading it again (3-5 s for MobileNetV2); not inside a distribution strategy's
+    scope, where the variables must be made."""
+    module = loaded if loaded is not None and not tf.distribute.has_strategy() else read_backbone(handle)
+    try:
         return hub.KerasLayer(module, input_shape=(image_size, image_size, 3), trainable=False, name="backbone")
     except Exception as error:  # hub raises many types (OSError, ValueError, URLError, ...)
-        raise BackboneError(
-            f"could not load backbone {handle!r}: {type(error).__name__}: {str(error)[:300]}\n"
-            "TF Hub and Kaggle handles need internet access. Offline, use the built-in "
-            "'--backbone mobilenet_v2' or the path of a local SavedModel directory."
-        ) from None
+        raise _unloadable(handle, error) from None
+
+
+def _unloadable(handle: str, error: Exception) -> BackboneError:
+    return BackboneError(
+        f"could not load backbone {handle!r}: {type(error).__name__}: {str(error)[:300]}\n"
+        "TF Hub and Kaggle handles need internet access. Offline, use the built-in "
+        "'--backbone mobilenet_v2' or the path of a local SavedModel directory.")
 
 
 class SeededDropout(keras.layers.Layer):
@@ -75,14 +79,14 @@ def make_head(num_classes: int, hidden: int = 0, dropout: float = 0.0, seed: int
 def build_classifier(handle: str, num_classes: int, image_size: int,
                      keras_backbone: keras.Model | None = None, *, head_hidden: int = 0,
                      head_dropout: float = 0.0, head_l2: float = 0.0, seed: int = 0,
-                     adapt_batchnorm: bool = False, keep_backbone: bool = False) -> keras.Model:
+                     adapt_batchnorm: bool = False, loaded_backbone=None) -> keras.Model:
     """hub.KerasLayer(handle, trainable=False) followed by the head (make_head), which gives logits.
 
     With keras_backbone (a Keras model whose layers fine-tuning can unfreeze one by one), that model
     is the frozen backbone instead, always called in inference mode (training=False), so its
     BatchNorm layers keep their ImageNet statistics whichever layers are trained later. With
     adapt_batchnorm, its BatchNorm layers alone train instead (and use batch statistics in training).
-    keep_backbone: the pre-flight check's build (load_backbone's keep).
+    loaded_backbone: the handle's SavedModel read already (load_backbone's loaded).
     """
     head = make_head(num_classes, head_hidden, head_dropout, seed, head_l2)
     if keras_backbone is not None:
@@ -95,7 +99,7 @@ def build_classifier(handle: str, num_classes: int, image_size: int,
         backbone.trainable = False
         logits = head(backbone(inputs, training=False))
         return keras.Model(inputs, logits, name="classifier")
-    backbone = load_backbone(handle, image_size, keep=keep_backbone)
+    backbone = load_backbone(handle, image_size, loaded_backbone)
     try:  # Keras calls the backbone here, on the input shape
         model = keras.Sequential([backbone, head])
         model.build((None, image_size, image_size, 3))

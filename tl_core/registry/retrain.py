@@ -124,10 +124,10 @@ def train_challenger(registry: Registry, plan: Plan, trackers, log) -> Challenge
     run_id, resume = _start_or_recover(registry, plan.config, plan.data_fingerprint, log)
     run_dir = registry.model_dir(run_id)  # on object storage, job.run stages and uploads it (training/run_store.py)
     run_config = dataclasses.replace(plan.config, output_dir=run_dir)
-    checked, skipped = job.check(run_config, log)  # once: for training and for the evaluation
-    sources = checked.sources(skipped)
+    checked = job.check(run_config, log)  # once: for training and for the evaluation
+    sources = checked.sources
     audited = audit_data(sources, plan.data_dir, plan.manifest, log)
-    job.run(run_config, resume=resume, checked=(checked, skipped), trackers=trackers, log=log)
+    job.run(run_config, resume=resume, checked=checked, trackers=trackers, log=log)
     write_manifest(plan.manifest, registry.manifest(run_id))
     return Challenger(run_id, run_dir, sources.validation, audited)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from tl_core import progress, ray_session, storage
 from tl_core.config import TrainConfig
 from tl_core.data.checks import format_bad_files, write_skipped
-from tl_core.data.sources import DatasetCheck, check_dataset, describe_check, enforce_policy
+from tl_core.data.sources import DatasetCheck, Sources, check_dataset, describe_check, enforce_policy
 from tl_core.model.assets import cache_dir
 from tl_core.model.backbones import check_backbone_options
 from tl_core.run_dir import (CHECKPOINT_DIR, CONFIG_FILE, HISTORY_JSON, METRICS_FILE, RAY_DIR, SKIPPED_FILES, RunDirectoryError,
@@ -28,7 +28,22 @@ def check_data(config: TrainConfig, log=print) -> tuple[DatasetCheck, list]:
     return checked, enforce_policy(checked, config.bad_files)
 
 
-def check(config: TrainConfig, log=print) -> tuple[DatasetCheck, list]:
+@dataclasses.dataclass
+class Checked:
+    """What a run's pre-flight check found: the dataset's check, the files the run skips and, for a run in this process,
+    the backbone's SavedModel it loaded (the run takes it: one read, not two)."""
+
+    dataset: DatasetCheck
+    skipped: list
+    backbone: object = None
+
+    @property
+    def sources(self) -> Sources:
+        """What the run trains on: the checked sources without the files it skips."""
+        return self.dataset.sources(self.skipped)
+
+
+def check(config: TrainConfig, log=print) -> Checked:
     """check_data, and the backbone at the image size: BackboneError if it does not load or build."""
     check_backbone_options(config.backbone, fine_tune_epochs=config.fine_tune_epochs,
                            fine_tune_layers=config.fine_tune_layers, bf16=config.bf16,
@@ -36,8 +51,8 @@ def check(config: TrainConfig, log=print) -> tuple[DatasetCheck, list]:
     checked, skipped = check_data(config, log)
     if config.uses_ray:
         driver_without_gpus()
-    check_backbone(config, len(checked.train.class_names))
-    return checked, skipped
+    loaded = check_backbone(config, len(checked.train.class_names))
+    return Checked(checked, skipped, None if config.uses_ray else loaded)  # Ray's workers load their own
 
 
 def show_batch(config: TrainConfig, path: Path, log=print) -> None:
@@ -89,8 +104,8 @@ def absolute_paths(config: TrainConfig) -> TrainConfig:
     return dataclasses.replace(config, **absolute)
 
 
-def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, checked=None, features=None,
-        trackers=None, log=print) -> dict:
+def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, checked: Checked | None = None,
+        features=None, trackers=None, log=print) -> dict:
     """Check, then train into config.output_dir (a path or a URI; default runs/<UTC timestamp>); the final metrics.
 
     The data is listed and checked once, here (or by the caller: checked=check(config)), and the
@@ -103,14 +118,15 @@ def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, c
         tracker.check()  # a tracking server that does not answer: refused before anything is written
     if config.uses_ray:
         ray_session.check()  # before anything is written: ray.init() would wait without end where no Ray answers
-    checked, skipped = checked or check(config, log)  # before the run directory exists: a failed check leaves nothing
+    checked = checked or check(config, log)  # before the run directory exists: a failed check leaves nothing
     with staged(config.output_dir, resume=resume, overwrite=overwrite, trains_here=not config.uses_ray, log=log) as run:
         config = prepare_run_dir(config, run.local, overwrite=overwrite, resume=resume)
         if resume:
             check_resume_point(config, log)
-        if skipped:
-            write_skipped(run.local, skipped)
-            log(f"Skipping {len(skipped)} bad file(s), listed in {run.local / SKIPPED_FILES}:\n{format_bad_files(skipped)}")
+        if checked.skipped:
+            write_skipped(run.local, checked.skipped)
+            log(f"Skipping {len(checked.skipped)} bad file(s), listed in {run.local / SKIPPED_FILES}:\n"
+                f"{format_bad_files(checked.skipped)}")
         if progress.is_quiet():
             log(f"Run directory {config.output_dir}; configuration in {run.local / CONFIG_FILE}", flush=True)
         else:
@@ -119,7 +135,7 @@ def run(config: TrainConfig, *, overwrite: bool = False, resume: bool = False, c
             from tl_core.training.ray_train import train_on_ray  # Ray Train takes seconds to import: a local run never does
 
             run.describe()  # the workers write into the run's location (or their own staging, for a URI)
-            train_on_ray(absolute_paths(config), sources=checked.sources(skipped).absolute(), trackers=trackers)
+            train_on_ray(absolute_paths(config), sources=checked.sources.absolute(), trackers=trackers)
             return json.loads(storage.read_bytes(storage.join(config.output_dir, METRICS_FILE)))
-        return train(config, run_dir=run.local, sources=checked.sources(skipped), features=features,
-                     callbacks=run.callbacks, trackers=trackers)
+        return train(config, run_dir=run.local, sources=checked.sources, features=features, callbacks=run.callbacks,
+                     trackers=trackers, backbone=checked.backbone)

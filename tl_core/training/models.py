@@ -23,7 +23,7 @@ def phase_of(config: TrainConfig, epoch: int) -> str:
 
 class Models:
     def __init__(self, config: TrainConfig, handle: str, num_classes: int, strategy: tf.distribute.Strategy, log, *,
-                 steps_per_epoch: int, prior: np.ndarray | None = None):
+                 steps_per_epoch: int, prior: np.ndarray | None = None, loaded_backbone=None):
         self.config, self.strategy, self.log, self.prior = config, strategy, log, prior
         self.steps_per_epoch = steps_per_epoch
         with strategy.scope():
@@ -34,7 +34,7 @@ class Models:
             self.classifier = build_classifier(handle, num_classes, config.image_size, keras_backbone=visible,
                                                head_hidden=config.head_hidden, head_dropout=config.head_dropout,
                                                head_l2=config.head_l2, seed=config.seed,
-                                               adapt_batchnorm=config.adapt_batchnorm)
+                                               adapt_batchnorm=config.adapt_batchnorm, loaded_backbone=loaded_backbone)
             # The pipeline's uint8 batches are scaled (and augmented) inside the step, on the device.
             self.on_images = training_model(self.classifier, config.image_size, config.augment)
             # With cached features only the head runs in the head phase: it is fitted on its own.

@@ -31,7 +31,7 @@ from tl_core.data.step import as_fed
 from tl_core.metrics import classification_metrics
 from tl_core.model import assets
 from tl_core.model.backbones import check_backbone_options, resolve_backbone
-from tl_core.model.classifier import build_classifier, class_prior, feature_dim
+from tl_core.model.classifier import build_classifier, class_prior, feature_dim, read_backbone
 from tl_core.progress import labelled_batch_size, track
 from tl_core.run_dir import (CLASS_NAMES_FILE, CONFUSION_PLOT, FEATURES_DIR, FED_BATCH_PLOT, HISTORY_JSON, HISTORY_PLOT,
                              METRICS_FILE, MODEL_DIR, SHARDS_DIR)
@@ -44,11 +44,13 @@ from tl_core.data.feature_sets import PrecomputedFeatures, cache_feature_bank, c
 from tl_core.training.models import Models, phase_of
 from tl_core.training.recorder import EpochRecorder, LocalCheckpoints, Validation
 
-def check_backbone(config: TrainConfig, num_classes: int) -> None:
+def check_backbone(config: TrainConfig, num_classes: int):
     """Load the backbone and build the classifier at config.image_size: BackboneError if either fails. The loaded
-    backbone is kept for the run that follows in this process (classifier.load_backbone)."""
-    build_classifier(resolve_backbone(config.backbone, assets.cache_dir(config.cache_dir)), num_classes, config.image_size,
-                     keep_backbone=True)
+    SavedModel, which the run that follows in this process may take (train's `backbone`)."""
+    handle = resolve_backbone(config.backbone, assets.cache_dir(config.cache_dir))
+    loaded = read_backbone(handle)
+    build_classifier(handle, num_classes, config.image_size, loaded_backbone=loaded)
+    return loaded
 
 
 def write_tflite_exports(model, class_names, run_dir: Path, validation, labels: np.ndarray,
@@ -133,7 +135,7 @@ class SafePoint(tf.keras.callbacks.Callback):
 def train(config: TrainConfig, *, run_dir: str | Path | None = None, sources: Sources | None = None,
           worker: Worker = Worker(), checkpoints=None, callbacks=(), strategy: tf.distribute.Strategy | None = None,
           features: PrecomputedFeatures | None = None, trackers: list[Tracker] | None = None,
-          tags: dict | None = None) -> dict:
+          tags: dict | None = None, backbone=None) -> dict:
     """Train on config's data and write every artifact into run_dir; the final validation metrics.
 
     `run_dir`: the local directory the run's files are written in: config.output_dir (the default), or, for a run whose
@@ -148,6 +150,7 @@ def train(config: TrainConfig, *, run_dir: str | Path | None = None, sources: So
     features of these sources, computed already (jobs.tune; one worker): the backbone then does not run again.
     `trackers` record the run (tl_core/tracking; default: TensorBoard's files), opened on the chief with `tags` (what the
     caller knows of the run, e.g. a Ray job's submission id) and what train() knows (data, backbone, versions).
+    `backbone`: the backbone's SavedModel as the pre-flight check loaded it (check_backbone), not read again.
     """
     strategy = strategy or make_strategy()  # before any other TF op
     check_backbone_options(config.backbone, fine_tune_epochs=config.fine_tune_epochs,
@@ -163,7 +166,8 @@ def train(config: TrainConfig, *, run_dir: str | Path | None = None, sources: So
 
     models = Models(config, handle, len(data.train.class_names), strategy, log,
                     steps_per_epoch=math.ceil(len(data.shard) / config.batch_size),
-                    prior=class_prior(data.train.labels, len(data.train.class_names)))  # the whole set's, on every worker
+                    prior=class_prior(data.train.labels, len(data.train.class_names)),  # the whole set's, on every worker
+                    loaded_backbone=backbone)
     checkpoints = checkpoints or LocalCheckpoints(run_dir)
     history = restore(models, checkpoints, config, log)
     trackers = open_trackers(config, run_dir, data, handle, trackers, tags, len(history)) if worker.is_chief else Trackers()

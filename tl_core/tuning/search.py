@@ -230,8 +230,8 @@ def _search(config: TrainConfig, settings: TuneSettings, location, directory: Pa
     else:
         check_searchable(config)
         space = check_space(read_space(settings.search_space) if settings.search_space else DEFAULT_SPACE, config)
-    checked, skipped = job.check(config, log)
-    sources = checked.sources(skipped)
+    checked = job.check(config, log)
+    sources = checked.sources
     if not resume:  # from here on, --resume continues the search
         artifacts.write_json(directory / SEARCH_FILE, {"config": config.to_dict(), "settings": dataclasses.asdict(settings),
                                                        "space": space})
@@ -283,7 +283,7 @@ def _search(config: TrainConfig, settings: TuneSettings, location, directory: Pa
         f"{settings.score.replace('_', ' ')} {best[TUNING_METRICS[settings.score]]:.4f} ({settings_text}); "
         f"written to {storage.join(location, BEST_CONFIG)}", flush=True)
 
-    metrics = final_run(dataclasses.replace(best_config, output_dir=storage.join(location, FINAL_RUN)), (checked, skipped),
+    metrics = final_run(dataclasses.replace(best_config, output_dir=storage.join(location, FINAL_RUN)), checked,
                         features, log, trackers=tracking.final_run_trackers() if tracking else None)
     finished = time.perf_counter()
     summary = {"trials": len(rows), "stopped_early": stopped, "failed": sum(row["status"] == FAILED for row in rows),
