@@ -118,10 +118,10 @@ def quality(name: str, original: Path, work: Path) -> dict:
     train, validation, data_dir = load_splits(config.data, cache_dir(None))
     sources = {"train": train, "validation": validation}
     started = time.perf_counter()
-    features = backbone_features(config, sources)
+    features = backbone_features(config.backbone_pass, sources)
     feature_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    audited = audit(sources, data_dir, work / f"{name}-audit", AuditSettings(), features=features, head=config)
+    audited = audit(sources, data_dir, work / f"{name}-audit", AuditSettings(), features=features, head=config.head_recipe)
     audit_seconds = time.perf_counter() - started
     findings = pq.read_table(work / f"{name}-audit" / "findings.parquet").to_pylist()
     exact = [frozenset(f["paths"]) for f in findings if f["kind"] == "leakage"]

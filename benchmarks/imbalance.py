@@ -78,7 +78,7 @@ def main(argv=None) -> int:
             base = TrainConfig(data_dir=data_dir, audit=False)
             train, validation, _ = load_splits(base.data, cache_dir(None))
             sources = {"train": train, "validation": validation}
-            features = backbone_features(base, sources)
+            features = backbone_features(base.backbone_pass, sources)
             for profile, ratio in PROFILES.items():
                 rows = long_tailed_rows(train.labels, ratio) if ratio > 1 else np.arange(len(train))
                 counts = np.bincount(train.labels[rows], minlength=len(train.class_names))

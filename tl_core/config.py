@@ -109,6 +109,17 @@ class DataSettings:
 
 
 @dataclasses.dataclass(frozen=True)
+class BackbonePass:
+    """The frozen backbone run once over images: which backbone (cache_dir: where the built-in one is prepared), at
+    what image size, in batches of what size. TrainConfig's fields, made once by TrainConfig.backbone_pass."""
+
+    backbone: str
+    image_size: int
+    batch_size: int
+    cache_dir: str | None
+
+
+@dataclasses.dataclass(frozen=True)
 class HeadRecipe:
     """How the head is built and trained on backbone features, wherever it trains (a run, a search's trials, the audit's
     folds): TrainConfig's head fields, made once by TrainConfig.head_recipe."""
@@ -232,6 +243,11 @@ class TrainConfig:
         return DataSettings(data_dir=self.data_dir, validation_split=self.validation_split, seed=self.seed,
                             image_size=self.image_size, bad_files=self.bad_files, recheck=self.recheck,
                             min_image_side=self.min_image_side, max_image_megapixels=self.max_image_megapixels)
+
+    @property
+    def backbone_pass(self) -> BackbonePass:
+        return BackbonePass(backbone=self.backbone, image_size=self.image_size, batch_size=self.batch_size,
+                            cache_dir=self.cache_dir)
 
     @property
     def head_recipe(self) -> HeadRecipe:

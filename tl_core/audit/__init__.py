@@ -15,7 +15,7 @@ import numpy as np
 from tl_core import artifacts, storage
 from tl_core.audit.exact import LEAKAGE, exact_duplicates, hashed_examples
 from tl_core.audit.sheets import draw_exact_groups, draw_label_issues, draw_near_pairs
-from tl_core.config import HeadRecipe, option
+from tl_core.config import BackbonePass, HeadRecipe, option
 
 AUDIT_FILE = "audit.json"
 FINDINGS_FILE = "findings.parquet"
@@ -68,26 +68,19 @@ def leakage(sources: dict, known: dict | None = None) -> dict:
     return {"validation_images_in_train": leaking_validation_images(exact), "exact_duplicate_groups": len(exact)}
 
 
-def backbone_features(config, sources: dict) -> dict:
-    """{split: [n, dim] features} of every image, in each source's order: the run's frozen backbone run once (config:
-    backbone, image_size, batch_size, cache_dir)."""
-    # The model's modules load TensorFlow: `jobs.audit --exact-only` and --help never do.
-    from tl_core.model.assets import cache_dir
-    from tl_core.model.backbones import resolve_backbone
-    from tl_core.model.classifier import build_classifier
-    from tl_core.data.features import backbone_features as features_of
+def backbone_features(backbone: BackbonePass, sources: dict) -> dict:
+    """{split: [n, dim] features} of every image, in each source's order: the run's frozen backbone run once."""
+    from tl_core.data.features import features_of  # loads TensorFlow: `jobs.audit --exact-only` and --help never do
 
-    classifier = build_classifier(resolve_backbone(config.backbone, cache_dir(config.cache_dir)),
-                                  len(next(iter(sources.values())).class_names), config.image_size)
-    return {split: features_of(classifier, source, config.image_size, config.batch_size, f"{split.capitalize()} features")[0]
-            for split, source in sources.items()}
+    computed = features_of(backbone, [(source, f"{split.capitalize()} features") for split, source in sources.items()])
+    return {split: features for split, (features, _) in zip(sources, computed)}
 
 
 def audit_sources(config, sources: dict, data_dir: str, output_dir: Path, settings: AuditSettings = AuditSettings(), *,
                exact_only: bool = False) -> dict:
     """jobs.audit and `jobs.train --check --audit`: the audit of sources, with the backbone's features computed here
     (config: the backbone, image size, batch size and the head's recipe), or without them (exact_only)."""
-    features = None if exact_only else backbone_features(config, sources)
+    features = None if exact_only else backbone_features(config.backbone_pass, sources)
     return audit(sources, data_dir, output_dir, settings, features=features, head=config.head_recipe)
 
 

@@ -14,11 +14,9 @@ import ray
 
 from tl_core import interrupts, storage, worker_env
 from tl_core.config import TrainConfig
-from tl_core.data.features import backbone_features
-from tl_core.model.assets import cache_dir
-from tl_core.model.backbones import resolve_backbone
-from tl_core.model.classifier import build_classifier, class_prior
 from tl_core.data.feature_sets import InMemoryFeatures, PrecomputedFeatures, cache_features, read_features
+from tl_core.data.features import features_of
+from tl_core.model.classifier import class_prior
 
 SPLITS = ("train", "validation")
 DONE = "done.json"  # written last: the feature pass completed
@@ -28,12 +26,10 @@ KFOLD_BELOW = 1000  # training images under which trials are scored by k-fold cr
 def _features_of_parts(config: dict, parts: list) -> list[int]:
     """Ray task: the backbone's features of each (source, description, path) part, written to its path; the row counts."""
     interrupts.drop_exit_signals_in_callbacks()
-    config = TrainConfig.from_dict(config)
-    classifier = build_classifier(resolve_backbone(config.backbone, cache_dir(config.cache_dir)),
-                                  len(parts[0][0].class_names), config.image_size)
+    computed = features_of(TrainConfig.from_dict(config).backbone_pass,
+                           [(source, description) for source, description, _ in parts])
     rows = []
-    for source, description, path in parts:
-        features, labels = backbone_features(classifier, source, config.image_size, config.batch_size, description)
+    for (_, _, path), (features, labels) in zip(parts, computed):
         with storage.written_locally(storage.parent(path)) as folder:
             cache_features([(features, labels)], len(labels), features.shape[1], budget_bytes=0,
                            path=folder / storage.name(path))
