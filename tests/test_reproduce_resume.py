@@ -73,6 +73,17 @@ def test_resume_takes_a_trailing_slash_and_names_a_differing_flag(first_run, cap
     assert error[0].startswith("error: --resume: --batch-size 4 (the run has 8)") and len(error) == 1
 
 
+def test_a_run_directory_moved_elsewhere_resumes_where_it_is_now(first_run, capsys):
+    """The run is where its directory is: moved (or copied, as a registry's recovery does), --resume continues it
+    there, and its config.json then names the new place."""
+    moved = first_run.parent / "moved"
+    first_run.rename(moved)
+    assert train_job(["--resume", "--output-dir", "runs/moved", "--epochs", "3"]) == 0, capsys.readouterr().err
+    assert [row["epoch"] for row in json.loads((moved / "history.json").read_text())] == [1, 2, 3]
+    assert json.loads((moved / "config.json").read_text())["output_dir"] == "runs/moved"
+    assert not first_run.exists()
+
+
 def test_a_ray_run_resumes_on_ray():
     config = config_from_args(parse_args(["--ray", "--output-dir", "runs/R"]))
     assert config.ray and config.uses_ray  # saved in config.json with the run

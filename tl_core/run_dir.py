@@ -103,12 +103,15 @@ def prepare_run_dir(config: TrainConfig, run_dir: Path | None = None, *, overwri
         if not saved.exists():
             raise RunDirectoryError(f"--resume: {run_dir} holds no run to resume (no {CONFIG_FILE})")
         previous = TrainConfig.from_json(saved)
-        changed = changed_settings(previous, config)
+        # The run is where its directory is now: a run directory copied or moved (a registry's recovery copies one)
+        # resumes there, whatever location its config.json was written at.
+        changed = changed_settings(previous, config, ignore=(*RESUME_MAY_CHANGE, "output_dir"))
         if changed:
             raise RunDirectoryError(
                 f"--resume: {', '.join(changed)}: a run resumes with its saved configuration ({saved}); "
                 f"only --epochs and --fine-tune-epochs may change. To train with other settings, start a new run")
-        config = dataclasses.replace(previous.trained_longer(config.epochs), fine_tune_epochs=config.fine_tune_epochs)
+        config = dataclasses.replace(previous.trained_longer(config.epochs), fine_tune_epochs=config.fine_tune_epochs,
+                                     output_dir=config.output_dir)
     elif claim_output(run_dir, overwrite=overwrite, continues="that run", replaces="replace it") == "overwrite":
         if not is_run(run_dir):  # nothing in it is a run's to replace: a name a run writes is someone else's file
             clashing = [name for name in (CONFIG_FILE, *RUN_FILES) if (run_dir / name).exists()]
